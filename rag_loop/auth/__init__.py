@@ -1,0 +1,1 @@
+"""API keys with scopes (keys) and signed per-answer feedback tokens (tokens)."""

@@ -1,0 +1,1 @@
+"""Documents in: loading files (loaders), chunking them (chunking), ingesting (ingest)."""

@@ -1,0 +1,388 @@
+"""Ingest a folder or file: diff it against the store, build a new index version if needed.
+
+Unchanged input changes nothing. New and changed documents get new chunk versions, removed
+ones are tombstoned, and a new Chroma collection is built beside the serving one (reusing
+the embeddings of unchanged chunks). Only when it is complete, and logged to MLflow, does
+one SQL transaction record the new document and chunk versions and move the `champion`
+alias to it. A failure before that leaves the store and the serving index as they were.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from rag_loop.corpus.chunking import ChunkSpec, embedding_input
+from rag_loop.corpus.loaders import LoadedDocument, load_path
+from rag_loop.db.engine import transaction
+from rag_loop.db.models import AuditEntry, Chunk, Document, IndexVersion, utcnow
+from rag_loop.index.versions import CHAMPION, champion_or_none, set_alias
+from rag_loop.registry.tracking import INDEX_EXPERIMENT
+from rag_loop.services import Services
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    changed: bool
+    index_version_id: int | None
+    collection_name: str | None
+    documents_added: int
+    documents_updated: int
+    documents_unchanged: int
+    documents_deleted: int
+    chunks_total: int
+    chunks_embedded: int
+    chunks_reused: int
+    seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class _TargetDoc:
+    """A document as it will be in the new index version."""
+
+    id: str
+    title: str
+    version: int
+    chunks: list[ChunkSpec]
+    loaded: LoadedDocument | None = None  # set when this ingest brings new content
+
+
+def ingest(
+    services: Services, path: Path, *, actor: str = "cli", progress: bool = False
+) -> IngestResult:
+    started = time.perf_counter()
+    root, loaded = load_path(path)
+    chunker, embedder = services.chunker, services.embedder
+
+    with services.sessions() as session:
+        existing = {d.id: d for d in session.scalars(select(Document))}
+        current_chunks: dict[str, list[Chunk]] = {}
+        for chunk in session.scalars(
+            select(Chunk).where(Chunk.superseded_at.is_(None)).order_by(Chunk.ordinal)
+        ):
+            current_chunks.setdefault(chunk.document_id, []).append(chunk)
+        serving = champion_or_none(session)
+
+    rebuild_all = (
+        serving is None
+        or serving.chunking_hash != chunker.config_hash
+        or serving.embedder_version != embedder.version
+    )
+    loaded_ids = {d.id for d in loaded}
+    added = [d for d in loaded if d.id not in existing or existing[d.id].deleted_at is not None]
+    updated = [
+        d
+        for d in loaded
+        if d.id in existing
+        and existing[d.id].deleted_at is None
+        and existing[d.id].content_hash != d.content_hash
+    ]
+    removed = [
+        d
+        for d in existing.values()
+        if d.deleted_at is None
+        and d.kind == "file"
+        and d.source_root == root
+        and d.id not in loaded_ids
+    ]
+    unchanged = len(loaded) - len(added) - len(updated)
+    if not (added or updated or removed or rebuild_all):
+        assert serving is not None
+        return IngestResult(
+            changed=False,
+            index_version_id=serving.id,
+            collection_name=serving.collection_name,
+            documents_added=0,
+            documents_updated=0,
+            documents_unchanged=unchanged,
+            documents_deleted=0,
+            chunks_total=serving.n_chunks,
+            chunks_embedded=0,
+            chunks_reused=0,
+            seconds=time.perf_counter() - started,
+        )
+
+    # the document set of the new version
+    targets: dict[str, _TargetDoc] = {}
+    removed_ids = {d.id for d in removed}
+    for doc in existing.values():
+        if doc.deleted_at is not None or doc.id in removed_ids:
+            continue
+        chunks = (
+            chunker.split(doc.id, doc.version, doc.content_hash, doc.text)
+            if rebuild_all or doc.id not in current_chunks
+            else [_spec(c) for c in current_chunks[doc.id]]
+        )
+        targets[doc.id] = _TargetDoc(doc.id, doc.title, doc.version, chunks)
+    for new in [*added, *updated]:
+        version = existing[new.id].version + 1 if new.id in existing else 1
+        targets[new.id] = _TargetDoc(
+            new.id,
+            new.title,
+            version,
+            chunker.split(new.id, version, new.content_hash, new.text),
+            loaded=new,
+        )
+
+    all_specs = [(t, spec) for t in targets.values() for spec in t.chunks]
+    corpus_hash = hashlib.sha256(
+        "\n".join([embedder.version, *sorted(s.id for _, s in all_specs)]).encode()
+    ).hexdigest()
+
+    with transaction(services.sessions) as session:
+        version_row = IndexVersion(
+            collection_name=f"pending-{time.time_ns()}",
+            status="building",
+            embedder=embedder.name,
+            embedder_version=embedder.version,
+            chunk_size=chunker.chunk_size,
+            chunk_overlap=chunker.chunk_overlap,
+            chunking_hash=chunker.config_hash,
+            corpus_hash=corpus_hash,
+            parent_id=serving.id if serving else None,
+            reason=f"ingest {root}",
+        )
+        session.add(version_row)
+        session.flush()
+        version_row.collection_name = (
+            f"{services.settings.chroma.collection_prefix}_v{version_row.id:05d}"
+        )
+        version_id, collection = version_row.id, version_row.collection_name
+
+    try:
+        reuse = {}
+        if serving is not None and serving.embedder_version == embedder.version:
+            reuse = services.store.get_embeddings(
+                serving.collection_name, [s.id for _, s in all_specs]
+            )
+        missing = [(t, s) for t, s in all_specs if s.id not in reuse]
+        fresh = embedder.embed_documents(
+            [embedding_input(t.title, s.text) for t, s in missing], progress=progress
+        )
+        vectors = dict(reuse)
+        vectors.update({s.id: fresh[i] for i, (_, s) in enumerate(missing)})
+        services.store.create(
+            collection,
+            {
+                "index_version": version_id,
+                "embedder_version": embedder.version,
+                "chunking_hash": chunker.config_hash,
+            },
+        )
+        if all_specs:
+            services.store.add(
+                collection,
+                [s.id for _, s in all_specs],
+                np.stack([vectors[s.id] for _, s in all_specs]),
+                [s.text for _, s in all_specs],
+                [_metadata(t, s) for t, s in all_specs],
+            )
+        build_seconds = time.perf_counter() - started
+        counts = {
+            "documents_added": len(added),
+            "documents_updated": len(updated),
+            "documents_unchanged": unchanged,
+            "documents_deleted": len(removed),
+            "n_documents": len(targets),
+            "n_chunks": len(all_specs),
+            "chunks_embedded": len(missing),
+            "chunks_reused": len(all_specs) - len(missing),
+            "build_seconds": build_seconds,
+        }
+        run_id = services.tracker.log_run(
+            INDEX_EXPERIMENT,
+            f"index-v{version_id}",
+            params={
+                "index_version": version_id,
+                "collection_name": collection,
+                "embedder": embedder.name,
+                "embedder_version": embedder.version,
+                **{f"chunking.{k}": v for k, v in chunker.config.items()},
+                "chunking_hash": chunker.config_hash,
+                "corpus_hash": corpus_hash,
+                "source_root": root,
+                "parent_index_version": serving.id if serving else "none",
+            },
+            metrics=counts,
+            tags={"rag_loop.kind": "index_version", "rag_loop.index_version": str(version_id)},
+        )
+        with transaction(services.sessions) as session:
+            _record_documents(
+                session, targets, removed_ids, current_chunks, root, chunker.config_hash
+            )
+            _add_late_corrections(services, session, collection, {s.id for _, s in all_specs})
+            row = session.get_one(IndexVersion, version_id)
+            row.status = "ready"
+            row.n_documents = len(targets)
+            row.n_chunks = len(all_specs)
+            row.mlflow_run_id = run_id
+            row.build_seconds = build_seconds
+            set_alias(session, CHAMPION, row)
+            session.add(
+                AuditEntry(
+                    actor=actor,
+                    action="index.build",
+                    target=f"index_version:{version_id}",
+                    details={"collection": collection, "source_root": root, **counts},
+                )
+            )
+    except BaseException as exc:
+        services.store.drop(collection)
+        with transaction(services.sessions) as session:
+            row = session.get_one(IndexVersion, version_id)
+            row.status = "failed"
+            row.reason = f"{row.reason}: failed: {type(exc).__name__}: {exc}"[:256]
+        raise
+
+    return IngestResult(
+        changed=True,
+        index_version_id=version_id,
+        collection_name=collection,
+        documents_added=len(added),
+        documents_updated=len(updated),
+        documents_unchanged=unchanged,
+        documents_deleted=len(removed),
+        chunks_total=len(all_specs),
+        chunks_embedded=len(missing),
+        chunks_reused=len(all_specs) - len(missing),
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _spec(chunk: Chunk) -> ChunkSpec:
+    return ChunkSpec(chunk.id, chunk.document_id, chunk.ordinal, chunk.text, chunk.content_hash)
+
+
+def _metadata(target: _TargetDoc, spec: ChunkSpec) -> dict[str, Any]:
+    return {
+        "document_id": target.id,
+        "document_version": target.version,
+        "title": target.title,
+        "ordinal": spec.ordinal,
+    }
+
+
+def _record_documents(
+    session: Session,
+    targets: dict[str, _TargetDoc],
+    removed_ids: set[str],
+    current_chunks: dict[str, list[Chunk]],
+    root: str,
+    chunking_hash: str,
+) -> None:
+    now = utcnow()
+    for target in targets.values():
+        new = target.loaded
+        if new is None:
+            continue
+        doc = session.get(Document, new.id)
+        if doc is None:
+            session.add(
+                Document(
+                    id=new.id,
+                    kind="file",
+                    source_root=root,
+                    source_path=new.source_path,
+                    title=new.title,
+                    text=new.text,
+                    content_hash=new.content_hash,
+                    version=target.version,
+                )
+            )
+        else:
+            doc.kind, doc.source_root, doc.source_path = "file", root, new.source_path
+            doc.title, doc.text, doc.content_hash = new.title, new.text, new.content_hash
+            doc.version, doc.updated_at, doc.deleted_at = target.version, now, None
+    for doc_id in removed_ids:
+        session.get_one(Document, doc_id).deleted_at = now
+    session.flush()
+
+    target_ids = {s.id for t in targets.values() for s in t.chunks}
+    current_ids = {c.id for chunks in current_chunks.values() for c in chunks}
+    stale = sorted(current_ids - target_ids)
+    new_ids = sorted(target_ids - current_ids)
+    for batch in _batches(stale):
+        session.execute(
+            update(Chunk)
+            .where(Chunk.id.in_(batch))
+            .values(superseded_at=now)
+            .execution_options(synchronize_session=False)
+        )
+    # a chunk of the same document version may come back (e.g. a chunking config was
+    # restored): revive its row instead of inserting a duplicate
+    known: set[str] = set()
+    for batch in _batches(new_ids):
+        known.update(session.scalars(select(Chunk.id).where(Chunk.id.in_(batch))))
+    for batch in _batches(sorted(known)):
+        session.execute(
+            update(Chunk)
+            .where(Chunk.id.in_(batch))
+            .values(superseded_at=None)
+            .execution_options(synchronize_session=False)
+        )
+    fresh = set(new_ids) - known
+    session.add_all(
+        Chunk(
+            id=spec.id,
+            document_id=target.id,
+            document_version=target.version,
+            ordinal=spec.ordinal,
+            text=spec.text,
+            content_hash=spec.content_hash,
+            chunking_hash=chunking_hash,
+        )
+        for target in targets.values()
+        for spec in target.chunks
+        if spec.id in fresh
+    )
+
+
+def _batches(items: list[str], size: int = 500) -> list[list[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _add_late_corrections(
+    services: Services, session: Session, collection: str, included: set[str]
+) -> None:
+    """Corrections approved while this version was building must not be lost from it."""
+    late = session.execute(
+        select(Chunk, Document.title)
+        .join(Document, Document.id == Chunk.document_id)
+        .where(
+            Document.kind == "correction",
+            Document.deleted_at.is_(None),
+            Chunk.superseded_at.is_(None),
+            Chunk.id.not_in(included),
+        )
+    ).all()
+    if not late:
+        return
+    vectors = services.embedder.embed_documents([embedding_input(t, c.text) for c, t in late])
+    services.store.add(
+        collection,
+        [c.id for c, _ in late],
+        vectors,
+        [c.text for c, _ in late],
+        [
+            {
+                "document_id": c.document_id,
+                "document_version": c.document_version,
+                "title": t,
+                "ordinal": c.ordinal,
+            }
+            for c, t in late
+        ],
+    )

@@ -1,0 +1,1 @@
+"""SQL store: engine and session factory (db.engine), models (db.models), migrations."""

@@ -1,0 +1,250 @@
+"""SQLAlchemy models: the service's whole memory.
+
+documents ──< chunks                    content-hashed, versioned, tombstoned on delete
+index_versions ─ aliases                one Chroma collection per index version; the
+                                        `champion` alias names the one that serves
+interactions ──< retrievals             every answer with the chunks as served
+             ──< feedback_submissions ──< feedback_events
+             ──< corrections            pending -> approved (indexed) | rejected
+api_keys                                hashed, scoped
+audit_log                               append-only (triggers refuse UPDATE and DELETE)
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite stores them naive)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime; use rag_loop.db.models.utcnow()")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime, dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Document(Base):
+    __tablename__ = "documents"
+
+    id: Mapped[str] = mapped_column(String(512), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16), default="file")  # file | correction
+    source_root: Mapped[str] = mapped_column(String(1024), index=True)
+    source_path: Mapped[str] = mapped_column(String(1024))
+    title: Mapped[str] = mapped_column(String(1024))
+    text: Mapped[str] = mapped_column(Text)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    chunks: Mapped[list[Chunk]] = relationship(back_populates="document")
+
+
+class Chunk(Base):
+    __tablename__ = "chunks"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    document_id: Mapped[str] = mapped_column(ForeignKey("documents.id"), index=True)
+    document_version: Mapped[int] = mapped_column(Integer)
+    ordinal: Mapped[int] = mapped_column(Integer)
+    text: Mapped[str] = mapped_column(Text)
+    content_hash: Mapped[str] = mapped_column(String(64))
+    chunking_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # set when the document changes, is deleted or is re-chunked; the row stays for lineage
+    superseded_at: Mapped[datetime | None] = mapped_column(default=None)
+
+    document: Mapped[Document] = relationship(back_populates="chunks")
+
+
+class IndexVersion(Base):
+    __tablename__ = "index_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    collection_name: Mapped[str] = mapped_column(String(128), unique=True)
+    status: Mapped[str] = mapped_column(String(16), default="building")  # building|ready|failed
+    embedder: Mapped[str] = mapped_column(String(256))
+    embedder_version: Mapped[str] = mapped_column(String(256))
+    chunk_size: Mapped[int] = mapped_column(Integer)
+    chunk_overlap: Mapped[int] = mapped_column(Integer)
+    chunking_hash: Mapped[str] = mapped_column(String(64))
+    corpus_hash: Mapped[str] = mapped_column(String(64))
+    n_documents: Mapped[int] = mapped_column(Integer, default=0)
+    n_chunks: Mapped[int] = mapped_column(Integer, default=0)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("index_versions.id"), default=None)
+    reason: Mapped[str] = mapped_column(String(256), default="ingest")
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    build_seconds: Mapped[float | None] = mapped_column(Float, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Alias(Base):
+    """A named pointer to an index version; `champion` is the one that serves."""
+
+    __tablename__ = "aliases"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    index_version_id: Mapped[int] = mapped_column(ForeignKey("index_versions.id"))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Interaction(Base):
+    __tablename__ = "interactions"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    query: Mapped[str] = mapped_column(Text)
+    answer: Mapped[str | None] = mapped_column(Text, default=None)
+    status: Mapped[str] = mapped_column(String(16), default="ok")  # ok | error
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    index_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("index_versions.id"), default=None
+    )
+    collection_name: Mapped[str | None] = mapped_column(String(128), default=None)
+    embedder_version: Mapped[str | None] = mapped_column(String(256), default=None)
+    prompt_version: Mapped[str | None] = mapped_column(String(128), default=None)
+    generator: Mapped[str | None] = mapped_column(String(256), default=None)
+    top_k: Mapped[int] = mapped_column(Integer)
+    cited_ranks: Mapped[list[Any]] = mapped_column(default=list)
+    latency_ms: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    api_key_id: Mapped[str | None] = mapped_column(String(32), default=None)
+    client: Mapped[str | None] = mapped_column(String(64), default=None)
+
+    retrievals: Mapped[list[Retrieval]] = relationship(
+        back_populates="interaction", order_by="Retrieval.rank"
+    )
+
+
+class Retrieval(Base):
+    __tablename__ = "retrievals"
+    __table_args__ = (UniqueConstraint("interaction_id", "rank"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    interaction_id: Mapped[str] = mapped_column(ForeignKey("interactions.id"))
+    rank: Mapped[int] = mapped_column(Integer)
+    chunk_id: Mapped[str] = mapped_column(String(64))
+    document_id: Mapped[str] = mapped_column(String(512))
+    title: Mapped[str] = mapped_column(String(1024))
+    score: Mapped[float] = mapped_column(Float)
+    text: Mapped[str] = mapped_column(Text)
+
+    interaction: Mapped[Interaction] = relationship(back_populates="retrievals")
+
+
+class FeedbackSubmission(Base):
+    """One POST /v1/feedback; its idempotency key makes retries harmless."""
+
+    __tablename__ = "feedback_submissions"
+    __table_args__ = (UniqueConstraint("interaction_id", "idempotency_key"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    interaction_id: Mapped[str] = mapped_column(ForeignKey("interactions.id"), index=True)
+    idempotency_key: Mapped[str | None] = mapped_column(String(128), default=None)
+    request_hash: Mapped[str] = mapped_column(String(64))
+    actor: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    events: Mapped[list[FeedbackEvent]] = relationship(
+        back_populates="submission", order_by="FeedbackEvent.id"
+    )
+
+
+class FeedbackEvent(Base):
+    """One fact a user told us. History is kept: the latest event of a kind wins."""
+
+    __tablename__ = "feedback_events"
+    __table_args__ = (Index("ix_feedback_events_interaction_kind", "interaction_id", "kind"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    submission_id: Mapped[str] = mapped_column(ForeignKey("feedback_submissions.id"))
+    interaction_id: Mapped[str] = mapped_column(ForeignKey("interactions.id"))
+    # thumb | chunk_label | correction | source_pointer | comment
+    kind: Mapped[str] = mapped_column(String(16))
+    thumb: Mapped[str | None] = mapped_column(String(4), default=None)  # up | down
+    chunk_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    relevant: Mapped[bool | None] = mapped_column(Boolean, default=None)
+    document_id: Mapped[str | None] = mapped_column(String(512), default=None)
+    text: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    submission: Mapped[FeedbackSubmission] = relationship(back_populates="events")
+
+
+class Correction(Base):
+    __tablename__ = "corrections"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    interaction_id: Mapped[str] = mapped_column(ForeignKey("interactions.id"), index=True)
+    feedback_event_id: Mapped[int] = mapped_column(ForeignKey("feedback_events.id"))
+    text: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    reviewer: Mapped[str | None] = mapped_column(String(128), default=None)
+    reviewed_at: Mapped[datetime | None] = mapped_column(default=None)
+    review_note: Mapped[str | None] = mapped_column(Text, default=None)
+    document_id: Mapped[str | None] = mapped_column(String(512), default=None)
+    chunk_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    index_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("index_versions.id"), default=None
+    )
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    key_hash: Mapped[str] = mapped_column(String(64))
+    scopes: Mapped[list[Any]] = mapped_column(default=list)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(default=None)
+
+
+class AuditEntry(Base):
+    """Append-only: database triggers refuse UPDATE and DELETE on this table."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(128))
+    action: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(256))
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)

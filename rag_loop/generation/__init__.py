@@ -1,0 +1,1 @@
+"""Answer generation: a Generator protocol, the extractive answerer, LangChain LLM backends."""

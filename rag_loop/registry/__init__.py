@@ -1,0 +1,1 @@
+"""Everything MLflow: index versions now; models, datasets, evaluations and aliases later."""

@@ -1,0 +1,92 @@
+"""The one place where the service's resources are created and wired together.
+
+`Services.from_settings` opens the database (and migrates it), the Chroma client, the
+embedder, the generator and the MLflow tracker once; the API, the CLI and tests receive the
+same object. Any part can be passed in instead (a test's session-wide embedder, say).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from rag_loop.auth.tokens import FeedbackTokens, load_or_create_secret
+from rag_loop.corpus.chunking import Chunker
+from rag_loop.db.engine import create_db_engine, create_session_factory, upgrade
+from rag_loop.generation.base import Generator
+from rag_loop.index.chroma import ChromaStore, make_chroma_client
+from rag_loop.index.embedders import Embedder, SentenceTransformerEmbedder
+from rag_loop.registry.tracking import MlflowTracker
+from rag_loop.settings import GeneratorSettings, Settings
+
+
+def make_generator(settings: GeneratorSettings) -> Generator:
+    """The default backends, wired in one place."""
+    if settings.backend == "extractive":
+        from rag_loop.generation.extractive import ExtractiveGenerator
+
+        return ExtractiveGenerator(settings.max_sentences)
+    if settings.backend == "openai":
+        from rag_loop.generation.llm import openai_generator
+
+        return openai_generator(settings)
+    from rag_loop.generation.llm import llamacpp_generator
+
+    return llamacpp_generator(settings)
+
+
+@dataclass
+class Services:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    store: ChromaStore
+    embedder: Embedder
+    generator: Generator
+    tokens: FeedbackTokens
+    tracker: MlflowTracker
+    chunker: Chunker
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        embedder: Embedder | None = None,
+        generator: Generator | None = None,
+    ) -> Services:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        engine = create_db_engine(settings.database_url, echo=settings.database.echo)
+        upgrade(engine)
+        secret = (
+            settings.auth.secret_key.get_secret_value()
+            if settings.auth.secret_key
+            else load_or_create_secret(settings.data_dir)
+        )
+        return cls(
+            settings=settings,
+            engine=engine,
+            sessions=create_session_factory(engine),
+            store=ChromaStore(
+                make_chroma_client(settings.chroma_path, settings.chroma.host, settings.chroma.port)
+            ),
+            embedder=embedder
+            or SentenceTransformerEmbedder(
+                settings.embedder.model,
+                batch_size=settings.embedder.batch_size,
+                device=settings.embedder.device,
+            ),
+            generator=generator or make_generator(settings.generator),
+            tokens=FeedbackTokens(secret, settings.auth.feedback_token_ttl_seconds),
+            tracker=MlflowTracker(
+                settings.mlflow_tracking_uri,
+                settings.mlflow.experiment_prefix,
+                enabled=settings.mlflow.enabled,
+            ),
+            chunker=Chunker(settings.chunking.chunk_size, settings.chunking.chunk_overlap),
+        )
+
+    def close(self) -> None:
+        self.engine.dispose()
