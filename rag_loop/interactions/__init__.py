@@ -1,0 +1,1 @@
+"""Questions answered and logged (ask) and explained later (lineage)."""

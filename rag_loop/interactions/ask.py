@@ -1,0 +1,148 @@
+"""Answer a question from the serving index and log it as one interaction.
+
+Every call writes exactly one interaction row with its retrievals (rank, chunk id, score and
+the text as served), the versions used and a latency breakdown, also when the generator
+fails: then the row has status `error` and the caller gets a 502/503 naming it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import insert
+
+from rag_loop.db.engine import transaction
+from rag_loop.db.models import Interaction, Retrieval, utcnow
+from rag_loop.errors import InvalidInput, RagLoopError
+from rag_loop.index.chroma import Hit
+from rag_loop.index.versions import champion
+from rag_loop.retrieval.dense import retrieve
+from rag_loop.services import Services
+
+
+@dataclass(frozen=True)
+class AskResult:
+    interaction_id: str
+    answer: str
+    sources: list[dict[str, Any]]
+    cited_ranks: list[int]
+    versions: dict[str, Any]
+    latency_ms: dict[str, float]
+    feedback_token: str
+
+
+def ask(
+    services: Services,
+    query: str,
+    *,
+    top_k: int | None = None,
+    api_key_id: str | None = None,
+    client: str | None = None,
+) -> AskResult:
+    started = time.perf_counter()
+    limits = services.settings.limits
+    query = query.strip()
+    if not query:
+        raise InvalidInput("the question is empty")
+    if len(query) > limits.max_query_chars:
+        raise InvalidInput(
+            f"the question has {len(query)} characters; the limit is {limits.max_query_chars}"
+        )
+    k = top_k or services.settings.retrieval.top_k
+    if not 1 <= k <= 100:
+        raise InvalidInput(f"top_k must be between 1 and 100, not {k}")
+
+    with services.sessions() as session:
+        index = champion(session)
+        versions = {
+            "index_version": index.id,
+            "collection": index.collection_name,
+            "embedder_version": index.embedder_version,
+            "prompt_version": services.generator.prompt_version,
+            "generator": services.generator.name,
+        }
+    retrieved = retrieve(services.embedder, services.store, index.collection_name, query, k)
+
+    error: RagLoopError | None = None
+    answer, cited = None, []
+    t_gen = time.perf_counter()
+    try:
+        generation = services.generator.generate(query, retrieved.hits)
+        answer, cited = generation.text, generation.cited_ranks
+    except RagLoopError as exc:
+        error = exc
+    latency = {
+        "embed": round(retrieved.embed_ms, 3),
+        "search": round(retrieved.search_ms, 3),
+        "generate": round((time.perf_counter() - t_gen) * 1000, 3),
+    }
+    latency["total"] = round((time.perf_counter() - started) * 1000, 3)
+
+    interaction_id = uuid.uuid4().hex
+    with transaction(services.sessions) as session:
+        session.execute(
+            insert(Interaction),
+            [
+                {
+                    "id": interaction_id,
+                    "created_at": utcnow(),
+                    "query": query,
+                    "answer": answer,
+                    "status": "error" if error else "ok",
+                    "error": f"{error.code}: {error.message}" if error else None,
+                    "index_version_id": index.id,
+                    "collection_name": index.collection_name,
+                    "embedder_version": index.embedder_version,
+                    "prompt_version": versions["prompt_version"],
+                    "generator": versions["generator"],
+                    "top_k": k,
+                    "cited_ranks": cited,
+                    "latency_ms": latency,
+                    "api_key_id": api_key_id,
+                    "client": client,
+                }
+            ],
+        )
+        if retrieved.hits:
+            session.execute(
+                insert(Retrieval),
+                [
+                    {
+                        "interaction_id": interaction_id,
+                        "rank": rank,
+                        "chunk_id": hit.chunk_id,
+                        "document_id": hit.document_id,
+                        "title": hit.title,
+                        "score": hit.score,
+                        "text": hit.text,
+                    }
+                    for rank, hit in enumerate(retrieved.hits, start=1)
+                ],
+            )
+    if error is not None:
+        error.details.append({"interaction_id": interaction_id})
+        raise error
+    assert answer is not None
+    return AskResult(
+        interaction_id=interaction_id,
+        answer=answer,
+        sources=[_source(rank, hit) for rank, hit in enumerate(retrieved.hits, start=1)],
+        cited_ranks=cited,
+        versions=versions,
+        latency_ms=latency,
+        feedback_token=services.tokens.issue(interaction_id),
+    )
+
+
+def _source(rank: int, hit: Hit) -> dict[str, Any]:
+    return {
+        "rank": rank,
+        "chunk_id": hit.chunk_id,
+        "document_id": hit.document_id,
+        "title": hit.title,
+        "text": hit.text,
+        "score": hit.score,
+    }

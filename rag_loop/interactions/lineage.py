@@ -1,0 +1,123 @@
+"""Explain an answer: query, chunks as served, every version involved, and all feedback."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from rag_loop.db.models import (
+    Correction,
+    FeedbackEvent,
+    FeedbackSubmission,
+    IndexVersion,
+    Interaction,
+)
+from rag_loop.errors import NotFound
+from rag_loop.feedback.corrections import correction_view
+from rag_loop.services import Services
+
+
+def event_view(event: FeedbackEvent) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "id": event.id,
+        "kind": event.kind,
+        "created_at": event.created_at.isoformat(),
+    }
+    for field in ("thumb", "chunk_id", "relevant", "document_id", "text"):
+        value = getattr(event, field)
+        if value is not None:
+            view[field] = value
+    return view
+
+
+def effective_labels(events: list[FeedbackEvent]) -> dict[str, Any]:
+    """The latest thumb and the latest label per chunk win; the history stays in `feedback`."""
+    thumb = None
+    chunks: dict[str, bool] = {}
+    for event in sorted(events, key=lambda e: e.id):
+        if event.kind == "thumb":
+            thumb = event.thumb
+        elif event.kind == "chunk_label" and event.chunk_id is not None:
+            chunks[event.chunk_id] = bool(event.relevant)
+    return {"thumb": thumb, "chunk_labels": chunks}
+
+
+def show(services: Services, interaction_id: str) -> dict[str, Any]:
+    with services.sessions() as session:
+        interaction = session.get(Interaction, interaction_id)
+        if interaction is None:
+            raise NotFound(f"no interaction {interaction_id!r}")
+        index = (
+            session.get(IndexVersion, interaction.index_version_id)
+            if interaction.index_version_id
+            else None
+        )
+        submissions = list(
+            session.scalars(
+                select(FeedbackSubmission)
+                .where(FeedbackSubmission.interaction_id == interaction_id)
+                .order_by(FeedbackSubmission.created_at)
+            )
+        )
+        events = [e for s in submissions for e in s.events]
+        corrections = session.scalars(
+            select(Correction).where(Correction.interaction_id == interaction_id)
+        )
+        return {
+            "interaction_id": interaction.id,
+            "created_at": interaction.created_at.isoformat(),
+            "query": interaction.query,
+            "answer": interaction.answer,
+            "status": interaction.status,
+            "error": interaction.error,
+            "cited_ranks": interaction.cited_ranks,
+            "top_k": interaction.top_k,
+            "latency_ms": interaction.latency_ms,
+            "client": interaction.client,
+            "api_key_id": interaction.api_key_id,
+            "versions": {
+                "index_version": interaction.index_version_id,
+                "collection": interaction.collection_name,
+                "embedder_version": interaction.embedder_version,
+                "prompt_version": interaction.prompt_version,
+                "generator": interaction.generator,
+            },
+            "index_version": None
+            if index is None
+            else {
+                "id": index.id,
+                "collection": index.collection_name,
+                "embedder": index.embedder,
+                "embedder_version": index.embedder_version,
+                "chunk_size": index.chunk_size,
+                "chunk_overlap": index.chunk_overlap,
+                "chunking_hash": index.chunking_hash,
+                "corpus_hash": index.corpus_hash,
+                "mlflow_run_id": index.mlflow_run_id,
+                "created_at": index.created_at.isoformat(),
+            },
+            "sources": [
+                {
+                    "rank": r.rank,
+                    "chunk_id": r.chunk_id,
+                    "document_id": r.document_id,
+                    "title": r.title,
+                    "score": r.score,
+                    "text": r.text,
+                }
+                for r in interaction.retrievals
+            ],
+            "feedback": [
+                {
+                    "submission_id": s.id,
+                    "actor": s.actor,
+                    "idempotency_key": s.idempotency_key,
+                    "created_at": s.created_at.isoformat(),
+                    "events": [event_view(e) for e in s.events],
+                }
+                for s in submissions
+            ],
+            "labels": effective_labels(events),
+            "corrections": [correction_view(c, interaction) for c in corrections],
+        }

@@ -1,0 +1,1 @@
+"""Which chunks answer a query: dense retrieval over the serving index."""
