@@ -60,13 +60,16 @@ class SentenceTransformerEmbedder:
     ) -> None:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights are local; never reach a hub
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
 
         path = resolve_model_path(model)
         self.name = model if model == DEFAULT_MODEL else path.name
         self.version = f"{self.name}@{weights_hash(path)}"
         self.batch_size = batch_size
         self.model = SentenceTransformer(str(path), device=device)
-        self.dimension = int(self.model.get_embedding_dimension())
+        self.dimension = int(self.model.get_embedding_dimension() or 0)
         # encode() is not safe to call from several threads at once on one model
         self._lock = threading.Lock()
 

@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Header
+
+from rag_loop.api.deps import PrincipalDep, ServicesDep
+from rag_loop.api.errors import responses
+from rag_loop.api.schemas import AskIn, AskOut
+from rag_loop.errors import Unauthorized
+from rag_loop.interactions.ask import ask
+
+router = APIRouter(prefix="/v1", tags=["ask"])
+
+
+@router.post(
+    "/ask",
+    operation_id="ask",
+    response_model=AskOut,
+    responses=responses(400, 401, 403, 413, 422, 502, 503),
+    summary="Answer a question from the serving index; the answer is logged",
+)
+def ask_route(
+    body: AskIn,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    x_client: str | None = Header(default=None, max_length=64),
+) -> AskOut:
+    if principal is not None:
+        principal.require("ask")
+    elif services.settings.auth.require_key_for_ask:
+        raise Unauthorized("asking needs an API key with the 'ask' scope")
+    result = ask(
+        services,
+        body.query,
+        top_k=body.top_k,
+        api_key_id=principal.key_id if principal else None,
+        client=x_client,
+    )
+    return AskOut.model_validate(
+        {
+            **result.__dict__,
+            "feedback_token_expires_in": services.settings.auth.feedback_token_ttl_seconds,
+        }
+    )

@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from rag_loop.api.deps import PrincipalDep, ServicesDep
+from rag_loop.api.errors import responses
+from rag_loop.api.schemas import FeedbackOut
+from rag_loop.errors import Unauthorized
+from rag_loop.feedback.schemas import FeedbackIn
+from rag_loop.feedback.service import submit_feedback
+
+router = APIRouter(prefix="/v1", tags=["feedback"])
+
+
+@router.post(
+    "/feedback",
+    operation_id="submit_feedback",
+    status_code=201,
+    response_model=FeedbackOut,
+    responses={
+        200: {"model": FeedbackOut, "description": "an idempotent retry"},
+        **responses(400, 401, 403, 404, 409, 413, 422),
+    },
+    summary="Thumbs, chunk labels, a correction, a source pointer or a comment on an answer",
+)
+def feedback_route(
+    body: FeedbackIn, services: ServicesDep, principal: PrincipalDep, response: Response
+) -> FeedbackOut:
+    """Authorised by the answer's `token`, or by an API key with the feedback scope."""
+    if principal is not None:
+        principal.require("feedback")
+        actor = f"key:{principal.key_id}"
+    elif body.token:
+        services.tokens.verify(body.token, body.interaction_id)
+        actor = "token"
+    else:
+        raise Unauthorized(
+            "feedback needs the answer's feedback_token in `token`, or an API key with the "
+            "feedback scope"
+        )
+    receipt = submit_feedback(services, body, actor=actor)
+    if not receipt.created:
+        response.status_code = 200
+    return FeedbackOut.model_validate(receipt.__dict__)

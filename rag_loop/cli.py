@@ -1,0 +1,370 @@
+"""The `rag-loop` command line. It calls the same services as the API.
+
+User mistakes print `error: <message>` on stderr and exit non-zero (2 bad input, 3 auth,
+4 not found, 5 conflict, 6 a backend is down); never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+from rag_loop.errors import InvalidInput, RagLoopError
+from rag_loop.settings import Settings
+
+app = typer.Typer(
+    name="rag-loop",
+    help="A RAG service that learns from its users. Settings come from RAG_LOOP_* "
+    "environment variables (see the README).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+corrections_app = typer.Typer(
+    help="Review corrections: list, approve, reject.", no_args_is_help=True
+)
+interactions_app = typer.Typer(help="Look at logged interactions.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys with scopes (ask, feedback, admin).", no_args_is_help=True)
+export_app = typer.Typer(help="Export datasets.", no_args_is_help=True)
+index_app = typer.Typer(help="Index versions.", no_args_is_help=True)
+db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+app.add_typer(corrections_app, name="corrections")
+app.add_typer(interactions_app, name="interactions")
+app.add_typer(keys_app, name="keys")
+app.add_typer(export_app, name="export")
+app.add_typer(index_app, name="index")
+app.add_typer(db_app, name="db")
+
+CLI_ACTOR = "cli"
+DEFAULT_SCOPES = ["ask", "feedback"]
+DEFAULT_FORMATS = ["jsonl", "parquet"]
+
+
+class State:
+    data_dir: Path | None = None
+
+
+def settings() -> Settings:
+    try:
+        loaded = Settings()
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"RAG_LOOP_{'_'.join(str(p).upper() for p in e['loc'])}: {e['msg']}"
+            for e in exc.errors()
+        )
+        raise InvalidInput(f"invalid settings: {problems}") from exc
+    if State.data_dir is not None:
+        loaded.data_dir = State.data_dir
+    return loaded
+
+
+def services(**kwargs: Any) -> Any:
+    from rag_loop.services import Services
+
+    return Services.from_settings(settings(), **kwargs)
+
+
+def emit(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+
+
+@app.callback()
+def main_options(
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Data directory (overrides RAG_LOOP_DATA_DIR).", show_default=False),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False,
+) -> None:
+    State.data_dir = data_dir
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if not verbose:
+        for noisy in ("mlflow", "alembic", "chromadb"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    ingest_corpus: Annotated[
+        bool,
+        typer.Option(
+            "--ingest/--no-ingest",
+            help="Ingest RAG_LOOP_CORPUS_PATH first when there is no serving index.",
+        ),
+    ] = True,
+) -> None:
+    """Start the API (ingesting the sample corpus on first start)."""
+    import uvicorn
+
+    from rag_loop.api import create_app
+    from rag_loop.corpus.ingest import ingest
+    from rag_loop.index.versions import champion_or_none
+
+    svc = services()
+    config = svc.settings
+    with svc.sessions() as session:
+        has_index = champion_or_none(session) is not None
+    if not has_index and ingest_corpus and config.corpus_path is not None:
+        typer.echo(f"no serving index yet: ingesting {config.corpus_path}", err=True)
+        result = ingest(svc, config.corpus_path, actor=CLI_ACTOR, progress=True)
+        typer.echo(
+            f"index version {result.index_version_id}: {result.chunks_total} chunks", err=True
+        )
+    typer.echo(f"rag-loop serving on http://{host}:{port} (data dir {config.data_dir})", err=True)
+    uvicorn.run(
+        create_app(config, svc), host=host, port=port, log_level="warning", access_log=False
+    )
+
+
+@app.command("ingest")
+def ingest_command(
+    path: Annotated[
+        Path,
+        typer.Argument(
+            help="A folder, a .md/.txt/.jsonl file, or a BEIR folder with corpus.jsonl."
+        ),
+    ],
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Ingest documents; builds a new index version only when something changed."""
+    from rag_loop.corpus.ingest import ingest
+
+    emit(ingest(services(), path, actor=CLI_ACTOR, progress=progress).as_dict())
+
+
+@app.command("ask")
+def ask_command(
+    question: Annotated[str, typer.Argument(help="The question.")],
+    top_k: Annotated[int | None, typer.Option(help="Chunks to retrieve.")] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only the interaction id.")
+    ] = False,
+) -> None:
+    """Ask a question; prints the answer, its sources and the interaction id as JSON."""
+    from rag_loop.interactions.ask import ask
+
+    result = ask(services(), question, top_k=top_k, client="cli")
+    if quiet:
+        typer.echo(result.interaction_id)
+    else:
+        emit(result.__dict__)
+
+
+@app.command("feedback")
+def feedback_command(
+    interaction_id: Annotated[str, typer.Argument(help="The interaction to give feedback on.")],
+    thumb: Annotated[str | None, typer.Option(help="up or down.")] = None,
+    relevant: Annotated[
+        list[str] | None, typer.Option(help="A shown chunk id that was relevant (repeatable).")
+    ] = None,
+    not_relevant: Annotated[
+        list[str] | None, typer.Option(help="A shown chunk id that was not relevant (repeatable).")
+    ] = None,
+    correction: Annotated[str | None, typer.Option(help="A corrected answer.")] = None,
+    source_document: Annotated[
+        str | None, typer.Option(help="The document that holds the right answer.")
+    ] = None,
+    source_chunk: Annotated[
+        str | None, typer.Option(help="The chunk that holds the right answer.")
+    ] = None,
+    comment: Annotated[str | None, typer.Option(help="A free-text comment.")] = None,
+    idempotency_key: Annotated[
+        str | None, typer.Option(help="Retries with the same key are recorded once.")
+    ] = None,
+) -> None:
+    """Record feedback on an answer (as the local operator)."""
+    from rag_loop.feedback.schemas import FeedbackIn
+    from rag_loop.feedback.service import submit_feedback
+
+    labels = [{"chunk_id": c, "relevant": True} for c in relevant or []]
+    labels += [{"chunk_id": c, "relevant": False} for c in not_relevant or []]
+    source = None
+    if source_document or source_chunk:
+        source = {"document_id": source_document, "chunk_id": source_chunk}
+    try:
+        body = FeedbackIn.model_validate(
+            {
+                "interaction_id": interaction_id,
+                "thumb": thumb,
+                "chunk_labels": labels,
+                "correction": correction,
+                "source": source,
+                "comment": comment,
+                "idempotency_key": idempotency_key,
+            }
+        )
+    except ValidationError as exc:
+        raise InvalidInput(
+            "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+        ) from exc
+    emit(submit_feedback(services(), body, actor=CLI_ACTOR).__dict__)
+
+
+@corrections_app.command("list")
+def corrections_list(
+    status: Annotated[str, typer.Option(help="pending, approved, rejected or all.")] = "pending",
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 100,
+) -> None:
+    """List corrections waiting for review (or in another state)."""
+    from rag_loop.feedback.corrections import list_corrections
+
+    emit(list_corrections(services(), None if status == "all" else status, limit))
+
+
+@corrections_app.command("approve")
+def corrections_approve(
+    correction_id: Annotated[int, typer.Argument(help="The correction id.")],
+    reviewer: Annotated[str, typer.Option(help="Who approves it.")] = CLI_ACTOR,
+    note: Annotated[str | None, typer.Option(help="Why.")] = None,
+) -> None:
+    """Approve a correction: it is indexed into the serving index at once."""
+    from rag_loop.feedback.corrections import approve
+
+    emit(approve(services(), correction_id, reviewer=reviewer, note=note))
+
+
+@corrections_app.command("reject")
+def corrections_reject(
+    correction_id: Annotated[int, typer.Argument(help="The correction id.")],
+    reviewer: Annotated[str, typer.Option(help="Who rejects it.")] = CLI_ACTOR,
+    note: Annotated[str | None, typer.Option(help="Why.")] = None,
+) -> None:
+    """Reject a correction: it never reaches the index."""
+    from rag_loop.feedback.corrections import reject
+
+    emit(reject(services(), correction_id, reviewer=reviewer, note=note))
+
+
+@interactions_app.command("show")
+def interactions_show(
+    interaction_id: Annotated[str, typer.Argument(help="The interaction id.")],
+) -> None:
+    """Everything about one answer: chunks and scores as served, versions, feedback."""
+    from rag_loop.interactions.lineage import show
+
+    emit(show(services(), interaction_id))
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Argument(help="Who or what the key is for.")],
+    scope: Annotated[
+        list[str], typer.Option(help="ask, feedback or admin (repeatable).")
+    ] = DEFAULT_SCOPES,
+) -> None:
+    """Create an API key. The key is printed once; only its hash is stored."""
+    from rag_loop.auth.keys import create_key
+    from rag_loop.db.engine import transaction
+
+    svc = services()
+    with transaction(svc.sessions) as session:
+        key, secret = create_key(session, name, list(scope), actor=CLI_ACTOR)
+        emit({"id": key.id, "name": key.name, "scopes": key.scopes, "key": secret})
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List API keys (never their secrets)."""
+    from rag_loop.auth.keys import list_keys
+
+    with services().sessions() as session:
+        emit(
+            [
+                {
+                    "id": k.id,
+                    "name": k.name,
+                    "scopes": k.scopes,
+                    "created_at": k.created_at,
+                    "revoked_at": k.revoked_at,
+                }
+                for k in list_keys(session)
+            ]
+        )
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[str, typer.Argument(help="The key id.")]) -> None:
+    """Revoke an API key."""
+    from rag_loop.auth.keys import revoke_key
+    from rag_loop.db.engine import transaction
+
+    with transaction(services().sessions) as session:
+        key = revoke_key(session, key_id, actor=CLI_ACTOR)
+        emit({"id": key.id, "revoked_at": key.revoked_at})
+
+
+@export_app.command("feedback")
+def export_feedback_command(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("export"),
+    format: Annotated[
+        list[str], typer.Option(help="jsonl and/or parquet (repeatable).")
+    ] = DEFAULT_FORMATS,
+    all_interactions: Annotated[
+        bool, typer.Option("--all", help="Include interactions without feedback.")
+    ] = False,
+) -> None:
+    """Write the feedback dataset (interaction, query, shown chunks, labels, corrections)."""
+    from rag_loop.feedback.export import export_feedback
+
+    emit(export_feedback(services(), out, formats=tuple(format), include_all=all_interactions))
+
+
+@index_app.command("list")
+def index_list() -> None:
+    """List index versions and their aliases (`champion` serves)."""
+    from rag_loop.index.versions import list_versions
+
+    with services().sessions() as session:
+        emit(
+            [
+                {
+                    "id": v.id,
+                    "aliases": aliases,
+                    "status": v.status,
+                    "collection": v.collection_name,
+                    "embedder_version": v.embedder_version,
+                    "n_documents": v.n_documents,
+                    "n_chunks": v.n_chunks,
+                    "corpus_hash": v.corpus_hash,
+                    "mlflow_run_id": v.mlflow_run_id,
+                    "created_at": v.created_at,
+                    "reason": v.reason,
+                }
+                for v, aliases in list_versions(session)
+            ]
+        )
+
+
+@db_app.command("upgrade")
+def db_upgrade() -> None:
+    """Apply database migrations (also done automatically on start)."""
+    from rag_loop.db.engine import create_db_engine, upgrade
+
+    config = settings()
+    engine = create_db_engine(config.database_url)
+    upgrade(engine)
+    engine.dispose()
+    typer.echo("database is at the newest schema")
+
+
+def main() -> None:
+    try:
+        app()
+    except RagLoopError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        for detail in exc.details:
+            typer.echo(f"  {json.dumps(detail, default=str)}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
