@@ -1,0 +1,129 @@
+"""The SQL store behaves the same on SQLite and PostgreSQL (run with --db to pick one)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+from sqlalchemy import inspect, select, text
+from sqlalchemy.exc import DBAPIError
+
+from rag_loop.corpus.ingest import ingest
+from rag_loop.db.engine import transaction, upgrade
+from rag_loop.db.models import AuditEntry, Document, FeedbackEvent, Interaction
+from rag_loop.feedback import corrections
+from rag_loop.feedback.schemas import FeedbackIn
+from rag_loop.feedback.service import submit_feedback
+from rag_loop.interactions.ask import ask
+from rag_loop.interactions.lineage import show
+from rag_loop.services import Services
+from tests.conftest import CORPUS
+
+
+def test_migrations_create_every_table_and_are_idempotent(services: Services,
+                                                          db_backend: str) -> None:
+    upgrade(services.engine)  # a second run changes nothing
+    tables = set(inspect(services.engine).get_table_names())
+    assert {"documents", "chunks", "index_versions", "aliases", "interactions", "retrievals",
+            "feedback_submissions", "feedback_events", "corrections", "api_keys", "audit_log",
+            "alembic_version"} <= tables
+    assert services.engine.dialect.name == ("postgresql" if db_backend == "postgres"
+                                            else "sqlite")
+
+
+def test_audit_log_is_append_only(services: Services, db_backend: str) -> None:
+    with transaction(services.sessions) as session:
+        session.add(AuditEntry(actor="t", action="test", target="x"))
+    for statement in ("UPDATE audit_log SET actor = 'mallory'", "DELETE FROM audit_log"):
+        with pytest.raises(DBAPIError, match="append-only"), services.engine.begin() as conn:
+            conn.execute(text(statement))
+    with services.sessions() as session:
+        assert session.scalars(select(AuditEntry.actor)).all() == ["t"]
+
+
+def test_serve_feedback_review_round_trip(kestrel: Services, db_backend: str) -> None:
+    result = ask(kestrel, "How many backup codes do I get with 2FA?")
+    assert result.sources[0]["document_id"] == "account/two-factor-authentication"
+    receipt = submit_feedback(kestrel, FeedbackIn(
+        interaction_id=result.interaction_id, thumb="down", correction="Twelve backup codes.",
+        chunk_labels=[{"chunk_id": result.sources[0]["chunk_id"], "relevant": True}],
+        source={"document_id": "account/two-factor-authentication"},
+    ), actor="test")
+    assert receipt.correction_id is not None
+    corrections.approve(kestrel, receipt.correction_id, reviewer="alice")
+    view = show(kestrel, result.interaction_id)
+    assert view["labels"] == {"thumb": "down",
+                              "chunk_labels": {result.sources[0]["chunk_id"]: True}}
+    assert view["corrections"][0]["status"] == "approved"
+    assert view["created_at"].endswith("+00:00")  # aware UTC on both backends
+    with kestrel.sessions() as session:
+        doc = session.get(Document, f"correction-{receipt.correction_id}")
+        assert doc is not None and doc.kind == "correction"
+
+
+def test_concurrent_idempotent_retries_record_once(kestrel: Services, db_backend: str) -> None:
+    result = ask(kestrel, "How much is the late payment fee?")
+    body = FeedbackIn(interaction_id=result.interaction_id, thumb="up", idempotency_key="same")
+    receipts = []
+
+    def send() -> None:
+        receipts.append(submit_feedback(kestrel, body, actor="test"))
+
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len({r.submission_id for r in receipts}) == 1
+    assert sum(r.created for r in receipts) == 1
+    with kestrel.sessions() as session:
+        events = session.scalars(
+            select(FeedbackEvent).where(FeedbackEvent.interaction_id == result.interaction_id)
+        ).all()
+        assert len(events) == 1
+
+
+def test_generator_failure_still_records_the_interaction(
+    make_settings, embedder, db_backend: str  # type: ignore[no-untyped-def]
+) -> None:
+    from rag_loop.errors import BackendUnavailable
+
+    settings = make_settings(generator={"backend": "openai",
+                                        "base_url": "http://127.0.0.1:9/v1",
+                                        "timeout_seconds": 5})
+    svc = Services.from_settings(settings, embedder=embedder)
+    try:
+        ingest(svc, CORPUS, actor="test")
+        with pytest.raises(BackendUnavailable) as caught:
+            ask(svc, "What are the support chat hours?")
+        interaction_id = caught.value.details[0]["interaction_id"]
+        with svc.sessions() as session:
+            row = session.get(Interaction, interaction_id)
+            assert row is not None and row.status == "error" and row.answer is None
+            assert "cannot be reached" in (row.error or "")
+            assert len(row.retrievals) == 5
+    finally:
+        svc.close()
+
+
+def test_ingest_is_atomic_when_mlflow_is_down(make_settings, embedder, tmp_path: Path,
+                                              db_backend: str) -> None:  # type: ignore[no-untyped-def]
+    from rag_loop.errors import BackendUnavailable
+    from tests.conftest import row_counts
+
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where MLflow wants a folder")
+    settings = make_settings(mlflow={"tracking_uri": f"sqlite:///{blocker}/mlflow.db"})
+    svc = Services.from_settings(settings, embedder=embedder)
+    try:
+        with pytest.raises(BackendUnavailable):
+            ingest(svc, CORPUS, actor="test")
+        counts = row_counts(svc)
+        assert counts["documents"] == counts["chunks"] == counts["aliases"] == 0
+        with svc.sessions() as session:
+            statuses = session.scalars(text("SELECT status FROM index_versions")).all()
+        assert statuses == ["failed"]
+        assert [c.name for c in svc.store.client.list_collections()] == []
+    finally:
+        svc.close()
