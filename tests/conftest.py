@@ -32,8 +32,12 @@ PG_ADMIN = os.environ.get("RAG_LOOP_TEST_PG", "postgresql://postgres@127.0.0.1:5
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--db", action="append", choices=["sqlite", "postgres"],
-                     help="store backends to run the store tests on (default: both)")
+    parser.addoption(
+        "--db",
+        action="append",
+        choices=["sqlite", "postgres"],
+        help="store backends to run the store tests on (default: both)",
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -132,9 +136,10 @@ class LiveServer:
 @pytest.fixture
 def api(kestrel: Services) -> Iterator[httpx.Client]:
     """A real HTTP client talking to a real server on loopback, sample corpus ingested."""
-    with LiveServer(create_app(kestrel.settings, kestrel)) as live, httpx.Client(
-        base_url=live.url, timeout=60
-    ) as client:
+    with (
+        LiveServer(create_app(kestrel.settings, kestrel)) as live,
+        httpx.Client(base_url=live.url, timeout=60) as client,
+    ):
         yield client
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
 import pytest
-import time
-
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
 from rag_loop.services import Services
@@ -33,30 +32,64 @@ def feedback(asked: dict[str, Any], **fields: Any) -> dict[str, Any]:
 
 
 BAD_FEEDBACK = {
-    "unknown interaction": (lambda a, s: {**feedback(a, thumb="up"), "interaction_id": "f" * 32,
-                                          "token": s.tokens.issue("f" * 32)}, 404, "not_found"),
+    "unknown interaction": (
+        lambda a, s: {
+            **feedback(a, thumb="up"),
+            "interaction_id": "f" * 32,
+            "token": s.tokens.issue("f" * 32),
+        },
+        404,
+        "not_found",
+    ),
     "bad token": (lambda a, s: feedback(a, thumb="up", token="not-a-token"), 401, "unauthorized"),
     "token of another interaction": (
-        lambda a, s: feedback(a, thumb="up", token=s.tokens.issue("0" * 32)), 401, "unauthorized"),
-    "no token and no key": (lambda a, s: {"interaction_id": a["interaction_id"], "thumb": "up"},
-                            401, "unauthorized"),
-    "chunk not shown": (lambda a, s: feedback(
-        a, chunk_labels=[{"chunk_id": "cdeadbeef", "relevant": True}]), 400, "invalid_input"),
-    "chunk labelled twice": (lambda a, s: feedback(a, chunk_labels=[
-        {"chunk_id": a["sources"][0]["chunk_id"], "relevant": True},
-        {"chunk_id": a["sources"][0]["chunk_id"], "relevant": False}]), 400, "invalid_input"),
+        lambda a, s: feedback(a, thumb="up", token=s.tokens.issue("0" * 32)),
+        401,
+        "unauthorized",
+    ),
+    "no token and no key": (
+        lambda a, s: {"interaction_id": a["interaction_id"], "thumb": "up"},
+        401,
+        "unauthorized",
+    ),
+    "chunk not shown": (
+        lambda a, s: feedback(a, chunk_labels=[{"chunk_id": "cdeadbeef", "relevant": True}]),
+        400,
+        "invalid_input",
+    ),
+    "chunk labelled twice": (
+        lambda a, s: feedback(
+            a,
+            chunk_labels=[
+                {"chunk_id": a["sources"][0]["chunk_id"], "relevant": True},
+                {"chunk_id": a["sources"][0]["chunk_id"], "relevant": False},
+            ],
+        ),
+        400,
+        "invalid_input",
+    ),
     "thumb of wrong type": (lambda a, s: feedback(a, thumb=1), 422, "validation_failed"),
     "thumb sideways": (lambda a, s: feedback(a, thumb="sideways"), 422, "validation_failed"),
-    "relevant not a bool": (lambda a, s: feedback(a, chunk_labels=[
-        {"chunk_id": a["sources"][0]["chunk_id"], "relevant": "maybe"}]), 422,
-        "validation_failed"),
+    "relevant not a bool": (
+        lambda a, s: feedback(
+            a, chunk_labels=[{"chunk_id": a["sources"][0]["chunk_id"], "relevant": "maybe"}]
+        ),
+        422,
+        "validation_failed",
+    ),
     "unknown field": (lambda a, s: feedback(a, thumb="up", stars=5), 422, "validation_failed"),
     "empty feedback": (lambda a, s: feedback(a), 400, "invalid_input"),
-    "oversize correction": (lambda a, s: feedback(a, correction="x" * 8001), 413,
-                            "payload_too_large"),
+    "oversize correction": (
+        lambda a, s: feedback(a, correction="x" * 8001),
+        413,
+        "payload_too_large",
+    ),
     "oversize comment": (lambda a, s: feedback(a, comment="y" * 8001), 413, "payload_too_large"),
-    "unknown source document": (lambda a, s: feedback(a, source={"document_id": "nope"}), 400,
-                                "invalid_input"),
+    "unknown source document": (
+        lambda a, s: feedback(a, source={"document_id": "nope"}),
+        400,
+        "invalid_input",
+    ),
     "empty source pointer": (lambda a, s: feedback(a, source={}), 422, "validation_failed"),
 }
 
@@ -72,8 +105,9 @@ def test_bad_feedback_is_refused_and_writes_nothing(
     assert row_counts(kestrel) == before
 
 
-def test_expired_token_is_refused(api: httpx.Client, kestrel: Services,
-                                  asked: dict[str, Any]) -> None:
+def test_expired_token_is_refused(
+    api: httpx.Client, kestrel: Services, asked: dict[str, Any]
+) -> None:
     secret = (kestrel.settings.data_dir / "secret.key").read_text().strip()
     old = URLSafeTimedSerializer(secret, salt="rag-loop.feedback", signer=EightDaysAgoSigner)
     token = old.dumps(asked["interaction_id"])
@@ -86,8 +120,12 @@ def test_expired_token_is_refused(api: httpx.Client, kestrel: Services,
 
 def test_malformed_json_and_wrong_content(api: httpx.Client, kestrel: Services) -> None:
     before = row_counts(kestrel)
-    assert_error_shape(api.post("/v1/feedback", content=b"{not json",
-                                headers={"content-type": "application/json"}), 422)
+    assert_error_shape(
+        api.post(
+            "/v1/feedback", content=b"{not json", headers={"content-type": "application/json"}
+        ),
+        422,
+    )
     assert_error_shape(api.post("/v1/ask", content=b"x" * 1_000_001), 413, "payload_too_large")
     assert row_counts(kestrel) == before
 
@@ -104,8 +142,9 @@ BAD_ASKS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_ASKS))
-def test_bad_ask_is_refused_and_writes_nothing(case: str, api: httpx.Client,
-                                                kestrel: Services) -> None:
+def test_bad_ask_is_refused_and_writes_nothing(
+    case: str, api: httpx.Client, kestrel: Services
+) -> None:
     body, status = BAD_ASKS[case]
     before = row_counts(kestrel)
     assert_error_shape(api.post("/v1/ask", json=body), status)
@@ -124,20 +163,26 @@ def test_admin_routes_refuse_without_admin_key(api: httpx.Client, kestrel: Servi
 
         revoke_key(session, revoked.id, actor="test")
     before = row_counts(kestrel)
-    for method, path in [("GET", "/v1/corrections"), ("POST", "/v1/corrections/1/approve"),
-                         ("POST", "/v1/corrections/1/reject"), ("GET", "/v1/interactions/x"),
-                         ("GET", "/v1/index-versions")]:
+    for method, path in [
+        ("GET", "/v1/corrections"),
+        ("POST", "/v1/corrections/1/approve"),
+        ("POST", "/v1/corrections/1/reject"),
+        ("GET", "/v1/interactions/x"),
+        ("GET", "/v1/index-versions"),
+    ]:
         assert_error_shape(api.request(method, path), 401, "unauthorized")
-        assert_error_shape(api.request(method, path, headers={"X-API-Key": ask_key}), 403,
-                           "forbidden")
+        assert_error_shape(
+            api.request(method, path, headers={"X-API-Key": ask_key}), 403, "forbidden"
+        )
         assert_error_shape(api.request(method, path, headers={"X-API-Key": revoked_key}), 401)
         assert_error_shape(api.request(method, path, headers={"X-API-Key": "rl_nope_nope"}), 401)
         assert_error_shape(api.request(method, path, headers={"Authorization": "Basic abc"}), 401)
     assert row_counts(kestrel) == before
 
 
-def test_review_of_unknown_correction(api: httpx.Client, kestrel: Services,
-                                      admin_headers: dict[str, str]) -> None:
+def test_review_of_unknown_correction(
+    api: httpx.Client, kestrel: Services, admin_headers: dict[str, str]
+) -> None:
     before = row_counts(kestrel)
     assert_error_shape(api.post("/v1/corrections/999/approve", headers=admin_headers), 404)
     assert_error_shape(api.post("/v1/corrections/0/approve", headers=admin_headers), 422)

@@ -15,8 +15,9 @@ CORRECTION = (
 )
 
 
-def test_ask_logs_one_interaction_with_lineage(api: httpx.Client, kestrel: Services,
-                                               admin_headers: dict[str, str]) -> None:
+def test_ask_logs_one_interaction_with_lineage(
+    api: httpx.Client, kestrel: Services, admin_headers: dict[str, str]
+) -> None:
     response = api.post("/v1/ask", json={"query": QUESTION})
     assert response.status_code == 200, response.text
     body = response.json()
@@ -32,7 +33,8 @@ def test_ask_logs_one_interaction_with_lineage(api: httpx.Client, kestrel: Servi
         interaction = session.get(Interaction, body["interaction_id"])
         assert interaction is not None and interaction.status == "ok"
         stored = session.scalars(
-            select(Retrieval).where(Retrieval.interaction_id == interaction.id)
+            select(Retrieval)
+            .where(Retrieval.interaction_id == interaction.id)
             .order_by(Retrieval.rank)
         ).all()
         assert [(r.chunk_id, r.score, r.text) for r in stored] == [
@@ -54,21 +56,27 @@ def test_correction_approved_becomes_rank_one_and_is_cited(
 ) -> None:
     first = api.post("/v1/ask", json={"query": QUESTION}).json()
     shown = first["sources"]
-    feedback = api.post("/v1/feedback", json={
-        "interaction_id": first["interaction_id"],
-        "token": first["feedback_token"],
-        "thumb": "down",
-        "chunk_labels": [{"chunk_id": shown[1]["chunk_id"], "relevant": False}],
-        "correction": CORRECTION,
-        "idempotency_key": "e2e-1",
-    })
+    feedback = api.post(
+        "/v1/feedback",
+        json={
+            "interaction_id": first["interaction_id"],
+            "token": first["feedback_token"],
+            "thumb": "down",
+            "chunk_labels": [{"chunk_id": shown[1]["chunk_id"], "relevant": False}],
+            "correction": CORRECTION,
+            "idempotency_key": "e2e-1",
+        },
+    )
     assert feedback.status_code == 201, feedback.text
     correction_id = feedback.json()["correction_id"]
 
     pending = api.get("/v1/corrections", headers=admin_headers).json()
     assert [c["id"] for c in pending] == [correction_id]
-    approved = api.post(f"/v1/corrections/{correction_id}/approve",
-                        json={"note": "policy changed"}, headers=admin_headers)
+    approved = api.post(
+        f"/v1/corrections/{correction_id}/approve",
+        json={"note": "policy changed"},
+        headers=admin_headers,
+    )
     assert approved.status_code == 200, approved.text
     assert approved.json()["status"] == "approved"
 
@@ -97,12 +105,20 @@ def test_rejected_correction_never_reaches_the_index(
     first = api.post("/v1/ask", json={"query": "How long is a password reset link valid?"})
     first_body = first.json()
     secret_text = "Reset links are valid forever and never expire, zebra-canary-7781."
-    receipt = api.post("/v1/feedback", json={
-        "interaction_id": first_body["interaction_id"], "token": first_body["feedback_token"],
-        "thumb": "down", "correction": secret_text,
-    }).json()
-    rejected = api.post(f"/v1/corrections/{receipt['correction_id']}/reject",
-                        json={"note": "wrong"}, headers=admin_headers)
+    receipt = api.post(
+        "/v1/feedback",
+        json={
+            "interaction_id": first_body["interaction_id"],
+            "token": first_body["feedback_token"],
+            "thumb": "down",
+            "correction": secret_text,
+        },
+    ).json()
+    rejected = api.post(
+        f"/v1/corrections/{receipt['correction_id']}/reject",
+        json={"note": "wrong"},
+        headers=admin_headers,
+    )
     assert rejected.status_code == 200 and rejected.json()["status"] == "rejected"
     again = api.post(f"/v1/corrections/{receipt['correction_id']}/approve", headers=admin_headers)
     assert again.status_code == 409
@@ -121,10 +137,14 @@ def test_thumb_can_change_latest_wins_history_kept(
 ) -> None:
     asked = api.post("/v1/ask", json={"query": "How long does a full charge take?"}).json()
     for thumb in ("down", "up"):
-        response = api.post("/v1/feedback", json={
-            "interaction_id": asked["interaction_id"], "token": asked["feedback_token"],
-            "thumb": thumb,
-        })
+        response = api.post(
+            "/v1/feedback",
+            json={
+                "interaction_id": asked["interaction_id"],
+                "token": asked["feedback_token"],
+                "thumb": thumb,
+            },
+        )
         assert response.status_code == 201
     view = api.get(f"/v1/interactions/{asked['interaction_id']}", headers=admin_headers).json()
     assert view["labels"]["thumb"] == "up"
@@ -134,8 +154,13 @@ def test_thumb_can_change_latest_wins_history_kept(
 
 def test_idempotent_retry_is_recorded_once(api: httpx.Client, kestrel: Services) -> None:
     asked = api.post("/v1/ask", json={"query": "What tyre pressure should I use?"}).json()
-    body = {"interaction_id": asked["interaction_id"], "token": asked["feedback_token"],
-            "thumb": "up", "comment": "clear", "idempotency_key": "retry-me"}
+    body = {
+        "interaction_id": asked["interaction_id"],
+        "token": asked["feedback_token"],
+        "thumb": "up",
+        "comment": "clear",
+        "idempotency_key": "retry-me",
+    }
     first = api.post("/v1/feedback", json=body)
     second = api.post("/v1/feedback", json=body)
     assert first.status_code == 201 and second.status_code == 200
@@ -156,8 +181,12 @@ def test_feedback_with_api_key_and_source_pointer(api: httpx.Client, kestrel: Se
     with transaction(kestrel.sessions) as session:
         _, key = create_key(session, "widget backend", ["feedback"], actor="test")
     asked = api.post("/v1/ask", json={"query": "Where are the Hubs?"}).json()
-    response = api.post("/v1/feedback", headers={"X-API-Key": key}, json={
-        "interaction_id": asked["interaction_id"],
-        "source": {"document_id": "support/kestrel-hubs"},
-    })
+    response = api.post(
+        "/v1/feedback",
+        headers={"X-API-Key": key},
+        json={
+            "interaction_id": asked["interaction_id"],
+            "source": {"document_id": "support/kestrel-hubs"},
+        },
+    )
     assert response.status_code == 201, response.text

@@ -26,8 +26,7 @@ def corpus_copy(tmp_path: Path) -> Path:
     return target
 
 
-def test_reingesting_unchanged_files_changes_nothing(services: Services,
-                                                     corpus_copy: Path) -> None:
+def test_reingesting_unchanged_files_changes_nothing(services: Services, corpus_copy: Path) -> None:
     first = ingest(services, corpus_copy)
     assert first.changed and first.documents_added == 47 and first.chunks_embedded > 0
     before = row_counts(services)
@@ -51,7 +50,9 @@ def test_changed_document_gets_new_chunk_version(services: Services, corpus_copy
         assert doc.version == 2
         chunks = session.scalars(select(Chunk).where(Chunk.document_id == "bike/lights")).all()
         assert sorted((c.document_version, c.superseded_at is None) for c in chunks) == [
-            (1, False), (2, True)]
+            (1, False),
+            (2, True),
+        ]
         assert champion(session).id == second.index_version_id
         parent = session.get_one(IndexVersion, second.index_version_id).parent_id
         assert parent == first.index_version_id
@@ -61,8 +62,9 @@ def test_changed_document_gets_new_chunk_version(services: Services, corpus_copy
     assert services.store.count(str(first.collection_name)) == first.chunks_total
 
 
-def test_removed_document_is_tombstoned_and_leaves_the_index(services: Services,
-                                                             corpus_copy: Path) -> None:
+def test_removed_document_is_tombstoned_and_leaves_the_index(
+    services: Services, corpus_copy: Path
+) -> None:
     ingest(services, corpus_copy)
     (corpus_copy / "bike" / "gears.md").unlink()
     result = ingest(services, corpus_copy)
@@ -83,14 +85,17 @@ def test_removed_document_is_tombstoned_and_leaves_the_index(services: Services,
         assert doc.deleted_at is None and doc.version == 2
 
 
-def test_chunking_config_is_recorded_and_a_change_rechunks(make_settings, embedder,  # type: ignore[no-untyped-def]
-                                                           corpus_copy: Path) -> None:
+def test_chunking_config_is_recorded_and_a_change_rechunks(
+    make_settings,
+    embedder,  # type: ignore[no-untyped-def]
+    corpus_copy: Path,
+) -> None:
     svc = Services.from_settings(make_settings(), embedder=embedder)
     first = ingest(svc, corpus_copy)
     svc.close()
-    small = Services.from_settings(make_settings(chunking={"chunk_size": 200,
-                                                           "chunk_overlap": 20}),
-                                   embedder=embedder)
+    small = Services.from_settings(
+        make_settings(chunking={"chunk_size": 200, "chunk_overlap": 20}), embedder=embedder
+    )
     try:
         second = ingest(small, corpus_copy)
         assert second.changed and second.chunks_total > first.chunks_total
@@ -109,13 +114,17 @@ def test_loaders_read_jsonl_beir_and_text(tmp_path: Path) -> None:
     beir.mkdir()
     (beir / "corpus.jsonl").write_text(
         json.dumps({"_id": "4983", "title": "Microstructural development", "text": "Alterations"})
-        + "\n\n" + json.dumps({"_id": "5836", "title": "Induction", "text": "Myelodysplastic"})
-        + "\n")
+        + "\n\n"
+        + json.dumps({"_id": "5836", "title": "Induction", "text": "Myelodysplastic"})
+        + "\n"
+    )
     (beir / "queries.jsonl").write_text(json.dumps({"_id": "1", "text": "q"}) + "\n")
     root, docs = load_path(beir)
     assert root == str(beir.resolve())
-    assert [(d.id, d.title) for d in docs] == [("4983", "Microstructural development"),
-                                               ("5836", "Induction")]
+    assert [(d.id, d.title) for d in docs] == [
+        ("4983", "Microstructural development"),
+        ("5836", "Induction"),
+    ]
     plain = tmp_path / "plain"
     (plain / "sub").mkdir(parents=True)
     (plain / "sub" / "note.txt").write_text("Plain text body.")
@@ -124,8 +133,10 @@ def test_loaders_read_jsonl_beir_and_text(tmp_path: Path) -> None:
     (plain / ".hidden.md").write_text("# Hidden")
     _, docs = load_path(plain)
     assert sorted((d.id, d.title, d.text) for d in docs) == [
-        ("page", "A Title", "Body text."), ("sub/note", "note", "Plain text body."),
-        ("x1", "", "from jsonl")]
+        ("page", "A Title", "Body text."),
+        ("sub/note", "note", "Plain text body."),
+        ("x1", "", "from jsonl"),
+    ]
 
 
 @pytest.mark.parametrize(
@@ -134,8 +145,14 @@ def test_loaders_read_jsonl_beir_and_text(tmp_path: Path) -> None:
         ("bad.jsonl", "{not json}\n", "bad.jsonl:1 is not valid JSON"),
         ("noid.jsonl", json.dumps({"text": "t"}) + "\n", "needs an id"),
         ("list.jsonl", "[1, 2]\n", "must be a JSON object"),
-        ("dup.jsonl", json.dumps({"id": "a", "text": "t"}) + "\n"
-         + json.dumps({"id": "a", "text": "u"}) + "\n", "appears twice"),
+        (
+            "dup.jsonl",
+            json.dumps({"id": "a", "text": "t"})
+            + "\n"
+            + json.dumps({"id": "a", "text": "u"})
+            + "\n",
+            "appears twice",
+        ),
         ("doc.pdf", "%PDF", "unsupported type"),
         ("latin.txt", b"caf\xe9", "is not UTF-8"),
     ],

@@ -21,15 +21,26 @@ from rag_loop.services import Services
 from tests.conftest import CORPUS
 
 
-def test_migrations_create_every_table_and_are_idempotent(services: Services,
-                                                          db_backend: str) -> None:
+def test_migrations_create_every_table_and_are_idempotent(
+    services: Services, db_backend: str
+) -> None:
     upgrade(services.engine)  # a second run changes nothing
     tables = set(inspect(services.engine).get_table_names())
-    assert {"documents", "chunks", "index_versions", "aliases", "interactions", "retrievals",
-            "feedback_submissions", "feedback_events", "corrections", "api_keys", "audit_log",
-            "alembic_version"} <= tables
-    assert services.engine.dialect.name == ("postgresql" if db_backend == "postgres"
-                                            else "sqlite")
+    assert {
+        "documents",
+        "chunks",
+        "index_versions",
+        "aliases",
+        "interactions",
+        "retrievals",
+        "feedback_submissions",
+        "feedback_events",
+        "corrections",
+        "api_keys",
+        "audit_log",
+        "alembic_version",
+    } <= tables
+    assert services.engine.dialect.name == ("postgresql" if db_backend == "postgres" else "sqlite")
 
 
 def test_audit_log_is_append_only(services: Services, db_backend: str) -> None:
@@ -45,16 +56,24 @@ def test_audit_log_is_append_only(services: Services, db_backend: str) -> None:
 def test_serve_feedback_review_round_trip(kestrel: Services, db_backend: str) -> None:
     result = ask(kestrel, "How many backup codes do I get with 2FA?")
     assert result.sources[0]["document_id"] == "account/two-factor-authentication"
-    receipt = submit_feedback(kestrel, FeedbackIn(
-        interaction_id=result.interaction_id, thumb="down", correction="Twelve backup codes.",
-        chunk_labels=[{"chunk_id": result.sources[0]["chunk_id"], "relevant": True}],
-        source={"document_id": "account/two-factor-authentication"},
-    ), actor="test")
+    receipt = submit_feedback(
+        kestrel,
+        FeedbackIn(
+            interaction_id=result.interaction_id,
+            thumb="down",
+            correction="Twelve backup codes.",
+            chunk_labels=[{"chunk_id": result.sources[0]["chunk_id"], "relevant": True}],
+            source={"document_id": "account/two-factor-authentication"},
+        ),
+        actor="test",
+    )
     assert receipt.correction_id is not None
     corrections.approve(kestrel, receipt.correction_id, reviewer="alice")
     view = show(kestrel, result.interaction_id)
-    assert view["labels"] == {"thumb": "down",
-                              "chunk_labels": {result.sources[0]["chunk_id"]: True}}
+    assert view["labels"] == {
+        "thumb": "down",
+        "chunk_labels": {result.sources[0]["chunk_id"]: True},
+    }
     assert view["corrections"][0]["status"] == "approved"
     assert view["created_at"].endswith("+00:00")  # aware UTC on both backends
     with kestrel.sessions() as session:
@@ -85,13 +104,15 @@ def test_concurrent_idempotent_retries_record_once(kestrel: Services, db_backend
 
 
 def test_generator_failure_still_records_the_interaction(
-    make_settings, embedder, db_backend: str  # type: ignore[no-untyped-def]
+    make_settings,
+    embedder,
+    db_backend: str,  # type: ignore[no-untyped-def]
 ) -> None:
     from rag_loop.errors import BackendUnavailable
 
-    settings = make_settings(generator={"backend": "openai",
-                                        "base_url": "http://127.0.0.1:9/v1",
-                                        "timeout_seconds": 5})
+    settings = make_settings(
+        generator={"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "timeout_seconds": 5}
+    )
     svc = Services.from_settings(settings, embedder=embedder)
     try:
         ingest(svc, CORPUS, actor="test")
@@ -107,8 +128,9 @@ def test_generator_failure_still_records_the_interaction(
         svc.close()
 
 
-def test_ingest_is_atomic_when_mlflow_is_down(make_settings, embedder, tmp_path: Path,
-                                              db_backend: str) -> None:  # type: ignore[no-untyped-def]
+def test_ingest_is_atomic_when_mlflow_is_down(
+    make_settings, embedder, tmp_path: Path, db_backend: str
+) -> None:  # type: ignore[no-untyped-def]
     from rag_loop.errors import BackendUnavailable
     from tests.conftest import row_counts
 
