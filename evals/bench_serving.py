@@ -1,0 +1,243 @@
+"""Serving benchmark, measured side by side in one run on loopback.
+
+1. bare cost: one query embedding plus one Chroma query, in-process (median);
+2. POST /v1/ask (extractive) latency p50/p95/p99 and throughput at 1, 8 and 32 concurrent
+   clients against a real `rag-loop serve` process; prints ask p50 / bare cost;
+3. POST /v1/feedback writes/s at 32 clients on SQLite and on PostgreSQL, counting the rows
+   afterwards to prove none were lost.
+
+    python evals/bench_serving.py [--asks 300] [--feedback 3000] [--no-postgres]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+import psycopg
+
+ROOT = Path(__file__).resolve().parent.parent
+CORPUS = ROOT / "corpora" / "kestrel" / "docs"
+QUESTIONS = [
+    json.loads(line)["question"]
+    for line in (ROOT / "corpora" / "kestrel" / "questions.jsonl").read_text().splitlines()
+]
+PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+
+def bare_cost(data_dir: Path, n: int) -> float:
+    """Median ms of embed_query + one Chroma query, with the service's own objects."""
+    from rag_loop.index.versions import champion
+    from rag_loop.services import Services
+    from rag_loop.settings import Settings
+
+    services = Services.from_settings(Settings(data_dir=data_dir, corpus_path=CORPUS))
+    with services.sessions() as session:
+        collection = champion(session).collection_name
+    timings = []
+    for i in range(n):
+        question = QUESTIONS[i % len(QUESTIONS)]
+        t0 = time.perf_counter()
+        services.store.query(collection, services.embedder.embed_query(question), 5)
+        timings.append((time.perf_counter() - t0) * 1000)
+    services.close()
+    return statistics.median(timings[10:])
+
+
+class Server:
+    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = (data_dir / "serve.log").open("w")
+        self.process = subprocess.Popen(
+            [str(Path(sys.executable).parent / "rag-loop"), "serve", "--port", str(self.port)],
+            env={
+                **os.environ,
+                "RAG_LOOP_DATA_DIR": str(data_dir),
+                "RAG_LOOP_CORPUS_PATH": str(CORPUS),
+                **env,
+            },
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if httpx.get(f"{self.url}/healthz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError((data_dir / "serve.log").read_text())
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=60)
+        self.log.close()
+
+
+async def load(
+    url: str, bodies: list[dict[str, Any]], concurrency: int
+) -> tuple[list[float], float, dict[int, int], list[dict[str, Any]]]:
+    """POST every body with `concurrency` workers; latencies (ms), wall seconds, statuses."""
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    replies: list[dict[str, Any]] = []
+    queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+    for body in bodies:
+        queue.put_nowait(body)
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker() -> None:
+            while not queue.empty():
+                body = queue.get_nowait()
+                t0 = time.perf_counter()
+                async with session.post(url, json=body) as response:
+                    payload = await response.json()
+                latencies.append((time.perf_counter() - t0) * 1000)
+                statuses[response.status] = statuses.get(response.status, 0) + 1
+                replies.append(payload)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        wall = time.perf_counter() - started
+    return latencies, wall, statuses, replies
+
+
+def bench_asks(server: Server, n: int) -> dict[int, dict[str, float]]:
+    results = {}
+    asyncio.run(load(f"{server.url}/v1/ask", [{"query": q} for q in QUESTIONS[:20]], 1))  # warm-up
+    for concurrency in (1, 8, 32):
+        bodies = [{"query": QUESTIONS[i % len(QUESTIONS)]} for i in range(n)]
+        latencies, wall, statuses, _ = asyncio.run(
+            load(f"{server.url}/v1/ask", bodies, concurrency)
+        )
+        assert statuses == {200: n}, statuses
+        results[concurrency] = {
+            "p50_ms": percentile(latencies, 50),
+            "p95_ms": percentile(latencies, 95),
+            "p99_ms": percentile(latencies, 99),
+            "req_per_s": n / wall,
+        }
+    return results
+
+
+def bench_feedback(server: Server, n: int, count_rows: Any) -> dict[str, float]:
+    _, _, _, asked = asyncio.run(
+        load(f"{server.url}/v1/ask", [{"query": q} for q in QUESTIONS[:64]], 8)
+    )
+    before = count_rows()
+    bodies = []
+    for i in range(n):
+        answer = asked[i % len(asked)]
+        bodies.append(
+            {
+                "interaction_id": answer["interaction_id"],
+                "token": answer["feedback_token"],
+                "thumb": "up" if i % 3 else "down",
+                "idempotency_key": uuid.uuid4().hex,
+            }
+        )
+    latencies, wall, statuses, _ = asyncio.run(load(f"{server.url}/v1/feedback", bodies, 32))
+    accepted = statuses.get(201, 0)
+    rows = count_rows() - before
+    return {
+        "writes_per_s": accepted / wall,
+        "accepted": accepted,
+        "rows": rows,
+        "lost": accepted - rows,
+        "errors": n - accepted,
+        "p50_ms": percentile(latencies, 50),
+        "p99_ms": percentile(latencies, 99),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--asks", type=int, default=300, help="requests per concurrency level")
+    parser.add_argument("--feedback", type=int, default=3000, help="feedback posts per store")
+    parser.add_argument("--no-postgres", action="store_true")
+    args = parser.parse_args()
+
+    work = Path(tempfile.mkdtemp(prefix="rag-loop-bench-"))
+    sqlite_dir = work / "sqlite"
+    try:
+        server = Server(sqlite_dir, {})  # ingests the sample corpus on first start
+        server.stop()
+        bare = bare_cost(sqlite_dir, 300)
+        server = Server(sqlite_dir, {})
+        asks = bench_asks(server, args.asks)
+
+        def sqlite_rows() -> int:
+            import sqlite3
+
+            with sqlite3.connect(sqlite_dir / "rag_loop.db") as conn:
+                return int(conn.execute("SELECT count(*) FROM feedback_submissions").fetchone()[0])
+
+        feedback = {"sqlite": bench_feedback(server, args.feedback, sqlite_rows)}
+        server.stop()
+
+        if not args.no_postgres:
+            name = f"rag_loop_bench_{uuid.uuid4().hex[:8]}"
+            with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{name}"')
+            url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+            try:
+                server = Server(work / "pg", {"RAG_LOOP_DATABASE_URL": url})
+
+                def pg_rows() -> int:
+                    dsn = f"postgresql://postgres@127.0.0.1:5432/{name}"
+                    with psycopg.connect(dsn) as conn:
+                        row = conn.execute("SELECT count(*) FROM feedback_submissions").fetchone()
+                        return int(row[0]) if row else 0
+
+                feedback["postgres"] = bench_feedback(server, args.feedback, pg_rows)
+                server.stop()
+            finally:
+                with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    print(f"machine: {os.cpu_count()} cores; one `rag-loop serve` process; client: aiohttp")
+    print(f"bare cost (embed_query + Chroma query, in-process, median): {bare:.2f} ms")
+    print("/v1/ask (extractive)   clients   p50 ms   p95 ms   p99 ms   req/s")
+    for concurrency, r in asks.items():
+        print(
+            f"{'':23}{concurrency:7d} {r['p50_ms']:8.2f} {r['p95_ms']:8.2f} "
+            f"{r['p99_ms']:8.2f} {r['req_per_s']:7.1f}"
+        )
+    print(f"ratio ask p50 (1 client) / bare cost: {asks[1]['p50_ms'] / bare:.2f}  (target <= 1.3)")
+    for store, r in feedback.items():
+        print(
+            f"/v1/feedback on {store:8s} 32 clients: {r['writes_per_s']:7.1f} writes/s, "
+            f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms; accepted {r['accepted']}, "
+            f"rows {r['rows']}, lost {r['lost']}, errors {r['errors']}"
+        )
+
+
+if __name__ == "__main__":
+    main()
