@@ -69,6 +69,7 @@ class Server:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
+        data_dir.mkdir(parents=True, exist_ok=True)
         self.log = (data_dir / "serve.log").open("w")
         self.process = subprocess.Popen(
             [str(Path(sys.executable).parent / "rag-loop"), "serve", "--port", str(self.port)],
