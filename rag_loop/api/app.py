@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI
 
-from rag_loop.api.errors import error_response, install_error_handlers
+from rag_loop.api.errors import install_error_handlers
+from rag_loop.api.limits import BodyLimit
 from rag_loop.api.routers import admin, ask, feedback, health
 from rag_loop.services import Services
 from rag_loop.settings import Settings
@@ -37,16 +38,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.state.services = services
     install_error_handlers(app)
 
-    @app.middleware("http")
-    async def limit_body(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return error_response(
-                413, "payload_too_large", f"the body is larger than {MAX_BODY_BYTES} bytes"
-            )
-        return await call_next(request)
+    app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
 
     for module in (health, ask, feedback, admin):
         app.include_router(module.router)

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
+from starlette.concurrency import run_in_threadpool
 
 from rag_loop.auth.keys import Principal, authenticate
 from rag_loop.errors import Unauthorized
 from rag_loop.services import Services
 
+# The dependencies are `async def` so FastAPI runs them on the event loop: a sync dependency
+# costs a thread-pool hop on every request. Blocking work (SQL) is handed to the pool once.
 
-def get_services(request: Request) -> Services:
+
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -20,7 +24,7 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-def optional_principal(
+async def optional_principal(
     services: ServicesDep,
     authorization: Annotated[str | None, Header()] = None,
     x_api_key: Annotated[str | None, Header()] = None,
@@ -34,15 +38,19 @@ def optional_principal(
         presented = value.strip()
     if not presented:
         return None
-    with services.sessions() as session:
-        return authenticate(session, presented)
+
+    def lookup() -> Principal:
+        with services.sessions() as session:
+            return authenticate(session, presented)
+
+    return await run_in_threadpool(lookup)
 
 
 PrincipalDep = Annotated[Principal | None, Depends(optional_principal)]
 
 
-def require(scope: str) -> Callable[[Principal | None], Principal]:
-    def dependency(principal: PrincipalDep) -> Principal:
+def require(scope: str) -> Callable[[Principal | None], Awaitable[Principal]]:
+    async def dependency(principal: PrincipalDep) -> Principal:
         if principal is None:
             raise Unauthorized(f"this route needs an API key with the {scope!r} scope")
         principal.require(scope)

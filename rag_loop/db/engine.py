@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from rag_loop.errors import BackendUnavailable
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+WRITE_OPTION = "rag_loop_write"
 
 
 def create_db_engine(url: str, *, echo: bool = False) -> Engine:
@@ -45,9 +47,13 @@ def create_db_engine(url: str, *, echo: bool = False) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
-            # IMMEDIATE takes the write lock up front: no deadlock between two writers
-            # that both started as readers.
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            # A write transaction (see `transaction`) takes the write lock up front with
+            # IMMEDIATE: two writers that both started as readers cannot deadlock. Reads
+            # use a plain BEGIN and never wait for writers (WAL).
+            if conn.get_execution_options().get(WRITE_OPTION):
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            else:
+                conn.exec_driver_sql("BEGIN")
 
         return engine
     return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=20, max_overflow=20)
@@ -75,8 +81,41 @@ def upgrade(engine: Engine) -> None:
         ) from exc
 
 
+def _sqlite_write_lock(bind: sessionmaker[Session] | Engine) -> AbstractContextManager[object]:
+    """SQLite has one writer at a time. Threads of one process queue on a Python lock,
+    which hands over at once; only other processes meet SQLite's busy handler, which
+    polls with sleeps (up to 100 ms each) and collapses throughput under contention."""
+    engine = bind if isinstance(bind, Engine) else bind.kw.get("bind")
+    if not isinstance(engine, Engine) or engine.dialect.name != "sqlite":
+        return nullcontext()
+    key = str(engine.url)
+    with _LOCKS_GUARD:
+        return _SQLITE_WRITE_LOCKS.setdefault(key, threading.Lock())
+
+
+_LOCKS_GUARD = threading.Lock()
+_SQLITE_WRITE_LOCKS: dict[str, threading.Lock] = {}
+
+
+@contextmanager
+def write_connection(engine: Engine) -> Iterator[Connection]:
+    """A Core connection in a write transaction, for hot paths that insert rows without
+    the ORM (about 1 ms less per request than a Session). Same locking as `transaction`."""
+    with (
+        _sqlite_write_lock(engine),
+        engine.connect().execution_options(**{WRITE_OPTION: True}) as conn,
+        conn.begin(),
+    ):
+        yield conn
+
+
 @contextmanager
 def transaction(factory: sessionmaker[Session]) -> Iterator[Session]:
-    """A session whose work is committed on success and rolled back on any error."""
-    with factory() as session, session.begin():
+    """A session whose work is committed on success and rolled back on any error.
+
+    On SQLite it begins with the write lock held (BEGIN IMMEDIATE); plain sessions from the
+    factory are for reads and never block on writers.
+    """
+    with _sqlite_write_lock(factory), factory() as session, session.begin():
+        session.connection(execution_options={WRITE_OPTION: True})
         yield session

@@ -205,6 +205,7 @@ class FeedbackEvent(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     submission: Mapped[FeedbackSubmission] = relationship(back_populates="events")
+    correction: Mapped[Correction | None] = relationship(viewonly=True)
 
 
 class Correction(Base):

@@ -92,18 +92,8 @@ def _replay(previous: FeedbackSubmission, digest: str) -> FeedbackReceipt:
         interaction_id=previous.interaction_id,
         created=False,
         event_ids=[e.id for e in previous.events],
-        correction_id=_correction_id(previous, correction),
+        correction_id=correction.correction.id if correction and correction.correction else None,
     )
-
-
-def _correction_id(submission: FeedbackSubmission, event: FeedbackEvent | None) -> int | None:
-    if event is None:
-        return None
-    from sqlalchemy.orm import object_session
-
-    session = object_session(submission)
-    assert session is not None
-    return session.scalar(select(Correction.id).where(Correction.feedback_event_id == event.id))
 
 
 def _write(session: Session, fb: FeedbackIn, digest: str, actor: str) -> FeedbackReceipt:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
 
 from rag_loop.db.models import Alias, IndexVersion, utcnow
@@ -22,6 +24,36 @@ def champion(session: Session) -> IndexVersion:
             "there is no serving index yet; ingest documents first: rag-loop ingest PATH"
         )
     return version
+
+
+@dataclass(frozen=True)
+class ServingIndex:
+    """What the ask path needs of the champion, read with one Core query per request (so
+    a promotion is seen by the very next request, in every process)."""
+
+    id: int
+    collection_name: str
+    embedder: str
+    embedder_version: str
+
+
+def serving_index(engine: Engine) -> ServingIndex:
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(
+                IndexVersion.id,
+                IndexVersion.collection_name,
+                IndexVersion.embedder,
+                IndexVersion.embedder_version,
+            )
+            .join(Alias, Alias.index_version_id == IndexVersion.id)
+            .where(Alias.name == CHAMPION)
+        ).first()
+    if row is None:
+        raise NoServingIndex(
+            "there is no serving index yet; ingest documents first: rag-loop ingest PATH"
+        )
+    return ServingIndex(*row)
 
 
 def champion_or_none(session: Session) -> IndexVersion | None:

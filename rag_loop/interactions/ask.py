@@ -14,11 +14,11 @@ from typing import Any
 
 from sqlalchemy import insert
 
-from rag_loop.db.engine import transaction
+from rag_loop.db.engine import write_connection
 from rag_loop.db.models import Interaction, Retrieval, utcnow
 from rag_loop.errors import InvalidInput, RagLoopError
 from rag_loop.index.chroma import Hit
-from rag_loop.index.versions import champion
+from rag_loop.index.versions import serving_index
 from rag_loop.retrieval.dense import retrieve
 from rag_loop.services import Services
 
@@ -55,15 +55,14 @@ def ask(
     if not 1 <= k <= 100:
         raise InvalidInput(f"top_k must be between 1 and 100, not {k}")
 
-    with services.sessions() as session:
-        index = champion(session)
-        versions = {
-            "index_version": index.id,
-            "collection": index.collection_name,
-            "embedder_version": index.embedder_version,
-            "prompt_version": services.generator.prompt_version,
-            "generator": services.generator.name,
-        }
+    index = serving_index(services.engine)
+    versions = {
+        "index_version": index.id,
+        "collection": index.collection_name,
+        "embedder_version": index.embedder_version,
+        "prompt_version": services.generator.prompt_version,
+        "generator": services.generator.name,
+    }
     retrieved = retrieve(services.embedder, services.store, index.collection_name, query, k)
 
     error: RagLoopError | None = None
@@ -82,8 +81,8 @@ def ask(
     latency["total"] = round((time.perf_counter() - started) * 1000, 3)
 
     interaction_id = uuid.uuid4().hex
-    with transaction(services.sessions) as session:
-        session.execute(
+    with write_connection(services.engine) as conn:
+        conn.execute(
             insert(Interaction),
             [
                 {
@@ -107,7 +106,7 @@ def ask(
             ],
         )
         if retrieved.hits:
-            session.execute(
+            conn.execute(
                 insert(Retrieval),
                 [
                     {

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
@@ -127,6 +128,16 @@ def test_malformed_json_and_wrong_content(api: httpx.Client, kestrel: Services) 
         422,
     )
     assert_error_shape(api.post("/v1/ask", content=b"x" * 1_000_001), 413, "payload_too_large")
+
+    def chunked() -> Iterator[bytes]:  # no Content-Length: the limit counts the bytes
+        yield b'{"query": "'
+        for _ in range(20):
+            yield b"q" * 100_000
+        yield b'"}'
+
+    response = api.post("/v1/ask", content=chunked(), headers={"content-type": "application/json"})
+    assert "content-length" not in response.request.headers
+    assert_error_shape(response, 413, "payload_too_large")
     assert row_counts(kestrel) == before
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Header
+from starlette.concurrency import run_in_threadpool
 
 from rag_loop.api.deps import PrincipalDep, ServicesDep
 from rag_loop.api.errors import responses
@@ -18,7 +19,7 @@ router = APIRouter(prefix="/v1", tags=["ask"])
     responses=responses(400, 401, 403, 413, 422, 502, 503),
     summary="Answer a question from the serving index; the answer is logged",
 )
-def ask_route(
+async def ask_route(
     body: AskIn,
     services: ServicesDep,
     principal: PrincipalDep,
@@ -28,7 +29,8 @@ def ask_route(
         principal.require("ask")
     elif services.settings.auth.require_key_for_ask:
         raise Unauthorized("asking needs an API key with the 'ask' scope")
-    result = ask(
+    result = await run_in_threadpool(
+        ask,
         services,
         body.query,
         top_k=body.top_k,

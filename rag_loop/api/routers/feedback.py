@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
+from starlette.concurrency import run_in_threadpool
 
 from rag_loop.api.deps import PrincipalDep, ServicesDep
 from rag_loop.api.errors import responses
@@ -23,7 +24,7 @@ router = APIRouter(prefix="/v1", tags=["feedback"])
     },
     summary="Thumbs, chunk labels, a correction, a source pointer or a comment on an answer",
 )
-def feedback_route(
+async def feedback_route(
     body: FeedbackIn, services: ServicesDep, principal: PrincipalDep, response: Response
 ) -> FeedbackOut:
     """Authorised by the answer's `token`, or by an API key with the feedback scope."""
@@ -38,7 +39,7 @@ def feedback_route(
             "feedback needs the answer's feedback_token in `token`, or an API key with the "
             "feedback scope"
         )
-    receipt = submit_feedback(services, body, actor=actor)
+    receipt = await run_in_threadpool(submit_feedback, services, body, actor=actor)
     if not receipt.created:
         response.status_code = 200
     return FeedbackOut.model_validate(receipt.__dict__)

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
+from starlette.concurrency import run_in_threadpool
 
 from rag_loop.api.deps import ServicesDep
 from rag_loop.api.errors import responses
 from rag_loop.api.schemas import Health
-from rag_loop.index.versions import champion
+from rag_loop.index.versions import serving_index
 
 router = APIRouter(tags=["health"])
 
@@ -17,7 +18,6 @@ router = APIRouter(tags=["health"])
     responses=responses(503),
     summary="200 once the service can answer: database reachable and a serving index exists",
 )
-def healthz(services: ServicesDep) -> Health:
-    with services.sessions() as session:
-        index = champion(session)  # NoServingIndex -> 503
+async def healthz(services: ServicesDep) -> Health:
+    index = await run_in_threadpool(serving_index, services.engine)  # NoServingIndex -> 503
     return Health(status="ok", index_version=index.id)
