@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from rag_loop.auth.tokens import FeedbackTokens, load_or_create_secret
 from rag_loop.corpus.chunking import Chunker
 from rag_loop.db.engine import create_db_engine, create_session_factory, upgrade
+from rag_loop.db.writer import BatchWriter
 from rag_loop.generation.base import Generator
 from rag_loop.index.chroma import ChromaStore, make_chroma_client
 from rag_loop.index.embedders import Embedder, SentenceTransformerEmbedder
@@ -48,6 +49,7 @@ class Services:
     tokens: FeedbackTokens
     tracker: MlflowTracker
     chunker: Chunker
+    writer: BatchWriter
 
     @classmethod
     def from_settings(
@@ -86,7 +88,9 @@ class Services:
                 enabled=settings.mlflow.enabled,
             ),
             chunker=Chunker(settings.chunking.chunk_size, settings.chunking.chunk_overlap),
+            writer=BatchWriter(engine),
         )
 
     def close(self) -> None:
+        self.writer.close()
         self.engine.dispose()

@@ -1,17 +1,22 @@
-"""Record feedback on an interaction: validated first, then written in one transaction."""
+"""Record feedback on an interaction: checked first, then validated against the database
+and written by the group-committing writer (db/writer.py), many submissions per statement.
+
+Idempotency: a retry with the same (interaction, idempotency_key) and the same payload is
+answered from the first submission (created=False); a different payload is a 409. Two
+retries in one batch, or racing from two processes, still store one submission: the loser
+of a race hits the unique constraint, the writer retries it alone and it replays."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, insert, select
 
-from rag_loop.db.engine import transaction
 from rag_loop.db.models import (
     Chunk,
     Correction,
@@ -20,8 +25,9 @@ from rag_loop.db.models import (
     FeedbackSubmission,
     Interaction,
     Retrieval,
+    utcnow,
 )
-from rag_loop.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge
+from rag_loop.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, RagLoopError
 from rag_loop.feedback.schemas import FeedbackIn
 from rag_loop.services import Services
 
@@ -40,7 +46,8 @@ def request_hash(feedback: FeedbackIn) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def submit_feedback(services: Services, feedback: FeedbackIn, *, actor: str) -> FeedbackReceipt:
+def check(services: Services, feedback: FeedbackIn) -> str:
+    """Everything that can be checked without the database; returns the request hash."""
     limits = services.settings.limits
     if feedback.is_empty():
         raise InvalidInput(
@@ -56,64 +63,88 @@ def submit_feedback(services: Services, feedback: FeedbackIn, *, actor: str) -> 
         raise PayloadTooLarge(
             f"{len(feedback.chunk_labels)} chunk labels; the limit is {limits.max_chunk_labels}"
         )
-    digest = request_hash(feedback)
-    try:
-        with transaction(services.sessions) as session:
-            return _write(session, feedback, digest, actor)
-    except IntegrityError:
-        # a concurrent retry with the same idempotency key won the race: answer as it did
-        with services.sessions() as session:
-            previous = _previous(session, feedback)
-            if previous is None:
-                raise
-            return _replay(previous, digest)
+    return request_hash(feedback)
 
 
-def _previous(session: Session, feedback: FeedbackIn) -> FeedbackSubmission | None:
-    if feedback.idempotency_key is None:
-        return None
-    return session.scalar(
-        select(FeedbackSubmission).where(
-            FeedbackSubmission.interaction_id == feedback.interaction_id,
-            FeedbackSubmission.idempotency_key == feedback.idempotency_key,
-        )
-    )
+@dataclass(frozen=True)
+class Pending:
+    feedback: FeedbackIn
+    digest: str
+    actor: str
 
 
-def _replay(previous: FeedbackSubmission, digest: str) -> FeedbackReceipt:
-    if previous.request_hash != digest:
-        raise Conflict(
-            "this idempotency_key was already used for different feedback on this "
-            "interaction; use a new key for new feedback"
-        )
-    correction = next((e for e in previous.events if e.kind == "correction"), None)
-    return FeedbackReceipt(
-        submission_id=previous.id,
-        interaction_id=previous.interaction_id,
-        created=False,
-        event_ids=[e.id for e in previous.events],
-        correction_id=correction.correction.id if correction and correction.correction else None,
-    )
+def submit_feedback(services: Services, feedback: FeedbackIn, *, actor: str) -> FeedbackReceipt:
+    pending = Pending(feedback, check(services, feedback), actor)
+    receipt: FeedbackReceipt = services.writer.run(record_many, pending)
+    return receipt
 
 
-def _write(session: Session, fb: FeedbackIn, digest: str, actor: str) -> FeedbackReceipt:
-    if session.get(Interaction, fb.interaction_id) is None:
-        raise NotFound(f"no interaction {fb.interaction_id!r}")
-    previous = _previous(session, fb)
-    if previous is not None:
-        return _replay(previous, digest)
+async def submit_feedback_async(
+    services: Services, feedback: FeedbackIn, *, actor: str
+) -> FeedbackReceipt:
+    """The API's path: the write is group-committed with concurrent ones (db/writer.py)."""
+    pending = Pending(feedback, check(services, feedback), actor)
+    receipt: FeedbackReceipt = await services.writer.arun(record_many, pending)
+    return receipt
 
-    if fb.chunk_labels:
-        shown = set(
-            session.scalars(
-                select(Retrieval.chunk_id).where(Retrieval.interaction_id == fb.interaction_id)
+
+class _Lookups:
+    """What the batch needs from the database, fetched with one query per kind."""
+
+    def __init__(self, conn: Connection, batch: list[Pending]) -> None:
+        feedbacks = [p.feedback for p in batch]
+        ids = {fb.interaction_id for fb in feedbacks}
+        self.interactions = set(conn.scalars(select(Interaction.id).where(Interaction.id.in_(ids))))
+        keys = {fb.idempotency_key for fb in feedbacks if fb.idempotency_key}
+        self.stored: dict[tuple[str, str], tuple[str, str]] = {}
+        if keys:
+            stored = conn.execute(
+                select(
+                    FeedbackSubmission.interaction_id,
+                    FeedbackSubmission.idempotency_key,
+                    FeedbackSubmission.id,
+                    FeedbackSubmission.request_hash,
+                ).where(FeedbackSubmission.idempotency_key.in_(keys))
             )
+            for interaction_id, key, submission_id, digest in stored:
+                self.stored[(interaction_id, key or "")] = (submission_id, digest)
+        labelled = {fb.interaction_id for fb in feedbacks if fb.chunk_labels}
+        self.shown: dict[str, set[str]] = {}
+        if labelled:
+            rows = conn.execute(
+                select(Retrieval.interaction_id, Retrieval.chunk_id).where(
+                    Retrieval.interaction_id.in_(labelled)
+                )
+            )
+            for interaction_id, chunk_id in rows:
+                self.shown.setdefault(interaction_id, set()).add(chunk_id)
+        documents = {fb.source.document_id for fb in feedbacks if fb.source}
+        documents.discard(None)
+        self.documents = (
+            set(conn.scalars(select(Document.id).where(Document.id.in_(documents))))
+            if documents
+            else set()
         )
+        chunks = {fb.source.chunk_id for fb in feedbacks if fb.source}
+        chunks.discard(None)
+        self.chunk_owner: dict[str, str] = (
+            dict(
+                conn.execute(
+                    select(Chunk.id, Chunk.document_id).where(Chunk.id.in_(chunks))
+                ).tuples()
+            )
+            if chunks
+            else {}
+        )
+
+
+def _validate(fb: FeedbackIn, found: _Lookups) -> None:
+    if fb.chunk_labels:
         labelled = [label.chunk_id for label in fb.chunk_labels]
         duplicates = sorted({c for c in labelled if labelled.count(c) > 1})
         if duplicates:
             raise InvalidInput(f"chunk_labels name a chunk twice: {', '.join(duplicates)}")
-        not_shown = sorted(set(labelled) - shown)
+        not_shown = sorted(set(labelled) - found.shown.get(fb.interaction_id, set()))
         if not_shown:
             raise InvalidInput(
                 f"chunk_labels may only label chunks shown with this answer; not shown: "
@@ -121,62 +152,193 @@ def _write(session: Session, fb: FeedbackIn, digest: str, actor: str) -> Feedbac
                 details=[{"field": "chunk_labels", "chunk_ids": not_shown}],
             )
     if fb.source is not None:
-        if fb.source.document_id and session.get(Document, fb.source.document_id) is None:
-            raise InvalidInput(f"source.document_id {fb.source.document_id!r} does not exist")
-        if fb.source.chunk_id:
-            chunk = session.get(Chunk, fb.source.chunk_id)
-            if chunk is None:
-                raise InvalidInput(f"source.chunk_id {fb.source.chunk_id!r} does not exist")
-            if fb.source.document_id and chunk.document_id != fb.source.document_id:
+        document_id, chunk_id = fb.source.document_id, fb.source.chunk_id
+        if document_id and document_id not in found.documents:
+            raise InvalidInput(f"source.document_id {document_id!r} does not exist")
+        if chunk_id:
+            owner = found.chunk_owner.get(chunk_id)
+            if owner is None:
+                raise InvalidInput(f"source.chunk_id {chunk_id!r} does not exist")
+            if document_id and owner != document_id:
                 raise InvalidInput(
-                    f"source.chunk_id {chunk.id!r} belongs to {chunk.document_id!r}, not "
-                    f"{fb.source.document_id!r}"
+                    f"source.chunk_id {chunk_id!r} belongs to {owner!r}, not {document_id!r}"
                 )
 
-    submission = FeedbackSubmission(
-        id=uuid.uuid4().hex,
-        interaction_id=fb.interaction_id,
-        idempotency_key=fb.idempotency_key,
-        request_hash=digest,
-        actor=actor,
+
+def _conflict() -> Conflict:
+    return Conflict(
+        "this idempotency_key was already used for different feedback on this "
+        "interaction; use a new key for new feedback"
     )
-    session.add(submission)
-    events: list[FeedbackEvent] = []
 
-    def event(kind: str, **values: object) -> FeedbackEvent:
-        row = FeedbackEvent(
-            submission_id=submission.id, interaction_id=fb.interaction_id, kind=kind, **values
-        )
-        events.append(row)
-        return row
 
+def _events(fb: FeedbackIn, submission_id: str, now: datetime) -> list[dict[str, Any]]:
+    base = {
+        "submission_id": submission_id,
+        "interaction_id": fb.interaction_id,
+        "thumb": None,
+        "chunk_id": None,
+        "relevant": None,
+        "document_id": None,
+        "text": None,
+        "created_at": now,
+    }
+    rows: list[dict[str, Any]] = []
     if fb.thumb:
-        event("thumb", thumb=fb.thumb)
+        rows.append({**base, "kind": "thumb", "thumb": fb.thumb})
     for label in fb.chunk_labels:
-        event("chunk_label", chunk_id=label.chunk_id, relevant=label.relevant)
-    if fb.source is not None:
-        event("source_pointer", document_id=fb.source.document_id, chunk_id=fb.source.chunk_id)
-    if fb.comment and fb.comment.strip():
-        event("comment", text=fb.comment.strip())
-    correction_event = None
-    if fb.correction and fb.correction.strip():
-        correction_event = event("correction", text=fb.correction.strip())
-    session.add_all(events)
-    session.flush()
-    correction_id = None
-    if correction_event is not None:
-        correction = Correction(
-            interaction_id=fb.interaction_id,
-            feedback_event_id=correction_event.id,
-            text=correction_event.text or "",
+        rows.append(
+            {**base, "kind": "chunk_label", "chunk_id": label.chunk_id, "relevant": label.relevant}
         )
-        session.add(correction)
-        session.flush()
-        correction_id = correction.id
-    return FeedbackReceipt(
-        submission_id=submission.id,
-        interaction_id=fb.interaction_id,
-        created=True,
-        event_ids=[e.id for e in events],
-        correction_id=correction_id,
+    if fb.source is not None:
+        rows.append(
+            {
+                **base,
+                "kind": "source_pointer",
+                "document_id": fb.source.document_id,
+                "chunk_id": fb.source.chunk_id,
+            }
+        )
+    if fb.comment and fb.comment.strip():
+        rows.append({**base, "kind": "comment", "text": fb.comment.strip()})
+    if fb.correction and fb.correction.strip():
+        rows.append({**base, "kind": "correction", "text": fb.correction.strip()})
+    return rows
+
+
+def record_many(conn: Connection, batch: list[Pending]) -> list[FeedbackReceipt | Exception]:
+    """Validate and store a batch of feedback with a few set-based statements. Each item
+    gets its receipt, or the error that refused it (a refused item writes nothing)."""
+    found = _Lookups(conn, batch)
+    now = utcnow()
+    results: list[FeedbackReceipt | Exception | None] = [None] * len(batch)
+    submissions: list[dict[str, Any]] = []
+    events: list[dict[str, Any]] = []
+    owners: list[int] = []  # batch position of each event row
+    stored_replays: dict[int, str] = {}  # batch position -> stored submission id
+    batch_replays: dict[int, int] = {}  # batch position -> position of the first one
+    first_with_key: dict[tuple[str, str], int] = {}
+    created: list[int] = []  # batch positions of new submissions, in order
+
+    for position, pending in enumerate(batch):
+        fb = pending.feedback
+        if fb.interaction_id not in found.interactions:
+            results[position] = NotFound(f"no interaction {fb.interaction_id!r}")
+            continue
+        if fb.idempotency_key:
+            key = (fb.interaction_id, fb.idempotency_key)
+            if key in found.stored:
+                submission_id, digest = found.stored[key]
+                if digest != pending.digest:
+                    results[position] = _conflict()
+                else:
+                    stored_replays[position] = submission_id
+                continue
+            if key in first_with_key:
+                first = first_with_key[key]
+                if batch[first].digest != pending.digest:
+                    results[position] = _conflict()
+                else:
+                    batch_replays[position] = first
+                continue
+        try:
+            _validate(fb, found)
+        except RagLoopError as exc:
+            results[position] = exc
+            continue
+        if fb.idempotency_key:
+            first_with_key[(fb.interaction_id, fb.idempotency_key)] = position
+        submission_id = uuid.uuid4().hex
+        created.append(position)
+        submissions.append(
+            {
+                "id": submission_id,
+                "interaction_id": fb.interaction_id,
+                "idempotency_key": fb.idempotency_key,
+                "request_hash": pending.digest,
+                "actor": pending.actor,
+                "created_at": now,
+            }
+        )
+        for row in _events(fb, submission_id, now):
+            events.append(row)
+            owners.append(position)
+
+    if submissions:
+        conn.execute(insert(FeedbackSubmission), submissions)
+    event_ids: list[int] = []
+    if events:
+        event_ids = list(
+            conn.execute(
+                insert(FeedbackEvent).returning(FeedbackEvent.id, sort_by_parameter_order=True),
+                events,
+            ).scalars()
+        )
+    ids_of: dict[int, list[int]] = {}
+    corrections: list[dict[str, Any]] = []
+    correction_owner: list[int] = []
+    for row, owner, event_id in zip(events, owners, event_ids, strict=True):
+        ids_of.setdefault(owner, []).append(event_id)
+        if row["kind"] == "correction":
+            corrections.append(
+                {
+                    "interaction_id": row["interaction_id"],
+                    "feedback_event_id": event_id,
+                    "text": row["text"],
+                    "created_at": now,
+                }
+            )
+            correction_owner.append(owner)
+    correction_of: dict[int, int] = {}
+    if corrections:
+        correction_ids = conn.execute(
+            insert(Correction).returning(Correction.id, sort_by_parameter_order=True),
+            corrections,
+        ).scalars()
+        correction_of = dict(zip(correction_owner, correction_ids, strict=True))
+    for position, submission in zip(created, submissions, strict=True):
+        results[position] = FeedbackReceipt(
+            submission_id=submission["id"],
+            interaction_id=submission["interaction_id"],
+            created=True,
+            event_ids=ids_of.get(position, []),
+            correction_id=correction_of.get(position),
+        )
+    if stored_replays:
+        previous = _stored_receipts(conn, set(stored_replays.values()))
+        for position, submission_id in stored_replays.items():
+            results[position] = previous[submission_id]
+    for position, first in batch_replays.items():
+        original = results[first]
+        assert isinstance(original, FeedbackReceipt)
+        results[position] = replace(original, created=False)
+    return [r for r in results if r is not None]
+
+
+def _stored_receipts(conn: Connection, submission_ids: set[str]) -> dict[str, FeedbackReceipt]:
+    rows = conn.execute(
+        select(
+            FeedbackSubmission.id,
+            FeedbackSubmission.interaction_id,
+            FeedbackEvent.id,
+            Correction.id,
+        )
+        .join(FeedbackEvent, FeedbackEvent.submission_id == FeedbackSubmission.id)
+        .outerjoin(Correction, Correction.feedback_event_id == FeedbackEvent.id)
+        .where(FeedbackSubmission.id.in_(submission_ids))
+        .order_by(FeedbackEvent.id)
     )
+    receipts: dict[str, FeedbackReceipt] = {}
+    for submission_id, interaction_id, event_id, correction_id in rows:
+        receipt = receipts.get(submission_id) or FeedbackReceipt(
+            submission_id=submission_id,
+            interaction_id=interaction_id,
+            created=False,
+            event_ids=[],
+            correction_id=None,
+        )
+        receipt.event_ids.append(event_id)
+        if correction_id is not None:
+            receipt = replace(receipt, correction_id=correction_id)
+        receipts[submission_id] = receipt
+    return receipts

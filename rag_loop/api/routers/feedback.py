@@ -1,14 +1,13 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-from starlette.concurrency import run_in_threadpool
 
 from rag_loop.api.deps import PrincipalDep, ServicesDep
 from rag_loop.api.errors import responses
 from rag_loop.api.schemas import FeedbackOut
 from rag_loop.errors import Unauthorized
 from rag_loop.feedback.schemas import FeedbackIn
-from rag_loop.feedback.service import submit_feedback
+from rag_loop.feedback.service import submit_feedback_async
 
 router = APIRouter(prefix="/v1", tags=["feedback"])
 
@@ -39,7 +38,7 @@ async def feedback_route(
             "feedback needs the answer's feedback_token in `token`, or an API key with the "
             "feedback scope"
         )
-    receipt = await run_in_threadpool(submit_feedback, services, body, actor=actor)
+    receipt = await submit_feedback_async(services, body, actor=actor)
     if not receipt.created:
         response.status_code = 200
     return FeedbackOut.model_validate(receipt.__dict__)
