@@ -18,7 +18,7 @@ from rag_loop.db.engine import create_db_engine, create_session_factory, upgrade
 from rag_loop.db.writer import BatchWriter
 from rag_loop.generation.base import Generator
 from rag_loop.index.chroma import ChromaStore, make_chroma_client
-from rag_loop.index.embedders import Embedder, SentenceTransformerEmbedder
+from rag_loop.index.embedders import Embedder, LazyEmbedder
 from rag_loop.registry.tracking import MlflowTracker
 from rag_loop.settings import GeneratorSettings, Settings
 
@@ -75,7 +75,7 @@ class Services:
                 make_chroma_client(settings.chroma_path, settings.chroma.host, settings.chroma.port)
             ),
             embedder=embedder
-            or SentenceTransformerEmbedder(
+            or LazyEmbedder(
                 settings.embedder.model,
                 batch_size=settings.embedder.batch_size,
                 device=settings.embedder.device,

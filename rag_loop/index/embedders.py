@@ -19,9 +19,16 @@ DEFAULT_MODEL = "all-MiniLM-L6-v2"
 class Embedder(Protocol):
     """Turns texts into L2-normalised vectors."""
 
-    name: str
-    version: str  # name plus a hash of the weights: two different models never share one
-    dimension: int
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def version(self) -> str:
+        """The name plus a hash of the weights: two different models never share one."""
+        ...
+
+    @property
+    def dimension(self) -> int: ...
 
     def embed_documents(self, texts: list[str], *, progress: bool = False) -> np.ndarray: ...
 
@@ -92,3 +99,43 @@ class SentenceTransformerEmbedder:
                 [text], normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
             )
         return np.asarray(vector[0], dtype=np.float32)
+
+
+class LazyEmbedder:
+    """Builds a SentenceTransformerEmbedder on first use, so commands that never embed
+    (listing keys, reviewing corrections, exporting) start in a fraction of a second."""
+
+    def __init__(self, model: str = DEFAULT_MODEL, **options: object) -> None:
+        self._model = model
+        self._options = options
+        self._loaded: SentenceTransformerEmbedder | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> SentenceTransformerEmbedder:
+        if self._loaded is None:
+            with self._lock:
+                if self._loaded is None:
+                    self._loaded = SentenceTransformerEmbedder(
+                        self._model,
+                        **self._options,  # type: ignore[arg-type]
+                    )
+        return self._loaded
+
+    @property
+    def name(self) -> str:
+        return self.loaded.name
+
+    @property
+    def version(self) -> str:
+        return self.loaded.version
+
+    @property
+    def dimension(self) -> int:
+        return self.loaded.dimension
+
+    def embed_documents(self, texts: list[str], *, progress: bool = False) -> np.ndarray:
+        return self.loaded.embed_documents(texts, progress=progress)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self.loaded.embed_query(text)
