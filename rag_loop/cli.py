@@ -121,7 +121,6 @@ def serve(
         typer.echo(
             f"index version {result.index_version_id}: {result.chunks_total} chunks", err=True
         )
-    svc.embedder.embed_query("warm-up")  # load the model before the first request, not during
     typer.echo(f"rag-loop serving on http://{host}:{port} (data dir {config.data_dir})", err=True)
     uvicorn.run(
         create_app(config, svc), host=host, port=port, log_level="warning", access_log=False

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.concurrency import run_in_threadpool
 
 from rag_loop.api.errors import install_error_handlers
 from rag_loop.api.limits import BodyLimit
@@ -25,6 +26,9 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if app.state.services is None:
             app.state.services = Services.from_settings(settings)
+        # Load the model before the first request, on a thread of the same pool that serves
+        # asks (embedding first from another thread measurably slowed later asks here).
+        await run_in_threadpool(app.state.services.embedder.embed_query, "warm-up")
         yield
         if owned:
             app.state.services.close()
