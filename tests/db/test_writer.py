@@ -1,0 +1,83 @@
+"""The group-committing writer on a real SQLite file: refused items write nothing, a batch
+that fails as a whole is retried item by item, and every answer means committed."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Column, Connection, Integer, MetaData, String, Table, insert, select
+
+from rag_loop.db.engine import create_db_engine
+from rag_loop.db.writer import BatchWriter
+from rag_loop.errors import InvalidInput
+
+metadata = MetaData()
+notes = Table("notes", metadata, Column("id", Integer, primary_key=True), Column("text", String))
+
+
+def store(conn: Connection, texts: list[str]) -> list[Any]:
+    """Refuses empty texts (before writing); a duplicate id breaks the whole statement."""
+    results: list[Any] = []
+    rows = []
+    for text in texts:
+        if not text:
+            results.append(InvalidInput("empty"))
+            continue
+        rows.append({"id": len(text) if text.startswith("len:") else None, "text": text})
+        results.append(text.upper())
+    if rows:
+        conn.execute(insert(notes), rows)
+    return results
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> Any:
+    engine = create_db_engine(f"sqlite:///{tmp_path / 'w.db'}")
+    metadata.create_all(engine)
+    writer = BatchWriter(engine)
+    yield writer
+    writer.close()
+    engine.dispose()
+
+
+def stored(writer: BatchWriter) -> list[str]:
+    with writer.engine.connect() as conn:
+        return sorted(conn.scalars(select(notes.c.text)))
+
+
+def test_many_items_one_batch_each_answered_after_commit(writer: BatchWriter) -> None:
+    futures = [writer.submit(store, f"note {i}") for i in range(300)]
+    assert [f.result() for f in futures] == [f"NOTE {i}" for i in range(300)]
+    assert len(stored(writer)) == 300
+
+
+def test_a_refused_item_writes_nothing_and_others_commit(writer: BatchWriter) -> None:
+    futures = [writer.submit(store, text) for text in ("a", "", "b")]
+    assert futures[0].result() == "A" and futures[2].result() == "B"
+    with pytest.raises(InvalidInput):
+        futures[1].result()
+    assert stored(writer) == ["a", "b"]
+
+
+def test_a_failing_batch_is_retried_item_by_item(writer: BatchWriter) -> None:
+    # hold the writer on a first item so the next four are queued and go in one batch
+    release = threading.Event()
+
+    def wait(conn: Connection, payloads: list[Any]) -> list[Any]:
+        release.wait(10)
+        return payloads
+
+    held = writer.submit(wait, "held")
+    # "len:xx" and "len:yy" both get id 6: the batch insert fails on the primary key,
+    # the writer retries each alone, so only the second of the pair fails
+    futures = [writer.submit(store, text) for text in ("ok", "len:xx", "len:yy", "fine")]
+    release.set()
+    assert held.result() == "held"
+    assert futures[0].result() == "OK" and futures[3].result() == "FINE"
+    assert futures[1].result() == "LEN:XX"
+    with pytest.raises(Exception, match="UNIQUE"):
+        futures[2].result()
+    assert stored(writer) == ["fine", "len:xx", "ok"]
