@@ -312,7 +312,9 @@ def record_many(conn: Connection, batch: list[Pending]) -> list[FeedbackReceipt 
         original = results[first]
         assert isinstance(original, FeedbackReceipt)
         results[position] = replace(original, created=False)
-    return [r for r in results if r is not None]
+    answered = [r for r in results if r is not None]
+    assert len(answered) == len(batch), "every feedback item gets a receipt or an error"
+    return answered
 
 
 def _stored_receipts(conn: Connection, submission_ids: set[str]) -> dict[str, FeedbackReceipt]:
