@@ -15,12 +15,13 @@ When idle the thread waits, so a lone request is written at once with no batchin
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
@@ -40,7 +41,7 @@ BatchFunction = Callable[[Connection, list[Any]], list[Any]]
 class _Item:
     function: BatchFunction
     payload: Any
-    future: Future[Any] = field(default_factory=Future)
+    future: Future[Any] | asyncio.Future[Any]
 
 
 class BatchWriter:
@@ -54,7 +55,11 @@ class BatchWriter:
 
     def submit(self, function: BatchFunction, payload: Any) -> Future[Any]:
         """Queue one item for `function`; the future resolves after its commit."""
-        item = _Item(function, payload)
+        future: Future[Any] = Future()
+        self._put(_Item(function, payload, future))
+        return future
+
+    def _put(self, item: _Item) -> None:
         with self._lock:
             if self._closed:
                 raise RuntimeError("the writer is closed")
@@ -63,15 +68,17 @@ class BatchWriter:
                 self._thread.daemon = True
                 self._thread.start()
             self._queue.put(item)
-        return item.future
 
     def run(self, function: BatchFunction, payload: Any) -> Any:
         """Submit and wait (for callers that are not async)."""
         return self.submit(function, payload).result()
 
     async def arun(self, function: BatchFunction, payload: Any) -> Any:
-        """Submit and await without occupying a thread of the pool."""
-        return await asyncio.wrap_future(self.submit(function, payload))
+        """Submit and await without occupying a thread of the pool. The answers of a batch
+        reach the event loop in one hand-over, not one wake-up per item."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._put(_Item(function, payload, future))
+        return await future
 
     def close(self) -> None:
         with self._lock:
@@ -106,7 +113,7 @@ class BatchWriter:
                     try:
                         self._write([item])
                     except Exception as exc:
-                        item.future.set_exception(exc)
+                        _answer([(item, exc)])
             if stop:
                 return
 
@@ -119,8 +126,32 @@ class BatchWriter:
             for function, items in groups.items():
                 results = function(conn, [item.payload for item in items])
                 outcomes.extend(zip(items, results, strict=True))
-        for item, result in outcomes:  # committed: now answer
-            if isinstance(result, BaseException):
-                item.future.set_exception(result)
-            else:
-                item.future.set_result(result)
+        _answer(outcomes)  # committed: now answer
+
+
+def _answer(outcomes: list[tuple[_Item, Any]]) -> None:
+    """Resolve each item's future with its result (or exception). Futures of an event loop
+    are resolved on that loop, all of one loop in one callback."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Item, Any]]] = {}
+    for item, result in outcomes:
+        if isinstance(item.future, asyncio.Future):
+            by_loop.setdefault(item.future.get_loop(), []).append((item, result))
+        else:
+            _resolve(item.future, result)
+    for loop, answers in by_loop.items():
+        with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+            loop.call_soon_threadsafe(_resolve_all, answers)
+
+
+def _resolve_all(answers: list[tuple[_Item, Any]]) -> None:
+    for item, result in answers:
+        _resolve(item.future, result)
+
+
+def _resolve(future: Future[Any] | asyncio.Future[Any], result: Any) -> None:
+    if future.cancelled():  # e.g. the client went away
+        return
+    if isinstance(result, BaseException):
+        future.set_exception(result)
+    else:
+        future.set_result(result)

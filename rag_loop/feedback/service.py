@@ -104,7 +104,10 @@ class _Lookups:
                     FeedbackSubmission.idempotency_key,
                     FeedbackSubmission.id,
                     FeedbackSubmission.request_hash,
-                ).where(FeedbackSubmission.idempotency_key.in_(keys))
+                ).where(  # both columns, so the lookup uses the unique index (no scan)
+                    FeedbackSubmission.interaction_id.in_(ids),
+                    FeedbackSubmission.idempotency_key.in_(keys),
+                )
             )
             for interaction_id, key, submission_id, digest in stored:
                 self.stored[(interaction_id, key or "")] = (submission_id, digest)
