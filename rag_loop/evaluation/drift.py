@@ -1,0 +1,270 @@
+"""Drift: has what users ask changed (data drift), or how well we answer (concept drift)?
+
+Data drift compares the query embeddings of the current window (the latest N questions)
+with a reference window (the N before them) by the maximum mean discrepancy (MMD, Gretton
+et al. 2012) with a Gaussian kernel whose bandwidth is the median pairwise distance, and a
+permutation test: the windows' labels are shuffled `permutations` times (seeded) and the
+p-value is the share of shuffles with an MMD at least as large as the observed one. Drift is
+flagged when p < `alpha`, so an unchanged distribution is flagged with probability ~alpha.
+
+Concept drift compares rates between the same two windows (thumbs-down rate, two-proportion
+z-test and a minimum change) and the latest production evaluation with the one before it
+(faithfulness or its proxy, ID-based context precision): a drop beyond `max_metric_drop`.
+
+Every check is stored in `drift_checks`; when any check drifts an event of kind `drift` is
+written to `events`, which the training loop reads (`events_since`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from sqlalchemy import Engine, select
+
+from rag_loop.db.engine import transaction
+from rag_loop.db.models import DriftCheck, EvalRun, Event, FeedbackEvent, Interaction
+from rag_loop.services import Services
+from rag_loop.settings import DriftSettings
+
+CONCEPT_METRICS = ("faithfulness", "groundedness_proxy", "id_context_precision")
+
+
+@dataclass
+class MMDResult:
+    statistic: float
+    p_value: float
+    bandwidth: float
+
+
+def mmd_permutation_test(
+    reference: np.ndarray, current: np.ndarray, *, permutations: int, seed: int
+) -> MMDResult:
+    """Unbiased MMD^2 with a Gaussian kernel (median heuristic) and its permutation p-value."""
+    pooled = np.vstack([reference, current]).astype(np.float64)
+    n, m = len(reference), len(current)
+    squared = np.maximum(
+        (pooled**2).sum(1)[:, None] + (pooled**2).sum(1)[None, :] - 2 * pooled @ pooled.T, 0.0
+    )
+    upper = squared[np.triu_indices(len(pooled), k=1)]
+    bandwidth = float(np.sqrt(np.median(upper[upper > 0]) / 2)) if np.any(upper > 0) else 1.0
+    kernel = np.exp(-squared / (2 * bandwidth**2))
+
+    def mmd(index: np.ndarray) -> float:
+        x, y = index[:n], index[n:]
+        kxx = kernel[np.ix_(x, x)]
+        kyy = kernel[np.ix_(y, y)]
+        kxy = kernel[np.ix_(x, y)]
+        return float(
+            (kxx.sum() - np.trace(kxx)) / (n * (n - 1))
+            + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+            - 2 * kxy.mean()
+        )
+
+    rng = np.random.default_rng(seed)
+    observed = mmd(np.arange(n + m))
+    exceed = sum(mmd(rng.permutation(n + m)) >= observed for _ in range(permutations))
+    return MMDResult(observed, (exceed + 1) / (permutations + 1), bandwidth)
+
+
+@dataclass
+class DriftReport:
+    checks: list[dict[str, Any]] = field(default_factory=list)
+    drifted: bool = False
+    event_id: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"drifted": self.drifted, "event_id": self.event_id, "checks": self.checks}
+
+
+def _windows(engine: Engine, size: int) -> tuple[list[Interaction], list[Interaction]]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(Interaction.id, Interaction.query, Interaction.created_at)
+            .where(Interaction.status == "ok")
+            .order_by(Interaction.created_at.desc(), Interaction.id)
+            .limit(2 * size)
+        ).all()
+    rows = list(reversed(rows))
+    if len(rows) < 2 * size:  # split what there is in two halves
+        half = len(rows) // 2
+        return rows[:half], rows[half:]  # type: ignore[return-value]
+    return rows[:size], rows[size:]  # type: ignore[return-value]
+
+
+def _thumbs_down_rate(engine: Engine, ids: list[str]) -> tuple[int, int]:
+    """(down, thumbed) over the interactions, counting each one's latest thumb."""
+    latest: dict[str, str | None] = {}
+    with engine.connect() as conn:
+        for interaction_id, thumb in conn.execute(
+            select(FeedbackEvent.interaction_id, FeedbackEvent.thumb)
+            .where(FeedbackEvent.interaction_id.in_(ids), FeedbackEvent.kind == "thumb")
+            .order_by(FeedbackEvent.id)
+        ):
+            latest[interaction_id] = thumb
+    return sum(1 for t in latest.values() if t == "down"), len(latest)
+
+
+def check_data_drift(
+    services: Services, settings: DriftSettings, queries: tuple[list[str], list[str]]
+) -> dict[str, Any]:
+    reference, current = queries
+    check: dict[str, Any] = {
+        "kind": "data",
+        "metric": "query_embedding_mmd",
+        "threshold": settings.alpha,
+        "details": {"reference_n": len(reference), "current_n": len(current)},
+    }
+    if min(len(reference), len(current)) < settings.min_samples:
+        check.update(drifted=False, details={**check["details"], "skipped": "too few queries"})
+        return check
+    vectors = services.embedder.embed_documents(reference + current)
+    result = mmd_permutation_test(
+        vectors[: len(reference)],
+        vectors[len(reference) :],
+        permutations=settings.permutations,
+        seed=settings.seed,
+    )
+    check.update(
+        statistic=result.statistic,
+        p_value=result.p_value,
+        drifted=result.p_value < settings.alpha,
+        details={**check["details"], "bandwidth": result.bandwidth},
+    )
+    return check
+
+
+def check_thumbs(
+    engine: Engine, settings: DriftSettings, ids: tuple[list[str], list[str]]
+) -> dict[str, Any]:
+    (ref_down, ref_n), (cur_down, cur_n) = (_thumbs_down_rate(engine, w) for w in ids)
+    check: dict[str, Any] = {
+        "kind": "concept",
+        "metric": "thumbs_down_rate",
+        "threshold": settings.max_thumbs_down_increase,
+        "details": {"reference_thumbs": ref_n, "current_thumbs": cur_n},
+    }
+    if min(ref_n, cur_n) < settings.min_samples:
+        check.update(drifted=False, details={**check["details"], "skipped": "too few thumbs"})
+        return check
+    p1, p2 = ref_down / ref_n, cur_down / cur_n
+    pooled = (ref_down + cur_down) / (ref_n + cur_n)
+    se = math.sqrt(pooled * (1 - pooled) * (1 / ref_n + 1 / cur_n)) or 1e-12
+    z = (p2 - p1) / se
+    p_value = 0.5 * math.erfc(z / math.sqrt(2))  # one-sided: the rate went up
+    check.update(
+        reference_value=p1,
+        current_value=p2,
+        statistic=z,
+        p_value=p_value,
+        drifted=(p2 - p1) > settings.max_thumbs_down_increase and p_value < settings.alpha,
+    )
+    return check
+
+
+def check_eval_metrics(services: Services, settings: DriftSettings) -> list[dict[str, Any]]:
+    """The latest production evaluation against the one before it."""
+    with services.sessions() as session:
+        runs = list(
+            session.scalars(
+                select(EvalRun)
+                .where(EvalRun.status == "done", EvalRun.source == "production")
+                .order_by(EvalRun.created_at.desc())
+                .limit(2)
+            )
+        )
+    if len(runs) < 2:
+        return []
+    current, reference = runs
+    checks = []
+    for metric in CONCEPT_METRICS:
+        before, now = reference.metrics.get(metric), current.metrics.get(metric)
+        if before is None or now is None:
+            continue
+        checks.append(
+            {
+                "kind": "concept",
+                "metric": metric,
+                "reference_value": before,
+                "current_value": now,
+                "statistic": now - before,
+                "threshold": settings.max_metric_drop,
+                "drifted": before - now > settings.max_metric_drop,
+                "details": {"reference_run": reference.id, "current_run": current.id},
+            }
+        )
+    return checks
+
+
+def check_drift(services: Services, *, actor: str = "system") -> DriftReport:
+    """Run every drift check, store them, and raise a `drift` event if any drifted."""
+    settings = services.settings.drift
+    reference, current = _windows(services.engine, settings.window_size)
+    checks = [
+        check_data_drift(
+            services, settings, ([r.query for r in reference], [r.query for r in current])
+        ),
+        check_thumbs(
+            services.engine, settings, ([r.id for r in reference], [r.id for r in current])
+        ),
+        *check_eval_metrics(services, settings),
+    ]
+    report = DriftReport(checks=checks, drifted=any(c["drifted"] for c in checks))
+    with transaction(services.sessions) as session:
+        for check in checks:
+            session.add(
+                DriftCheck(
+                    kind=check["kind"],
+                    metric=check["metric"],
+                    reference_value=check.get("reference_value"),
+                    current_value=check.get("current_value"),
+                    statistic=check.get("statistic"),
+                    threshold=check.get("threshold"),
+                    p_value=check.get("p_value"),
+                    drifted=bool(check["drifted"]),
+                    details=check.get("details", {}),
+                )
+            )
+        if report.drifted:
+            event = Event(
+                kind="drift",
+                payload={
+                    "actor": actor,
+                    "checks": [c for c in checks if c["drifted"]],
+                },
+            )
+            session.add(event)
+            session.flush()
+            report.event_id = event.id
+    return report
+
+
+def events_since(engine: Engine, kind: str, after_id: int = 0) -> list[dict[str, Any]]:
+    """Events of a kind after a given id, oldest first: how the loop subscribes."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(Event.id, Event.created_at, Event.kind, Event.payload)
+            .where(Event.kind == kind, Event.id > after_id)
+            .order_by(Event.id)
+        ).all()
+    return [
+        {"id": r.id, "created_at": r.created_at.isoformat(), "kind": r.kind, "payload": r.payload}
+        for r in rows
+    ]
+
+
+def recent_checks(engine: Engine, limit: int = 50) -> list[dict[str, Any]]:
+    with engine.connect() as conn:
+        rows = (
+            conn.execute(
+                select(*DriftCheck.__table__.columns).order_by(DriftCheck.id.desc()).limit(limit)
+            )
+            .mappings()
+            .all()
+        )
+    return [
+        {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in dict(r).items()}
+        for r in rows
+    ]

@@ -1,0 +1,195 @@
+"""The judge: an LLM behind LangChain that Ragas' metrics call for structured verdicts.
+
+Ragas 0.4's metric collections talk to an `InstructorBaseRagasLLM` (prompt + a Pydantic
+response model -> an instance of that model). `LangChainJudge` implements that protocol on
+any LangChain chat model, so the judge can be any OpenAI-compatible server (vLLM, Ollama,
+llama_cpp.server, OpenAI) or SmolLM2 in-process through llama.cpp:
+
+    prompt -> chat model -> text -> the JSON object in it -> response_model
+
+Every way a judge call can go wrong becomes a `JudgeFailure` with a `kind` (`timeout`,
+`unparsable`, `unavailable`, `error`), which the evaluation counts per metric; a failure is
+never turned into a score. `RagasEmbeddings` gives Ragas our sentence-transformers embedder.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from rag_loop.errors import BackendUnavailable, InvalidInput
+from rag_loop.index.embedders import Embedder
+from rag_loop.settings import EvaluationSettings
+
+os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")  # Ragas phones home unless told not to
+
+from ragas.embeddings.base import BaseRagasEmbedding
+from ragas.llms.base import InstructorBaseRagasLLM
+
+T = TypeVar("T", bound=BaseModel)
+
+JSON_INSTRUCTION = (
+    "\n\nAnswer with one JSON object only, no prose, matching this JSON schema:\n{schema}"
+)
+
+
+class JudgeFailure(Exception):
+    """One judge call that produced no usable verdict."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind  # timeout | unparsable | unavailable | error
+
+
+def extract_json(text: str) -> Any:
+    """The first JSON object or array in `text` (models like to wrap it in prose or ```)."""
+    decoder = json.JSONDecoder()
+    for match in re.finditer(r"[{\[]", text):
+        try:
+            value, _ = decoder.raw_decode(text, match.start())
+        except json.JSONDecodeError:
+            continue
+        return value
+    raise ValueError("no JSON object in the judge's output")
+
+
+class LangChainJudge(InstructorBaseRagasLLM):
+    """Ragas' structured-output LLM protocol on a LangChain chat model."""
+
+    def __init__(
+        self,
+        name: str,
+        chat_model: Any,
+        *,
+        timeout_seconds: float,
+        max_concurrency: int | None = None,
+    ) -> None:
+        self.name = name
+        self.chat_model = chat_model
+        self.timeout_seconds = timeout_seconds
+        self.max_concurrency = max_concurrency
+
+    def generate(self, prompt: str, response_model: type[T]) -> T:
+        return asyncio.run(self.agenerate(prompt, response_model))
+
+    async def agenerate(self, prompt: str, response_model: type[T]) -> T:
+        schema = json.dumps(response_model.model_json_schema())
+        full_prompt = prompt + JSON_INSTRUCTION.format(schema=schema)
+        try:
+            message = await asyncio.wait_for(
+                self.chat_model.ainvoke(full_prompt), timeout=self.timeout_seconds
+            )
+        except TimeoutError as exc:
+            raise JudgeFailure(
+                "timeout", f"the judge took longer than {self.timeout_seconds:g} s"
+            ) from exc
+        except Exception as exc:
+            raise _classify(exc) from exc
+        text = message.content if isinstance(message.content, str) else str(message.content)
+        try:
+            return response_model.model_validate(extract_json(text))
+        except (ValueError, ValidationError) as exc:
+            snippet = text.strip().replace("\n", " ")[:160]
+            raise JudgeFailure("unparsable", f"unusable judge output {snippet!r}: {exc}") from exc
+
+    def ping(self) -> None:
+        """One tiny call: a judge that cannot be reached fails the run before it starts."""
+        try:
+            asyncio.run(asyncio.wait_for(self.chat_model.ainvoke("Say OK."), self.timeout_seconds))
+        except TimeoutError as exc:
+            raise BackendUnavailable(
+                f"the judge {self.name} did not answer within {self.timeout_seconds:g} s"
+            ) from exc
+        except Exception as exc:
+            failure = _classify(exc)
+            raise BackendUnavailable(f"the judge {self.name} is unusable: {failure}") from exc
+
+
+def _classify(exc: Exception) -> JudgeFailure:
+    import openai
+
+    if isinstance(exc, JudgeFailure):
+        return exc
+    if isinstance(exc, openai.APITimeoutError):
+        return JudgeFailure("timeout", f"the judge timed out: {exc}")
+    if isinstance(exc, openai.APIConnectionError | ConnectionError):
+        return JudgeFailure("unavailable", f"the judge cannot be reached: {exc}")
+    if isinstance(exc, openai.APIStatusError):
+        return JudgeFailure("error", f"the judge answered HTTP {exc.status_code}")
+    return JudgeFailure("error", f"{type(exc).__name__}: {exc}")
+
+
+def make_judge(settings: EvaluationSettings) -> LangChainJudge | None:
+    """The configured judge, or None (`judge=none`: non-LLM metrics only)."""
+    if settings.judge == "none":
+        return None
+    if settings.judge == "openai":
+        from langchain_openai import ChatOpenAI
+
+        if not settings.judge_base_url:
+            raise InvalidInput(
+                "judge 'openai' needs RAG_LOOP_EVALUATION_JUDGE_BASE_URL, e.g. "
+                "http://127.0.0.1:8080/v1"
+            )
+        model = ChatOpenAI(
+            model=settings.judge_model,
+            base_url=settings.judge_base_url,
+            api_key=settings.judge_api_key,
+            temperature=0.0,
+            max_completion_tokens=settings.judge_max_tokens,
+            timeout=settings.judge_timeout_seconds,
+            max_retries=0,
+        )
+        return LangChainJudge(
+            f"openai:{settings.judge_model}", model, timeout_seconds=settings.judge_timeout_seconds
+        )
+    try:
+        from langchain_community.chat_models import ChatLlamaCpp
+    except ImportError as exc:  # pragma: no cover - the extra is installed by make
+        raise InvalidInput("judge 'llamacpp' needs: pip install 'rag-loop[llamacpp]'") from exc
+    from rag_loop.generation.llm import default_gguf
+
+    path: Path = settings.judge_model_path or default_gguf()
+    if not path.is_file():
+        raise InvalidInput(f"GGUF model file {path} for the judge does not exist")
+    local_model = ChatLlamaCpp(
+        model_path=str(path),
+        temperature=0.0,
+        max_tokens=settings.judge_max_tokens,
+        n_ctx=4096,
+        seed=0,
+        verbose=False,
+    )
+    # one llama.cpp model in this process: it must not run two calls at once
+    return LangChainJudge(
+        f"llamacpp:{path.stem}",
+        local_model,
+        timeout_seconds=settings.judge_timeout_seconds,
+        max_concurrency=1,
+    )
+
+
+class RagasEmbeddings(BaseRagasEmbedding):
+    """Ragas' embedding protocol on our embedder (response relevancy compares questions)."""
+
+    def __init__(self, embedder: Embedder) -> None:
+        super().__init__()
+        self.embedder = embedder
+
+    def embed_text(self, text: str, **kwargs: Any) -> list[float]:
+        return [float(x) for x in self.embedder.embed_query(text)]
+
+    async def aembed_text(self, text: str, **kwargs: Any) -> list[float]:
+        return await asyncio.to_thread(self.embed_text, text)
+
+    def embed_texts(self, texts: list[str], **kwargs: Any) -> list[list[float]]:
+        return [[float(x) for x in row] for row in self.embedder.embed_documents(list(texts))]
+
+    async def aembed_texts(self, texts: list[str], **kwargs: Any) -> list[list[float]]:
+        return await asyncio.to_thread(self.embed_texts, texts)
