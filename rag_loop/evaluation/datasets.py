@@ -182,13 +182,13 @@ def production_window(engine: Engine, size: int) -> EvalDataset:
             for interaction_id, docs in pointed_docs.items():
                 for d in docs:
                     relevant[interaction_id].extend(chunks_of.get(d, []))
-        corrections = dict(
-            conn.execute(
-                select(Correction.interaction_id, Correction.text)
-                .where(Correction.interaction_id.in_(ids), Correction.status == "approved")
-                .order_by(Correction.id)
-            ).tuples()
-        )
+        corrections: dict[str, str] = {}  # the latest approved correction is the reference
+        for interaction_id, text in conn.execute(
+            select(Correction.interaction_id, Correction.text)
+            .where(Correction.interaction_id.in_(ids), Correction.status == "approved")
+            .order_by(Correction.id)
+        ):
+            corrections[interaction_id] = text
     items = [
         EvalItem(
             sample_id=r.id,

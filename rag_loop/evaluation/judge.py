@@ -5,7 +5,11 @@ response model -> an instance of that model). `LangChainJudge` implements that p
 any LangChain chat model, so the judge can be any OpenAI-compatible server (vLLM, Ollama,
 llama_cpp.server, OpenAI) or SmolLM2 in-process through llama.cpp:
 
-    prompt -> chat model -> text -> the JSON object in it -> response_model
+    prompt (+ the JSON schema) -> chat model -> text -> the JSON object in it -> model
+
+Where the server can, the output is constrained to the schema (`judge_response_format`:
+OpenAI-style `json_schema`, or llama.cpp's `json_object` with a schema, which compiles it
+to a grammar); either way the answer is validated against the schema here.
 
 Every way a judge call can go wrong becomes a `JudgeFailure` with a `kind` (`timeout`,
 `unparsable`, `unavailable`, `error`), which the evaluation counts per metric; a failure is
@@ -69,11 +73,26 @@ class LangChainJudge(InstructorBaseRagasLLM):
         *,
         timeout_seconds: float,
         max_concurrency: int | None = None,
+        response_format: str = "none",
     ) -> None:
         self.name = name
         self.chat_model = chat_model
         self.timeout_seconds = timeout_seconds
         self.max_concurrency = max_concurrency
+        self.response_format = response_format
+
+    def _constrained(self, response_model: type[BaseModel]) -> Any:
+        schema = response_model.model_json_schema()
+        if self.response_format == "json_schema":
+            return self.chat_model.bind(
+                response_format={
+                    "type": "json_schema",
+                    "json_schema": {"name": response_model.__name__, "schema": schema},
+                }
+            )
+        if self.response_format == "json_object":
+            return self.chat_model.bind(response_format={"type": "json_object", "schema": schema})
+        return self.chat_model
 
     def generate(self, prompt: str, response_model: type[T]) -> T:
         return asyncio.run(self.agenerate(prompt, response_model))
@@ -83,7 +102,8 @@ class LangChainJudge(InstructorBaseRagasLLM):
         full_prompt = prompt + JSON_INSTRUCTION.format(schema=schema)
         try:
             message = await asyncio.wait_for(
-                self.chat_model.ainvoke(full_prompt), timeout=self.timeout_seconds
+                self._constrained(response_model).ainvoke(full_prompt),
+                timeout=self.timeout_seconds,
             )
         except TimeoutError as exc:
             raise JudgeFailure(
@@ -99,13 +119,12 @@ class LangChainJudge(InstructorBaseRagasLLM):
             raise JudgeFailure("unparsable", f"unusable judge output {snippet!r}: {exc}") from exc
 
     def ping(self) -> None:
-        """One tiny call: a judge that cannot be reached fails the run before it starts."""
+        """One tiny call: a judge that cannot be reached fails the run before it starts.
+
+        Synchronous on purpose: an async client's pooled connections belong to the event
+        loop that opened them, and the scoring runs in another one."""
         try:
-            asyncio.run(asyncio.wait_for(self.chat_model.ainvoke("Say OK."), self.timeout_seconds))
-        except TimeoutError as exc:
-            raise BackendUnavailable(
-                f"the judge {self.name} did not answer within {self.timeout_seconds:g} s"
-            ) from exc
+            self.chat_model.bind(max_tokens=4).invoke("Say OK.")
         except Exception as exc:
             failure = _classify(exc)
             raise BackendUnavailable(f"the judge {self.name} is unusable: {failure}") from exc
@@ -147,7 +166,10 @@ def make_judge(settings: EvaluationSettings) -> LangChainJudge | None:
             max_retries=0,
         )
         return LangChainJudge(
-            f"openai:{settings.judge_model}", model, timeout_seconds=settings.judge_timeout_seconds
+            f"openai:{settings.judge_model}",
+            model,
+            timeout_seconds=settings.judge_timeout_seconds,
+            response_format=settings.judge_response_format,
         )
     try:
         from langchain_community.chat_models import ChatLlamaCpp
@@ -172,6 +194,7 @@ def make_judge(settings: EvaluationSettings) -> LangChainJudge | None:
         local_model,
         timeout_seconds=settings.judge_timeout_seconds,
         max_concurrency=1,
+        response_format="json_object",  # llama.cpp turns the schema into a grammar
     )
 
 
