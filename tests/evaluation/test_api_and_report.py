@@ -1,0 +1,172 @@
+"""Evaluation over real HTTP, the report opened in headless Chromium, and the schedule."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from rag_loop.evaluation.scheduler import start_schedule
+from rag_loop.services import Services
+from tests.conftest import ROOT, assert_error_shape
+
+ARTIFACTS = ROOT / "test-artifacts"
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1280,4000",
+)
+
+
+def test_evaluation_routes(api: httpx.Client, admin_headers: dict[str, str]) -> None:
+    assert_error_shape(api.post("/v1/evals", json={}), 401, "unauthorized")
+    created = api.post("/v1/evals", json={"limit": 10}, headers=admin_headers)
+    assert created.status_code == 201, created.text
+    run = created.json()
+    assert run["status"] == "done" and run["trigger"] == "api" and run["n_samples"] == 10
+    assert run["metrics"]["ndcg_at_10"] > 0.5 and len(run["samples"]) == 10
+
+    listed = api.get("/v1/evals", headers=admin_headers).json()
+    assert [r["id"] for r in listed] == [run["id"]] and listed[0]["samples"] is None
+    one = api.get(f"/v1/evals/{run['id']}", headers=admin_headers).json()
+    assert one["metrics"] == run["metrics"]
+    compare = api.get("/v1/evals/compare", headers=admin_headers).json()
+    assert compare[0]["index_version"] == 1 and compare[0]["run_id"] == run["id"]
+
+    assert_error_shape(
+        api.post("/v1/evals", json={"golden_set": "nope"}, headers=admin_headers),
+        404,
+        "not_found",
+    )
+    assert_error_shape(api.post("/v1/evals", json={"index_version": 9}, headers=admin_headers), 404)
+    bad = assert_error_shape(
+        api.post("/v1/evals", json={"window": 0, "x": 1}, headers=admin_headers),
+        422,
+        "validation_failed",
+    )
+    assert {d["field"] for d in bad["details"]} == {"body.window", "body.x"}
+    assert_error_shape(api.get("/v1/evals/unknown", headers=admin_headers), 404, "not_found")
+
+    drift = api.post("/v1/drift", headers=admin_headers)
+    assert drift.status_code == 200 and drift.json()["drifted"] is False
+    assert api.get("/v1/events?kind=drift", headers=admin_headers).json() == []
+
+
+@pytest.mark.slow
+def test_report_renders_in_headless_chromium_with_plots_and_worst_answers(
+    api: httpx.Client, admin_headers: dict[str, str], tmp_path: Path
+) -> None:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    bad = api.post("/v1/ask", json={"query": "Can I take the bike on a plane?"}).json()
+    api.post(
+        "/v1/feedback",
+        json={
+            "interaction_id": bad["interaction_id"],
+            "token": bad["feedback_token"],
+            "thumb": "down",
+            "chunk_labels": [{"chunk_id": bad["sources"][0]["chunk_id"], "relevant": False}],
+            "correction": "Bikes cannot travel by plane; use the train.",
+        },
+    ).raise_for_status()
+    good = api.post("/v1/ask", json={"query": "How long does a full charge take?"}).json()
+    api.post(
+        "/v1/feedback",
+        json={
+            "interaction_id": good["interaction_id"],
+            "token": good["feedback_token"],
+            "thumb": "up",
+        },
+    ).raise_for_status()
+    for body in ({"limit": 20}, {"source": "production"}):
+        api.post("/v1/evals", json=body, headers=admin_headers).raise_for_status()
+    api.post("/v1/drift", headers=admin_headers).raise_for_status()
+
+    summary = api.get("/v1/reports/latest?format=json", headers=admin_headers).json()
+    assert summary["worst_interactions"][0]["interaction_id"] == bad["interaction_id"]
+    assert "thumbs down" in summary["worst_interactions"][0]["why"]
+    assert {r["source"] for r in summary["latest_runs"]} == {"golden", "production"}
+    assert summary["drift"] and summary["thumbs_by_day"][0]["thumbs"] == 2
+
+    page = api.get("/v1/reports/latest", headers=admin_headers)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "<script" not in page.text and "http://" not in page.text.split("<body>")[1]
+    report = tmp_path / "report.html"
+    report.write_text(page.text)
+
+    chromium = shutil.which("chromium")
+    driver_path = shutil.which("chromedriver")
+    assert chromium and driver_path, "install Debian's chromium and chromium-driver"
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    browser = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
+    try:
+        browser.get(report.as_uri())
+        plots = browser.execute_script(
+            "return Array.from(document.querySelectorAll('img.plot'))"
+            ".map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight]);"
+        )
+        assert len(plots) == 5, plots
+        assert all(
+            complete and width > 300 and height > 100 for _, complete, width, height in plots
+        )
+        text = browser.find_element("tag name", "body").text
+        assert "Worst interactions" in text and "Can I take the bike on a plane?" in text
+        assert "thumbs down" in text and "not relevant" in text
+        ARTIFACTS.mkdir(exist_ok=True)
+        browser.save_screenshot(str(ARTIFACTS / "evaluation-report.png"))
+    finally:
+        browser.quit()
+
+
+def test_the_schedule_runs_golden_production_and_drift(
+    make_settings, embedder, tmp_path: Path
+) -> None:
+    from rag_loop.corpus.ingest import ingest
+    from rag_loop.evaluation import service
+    from rag_loop.interactions.ask import ask
+    from tests.conftest import CORPUS, QUESTIONS
+
+    settings = make_settings(evaluation={"schedule": "0 3 * * *", "golden_sets": [str(QUESTIONS)]})
+    services = Services.from_settings(settings, embedder=embedder)
+    scheduler = start_schedule(services)
+    try:
+        assert scheduler is not None
+        job = scheduler.get_job("evaluation-round")
+        assert job.next_run_time.hour == 3
+        ingest(services, CORPUS, actor="test")
+        ask(services, "How much is the theft excess?")
+        job.modify(next_run_time=datetime.now(UTC))  # due now
+        deadline = time.monotonic() + 180
+        while len(service.list_runs(services)) < 2 or not services_drift(services):
+            assert time.monotonic() < deadline, "the scheduled round did not run"
+            time.sleep(0.5)
+        runs = service.list_runs(services)
+        assert {(r["source"], r["trigger"], r["status"]) for r in runs} == {
+            ("golden", "schedule", "done"),
+            ("production", "schedule", "done"),
+        }
+    finally:
+        if scheduler is not None:
+            scheduler.shutdown(wait=True)
+        services.close()
+
+
+def services_drift(services: Services) -> bool:
+    from rag_loop.evaluation.drift import recent_checks
+
+    return bool(recent_checks(services.engine))

@@ -1,0 +1,114 @@
+"""Drift detection on real query embeddings: a topic shift is found, an unshifted window is
+not (seeded; the false-positive rate over repeated draws stays near alpha), and a drift
+raises an event the loop can read."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from rag_loop.corpus.ingest import ingest
+from rag_loop.db.models import DriftCheck
+from rag_loop.evaluation.drift import check_drift, events_since, mmd_permutation_test
+from rag_loop.feedback.schemas import FeedbackIn
+from rag_loop.feedback.service import submit_feedback
+from rag_loop.interactions.ask import ask
+from rag_loop.services import Services
+from rag_loop.settings import Settings
+from tests.conftest import CORPUS, QUESTIONS
+
+# A different topic: questions a garden centre's customers would ask.
+GARDEN = [
+    f"{opening} {plant} {ending}"
+    for opening in ("When should I plant", "How often do I water", "Which soil suits")
+    for plant in (
+        "tomatoes",
+        "tulip bulbs",
+        "roses",
+        "basil",
+        "apple trees",
+        "lavender",
+        "strawberries",
+        "hydrangeas",
+        "potatoes",
+        "sunflowers",
+        "mint",
+        "ferns",
+    )
+    for ending in ("in a cold climate?", "on a balcony?")
+]
+
+
+def kestrel_questions() -> list[str]:
+    return [json.loads(line)["question"] for line in QUESTIONS.read_text().splitlines()]
+
+
+def test_mmd_flags_a_topic_shift_and_rarely_flags_an_unshifted_window(embedder: Any) -> None:
+    questions = kestrel_questions()
+    vectors = embedder.embed_documents(questions)
+    garden = embedder.embed_documents(GARDEN)
+    rng = np.random.default_rng(7)
+    alpha, draws = 0.05, 30
+    false_positives = 0
+    for draw in range(draws):
+        order = rng.permutation(len(questions))
+        reference, current = vectors[order[:40]], vectors[order[40:80]]
+        result = mmd_permutation_test(reference, current, permutations=200, seed=draw)
+        false_positives += result.p_value < alpha
+    # the test's size is alpha; 30 draws put 99% of outcomes at <= 5 false positives
+    assert false_positives <= 5, false_positives
+
+    for draw in range(5):
+        order = rng.permutation(len(questions))
+        shifted = np.vstack([vectors[order[:20]], garden[rng.permutation(len(garden))[:20]]])
+        result = mmd_permutation_test(vectors[order[40:80]], shifted, permutations=200, seed=draw)
+        assert result.p_value < 0.01, result
+
+
+def test_check_drift_end_to_end_raises_an_event(
+    make_settings: Callable[..., Settings], embedder: Any
+) -> None:
+    settings = make_settings(drift={"window_size": 40, "min_samples": 10, "permutations": 200})
+    services = Services.from_settings(settings, embedder=embedder)
+    try:
+        ingest(services, CORPUS, actor="test")
+        questions = kestrel_questions()
+        for question in questions[:40]:  # the reference window: the product's questions
+            ask(services, question)
+        report = check_drift(services)  # 40 vs nothing yet: split in halves, no drift
+        assert not report.drifted and report.event_id is None
+        for question in GARDEN[:40]:  # users start asking about something else entirely
+            result = ask(services, question)
+            submit_feedback(
+                services,
+                FeedbackIn.model_validate(
+                    {"interaction_id": result.interaction_id, "thumb": "down"}
+                ),
+                actor="test",
+            )
+        report = check_drift(services, actor="test")
+        data = next(c for c in report.checks if c["metric"] == "query_embedding_mmd")
+        assert data["drifted"] and data["p_value"] < 0.01
+        thumbs = next(c for c in report.checks if c["metric"] == "thumbs_down_rate")
+        assert "skipped" in thumbs["details"]  # no thumbs in the reference window
+        assert report.drifted and report.event_id is not None
+        events = events_since(services.engine, "drift")
+        assert [e["id"] for e in events] == [report.event_id]
+        assert events[0]["payload"]["checks"][0]["metric"] == "query_embedding_mmd"
+        assert events_since(services.engine, "drift", after_id=report.event_id) == []
+        with services.sessions() as session:
+            stored = session.query(DriftCheck).filter(DriftCheck.drifted.is_(True)).all()
+            assert [c.metric for c in stored] == ["query_embedding_mmd"]
+    finally:
+        services.close()
+
+
+def test_drift_settings_are_validated() -> None:
+    with pytest.raises(ValueError, match="cron"):
+        Settings(evaluation={"schedule": "every day"})
+    with pytest.raises(ValueError):
+        Settings(drift={"alpha": 2})
