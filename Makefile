@@ -3,7 +3,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 PYTHON ?= python3
 
-.PHONY: install run test lint bench clean
+.PHONY: install browser run test lint bench clean
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +16,13 @@ $(BIN)/.installed: pyproject.toml
 
 install: $(BIN)/.installed
 
+# the report's browser test drives Debian's headless Chromium through its chromedriver
+/usr/bin/chromedriver:
+	$(SUDO) apt-get install -y -q chromium chromium-driver \
+	  || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver)
+
+browser: /usr/bin/chromedriver
+
 run: install
 	$(BIN)/rag-loop serve --host $${HOST:-127.0.0.1} --port $${PORT:-8000}
 
@@ -23,11 +31,12 @@ lint: install
 	$(BIN)/ruff format --check rag_loop tests evals
 	$(BIN)/mypy
 
-test: lint
+test: lint browser
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python evals/bench_serving.py
+	$(BIN)/python evals/bench_evaluation.py
 
 clean:
 	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache

@@ -56,6 +56,15 @@ def test_readme_quickstart(tmp_path: Path, mlflow_uri: str) -> None:
     assert "120 euros" in final_answer["answer"]
     assert (tmp_path / "export" / "feedback.jsonl").exists()
     assert (tmp_path / "export" / "feedback.parquet").exists()
+    runs = [o for o in outputs if isinstance(o, dict) and o.get("primary_metric")]
+    assert [(r["source"], r["status"]) for r in runs] == [
+        ("golden", "done"),
+        ("production", "done"),
+    ]
+    assert runs[0]["metrics"]["ndcg_at_10"] > 0.8 and runs[0]["mlflow_run_id"]
+    report = (tmp_path / "report.html").read_text()
+    assert "Worst interactions" in report and "How much is the theft excess?" in report
+    assert json.loads((tmp_path / "report.json").read_text())["latest_runs"]
 
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -85,6 +94,8 @@ def test_readme_quickstart(tmp_path: Path, mlflow_uri: str) -> None:
         assert http.returncode == 0, http.stderr
         assert '"submission_id"' in http.stdout
         assert '"status":"approved"' in http.stdout.replace(" ", "")
+        assert '"primary_metric":"ndcg_at_10"' in http.stdout.replace(" ", "")
+        assert "rag-loop evaluation report" in (tmp_path / "report.html").read_text()
     finally:
         server.terminate()
         server.wait(timeout=30)
