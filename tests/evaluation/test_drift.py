@@ -5,6 +5,7 @@ raises an event the loop can read."""
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -112,3 +113,62 @@ def test_drift_settings_are_validated() -> None:
         Settings(evaluation={"schedule": "every day"})
     with pytest.raises(ValueError):
         Settings(drift={"alpha": 2})
+
+
+def test_a_rising_thumbs_down_rate_is_concept_drift(
+    make_settings: Callable[..., Settings], embedder: Any
+) -> None:
+    settings = make_settings(drift={"window_size": 30, "min_samples": 10, "permutations": 100})
+    services = Services.from_settings(settings, embedder=embedder)
+    try:
+        ingest(services, CORPUS, actor="test")
+        # one mix of topics throughout (the question file is ordered by topic)
+        questions = random.Random(0).sample(kestrel_questions(), 60)
+        for n, question in enumerate(questions):
+            result = ask(services, question)
+            thumb = "up" if n < 30 or n % 3 == 0 else "down"  # 0% down, then 2 in 3
+            submit_feedback(
+                services,
+                FeedbackIn.model_validate(
+                    {"interaction_id": result.interaction_id, "thumb": thumb}
+                ),
+                actor="test",
+            )
+        report = check_drift(services)
+        thumbs = next(c for c in report.checks if c["metric"] == "thumbs_down_rate")
+        assert thumbs["reference_value"] == 0.0
+        assert thumbs["current_value"] == pytest.approx(20 / 30)
+        assert thumbs["drifted"] and report.drifted
+        assert [
+            c["metric"] for c in events_since(services.engine, "drift")[0]["payload"]["checks"]
+        ] == ["thumbs_down_rate"]
+    finally:
+        services.close()
+
+
+def test_a_metric_drop_between_production_evaluations_is_concept_drift(
+    services: Services,
+) -> None:
+    from datetime import timedelta
+
+    from rag_loop.db.engine import transaction
+    from rag_loop.db.models import EvalRun, utcnow
+    from rag_loop.evaluation.drift import check_eval_metrics
+
+    with transaction(services.sessions) as session:
+        for n, (faithfulness, precision) in enumerate(((0.9, 0.5), (0.6, 0.48))):
+            session.add(
+                EvalRun(
+                    id=f"run{n}",
+                    created_at=utcnow() + timedelta(seconds=n),
+                    status="done",
+                    source="production",
+                    dataset="production-last-200",
+                    metrics={"faithfulness": faithfulness, "id_context_precision": precision},
+                )
+            )
+    checks = {c["metric"]: c for c in check_eval_metrics(services, services.settings.drift)}
+    assert checks["faithfulness"]["drifted"] and checks["faithfulness"][
+        "statistic"
+    ] == pytest.approx(-0.3)
+    assert not checks["id_context_precision"]["drifted"]

@@ -153,3 +153,23 @@ def test_a_judge_that_is_down_fails_the_run_with_its_reason(
             assert "cannot be reached" in str(run.error) and run.samples == []
     finally:
         services.close()
+
+
+@pytest.mark.slow
+@pytest.mark.llm
+def test_in_process_llamacpp_judge_scores_faithfulness(
+    make_settings: Callable[..., Settings], embedder: Any
+) -> None:
+    settings = make_settings(
+        evaluation={"judge": "llamacpp", "judge_metrics": ["faithfulness"], "judge_max_tokens": 256}
+    )
+    services = Services.from_settings(settings, embedder=embedder)
+    try:
+        ingest(services, CORPUS, actor="test")
+        outcome = run_evaluation(services, EvalRequest(golden_path=QUESTIONS, limit=1))
+    finally:
+        services.close()
+    assert outcome.params["judge"] == "llamacpp:SmolLM2-135M-Instruct.Q4_1"
+    metrics = outcome.metrics
+    assert metrics["faithfulness_scored"] + metrics["faithfulness_failures"] == 1
+    assert "answer_relevancy_scored" not in metrics  # only the configured metric ran
