@@ -40,6 +40,7 @@ from rag_loop.evaluation.metrics import (
     score_with_judge,
     score_without_judge,
 )
+from rag_loop.index.embedders import Embedder
 from rag_loop.index.versions import champion, get_version
 from rag_loop.registry.tracking import EVAL_EXPERIMENT
 from rag_loop.services import Services
@@ -83,9 +84,17 @@ class EvalOutcome:
 
 
 def run_evaluation(
-    services: Services, request: EvalRequest, *, judge: LangChainJudge | None = None
+    services: Services,
+    request: EvalRequest,
+    *,
+    judge: LangChainJudge | None = None,
+    embedder: Embedder | None = None,
 ) -> EvalOutcome:
-    """Score a dataset; see the module docstring. `judge` overrides the configured one."""
+    """Score a dataset; see the module docstring. `judge` overrides the configured one;
+    `embedder` is the one the index version was built with (default: the service's), so a
+    candidate index with a fine-tuned embedder retrieves with it; the proxy and response
+    relevancy keep measuring with the service's embedder, so versions stay comparable."""
+    embedder = embedder or services.embedder
     settings = services.settings.evaluation
     started = time.perf_counter()
     run_id = uuid.uuid4().hex
@@ -108,7 +117,7 @@ def run_evaluation(
             judge = None
         if judge is not None:
             judge.ping()  # a judge that is down fails the run now, not sample by sample
-        dataset, index = _load(services, request)
+        dataset, index = _load(services, request, embedder)
         params.update(
             dataset=dataset.name,
             dataset_hash=dataset.content_hash,
@@ -122,7 +131,7 @@ def run_evaluation(
         if request.source == "production":
             served = sorted({str(i.index_version) for i in dataset.items if i.index_version})
             params["index_versions_served"] = ",".join(served)
-        results, retrieved_ids, ir = _score(services, dataset, index, judge)
+        results, retrieved_ids, ir = _score(services, dataset, index, judge, embedder)
         names = list(NON_LLM_METRICS)
         if judge is not None:
             names += list(settings.judge_metrics)
@@ -230,7 +239,9 @@ def _default_golden(services: Services) -> Path:
     return sets[0]
 
 
-def _load(services: Services, request: EvalRequest) -> tuple[EvalDataset, IndexVersion | None]:
+def _load(
+    services: Services, request: EvalRequest, embedder: Embedder
+) -> tuple[EvalDataset, IndexVersion | None]:
     if request.source == "production":
         window = request.window or services.settings.evaluation.window_size
         if window < 1:
@@ -250,10 +261,10 @@ def _load(services: Services, request: EvalRequest) -> tuple[EvalDataset, IndexV
         session.expunge(index)
     if index.status != "ready":
         raise InvalidInput(f"index version {index.id} is {index.status}, not ready")
-    if index.embedder_version != services.embedder.version:
+    if index.embedder_version != embedder.version:
         raise InvalidInput(
             f"index version {index.id} was built with {index.embedder_version}, but this "
-            f"process embeds with {services.embedder.version}; evaluate it with that embedder"
+            f"this evaluation embeds with {embedder.version}; evaluate it with that embedder"
         )
     return dataset, index
 
@@ -263,11 +274,12 @@ def _score(
     dataset: EvalDataset,
     index: IndexVersion | None,
     judge: LangChainJudge | None,
+    embedder: Embedder,
 ) -> tuple[list[SampleResult], list[list[str]], dict[str, dict[str, float]]]:
     settings = services.settings.evaluation
     ir: dict[str, dict[str, float]] = {}
     if index is not None:
-        rankings = _answer_golden(services, dataset, index)
+        rankings = _answer_golden(services, dataset, index, embedder)
         ir = ranking_metrics(
             rankings, {i.sample_id: i.reference_ids for i in dataset.items}, settings.k
         )
@@ -277,7 +289,7 @@ def _score(
         score_without_judge(
             item,
             contexts_ids=ids,
-            embedder=services.embedder,
+            embedder=services.embedder,  # the measuring instrument stays the same
             proxy_similarity=settings.proxy_similarity,
         )
         for item, ids in zip(dataset.items, retrieved_ids, strict=True)
@@ -298,7 +310,7 @@ def _score(
 
 
 def _answer_golden(
-    services: Services, dataset: EvalDataset, index: IndexVersion
+    services: Services, dataset: EvalDataset, index: IndexVersion, embedder: Embedder
 ) -> dict[str, list[str]]:
     """Retrieve and answer every golden question against `index`; returns the ranking of
     reference-level ids (documents or chunks, best first, each once) per question."""
@@ -307,7 +319,7 @@ def _answer_golden(
     # chunks of one document crowd the ranking; fetch enough to rank k distinct documents
     depth = max(top_k, k * 4 if dataset.id_level == "document" else k)
     queries = [item.query for item in dataset.items]
-    vectors = services.embedder.embed_documents(queries)
+    vectors = embedder.embed_documents(queries)
     rankings: dict[str, list[str]] = {}
     for item, vector in zip(dataset.items, vectors, strict=True):
         hits = services.store.query(index.collection_name, vector, depth)
