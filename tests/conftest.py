@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import os
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -120,47 +118,11 @@ def free_port() -> int:
 def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real OpenAI-compatible LLM server: llama_cpp.server running SmolLM2-135M on
     loopback. Yields its base URL (http://127.0.0.1:PORT/v1)."""
-    from rag_loop.generation.llm import default_gguf
+    from evals.llama_server import LlamaServer
 
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("llama") / "server.log"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "llama_cpp.server",
-                "--model",
-                str(default_gguf()),
-                "--model_alias",
-                "SmolLM2-135M-Instruct",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--n_ctx",
-                "4096",
-                "--seed",
-                "0",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        url = f"http://127.0.0.1:{port}/v1"
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{url}/models", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                raise RuntimeError(f"llama_cpp.server did not start:\n{log_path.read_text()}")
-            time.sleep(0.25)
-        yield url
-        process.terminate()
-        process.wait(timeout=30)
+    server = LlamaServer(tmp_path_factory.mktemp("llama") / "server.log")
+    yield server.url
+    server.stop()
 
 
 class LiveServer:
