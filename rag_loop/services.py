@@ -8,8 +8,10 @@ same object. Any part can be passed in instead (a test's session-wide embedder, 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from rag_loop.auth.tokens import FeedbackTokens, load_or_create_secret
@@ -18,7 +20,7 @@ from rag_loop.db.engine import create_db_engine, create_session_factory, upgrade
 from rag_loop.db.writer import BatchWriter
 from rag_loop.generation.base import Generator
 from rag_loop.index.chroma import ChromaStore, make_chroma_client
-from rag_loop.index.embedders import Embedder, LazyEmbedder
+from rag_loop.index.embedders import Embedder, EmbedderPool, LazyEmbedder
 from rag_loop.registry.tracking import MlflowTracker
 from rag_loop.settings import GeneratorSettings, Settings
 
@@ -38,6 +40,16 @@ def make_generator(settings: GeneratorSettings) -> Generator:
     return llamacpp_generator(settings)
 
 
+def _embedder_path(sessions: sessionmaker[Session], version: str) -> Path | None:
+    from rag_loop.db.models import EmbedderVersion
+
+    with sessions() as session:
+        path = session.scalar(
+            select(EmbedderVersion.path).where(EmbedderVersion.version == version)
+        )
+    return Path(path) if path else None
+
+
 @dataclass
 class Services:
     settings: Settings
@@ -50,6 +62,7 @@ class Services:
     tracker: MlflowTracker
     chunker: Chunker
     writer: BatchWriter
+    embedders: EmbedderPool  # by version: the base and the loop's fine-tuned models
 
     @classmethod
     def from_settings(
@@ -67,19 +80,20 @@ class Services:
             if settings.auth.secret_key
             else load_or_create_secret(settings.data_dir)
         )
+        sessions = create_session_factory(engine)
+        embedder = embedder or LazyEmbedder(
+            settings.embedder.model,
+            batch_size=settings.embedder.batch_size,
+            device=settings.embedder.device,
+        )
         return cls(
             settings=settings,
             engine=engine,
-            sessions=create_session_factory(engine),
+            sessions=sessions,
             store=ChromaStore(
                 make_chroma_client(settings.chroma_path, settings.chroma.host, settings.chroma.port)
             ),
-            embedder=embedder
-            or LazyEmbedder(
-                settings.embedder.model,
-                batch_size=settings.embedder.batch_size,
-                device=settings.embedder.device,
-            ),
+            embedder=embedder,
             generator=generator or make_generator(settings.generator),
             tokens=FeedbackTokens(secret, settings.auth.feedback_token_ttl_seconds),
             tracker=MlflowTracker(
@@ -90,7 +104,17 @@ class Services:
             ),
             chunker=Chunker(settings.chunking.chunk_size, settings.chunking.chunk_overlap),
             writer=BatchWriter(engine),
+            embedders=EmbedderPool(
+                embedder,
+                partial(_embedder_path, sessions),
+                batch_size=settings.embedder.batch_size,
+                device=settings.embedder.device,
+            ),
         )
+
+    def serving_embedder(self, embedder_version: str) -> Embedder:
+        """The embedder that built an index version (the base or a fine-tuned model)."""
+        return self.embedders.get(embedder_version)
 
     def close(self) -> None:
         self.writer.close()

@@ -217,6 +217,78 @@ class DriftSettings(BaseModel):
     )
 
 
+class TrainingSettings(BaseModel):
+    holdout_share: float = Field(
+        default=0.2,
+        ge=0.0,
+        lt=1.0,
+        description="Share of feedback queries held out for the gate (split by a hash of "
+        "the normalised query, so a repeated question always lands on the same side).",
+    )
+    min_examples: int = Field(
+        default=8, ge=1, description="Fewer training examples: the cycle is rejected."
+    )
+    hard_negatives: int = Field(
+        default=3,
+        ge=0,
+        le=20,
+        description="Hard negatives per example (shown chunks "
+        "marked not relevant first, then mined from the serving index).",
+    )
+    mine_depth: int = Field(
+        default=30,
+        ge=1,
+        le=200,
+        description="Ranks of the serving index searched for hard negatives.",
+    )
+    mine_max_relative_score: float = Field(
+        default=0.95,
+        gt=0,
+        le=1,
+        description="A mined chunk scoring above this share of the positive's score is "
+        "skipped: it may be an unlabelled positive.",
+    )
+    thumbs_up_positive: bool = Field(
+        default=True,
+        description="A thumbs-up answer without chunk labels makes its first cited chunk "
+        "a positive.",
+    )
+    init_from: Literal["champion", "base"] = Field(
+        default="champion",
+        description="Fine-tune the serving embedder further (champion) or start again from "
+        "the service's base model (base).",
+    )
+    epochs: int = Field(default=2, ge=1, le=50)
+    batch_size: int = Field(default=16, ge=2, le=1024)
+    learning_rate: float = Field(default=3e-5, gt=0, lt=1)
+    warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
+    max_seq_length: int = Field(default=256, ge=16, le=4096)
+    seed: int = Field(default=0)
+
+
+class LoopSettings(BaseModel):
+    primary_metric: str = Field(
+        default="ndcg_at_10",
+        description="The gate's metric: ndcg_at_K, recall_at_K or mrr_at_K (K: evaluation.k).",
+    )
+    min_improvement: float = Field(
+        default=0.005,
+        ge=0,
+        description="The candidate must beat the champion's primary metric by at least this "
+        "(mean over the gate's data sets, weighted by their questions).",
+    )
+    max_regression: float = Field(
+        default=0.01,
+        ge=0,
+        description="No tracked metric (nDCG, Recall, MRR at k on any gate data set) may "
+        "drop by more than this.",
+    )
+    require_approval: bool = Field(
+        default=False,
+        description="Hold a candidate that passed the gate until `rag-loop loop approve`.",
+    )
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RAG_LOOP_",
@@ -241,6 +313,8 @@ class Settings(BaseSettings):
     limits: LimitSettings = LimitSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
     drift: DriftSettings = DriftSettings()
+    training: TrainingSettings = TrainingSettings()
+    loop: LoopSettings = LoopSettings()
 
     @property
     def database_url(self) -> str:

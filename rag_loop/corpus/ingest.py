@@ -23,7 +23,15 @@ from sqlalchemy.orm import Session
 from rag_loop.corpus.chunking import ChunkSpec, embedding_input
 from rag_loop.corpus.loaders import LoadedDocument, load_path
 from rag_loop.db.engine import transaction
-from rag_loop.db.models import AuditEntry, Chunk, Document, IndexVersion, utcnow
+from rag_loop.db.models import (
+    AuditEntry,
+    Chunk,
+    Document,
+    EmbedderVersion,
+    IndexVersion,
+    utcnow,
+)
+from rag_loop.index.embedders import Embedder
 from rag_loop.index.versions import CHAMPION, champion_or_none, set_alias
 from rag_loop.registry.tracking import INDEX_EXPERIMENT
 from rag_loop.services import Services
@@ -65,7 +73,7 @@ def ingest(
 ) -> IngestResult:
     started = time.perf_counter()
     root, loaded = load_path(path)
-    chunker, embedder = services.chunker, services.embedder
+    chunker = services.chunker
 
     with services.sessions() as session:
         existing = {d.id: d for d in session.scalars(select(Document))}
@@ -75,6 +83,7 @@ def ingest(
         ):
             current_chunks.setdefault(chunk.document_id, []).append(chunk)
         serving = champion_or_none(session)
+        embedder = _ingest_embedder(services, session, serving)
 
     rebuild_all = (
         serving is None
@@ -223,7 +232,9 @@ def ingest(
             _record_documents(
                 session, targets, removed_ids, current_chunks, root, chunker.config_hash
             )
-            _add_late_corrections(services, session, collection, {s.id for _, s in all_specs})
+            _add_late_corrections(
+                services, session, embedder, collection, {s.id for _, s in all_specs}
+            )
             row = session.get_one(IndexVersion, version_id)
             row.status = "ready"
             row.n_documents = len(targets)
@@ -354,8 +365,25 @@ def _batches(items: list[str], size: int = 500) -> list[list[str]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+def _ingest_embedder(
+    services: Services, session: Session, serving: IndexVersion | None
+) -> Embedder:
+    """New documents are embedded by the serving index's embedder when the loop fine-tuned
+    it from the service's configured model; a different configured model rebuilds all."""
+    if serving is None or serving.embedder_version == services.embedder.version:
+        return services.embedder
+    base = session.scalar(
+        select(EmbedderVersion.base_version).where(
+            EmbedderVersion.version == serving.embedder_version
+        )
+    )
+    if base == services.embedder.version:
+        return services.embedders.get(serving.embedder_version)
+    return services.embedder
+
+
 def _add_late_corrections(
-    services: Services, session: Session, collection: str, included: set[str]
+    services: Services, session: Session, embedder: Embedder, collection: str, included: set[str]
 ) -> None:
     """Corrections approved while this version was building must not be lost from it."""
     late = session.execute(
@@ -370,7 +398,7 @@ def _add_late_corrections(
     ).all()
     if not late:
         return
-    vectors = services.embedder.embed_documents([embedding_input(t, c.text) for c, t in late])
+    vectors = embedder.embed_documents([embedding_input(t, c.text) for c, t in late])
     services.store.add(
         collection,
         [c.id for c, _ in late],

@@ -7,6 +7,8 @@ interactions ──< retrievals             every answer with the chunks as serv
              ──< feedback_submissions ──< feedback_events
              ──< corrections            pending -> approved (indexed) | rejected
 api_keys                                hashed, scoped
+training_sets ─< embedder_versions       the loop: feedback -> examples -> fine-tuned model
+loop_cycles                             one persisted state machine per cycle
 audit_log                               append-only (triggers refuse UPDATE and DELETE)
 """
 
@@ -329,3 +331,83 @@ class Event(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     kind: Mapped[str] = mapped_column(String(32), index=True)
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class TrainingSet(Base):
+    """(query, positive, hard negatives) examples built from feedback; the file under the
+    data dir is named by its content hash, which is also the set's identity."""
+
+    __tablename__ = "training_sets"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    content_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    path: Mapped[str] = mapped_column(String(1024))
+    heldout_path: Mapped[str | None] = mapped_column(String(1024), default=None)
+    n_examples: Mapped[int] = mapped_column(Integer, default=0)
+    n_queries: Mapped[int] = mapped_column(Integer, default=0)
+    n_heldout: Mapped[int] = mapped_column(Integer, default=0)
+    stats: Mapped[dict[str, Any]] = mapped_column(default=dict)  # leaks excluded, conflicts..
+    rules: Mapped[dict[str, Any]] = mapped_column(default=dict)  # the settings that built it
+    interaction_ids: Mapped[list[Any]] = mapped_column(default=list)  # the feedback used
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64), default=None)
+
+
+class EmbedderVersion(Base):
+    """An embedding model the service can load: the base, or one fine-tuned by the loop."""
+
+    __tablename__ = "embedder_versions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    version: Mapped[str] = mapped_column(String(256), unique=True)  # name@weights-hash
+    name: Mapped[str] = mapped_column(String(256))
+    path: Mapped[str] = mapped_column(String(1024))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    parent_version: Mapped[str | None] = mapped_column(String(256), default=None)
+    base_version: Mapped[str] = mapped_column(String(256))  # the root of its lineage
+    training_set_id: Mapped[int | None] = mapped_column(
+        ForeignKey("training_sets.id"), default=None
+    )
+    train_seconds: Mapped[float | None] = mapped_column(Float, default=None)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64), default=None)
+    mlflow_model_name: Mapped[str | None] = mapped_column(String(256), default=None)
+    mlflow_model_version: Mapped[str | None] = mapped_column(String(32), default=None)
+
+
+class LoopCycle(Base):
+    """One pass of the loop, a persisted state machine:
+
+    collecting -> training -> indexing -> evaluating -> awaiting_approval -> promoted
+                                                    \\-> rejected             \\-> rolled_back
+    any step -> failed (the champion keeps serving; `rag-loop loop resume` goes on)
+    """
+
+    __tablename__ = "loop_cycles"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    state: Mapped[str] = mapped_column(String(32), default="collecting", index=True)
+    trigger: Mapped[str] = mapped_column(String(32), default="manual")
+    trigger_details: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    feedback_until: Mapped[datetime] = mapped_column(default=utcnow)  # the feedback snapshot
+    champion_index_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("index_versions.id"), default=None
+    )
+    training_set_id: Mapped[int | None] = mapped_column(
+        ForeignKey("training_sets.id"), default=None
+    )
+    embedder_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("embedder_versions.id"), default=None
+    )
+    candidate_index_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("index_versions.id"), default=None
+    )
+    gate: Mapped[dict[str, Any]] = mapped_column(default=dict)  # eval run ids, deltas, verdict
+    stages: Mapped[dict[str, Any]] = mapped_column(default=dict)  # stage -> seconds, memory
+    error: Mapped[str | None] = mapped_column(Text, default=None)
+    decided_by: Mapped[str | None] = mapped_column(String(128), default=None)
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64), default=None)

@@ -94,7 +94,6 @@ def run_evaluation(
     `embedder` is the one the index version was built with (default: the service's), so a
     candidate index with a fine-tuned embedder retrieves with it; the proxy and response
     relevancy keep measuring with the service's embedder, so versions stay comparable."""
-    embedder = embedder or services.embedder
     settings = services.settings.evaluation
     started = time.perf_counter()
     run_id = uuid.uuid4().hex
@@ -117,7 +116,7 @@ def run_evaluation(
             judge = None
         if judge is not None:
             judge.ping()  # a judge that is down fails the run now, not sample by sample
-        dataset, index = _load(services, request, embedder)
+        dataset, index, embedder = _load(services, request, embedder)
         params.update(
             dataset=dataset.name,
             dataset_hash=dataset.content_hash,
@@ -240,13 +239,13 @@ def _default_golden(services: Services) -> Path:
 
 
 def _load(
-    services: Services, request: EvalRequest, embedder: Embedder
-) -> tuple[EvalDataset, IndexVersion | None]:
+    services: Services, request: EvalRequest, embedder: Embedder | None
+) -> tuple[EvalDataset, IndexVersion | None, Embedder]:
     if request.source == "production":
         window = request.window or services.settings.evaluation.window_size
         if window < 1:
             raise InvalidInput(f"the window must hold at least one interaction, not {window}")
-        return production_window(services.engine, window), None
+        return production_window(services.engine, window), None, embedder or services.embedder
     dataset = load_golden(request.golden_path or _default_golden(services))
     if request.limit is not None:
         if request.limit < 1:
@@ -261,12 +260,14 @@ def _load(
         session.expunge(index)
     if index.status != "ready":
         raise InvalidInput(f"index version {index.id} is {index.status}, not ready")
+    if embedder is None:
+        embedder = services.embedders.get(index.embedder_version)
     if index.embedder_version != embedder.version:
         raise InvalidInput(
             f"index version {index.id} was built with {index.embedder_version}, but this "
             f"this evaluation embeds with {embedder.version}; evaluate it with that embedder"
         )
-    return dataset, index
+    return dataset, index, embedder
 
 
 def _score(

@@ -106,7 +106,7 @@ def approve(
                 )
                 for s in specs
             )
-            vectors = services.embedder.embed_documents(
+            vectors = services.embedders.get(index.embedder_version).embed_documents(
                 [embedding_input(title, s.text) for s in specs]
             )
             services.store.add(

@@ -128,11 +128,14 @@ class ChromaStore:
         collection = self._collection(name)
         return [t for t in collection.get(include=["documents"])["documents"] or [] if t]
 
-    def query(self, name: str, embedding: np.ndarray, k: int) -> list[Hit]:
+    def query(
+        self, name: str, embedding: np.ndarray, k: int, where: dict[str, Any] | None = None
+    ) -> list[Hit]:
         try:
             result = self._collection(name).query(
                 query_embeddings=[embedding],
                 n_results=k,
+                where=where,
                 include=["documents", "metadatas", "distances"],
             )
         except BackendUnavailable:

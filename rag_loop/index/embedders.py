@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from rag_loop.errors import InvalidInput
+from rag_loop.errors import BackendUnavailable, InvalidInput
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
@@ -139,3 +141,61 @@ class LazyEmbedder:
 
     def embed_query(self, text: str) -> np.ndarray:
         return self.loaded.embed_query(text)
+
+
+class EmbedderPool:
+    """Every embedder the service may need, by version: its own (the base) and models the
+    loop fine-tuned, loaded from their folder on first use and kept (the last few).
+
+    `resolve(version)` names the folder of a registered version (None: unknown); an index
+    version records the embedder version it was built with, so a query is always embedded
+    by the model that built the collection it searches."""
+
+    def __init__(
+        self,
+        default: Embedder,
+        resolve: Callable[[str], Path | None],
+        *,
+        batch_size: int = 64,
+        device: str = "cpu",
+        keep: int = 3,
+    ) -> None:
+        self.default = default
+        self._resolve = resolve
+        self._options = {"batch_size": batch_size, "device": device}
+        self._keep = keep
+        self._loaded: OrderedDict[str, Embedder] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, version: str) -> Embedder:
+        embedder = self._loaded.get(version)
+        if embedder is not None:
+            return embedder
+        if version == self.default.version:
+            return self.default
+        with self._lock:
+            embedder = self._loaded.get(version)
+            if embedder is None:
+                path = self._resolve(version)
+                if path is None or not path.is_dir():
+                    raise BackendUnavailable(
+                        f"embedder {version} is not available here (its folder {path} is "
+                        "missing); the data dir must hold the models the loop trained"
+                    )
+                loaded = SentenceTransformerEmbedder(str(path), **self._options)  # type: ignore[arg-type]
+                if loaded.version != version:
+                    raise BackendUnavailable(
+                        f"the weights in {path} are {loaded.version}, not {version}"
+                    )
+                embedder = loaded
+                self._loaded[version] = embedder
+                while len(self._loaded) > self._keep:
+                    self._loaded.popitem(last=False)
+        return embedder
+
+    def add(self, embedder: Embedder) -> None:
+        """Keep an embedder just trained in this process (no second load from disk)."""
+        with self._lock:
+            self._loaded[embedder.version] = embedder
+            while len(self._loaded) > self._keep:
+                self._loaded.popitem(last=False)

@@ -63,7 +63,8 @@ def ask(
         "prompt_version": services.generator.prompt_version,
         "generator": services.generator.name,
     }
-    retrieved = retrieve(services.embedder, services.store, index.collection_name, query, k)
+    embedder = services.embedders.get(index.embedder_version)
+    retrieved = retrieve(embedder, services.store, index.collection_name, query, k)
 
     error: RagLoopError | None = None
     answer, cited = None, []

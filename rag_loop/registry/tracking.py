@@ -16,6 +16,8 @@ log = logging.getLogger(__name__)
 
 INDEX_EXPERIMENT = "index-versions"
 EVAL_EXPERIMENT = "evaluations"
+TRAINING_EXPERIMENT = "training"
+LOOP_EXPERIMENT = "loop-cycles"
 
 
 class MlflowTracker:
@@ -100,3 +102,92 @@ class MlflowTracker:
 
     def get_run(self, run_id: str) -> Any:
         return self.client.get_run(run_id)
+
+    def log_dataset(
+        self,
+        run_id: str,
+        rows: list[dict[str, Any]],
+        *,
+        name: str,
+        digest: str,
+        source: str,
+        context: str,
+    ) -> None:
+        """Record `rows` as an MLflow dataset input of a run (its schema, digest and
+        source; the rows themselves are the run's artifact)."""
+        if not self.enabled:
+            return
+        import warnings
+
+        import mlflow.data
+        import pandas as pd
+        from mlflow.entities import DatasetInput, InputTag
+
+        try:
+            with warnings.catch_warnings():
+                # MLflow registers the local source twice ("" and "file") and says so
+                warnings.filterwarnings("ignore", "The specified dataset source", UserWarning)
+                dataset = mlflow.data.from_pandas(  # type: ignore[attr-defined]
+                    pd.DataFrame(rows), source=source, name=name, digest=digest
+                )
+            self.client.log_inputs(
+                run_id,
+                datasets=[
+                    DatasetInput(
+                        dataset._to_mlflow_entity(),
+                        tags=[InputTag("mlflow.data.context", context)],
+                    )
+                ],
+            )
+        except Exception as exc:
+            raise BackendUnavailable(f"cannot log a dataset to MLflow: {exc}") from exc
+
+    def register_model(
+        self,
+        name: str,
+        folder: Path,
+        *,
+        run_id: str,
+        tags: dict[str, str],
+        description: str = "",
+    ) -> str | None:
+        """Store a model folder as the run's `model` artifact and register it as a new
+        version of `name` in the model registry; returns the version number."""
+        if not self.enabled:
+            return None
+        from mlflow.exceptions import MlflowException
+
+        try:
+            try:
+                self.client.get_registered_model(name)
+            except MlflowException:
+                self.client.create_registered_model(
+                    name, description="Embedders of rag-loop: the base and fine-tuned ones."
+                )
+            self.client.log_artifacts(run_id, str(folder), "model")
+            source = f"{self.client.get_run(run_id).info.artifact_uri}/model"
+            version = self.client.create_model_version(
+                name, source=source, run_id=run_id, tags=tags, description=description
+            )
+        except Exception as exc:
+            raise BackendUnavailable(f"cannot register {name} in MLflow: {exc}") from exc
+        return str(version.version)
+
+    def set_model_alias(self, name: str, alias: str, version: str) -> None:
+        if not self.enabled:
+            return
+        try:
+            self.client.set_registered_model_alias(name, alias, version)
+        except Exception as exc:
+            raise BackendUnavailable(f"cannot move the MLflow alias {alias}: {exc}") from exc
+
+    def model_alias(self, name: str, alias: str) -> str | None:
+        """The version an alias points at (None: no such alias or model)."""
+        if not self.enabled:
+            return None
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return str(self.client.get_model_version_by_alias(name, alias).version)
+        except MlflowException:
+            return None

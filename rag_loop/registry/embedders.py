@@ -1,0 +1,158 @@
+"""Embedder versions: a row in SQL (what the service loads) and a version of one registered
+model in MLflow (`<prefix>-embedder`), whose `champion` alias follows the serving index."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from rag_loop.db.engine import transaction
+from rag_loop.db.models import EmbedderVersion, TrainingSet
+from rag_loop.index.embedders import resolve_model_path
+from rag_loop.registry.tracking import TRAINING_EXPERIMENT
+from rag_loop.services import Services
+from rag_loop.training.finetune import TrainedModel
+
+CHAMPION_ALIAS = "champion"
+
+
+def model_name(services: Services) -> str:
+    return f"{services.settings.mlflow.experiment_prefix}-embedder"
+
+
+def embedder_row(services: Services, version: str) -> EmbedderVersion | None:
+    with services.sessions() as session:
+        row = session.scalar(select(EmbedderVersion).where(EmbedderVersion.version == version))
+        if row is not None:
+            session.expunge(row)
+        return row
+
+
+def ensure_base(services: Services) -> EmbedderVersion:
+    """The service's configured model as an embedder version (registered once)."""
+    embedder = services.embedder
+    row = embedder_row(services, embedder.version)
+    if row is not None:
+        return row
+    folder = resolve_model_path(services.settings.embedder.model)
+    run_id = services.tracker.log_run(
+        TRAINING_EXPERIMENT,
+        f"embedder-{embedder.name}",
+        params={"embedder_version": embedder.version, "path": str(folder), "kind": "base"},
+        metrics={},
+        tags={"rag_loop.kind": "embedder", "rag_loop.embedder_version": embedder.version},
+    )
+    mlflow_version = None
+    if run_id is not None:
+        mlflow_version = services.tracker.register_model(
+            model_name(services),
+            folder,
+            run_id=run_id,
+            tags={"rag_loop.embedder_version": embedder.version, "rag_loop.kind": "base"},
+            description=f"base model {embedder.name}",
+        )
+    with transaction(services.sessions) as session:
+        existing = session.scalar(
+            select(EmbedderVersion).where(EmbedderVersion.version == embedder.version)
+        )
+        if existing is None:
+            existing = EmbedderVersion(
+                version=embedder.version,
+                name=embedder.name,
+                path=str(folder),
+                base_version=embedder.version,
+                mlflow_run_id=run_id,
+                mlflow_model_name=model_name(services) if mlflow_version else None,
+                mlflow_model_version=mlflow_version,
+            )
+            session.add(existing)
+            session.flush()
+        session.expunge(existing)
+    return existing
+
+
+def register_trained(
+    services: Services,
+    trained: TrainedModel,
+    parent: EmbedderVersion,
+    training_set: TrainingSet,
+    *,
+    cycle_id: int,
+) -> EmbedderVersion:
+    """Record a fine-tuned model: an MLflow run with its parameters, loss and training set
+    as a dataset input, the weights as the run's artifact, a new registered model version
+    tagged with its lineage, and the SQL row the service loads it by."""
+    tags = {
+        "rag_loop.kind": "embedder",
+        "rag_loop.embedder_version": trained.version,
+        "rag_loop.parent_embedder": parent.version,
+        "rag_loop.base_embedder": parent.base_version,
+        "rag_loop.training_set": training_set.content_hash,
+        "rag_loop.loop_cycle": str(cycle_id),
+    }
+    params: dict[str, Any] = {
+        **trained.params,
+        "embedder_version": trained.version,
+        "parent_embedder": parent.version,
+        "base_embedder": parent.base_version,
+        "training_set": training_set.content_hash,
+        "training_set_run": training_set.mlflow_run_id or "none",
+    }
+    run_id = services.tracker.log_run(
+        TRAINING_EXPERIMENT,
+        f"embedder-{trained.folder.name}",
+        params=params,
+        metrics=trained.metrics,
+        tags=tags,
+    )
+    mlflow_version = None
+    if run_id is not None:
+        services.tracker.log_dataset(
+            run_id,
+            [{"path": training_set.path, "examples": training_set.n_examples}],
+            name=f"feedback-{training_set.content_hash[:12]}",
+            digest=training_set.content_hash[:36],
+            source=training_set.path,
+            context="training",
+        )
+        mlflow_version = services.tracker.register_model(
+            model_name(services),
+            trained.folder,
+            run_id=run_id,
+            tags=tags,
+            description=f"fine-tuned from {parent.version} on training set "
+            f"{training_set.content_hash[:12]} (loop cycle {cycle_id})",
+        )
+    with transaction(services.sessions) as session:
+        row = EmbedderVersion(
+            version=trained.version,
+            name=trained.folder.name,
+            path=str(trained.folder),
+            parent_version=parent.version,
+            base_version=parent.base_version,
+            training_set_id=training_set.id,
+            train_seconds=trained.seconds,
+            params=params,
+            mlflow_run_id=run_id,
+            mlflow_model_name=model_name(services) if mlflow_version else None,
+            mlflow_model_version=mlflow_version,
+        )
+        session.add(row)
+        session.flush()
+        session.expunge(row)
+    return row
+
+
+def move_champion_alias(services: Services, embedder_version: str) -> None:
+    """Point the registered model's `champion` alias at the version that now serves."""
+    row = embedder_row(services, embedder_version)
+    if row is not None and row.mlflow_model_name and row.mlflow_model_version:
+        services.tracker.set_model_alias(
+            row.mlflow_model_name, CHAMPION_ALIAS, row.mlflow_model_version
+        )
+
+
+def model_folder(services: Services, cycle_id: int) -> Path:
+    return services.settings.data_dir / "models" / f"embedder-c{cycle_id:04d}"

@@ -1,0 +1,431 @@
+"""Feedback -> a versioned training set of (query, positive, hard negatives) examples.
+
+What counts, per interaction (feedback up to the cycle's snapshot time):
+
+positives   shown chunks labelled relevant; a pointer to the right chunk, or to a document
+            (its chunk nearest to the query in the serving index); the chunk of an approved
+            correction; with `thumbs_up_positive`, the first cited chunk of a thumbs-up
+            answer that has no chunk labels
+negatives   shown chunks labelled not relevant, then chunks mined from the serving index
+            (the highest ranked that are neither positives nor from a positive's document
+            and score below `mine_max_relative_score` of the positive: maybe unlabelled
+            positives otherwise)
+
+The rules for conflicting and noisy labels: within one interaction the latest label of a
+chunk wins (earlier ones stay in the history). Interactions whose queries are equal after
+normalisation are one query: each relevant label, pointer or correction is a vote for the
+chunk, each not-relevant label a vote against; the majority decides and a tie drops the
+chunk from both sides. A thumbs-down alone says nothing about any chunk.
+
+The split: a query is held out for the gate when a hash of its normalised text falls below
+`holdout_share`, so repeated questions always land on the same side. The leak guard: a
+query whose normalised text is a question of any configured golden set (or of the held-out
+split) never becomes a training example.
+
+The examples and the held-out set are written under the data dir, named by the content hash
+of everything that shaped them (examples, held-out queries, rules); that hash is the set's
+identity in SQL and MLflow, and the same feedback and rules give the same hash.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+import re
+import unicodedata
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from rag_loop.corpus.chunking import embedding_input
+from rag_loop.db.engine import transaction
+from rag_loop.db.models import (
+    Chunk,
+    Correction,
+    Document,
+    FeedbackEvent,
+    IndexVersion,
+    Interaction,
+    Retrieval,
+    TrainingSet,
+)
+from rag_loop.evaluation.datasets import load_golden
+from rag_loop.registry.tracking import TRAINING_EXPERIMENT
+from rag_loop.services import Services
+
+log = logging.getLogger(__name__)
+
+
+def normalise(text: str) -> str:
+    """The form queries are compared in: Unicode-normalised, case-folded, punctuation
+    dropped, whitespace collapsed ("What's  the FEE?" == "whats the fee")."""
+    text = unicodedata.normalize("NFKC", text).casefold()
+    text = "".join(ch for ch in text if not unicodedata.category(ch).startswith("P"))
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def is_heldout(normalised_query: str, share: float) -> bool:
+    digest = hashlib.sha256(normalised_query.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < share
+
+
+def golden_queries(paths: list[Path]) -> set[str]:
+    """The normalised questions of every configured golden set that exists."""
+    out: set[str] = set()
+    for path in paths:
+        if path.is_file():
+            out.update(normalise(item.query) for item in load_golden(path).items)
+        else:
+            log.warning("golden set %s does not exist; its questions cannot be guarded", path)
+    return out
+
+
+@dataclass
+class _Query:
+    text: str  # as first asked
+    interaction_ids: list[str] = field(default_factory=list)
+    votes: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # chunk -> +/-
+    explicit_negatives: set[str] = field(default_factory=set)
+
+
+@dataclass
+class BuiltSet:
+    training_set_id: int
+    content_hash: str
+    path: Path
+    heldout_path: Path | None
+    n_examples: int
+    n_queries: int
+    n_heldout: int
+    stats: dict[str, Any]
+    created: bool  # False: the same set existed already
+
+
+def build_training_set(
+    services: Services, index: IndexVersion, *, until: Any = None, actor: str = "loop"
+) -> BuiltSet:
+    """Build (or find) the training set for the feedback so far, mining from `index`."""
+    settings = services.settings.training
+    queries, stats = _collect(services, index, until)
+    guarded = golden_queries(services.settings.evaluation.golden_sets)
+
+    train: dict[str, _Query] = {}
+    heldout: dict[str, _Query] = {}
+    for key, query in queries.items():
+        if key in guarded:
+            stats["leak_excluded_queries"] += 1
+            continue
+        (heldout if is_heldout(key, settings.holdout_share) else train)[key] = query
+
+    # decide the labels: majority of votes, ties dropped
+    def decided(query: _Query) -> tuple[list[str], list[str]]:
+        positives = sorted(c for c, v in query.votes.items() if v > 0)
+        negatives = sorted(c for c, v in query.votes.items() if v < 0)
+        stats["conflicting_labels_dropped"] += sum(1 for v in query.votes.values() if v == 0)
+        return positives, negatives
+
+    chunk_rows = _chunk_texts(services, queries)
+    examples: list[dict[str, Any]] = []
+    train_items = sorted(train.items())
+    decided_train = [(key, q, *decided(q)) for key, q in train_items]
+    mined = _mine(services, index, [(q.text, pos) for _, q, pos, _ in decided_train], chunk_rows)
+    rng = random.Random(settings.seed)
+    all_chunk_ids = sorted(chunk_rows)
+    for (_key, query, positives, negatives), mined_for_query in zip(
+        decided_train, mined, strict=True
+    ):
+        if not positives:
+            stats["queries_without_positive"] += 1
+            continue
+        positive_docs = {chunk_rows[c]["document_id"] for c in positives if c in chunk_rows}
+        pool = [c for c in negatives if c in chunk_rows]
+        pool += [c for c in mined_for_query if c not in pool]
+        pool = [c for c in pool if chunk_rows[c]["document_id"] not in positive_docs]
+        if not pool and settings.hard_negatives:
+            spare = [c for c in all_chunk_ids if chunk_rows[c]["document_id"] not in positive_docs]
+            pool = rng.sample(spare, min(len(spare), settings.hard_negatives))
+        chosen = pool[: settings.hard_negatives]
+        for positive in positives:
+            if positive not in chunk_rows:
+                stats["positives_missing_text"] += 1
+                continue
+            example: dict[str, Any] = {
+                "anchor": query.text,
+                "positive": chunk_rows[positive]["input"],
+                "positive_chunk_id": positive,
+                "negative_chunk_ids": chosen,
+                "interaction_ids": query.interaction_ids,
+            }
+            if settings.hard_negatives and chosen:
+                # every row needs the same number of negatives: repeat the last one
+                padded = (chosen + chosen[-1:] * settings.hard_negatives)[: settings.hard_negatives]
+                for n, chunk_id in enumerate(padded, start=1):
+                    example[f"negative_{n}"] = chunk_rows[chunk_id]["input"]
+            examples.append(example)
+    if settings.hard_negatives and any("negative_1" not in e for e in examples):
+        examples = [e for e in examples if "negative_1" in e]
+
+    heldout_rows = []
+    for key, query in sorted(heldout.items()):
+        positives, _ = decided(query)
+        docs = sorted({chunk_rows[c]["document_id"] for c in positives if c in chunk_rows})
+        if docs:
+            heldout_rows.append({"id": key[:120], "question": query.text, "document_ids": docs})
+
+    rules = settings.model_dump(mode="json")
+    rules["golden_sets"] = [str(p) for p in services.settings.evaluation.golden_sets]
+    canonical = json.dumps(
+        {"examples": examples, "heldout": heldout_rows, "rules": rules},
+        sort_keys=True,
+        ensure_ascii=False,
+    )
+    content_hash = hashlib.sha256(canonical.encode()).hexdigest()
+    stats.update(
+        train_queries=len(train),
+        heldout_queries=len(heldout_rows),
+        examples=len(examples),
+    )
+
+    with services.sessions() as session:
+        existing = session.scalar(
+            select(TrainingSet).where(TrainingSet.content_hash == content_hash)
+        )
+        if existing is not None:
+            return BuiltSet(
+                existing.id,
+                content_hash,
+                Path(existing.path),
+                Path(existing.heldout_path) if existing.heldout_path else None,
+                existing.n_examples,
+                existing.n_queries,
+                existing.n_heldout,
+                existing.stats,
+                created=False,
+            )
+
+    folder = services.settings.data_dir / "training" / content_hash[:16]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "train.jsonl"
+    _write_jsonl(path, examples)
+    heldout_path = None
+    if heldout_rows:
+        heldout_path = folder / "heldout.jsonl"
+        _write_jsonl(heldout_path, heldout_rows)
+    interaction_ids = sorted({i for q in queries.values() for i in q.interaction_ids})
+    run_id = _log_to_mlflow(services, content_hash, path, heldout_path, examples, stats, rules)
+    with transaction(services.sessions) as session:
+        row = TrainingSet(
+            content_hash=content_hash,
+            path=str(path),
+            heldout_path=str(heldout_path) if heldout_path else None,
+            n_examples=len(examples),
+            n_queries=len(train),
+            n_heldout=len(heldout_rows),
+            stats=dict(stats),
+            rules=rules,
+            interaction_ids=interaction_ids,
+            mlflow_run_id=run_id,
+        )
+        session.add(row)
+        session.flush()
+        set_id = row.id
+    return BuiltSet(
+        set_id,
+        content_hash,
+        path,
+        heldout_path,
+        len(examples),
+        len(train),
+        len(heldout_rows),
+        dict(stats),
+        created=True,
+    )
+
+
+def _collect(
+    services: Services, index: IndexVersion, until: Any
+) -> tuple[dict[str, _Query], defaultdict[str, int]]:
+    """Votes per normalised query from every interaction with feedback."""
+    stats: defaultdict[str, int] = defaultdict(int)
+    settings = services.settings.training
+    with services.sessions() as session:
+        events_query = select(FeedbackEvent).order_by(FeedbackEvent.id)
+        if until is not None:
+            events_query = events_query.where(FeedbackEvent.created_at <= until)
+        events: dict[str, list[FeedbackEvent]] = defaultdict(list)
+        for event in session.scalars(events_query):
+            events[event.interaction_id].append(event)
+        corrections: dict[str, list[str]] = defaultdict(list)
+        for interaction_id, chunk_id in session.execute(
+            select(Correction.interaction_id, Correction.chunk_id).where(
+                Correction.status == "approved", Correction.chunk_id.is_not(None)
+            )
+        ):
+            if chunk_id:
+                corrections[interaction_id].append(chunk_id)
+        ids = sorted(events)
+        interactions: dict[str, Interaction] = {}
+        shown: dict[str, list[Retrieval]] = defaultdict(list)
+        for start in range(0, len(ids), 500):
+            batch = ids[start : start + 500]
+            for i in session.scalars(
+                select(Interaction).where(Interaction.id.in_(batch), Interaction.status == "ok")
+            ):
+                interactions[i.id] = i
+            for r in session.scalars(select(Retrieval).where(Retrieval.interaction_id.in_(batch))):
+                shown[r.interaction_id].append(r)
+
+    queries: dict[str, _Query] = {}
+    pointed_docs: list[tuple[_Query, str]] = []
+    for interaction_id in ids:
+        interaction = interactions.get(interaction_id)
+        if interaction is None:
+            continue
+        key = normalise(interaction.query)
+        if not key:
+            continue
+        query = queries.setdefault(key, _Query(interaction.query))
+        query.interaction_ids.append(interaction_id)
+        latest: dict[str, bool] = {}
+        thumb = None
+        for event in events[interaction_id]:  # in id order: the latest wins
+            if event.kind == "thumb":
+                thumb = event.thumb
+            elif event.kind == "chunk_label" and event.chunk_id:
+                latest[event.chunk_id] = bool(event.relevant)
+            elif event.kind == "source_pointer":
+                if event.chunk_id:
+                    query.votes[event.chunk_id] += 1
+                    stats["pointer_votes"] += 1
+                elif event.document_id:
+                    pointed_docs.append((query, event.document_id))
+        for chunk_id, relevant in latest.items():
+            query.votes[chunk_id] += 1 if relevant else -1
+            stats["relevant_labels" if relevant else "not_relevant_labels"] += 1
+            if not relevant:
+                query.explicit_negatives.add(chunk_id)
+        for chunk_id in corrections.get(interaction_id, []):
+            query.votes[chunk_id] += 1
+            stats["correction_votes"] += 1
+        if thumb == "up" and not latest and settings.thumbs_up_positive:
+            cited = interaction.cited_ranks or [1]
+            rank = int(cited[0])
+            first = next((r for r in shown[interaction_id] if r.rank == rank), None)
+            if first is not None:
+                query.votes[first.chunk_id] += 1
+                stats["thumbs_up_votes"] += 1
+    if pointed_docs:
+        embedder = services.embedders.get(index.embedder_version)
+        vectors = embedder.embed_documents([q.text for q, _ in pointed_docs])
+        for (query, document_id), vector in zip(pointed_docs, vectors, strict=True):
+            hits = services.store.query(
+                index.collection_name, vector, 1, {"document_id": document_id}
+            )
+            if hits:
+                query.votes[hits[0].chunk_id] += 1
+                stats["pointer_votes"] += 1
+            else:
+                stats["pointers_to_unknown_documents"] += 1
+    return queries, stats
+
+
+def _chunk_texts(services: Services, queries: dict[str, _Query]) -> dict[str, dict[str, str]]:
+    """What the embedder sees for every chunk a vote names (title + text), and its document."""
+    wanted = sorted({c for q in queries.values() for c in q.votes})
+    out: dict[str, dict[str, str]] = {}
+    with services.sessions() as session:
+        for start in range(0, len(wanted), 500):
+            for chunk_id, document_id, text, title in session.execute(
+                select(Chunk.id, Chunk.document_id, Chunk.text, Document.title)
+                .join(Document, Document.id == Chunk.document_id)
+                .where(Chunk.id.in_(wanted[start : start + 500]))
+            ):
+                out[chunk_id] = {
+                    "document_id": document_id,
+                    "input": embedding_input(title, text),
+                }
+    return out
+
+
+def _mine(
+    services: Services,
+    index: IndexVersion,
+    queries: list[tuple[str, list[str]]],
+    chunk_rows: dict[str, dict[str, str]],
+) -> list[list[str]]:
+    """Hard negatives from the serving index for each (query, positives); adds the texts
+    of the chunks it returns to `chunk_rows`."""
+    settings = services.settings.training
+    if not queries or not settings.hard_negatives:
+        return [[] for _ in queries]
+    embedder = services.embedders.get(index.embedder_version)
+    vectors = embedder.embed_documents([q for q, _ in queries])
+    out: list[list[str]] = []
+    for (_query, positives), vector in zip(queries, vectors, strict=True):
+        hits = services.store.query(index.collection_name, vector, settings.mine_depth)
+        by_id = {h.chunk_id: h for h in hits}
+        positive_docs = {chunk_rows[c]["document_id"] for c in positives if c in chunk_rows}
+        positive_scores = [by_id[c].score for c in positives if c in by_id]
+        ceiling = (
+            min(positive_scores) * settings.mine_max_relative_score if positive_scores else None
+        )
+        chosen = []
+        for hit in hits:
+            if hit.chunk_id in positives or hit.document_id in positive_docs:
+                continue
+            if ceiling is not None and hit.score > ceiling:
+                continue
+            chosen.append(hit.chunk_id)
+            chunk_rows.setdefault(
+                hit.chunk_id,
+                {"document_id": hit.document_id, "input": embedding_input(hit.title, hit.text)},
+            )
+            if len(chosen) >= settings.hard_negatives:
+                break
+        out.append(chosen)
+    return out
+
+
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w", encoding="utf-8") as out:
+        for row in rows:
+            out.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def _log_to_mlflow(
+    services: Services,
+    content_hash: str,
+    path: Path,
+    heldout_path: Path | None,
+    examples: list[dict[str, Any]],
+    stats: dict[str, Any],
+    rules: dict[str, Any],
+) -> str | None:
+    artifacts: dict[str, Any] = {"train.jsonl": path.read_text(encoding="utf-8")}
+    if heldout_path is not None:
+        artifacts["heldout.jsonl"] = heldout_path.read_text(encoding="utf-8")
+    run_id = services.tracker.log_run(
+        TRAINING_EXPERIMENT,
+        f"training-set-{content_hash[:12]}",
+        params={"content_hash": content_hash, **{f"rules.{k}": v for k, v in rules.items()}},
+        metrics={k: float(v) for k, v in stats.items()},
+        tags={"rag_loop.kind": "training_set", "rag_loop.training_set": content_hash},
+        artifacts=artifacts,
+    )
+    if run_id is not None:
+        services.tracker.log_dataset(
+            run_id,
+            [{"anchor": e["anchor"], "positive": e["positive"]} for e in examples],
+            name=f"feedback-{content_hash[:12]}",
+            digest=content_hash[:36],
+            source=str(path),
+            context="training",
+        )
+    return run_id

@@ -1,0 +1,134 @@
+"""Fine-tune an embedder on a training set with sentence-transformers' own trainer.
+
+`SentenceTransformerTrainer` with `MultipleNegativesRankingLoss`: every other positive in
+a batch is a negative too, and each example brings its own hard negatives (columns
+negative_1..n). The no-duplicates batch sampler keeps two examples of one query (or one
+passage) out of the same batch, where they would be false negatives of each other.
+CPU-friendly defaults, seeded; the model is written to a new folder, never over its base.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rag_loop.errors import InvalidInput
+from rag_loop.index.embedders import weights_hash
+from rag_loop.settings import TrainingSettings
+
+log = logging.getLogger(__name__)
+
+NEGATIVE = re.compile(r"negative_\d+")  # the hard-negative columns
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    folder: Path
+    version: str  # folder name @ weights hash, as SentenceTransformerEmbedder names it
+    seconds: float
+    params: dict[str, Any]
+    metrics: dict[str, float]
+
+
+def read_examples(path: Path) -> list[dict[str, str]]:
+    rows = []
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line)
+            rows.append(
+                {
+                    k: v
+                    for k, v in row.items()
+                    if k in ("anchor", "positive") or NEGATIVE.fullmatch(k)
+                }
+            )
+    return rows
+
+
+def finetune(
+    base_folder: Path, examples_path: Path, out_folder: Path, settings: TrainingSettings
+) -> TrainedModel:
+    rows = read_examples(examples_path)
+    if not rows:
+        raise InvalidInput(f"the training set {examples_path} has no examples")
+    negatives = sorted(
+        (k for k in rows[0] if NEGATIVE.fullmatch(k)), key=lambda k: int(k.split("_")[1])
+    )
+    columns = ["anchor", "positive", *negatives]
+    started = time.perf_counter()
+
+    from datasets import Dataset
+    from sentence_transformers import (
+        SentenceTransformer,
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+    from sentence_transformers.losses import MultipleNegativesRankingLoss
+    from sentence_transformers.training_args import BatchSamplers
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    dataset = Dataset.from_dict({c: [r[c] for r in rows] for c in columns})
+    model = SentenceTransformer(str(base_folder), device="cpu")
+    model.max_seq_length = min(settings.max_seq_length, model.max_seq_length or 512)
+    loss = MultipleNegativesRankingLoss(model)
+    batch_size = min(settings.batch_size, len(rows))
+    with tempfile.TemporaryDirectory(prefix="rag-loop-train-") as scratch:
+        args = SentenceTransformerTrainingArguments(
+            output_dir=scratch,
+            num_train_epochs=settings.epochs,
+            per_device_train_batch_size=batch_size,
+            learning_rate=settings.learning_rate,
+            warmup_steps=settings.warmup_ratio,  # a float below 1 is a share of the steps
+            seed=settings.seed,
+            data_seed=settings.seed,
+            batch_sampler=BatchSamplers.NO_DUPLICATES,
+            save_strategy="no",
+            report_to="none",
+            logging_strategy="epoch",
+            disable_tqdm=True,
+            use_cpu=True,
+            dataloader_num_workers=0,
+        )
+        trainer = SentenceTransformerTrainer(
+            model=model, args=args, train_dataset=dataset, loss=loss
+        )
+        result = trainer.train()
+    partial = out_folder.with_name(out_folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save(str(partial))
+    shutil.rmtree(out_folder, ignore_errors=True)
+    partial.rename(out_folder)  # a crash never leaves a half-written model under its name
+    seconds = time.perf_counter() - started
+    params = {
+        "loss": "MultipleNegativesRankingLoss",
+        "batch_sampler": "no_duplicates",
+        "hard_negatives_per_example": len(columns) - 2,
+        "examples": len(rows),
+        "epochs": settings.epochs,
+        "batch_size": batch_size,
+        "learning_rate": settings.learning_rate,
+        "warmup_ratio": settings.warmup_ratio,
+        "max_seq_length": model.max_seq_length,
+        "seed": settings.seed,
+        "base_folder": str(base_folder),
+    }
+    metrics = {
+        "train_loss": float(result.training_loss),
+        "train_seconds": seconds,
+        "train_steps": float(result.global_step),
+    }
+    return TrainedModel(
+        folder=out_folder,
+        version=f"{out_folder.name}@{weights_hash(out_folder)}",
+        seconds=seconds,
+        params=params,
+        metrics=metrics,
+    )
