@@ -9,6 +9,7 @@ interactions ──< retrievals             every answer with the chunks as serv
 api_keys                                hashed, scoped
 training_sets ─< embedder_versions       the loop: feedback -> examples -> fine-tuned model
 loop_cycles                             one persisted state machine per cycle
+shadow_retrievals                       what a candidate index would have shown
 audit_log                               append-only (triggers refuse UPDATE and DELETE)
 """
 
@@ -378,8 +379,8 @@ class EmbedderVersion(Base):
 class LoopCycle(Base):
     """One pass of the loop, a persisted state machine:
 
-    collecting -> training -> indexing -> evaluating -> awaiting_approval -> promoted
-                                                    \\-> rejected             \\-> rolled_back
+    collecting -> training -> indexing -> evaluating -> [shadow] -> [awaiting_approval]
+      -> promoted (-> rolled_back) | rejected
     any step -> failed (the champion keeps serving; `rag-loop loop resume` goes on)
     """
 
@@ -411,3 +412,17 @@ class LoopCycle(Base):
     error: Mapped[str | None] = mapped_column(Text, default=None)
     decided_by: Mapped[str | None] = mapped_column(String(128), default=None)
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64), default=None)
+
+
+class ShadowRetrieval(Base):
+    """What the candidate index would have shown for a live question (shadow mode)."""
+
+    __tablename__ = "shadow_retrievals"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    interaction_id: Mapped[str] = mapped_column(ForeignKey("interactions.id"), index=True)
+    index_version_id: Mapped[int] = mapped_column(ForeignKey("index_versions.id"), index=True)
+    chunk_ids: Mapped[list[Any]] = mapped_column(default=list)
+    document_ids: Mapped[list[Any]] = mapped_column(default=list)
+    overlap: Mapped[float] = mapped_column(Float)  # shared chunks / k
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -20,7 +20,6 @@ at any point leaves the champion serving and the cycle resumable from its last s
 from __future__ import annotations
 
 import logging
-import resource
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -43,6 +42,7 @@ from rag_loop.index.embedders import SentenceTransformerEmbedder
 from rag_loop.index.rebuild import build_index, create_index_version
 from rag_loop.index.versions import CHAMPION, champion, set_alias
 from rag_loop.loop.gate import decide
+from rag_loop.loop.resources import PeakMemory
 from rag_loop.registry.embedders import (
     embedder_row,
     ensure_base,
@@ -119,18 +119,19 @@ def run_cycle(
         step = steps.get(cycle.state)
         if step is None:
             break
-        started, rss_before = time.perf_counter(), _peak_rss_mb()
+        started = time.perf_counter()
         try:
-            next_state = step(services, cycle)
+            with PeakMemory() as peak:
+                next_state = step(services, cycle)
         except _Stop:
-            _record_stage(services, cycle_id, cycle.state, started, rss_before)
+            _record_stage(services, cycle_id, cycle.state, started, peak.mb)
             break
         except Exception as exc:
             message = (
                 exc.message if isinstance(exc, RagLoopError) else f"{type(exc).__name__}: {exc}"
             )
             log.exception("loop cycle %s failed while %s", cycle_id, cycle.state)
-            _record_stage(services, cycle_id, cycle.state, started, rss_before)
+            _record_stage(services, cycle_id, cycle.state, started, peak.mb)
             _set(
                 services,
                 cycle_id,
@@ -143,7 +144,7 @@ def run_cycle(
                 services, actor, "loop.failed", cycle_id, {"step": cycle.state, "error": message}
             )
             raise
-        _record_stage(services, cycle_id, cycle.state, started, rss_before)
+        _record_stage(services, cycle_id, cycle.state, started, peak.mb)
         _set(services, cycle_id, state=next_state)
     cycle = _get(services, cycle_id)
     if cycle.state in TERMINAL or cycle.state == "awaiting_approval":
@@ -464,7 +465,7 @@ def _set(services: Services, cycle_id: int, **values: Any) -> None:
 
 
 def _record_stage(
-    services: Services, cycle_id: int, stage: str, started: float, rss_before: float
+    services: Services, cycle_id: int, stage: str, started: float, peak_mb: float
 ) -> None:
     with transaction(services.sessions) as session:
         cycle = session.get_one(LoopCycle, cycle_id)
@@ -472,13 +473,9 @@ def _record_stage(
         previous = stages.get(stage, {})
         stages[stage] = {
             "seconds": round(previous.get("seconds", 0) + time.perf_counter() - started, 3),
-            "peak_rss_mb": round(max(_peak_rss_mb(), rss_before), 1),
+            "peak_rss_mb": round(max(previous.get("peak_rss_mb", 0), peak_mb), 1),
         }
         cycle.stages = stages
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _audit(
