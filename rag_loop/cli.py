@@ -40,6 +40,10 @@ eval_app = typer.Typer(
 )
 drift_app = typer.Typer(help="Data and concept drift.", no_args_is_help=True)
 events_app = typer.Typer(help="Events the loop reacts to (e.g. drift).", no_args_is_help=True)
+loop_app = typer.Typer(
+    help="The training loop: feedback -> fine-tuned retriever -> gated promotion, rollback.",
+    no_args_is_help=True,
+)
 app.add_typer(corrections_app, name="corrections")
 app.add_typer(interactions_app, name="interactions")
 app.add_typer(keys_app, name="keys")
@@ -49,6 +53,7 @@ app.add_typer(db_app, name="db")
 app.add_typer(eval_app, name="eval")
 app.add_typer(drift_app, name="drift")
 app.add_typer(events_app, name="events")
+app.add_typer(loop_app, name="loop")
 
 CLI_ACTOR = "cli"
 DEFAULT_SCOPES = ["ask", "feedback"]
@@ -467,6 +472,112 @@ def report_command(
         json_out.write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
         written["json"] = str(json_out)
     emit(written)
+
+
+CycleId = Annotated[int, typer.Argument(help="The loop cycle id (`rag-loop loop list`).")]
+
+
+@loop_app.command("run")
+def loop_run() -> None:
+    """Start a cycle now and run it: training set, fine-tune, candidate index, gate, then
+    promotion, shadow mode, approval or rejection. Prints the cycle."""
+    from rag_loop.loop import cycle
+
+    svc = services()
+    cycle_id = cycle.start_cycle(svc, trigger="manual", actor="cli")
+    emit(cycle.run_cycle(svc, cycle_id, actor="cli"))
+
+
+@loop_app.command("list")
+def loop_list(limit: Annotated[int, typer.Option(help="At most this many.", min=1)] = 20) -> None:
+    """Loop cycles, newest first, with their state."""
+    from rag_loop.loop import cycle
+
+    emit(
+        [
+            {k: c[k] for k in ("id", "state", "trigger", "created_at", "error", "decided_by")}
+            for c in cycle.list_cycles(services(), limit)
+        ]
+    )
+
+
+@loop_app.command("show")
+def loop_show(cycle_id: CycleId) -> None:
+    """One cycle: training set, model, candidate index, gate numbers, stage times."""
+    from rag_loop.loop import cycle
+
+    emit(cycle.cycle_view(services(), cycle_id))
+
+
+@loop_app.command("resume")
+def loop_resume(
+    cycle_id: CycleId,
+    force: Annotated[
+        bool,
+        typer.Option(help="Take over a cycle whose process is gone (after a crash)."),
+    ] = False,
+) -> None:
+    """Go on with a cycle that failed or was cut off, from the step it was in."""
+    from rag_loop.loop import cycle
+
+    emit(cycle.resume(services(), cycle_id, actor="cli", force=force))
+
+
+@loop_app.command("approve")
+def loop_approve(
+    cycle_id: CycleId,
+    reviewer: Annotated[str, typer.Option(help="Who approves (for the audit log).")] = "cli",
+) -> None:
+    """Promote a cycle that is awaiting approval."""
+    from rag_loop.loop import cycle
+
+    emit(cycle.approve(services(), cycle_id, actor=reviewer))
+
+
+@loop_app.command("reject")
+def loop_reject(
+    cycle_id: CycleId,
+    reason: Annotated[str, typer.Option(help="Why (for the audit log).")] = "",
+    reviewer: Annotated[str, typer.Option(help="Who rejects.")] = "cli",
+) -> None:
+    """Reject an active or failed cycle; its candidate index is dropped."""
+    from rag_loop.loop import cycle
+
+    emit(cycle.reject(services(), cycle_id, actor=reviewer, reason=reason))
+
+
+@loop_app.command("rollback")
+def loop_rollback(
+    cycle_id: Annotated[
+        int | None, typer.Option("--cycle", help="Default: the latest promoted cycle.")
+    ] = None,
+    reason: Annotated[str, typer.Option(help="Why (for the audit log).")] = "manual",
+) -> None:
+    """Serve the index that served before the latest promotion again, at once."""
+    from rag_loop.loop import cycle
+
+    emit(cycle.rollback(services(), actor="cli", reason=reason, cycle_id=cycle_id))
+
+
+@loop_app.command("tick")
+def loop_tick() -> None:
+    """One look at the loop, as the scheduler does: advance a cycle in shadow mode, watch
+    the latest promotion (rolling it back if live metrics regressed), start a cycle when a
+    trigger fires."""
+    from rag_loop.loop.triggers import tick
+
+    emit(tick(services()))
+
+
+@loop_app.command("trace")
+def loop_trace(
+    interaction_id: Annotated[str, typer.Argument(help="An interaction id from `ask`.")],
+) -> None:
+    """The audit walk: answer -> index version -> embedder -> training set -> feedback ->
+    the cycle and evaluations that promoted it."""
+    from rag_loop.loop.audit import trace
+
+    emit(trace(services(), interaction_id))
 
 
 @db_app.command("upgrade")

@@ -15,6 +15,21 @@ from pydantic import BaseModel, Field, SecretStr, field_validator, model_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def _cron(value: str | None) -> str | None:
+    if value is None or not value.strip():
+        return None
+    from apscheduler.triggers.cron import CronTrigger
+
+    try:
+        CronTrigger.from_crontab(value, timezone="UTC")
+    except ValueError as exc:
+        raise ValueError(
+            f"{value!r} is not a 5-field cron expression (minute hour day month "
+            f"weekday), e.g. '0 3 * * *': {exc}"
+        ) from exc
+    return value
+
+
 class DatabaseSettings(BaseModel):
     url: str | None = Field(
         default=None,
@@ -177,18 +192,7 @@ class EvaluationSettings(BaseModel):
     @field_validator("schedule")
     @classmethod
     def _valid_cron(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
-            return None
-        from apscheduler.triggers.cron import CronTrigger
-
-        try:
-            CronTrigger.from_crontab(value, timezone="UTC")
-        except ValueError as exc:
-            raise ValueError(
-                f"{value!r} is not a 5-field cron expression (minute hour day month "
-                f"weekday), e.g. '0 3 * * *': {exc}"
-            ) from exc
-        return value
+        return _cron(value)
 
 
 class DriftSettings(BaseModel):
@@ -287,6 +291,77 @@ class LoopSettings(BaseModel):
         default=False,
         description="Hold a candidate that passed the gate until `rag-loop loop approve`.",
     )
+    shadow_share: float = Field(
+        default=0.0,
+        ge=0.0,
+        le=1.0,
+        description="After the gate, the candidate also retrieves (not served) for this "
+        "share of live questions; 0 skips shadow mode.",
+    )
+    shadow_min_labelled: int = Field(
+        default=20,
+        ge=1,
+        description="Shadowed questions with chunk labels or pointers needed to decide.",
+    )
+    shadow_max_precision_drop: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="Shadow passes unless the candidate's feedback-labelled precision is "
+        "lower than the champion's by more than this.",
+    )
+    auto: bool = Field(
+        default=True,
+        description="In the API process: check the triggers, shadow mode and the rollback "
+        "watch every `tick_seconds`, and run cycles when a trigger fires.",
+    )
+    tick_seconds: int = Field(default=60, ge=1, description="How often `auto` checks.")
+    schedule: str | None = Field(
+        default=None, description="Cron expression (5 fields, UTC) that starts a cycle."
+    )
+    trigger_feedback_count: int = Field(
+        default=200,
+        ge=0,
+        description="Start a cycle after this many new feedback events (0: never).",
+    )
+    trigger_min_thumbs_up_rate: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Start a cycle when the thumbs-up rate of the last `kpi_window` thumbs "
+        "falls below this (unset: never).",
+    )
+    kpi_window: int = Field(default=100, ge=1, description="Thumbs in the KPI window.")
+    trigger_on_drift: bool = Field(default=True, description="Start a cycle on a `drift` event.")
+    rollback_min_samples: int = Field(
+        default=20,
+        ge=1,
+        description="Thumbs on answers of a promoted index before the watch may roll back.",
+    )
+    rollback_max_thumbs_down_increase: float = Field(
+        default=0.15,
+        ge=0,
+        le=1,
+        description="Roll back when the thumbs-down rate after a promotion exceeds the rate "
+        "before it by more than this.",
+    )
+    rollback_max_precision_drop: float = Field(
+        default=0.15,
+        ge=0,
+        le=1,
+        description="Roll back when the feedback-labelled precision of the shown chunks "
+        "drops by more than this after a promotion.",
+    )
+    rollback_watch_samples: int = Field(
+        default=200,
+        ge=1,
+        description="Thumbs after a promotion at which the watch ends (the promotion holds).",
+    )
+
+    @field_validator("schedule")
+    @classmethod
+    def _valid_cron(cls, value: str | None) -> str | None:
+        return _cron(value)
 
 
 class Settings(BaseSettings):

@@ -10,7 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from rag_loop.api.errors import install_error_handlers
 from rag_loop.api.limits import BodyLimit
-from rag_loop.api.routers import admin, ask, evals, feedback, health
+from rag_loop.api.routers import admin, ask, evals, feedback, health, loop
 from rag_loop.services import Services
 from rag_loop.settings import Settings
 
@@ -29,7 +29,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         # Load the model before the first request, on a thread of the same pool that serves
         # asks (embedding first from another thread measurably slowed later asks here).
         await run_in_threadpool(app.state.services.embedder.embed_query, "warm-up")
-        from rag_loop.evaluation.scheduler import start_schedule
+        from rag_loop.scheduler import start_schedule
 
         scheduler = start_schedule(app.state.services)
         yield
@@ -49,6 +49,6 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
 
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
 
-    for module in (health, ask, feedback, admin, evals):
+    for module in (health, ask, feedback, admin, evals, loop):
         app.include_router(module.router)
     return app

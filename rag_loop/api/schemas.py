@@ -211,3 +211,42 @@ class EventOut(BaseModel):
     created_at: str
     kind: str
     payload: dict[str, Any]
+
+
+class LoopCycleOut(BaseModel):
+    id: int
+    state: str = Field(
+        description="collecting, training, indexing, evaluating, shadow, awaiting_approval, "
+        "promoted, rejected, rolled_back or failed"
+    )
+    trigger: str
+    trigger_details: dict[str, Any]
+    created_at: str
+    updated_at: str
+    finished_at: str | None
+    feedback_until: str = Field(description="Feedback up to this time built the training set.")
+    champion_index_version_id: int | None
+    candidate_index_version_id: int | None
+    training_set: dict[str, Any] | None
+    embedder: dict[str, Any] | None
+    gate: dict[str, Any] = Field(
+        description="Evaluation runs of candidate and champion, deltas, verdict, shadow "
+        "figures and the post-promotion watch."
+    )
+    stages: dict[str, Any] = Field(description="Seconds and peak memory (MB) per stage.")
+    error: str | None
+    decided_by: str | None
+    mlflow_run_id: str | None
+
+
+class DecisionIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="", max_length=1000)
+
+
+class RollbackIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cycle: int | None = Field(default=None, ge=1, description="Default: the latest promotion.")
+    reason: str = Field(default="manual", max_length=1000)

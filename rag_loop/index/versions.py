@@ -11,6 +11,7 @@ from rag_loop.db.models import Alias, IndexVersion, utcnow
 from rag_loop.errors import NoServingIndex, NotFound
 
 CHAMPION = "champion"
+CANDIDATE = "candidate"  # set while a loop cycle runs the candidate in shadow mode
 
 
 def champion(session: Session) -> IndexVersion:
@@ -28,32 +29,45 @@ def champion(session: Session) -> IndexVersion:
 
 @dataclass(frozen=True)
 class ServingIndex:
-    """What the ask path needs of the champion, read with one Core query per request (so
-    a promotion is seen by the very next request, in every process)."""
+    """What the ask path needs of the champion (and of a candidate in shadow mode), read
+    with one Core query per request, so a promotion is seen by the very next request in
+    every process."""
 
     id: int
     collection_name: str
     embedder: str
     embedder_version: str
+    shadow: ServingIndex | None = None
 
 
 def serving_index(engine: Engine) -> ServingIndex:
     with engine.connect() as conn:
-        row = conn.execute(
+        rows = conn.execute(
             select(
+                Alias.name,
                 IndexVersion.id,
                 IndexVersion.collection_name,
                 IndexVersion.embedder,
                 IndexVersion.embedder_version,
             )
             .join(Alias, Alias.index_version_id == IndexVersion.id)
-            .where(Alias.name == CHAMPION)
-        ).first()
-    if row is None:
+            .where(Alias.name.in_((CHAMPION, CANDIDATE)))
+        ).all()
+    found = {row[0]: ServingIndex(*row[1:]) for row in rows}
+    if CHAMPION not in found:
         raise NoServingIndex(
             "there is no serving index yet; ingest documents first: rag-loop ingest PATH"
         )
-    return ServingIndex(*row)
+    serving = found[CHAMPION]
+    if CANDIDATE in found:
+        return ServingIndex(
+            serving.id,
+            serving.collection_name,
+            serving.embedder,
+            serving.embedder_version,
+            shadow=found[CANDIDATE],
+        )
+    return serving
 
 
 def champion_or_none(session: Session) -> IndexVersion | None:
@@ -70,6 +84,12 @@ def set_alias(session: Session, name: str, version: IndexVersion) -> None:
     else:
         alias.index_version_id = version.id
         alias.updated_at = utcnow()
+
+
+def drop_alias(session: Session, name: str) -> None:
+    alias = session.get(Alias, name, with_for_update=True)
+    if alias is not None:
+        session.delete(alias)
 
 
 def get_version(session: Session, version_id: int) -> IndexVersion:

@@ -7,6 +7,8 @@ fails: then the row has status `error` and the caller gets a 502/503 naming it.
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import time
 import uuid
 from dataclasses import dataclass
@@ -15,12 +17,14 @@ from typing import Any
 from sqlalchemy import insert
 
 from rag_loop.db.engine import write_connection
-from rag_loop.db.models import Interaction, Retrieval, utcnow
+from rag_loop.db.models import Interaction, Retrieval, ShadowRetrieval, utcnow
 from rag_loop.errors import InvalidInput, RagLoopError
 from rag_loop.index.chroma import Hit
-from rag_loop.index.versions import serving_index
+from rag_loop.index.versions import ServingIndex, serving_index
 from rag_loop.retrieval.dense import retrieve
 from rag_loop.services import Services
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,8 @@ def ask(
                     for rank, hit in enumerate(retrieved.hits, start=1)
                 ],
             )
+    if index.shadow is not None and error is None:
+        _shadow(services, index.shadow, interaction_id, query, k, retrieved.hits, latency)
     if error is not None:
         error.details.append({"interaction_id": interaction_id})
         raise error
@@ -135,6 +141,50 @@ def ask(
         latency_ms=latency,
         feedback_token=services.tokens.issue(interaction_id),
     )
+
+
+def in_shadow_share(interaction_id: str, share: float) -> bool:
+    """A stable draw per interaction: the same id is always in or out."""
+    digest = hashlib.sha256(interaction_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < share
+
+
+def _shadow(
+    services: Services,
+    candidate: ServingIndex,
+    interaction_id: str,
+    query: str,
+    k: int,
+    served: list[Hit],
+    latency: dict[str, float],
+) -> None:
+    """Shadow mode: the candidate retrieves for a share of live questions; what it would
+    have shown is logged beside what was served, never shown. A failing candidate never
+    fails the answer."""
+    if not in_shadow_share(interaction_id, services.settings.loop.shadow_share):
+        return
+    started = time.perf_counter()
+    try:
+        embedder = services.embedders.get(candidate.embedder_version)
+        hits = retrieve(embedder, services.store, candidate.collection_name, query, k).hits
+        shown = {h.chunk_id for h in served}
+        with write_connection(services.engine) as conn:
+            conn.execute(
+                insert(ShadowRetrieval),
+                [
+                    {
+                        "interaction_id": interaction_id,
+                        "index_version_id": candidate.id,
+                        "chunk_ids": [h.chunk_id for h in hits],
+                        "document_ids": [h.document_id for h in hits],
+                        "overlap": len(shown & {h.chunk_id for h in hits}) / k,
+                        "created_at": utcnow(),
+                    }
+                ],
+            )
+    except RagLoopError as exc:
+        log.warning("shadow retrieval on index %s failed: %s", candidate.id, exc.message)
+    latency["shadow"] = round((time.perf_counter() - started) * 1000, 3)
 
 
 def _source(rank: int, hit: Hit) -> dict[str, Any]:

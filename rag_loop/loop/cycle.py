@@ -5,6 +5,9 @@
     indexing          embed the live corpus with it into a new collection (resumable)
     evaluating        candidate and champion on the held-out feedback queries and the
                       golden sets; the gate decides
+    shadow            (loop.shadow_share > 0) the candidate retrieves beside the champion
+                      for a share of live questions, unseen; once enough of them have
+                      feedback, its labelled precision must hold up against the champion's
     awaiting_approval the gate passed and `loop.require_approval` holds it for a person
     promoted          `champion` points at the candidate; the old index stays for rollback
     rejected          the gate (or a person) said no, or there was too little feedback
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +43,9 @@ from rag_loop.errors import Conflict, InvalidInput, NotFound, RagLoopError
 from rag_loop.evaluation.runner import EvalRequest, run_evaluation
 from rag_loop.index.embedders import SentenceTransformerEmbedder
 from rag_loop.index.rebuild import build_index, create_index_version
-from rag_loop.index.versions import CHAMPION, champion, set_alias
+from rag_loop.index.versions import CANDIDATE, CHAMPION, champion, drop_alias, set_alias
 from rag_loop.loop.gate import decide
+from rag_loop.loop.live import shadow_stats
 from rag_loop.loop.resources import PeakMemory
 from rag_loop.registry.embedders import (
     embedder_row,
@@ -57,7 +61,7 @@ from rag_loop.training.finetune import finetune
 
 log = logging.getLogger(__name__)
 
-ACTIVE = ("collecting", "training", "indexing", "evaluating", "awaiting_approval")
+ACTIVE = ("collecting", "training", "indexing", "evaluating", "shadow", "awaiting_approval")
 TERMINAL = ("promoted", "rejected", "rolled_back", "failed")
 PREVIOUS = "previous_champion"
 LEASE = timedelta(minutes=30)  # a running step refreshes its heartbeat more often than this
@@ -113,6 +117,7 @@ def run_cycle(
         "training": _train,
         "indexing": _index,
         "evaluating": _evaluate,
+        "shadow": _shadow,
     }
     while True:
         cycle = _get(services, cycle_id)
@@ -146,6 +151,8 @@ def run_cycle(
             raise
         _record_stage(services, cycle_id, cycle.state, started, peak.mb)
         _set(services, cycle_id, state=next_state)
+    with transaction(services.sessions) as session:  # release the claim: nothing runs now
+        session.get_one(LoopCycle, cycle_id).heartbeat_at = None
     cycle = _get(services, cycle_id)
     if cycle.state in TERMINAL or cycle.state == "awaiting_approval":
         _log_cycle(services, cycle_id)
@@ -351,12 +358,56 @@ def _evaluate(services: Services, cycle: LoopCycle) -> str:
     if not verdict["passed"]:
         _finish_rejected(services, cycle, "; ".join(verdict["reasons"]), "gate")
         raise _Stop
+    if services.settings.loop.shadow_share > 0:
+        with transaction(services.sessions) as session:
+            set_alias(
+                session, CANDIDATE, session.get_one(IndexVersion, cycle.candidate_index_version_id)
+            )
+        _set(services, cycle.id, gate={**gate, "shadow_since": utcnow().isoformat()})
+        _audit(services, "gate", "loop.shadow", cycle.id, verdict)
+        return "shadow"
+    _after_gate(services, cycle, "gate")
+    raise _Stop
+
+
+def _shadow(services: Services, cycle: LoopCycle) -> str:
+    """Decide once enough shadowed questions have feedback; until then the cycle waits
+    here (the loop's tick looks again)."""
+    settings = services.settings.loop
+    since = datetime.fromisoformat(cycle.gate["shadow_since"])
+    assert cycle.candidate_index_version_id is not None
+    stats = shadow_stats(services, cycle.candidate_index_version_id, since)
+    _set(services, cycle.id, gate={**cycle.gate, "shadow": stats})
+    if stats["labelled"] < settings.shadow_min_labelled:
+        raise _Stop  # wait for more live traffic and feedback
+    cycle = _get(services, cycle.id)
+    drop = (stats["champion_precision"] or 0) - (stats["candidate_precision"] or 0)
+    if drop > settings.shadow_max_precision_drop:
+        _finish_rejected(
+            services,
+            cycle,
+            f"shadow: labelled precision {stats['candidate_precision']:.3f} vs the champion's "
+            f"{stats['champion_precision']:.3f} on {stats['labelled']} questions "
+            f"(allowed drop {settings.shadow_max_precision_drop})",
+            "shadow",
+        )
+        raise _Stop
+    _after_gate(services, cycle, "shadow")
+    raise _Stop
+
+
+def _after_gate(services: Services, cycle: LoopCycle, actor: str) -> None:
+    _drop_candidate_alias(services)
     if services.settings.loop.require_approval:
         _set(services, cycle.id, state="awaiting_approval")
-        _audit(services, "gate", "loop.awaiting_approval", cycle.id, verdict)
-        raise _Stop
-    _promote(services, cycle, actor="gate")
-    raise _Stop
+        _audit(services, actor, "loop.awaiting_approval", cycle.id, {})
+        return
+    _promote(services, cycle, actor=actor)
+
+
+def _drop_candidate_alias(services: Services) -> None:
+    with transaction(services.sessions) as session:
+        drop_alias(session, CANDIDATE)
 
 
 # promotion and endings -------------------------------------------------------------------
@@ -372,7 +423,7 @@ def _promote(services: Services, cycle: LoopCycle, *, actor: str) -> None:
     build_index(services, candidate.id, embedder, actor=actor)
     with transaction(services.sessions) as session:
         row = session.get_one(LoopCycle, cycle.id)
-        if row.state not in ("evaluating", "awaiting_approval"):
+        if row.state not in ("evaluating", "shadow", "awaiting_approval"):
             raise Conflict(f"loop cycle {cycle.id} is {row.state}; it cannot be promoted")
         old = champion(session)
         new = session.get_one(IndexVersion, candidate.id)
@@ -398,6 +449,7 @@ def _promote(services: Services, cycle: LoopCycle, *, actor: str) -> None:
 
 
 def _finish_rejected(services: Services, cycle: LoopCycle, reason: str, actor: str) -> None:
+    _drop_candidate_alias(services)
     _set(
         services,
         cycle.id,

@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from rag_loop.evaluation.scheduler import start_schedule
+from rag_loop.scheduler import start_schedule
 from rag_loop.services import Services
 from tests.conftest import ROOT, assert_error_shape
 

@@ -1,0 +1,157 @@
+"""The training loop over HTTP (admin only): start, follow, approve, reject, roll back,
+and walk from an answer to what made its retriever."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import APIRouter, BackgroundTasks, Path, Query
+from starlette.concurrency import run_in_threadpool
+
+from rag_loop.api.deps import AdminDep, ServicesDep
+from rag_loop.api.errors import responses
+from rag_loop.api.schemas import DecisionIn, LoopCycleOut, RollbackIn
+from rag_loop.errors import Conflict, RagLoopError
+from rag_loop.loop import cycle
+from rag_loop.loop.audit import trace
+from rag_loop.services import Services
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1", tags=["loop"])
+
+CyclePath = Path(ge=1, description="The loop cycle id.")
+
+
+def _run_in_background(services: Services, cycle_id: int, actor: str, resume: bool) -> None:
+    try:
+        if resume:
+            cycle.resume(services, cycle_id, actor=actor)
+        else:
+            cycle.run_cycle(services, cycle_id, actor=actor)
+    except RagLoopError as exc:  # the cycle row records the failure; GET shows it
+        log.warning("loop cycle %s: %s", cycle_id, exc.message)
+    except Exception:
+        log.exception("loop cycle %s failed", cycle_id)
+
+
+@router.post(
+    "/loop/cycles",
+    operation_id="start_loop_cycle",
+    response_model=LoopCycleOut,
+    status_code=202,
+    responses=responses(401, 403, 409, 503),
+    summary="Start a loop cycle; it runs in the background (poll GET /v1/loop/cycles/{id})",
+)
+async def start_route(
+    services: ServicesDep, principal: AdminDep, background: BackgroundTasks
+) -> LoopCycleOut:
+    actor = f"key:{principal.key_id}"
+    cycle_id = await run_in_threadpool(
+        lambda: cycle.start_cycle(services, trigger="api", actor=actor)
+    )
+    background.add_task(_run_in_background, services, cycle_id, actor, False)
+    return LoopCycleOut.model_validate(
+        await run_in_threadpool(cycle.cycle_view, services, cycle_id)
+    )
+
+
+@router.get(
+    "/loop/cycles",
+    operation_id="list_loop_cycles",
+    response_model=list[LoopCycleOut],
+    responses=responses(401, 403, 422),
+)
+def list_route(
+    services: ServicesDep, principal: AdminDep, limit: int = Query(default=20, ge=1, le=1000)
+) -> list[LoopCycleOut]:
+    return [LoopCycleOut.model_validate(c) for c in cycle.list_cycles(services, limit)]
+
+
+@router.get(
+    "/loop/cycles/{cycle_id}",
+    operation_id="get_loop_cycle",
+    response_model=LoopCycleOut,
+    responses=responses(401, 403, 404, 422),
+)
+def get_route(
+    services: ServicesDep, principal: AdminDep, cycle_id: int = CyclePath
+) -> LoopCycleOut:
+    return LoopCycleOut.model_validate(cycle.cycle_view(services, cycle_id))
+
+
+@router.post(
+    "/loop/cycles/{cycle_id}/resume",
+    operation_id="resume_loop_cycle",
+    response_model=LoopCycleOut,
+    status_code=202,
+    responses=responses(401, 403, 404, 409, 422),
+    summary="Go on with a failed or cut-off cycle from its step, in the background",
+)
+async def resume_route(
+    services: ServicesDep,
+    principal: AdminDep,
+    background: BackgroundTasks,
+    cycle_id: int = CyclePath,
+) -> LoopCycleOut:
+    view = await run_in_threadpool(cycle.cycle_view, services, cycle_id)
+    if view["state"] not in (*cycle.ACTIVE, "failed") or view["state"] == "awaiting_approval":
+        raise Conflict(f"loop cycle {cycle_id} is {view['state']}; there is nothing to resume")
+    background.add_task(_run_in_background, services, cycle_id, f"key:{principal.key_id}", True)
+    return LoopCycleOut.model_validate(view)
+
+
+@router.post(
+    "/loop/cycles/{cycle_id}/approve",
+    operation_id="approve_loop_cycle",
+    response_model=LoopCycleOut,
+    responses=responses(401, 403, 404, 409, 422),
+    summary="Promote a cycle awaiting approval",
+)
+def approve_route(
+    services: ServicesDep, principal: AdminDep, cycle_id: int = CyclePath
+) -> LoopCycleOut:
+    view = cycle.approve(services, cycle_id, actor=f"key:{principal.key_id}")
+    return LoopCycleOut.model_validate(view)
+
+
+@router.post(
+    "/loop/cycles/{cycle_id}/reject",
+    operation_id="reject_loop_cycle",
+    response_model=LoopCycleOut,
+    responses=responses(400, 401, 403, 404, 409, 422),
+)
+def reject_route(
+    body: DecisionIn, services: ServicesDep, principal: AdminDep, cycle_id: int = CyclePath
+) -> LoopCycleOut:
+    view = cycle.reject(services, cycle_id, actor=f"key:{principal.key_id}", reason=body.reason)
+    return LoopCycleOut.model_validate(view)
+
+
+@router.post(
+    "/loop/rollback",
+    operation_id="rollback_loop",
+    response_model=LoopCycleOut,
+    responses=responses(400, 401, 403, 409, 422),
+    summary="Serve the index from before the latest (or a given) promotion again, at once",
+)
+def rollback_route(body: RollbackIn, services: ServicesDep, principal: AdminDep) -> LoopCycleOut:
+    view = cycle.rollback(
+        services, actor=f"key:{principal.key_id}", reason=body.reason, cycle_id=body.cycle
+    )
+    return LoopCycleOut.model_validate(view)
+
+
+@router.get(
+    "/interactions/{interaction_id}/trace",
+    operation_id="trace_interaction",
+    responses=responses(401, 403, 404, 422),
+    summary="The audit walk: answer -> index -> embedder -> training set -> feedback -> the "
+    "cycle and evaluations that promoted it",
+)
+def trace_route(
+    services: ServicesDep,
+    principal: AdminDep,
+    interaction_id: str = Path(min_length=1, max_length=36),
+) -> dict[str, Any]:
+    return trace(services, interaction_id)

@@ -1,0 +1,75 @@
+"""The in-process schedule of the embedded default: APScheduler in the API process.
+
+`start_schedule(services)` runs, in background threads:
+
+- `scheduled_round` (golden sets, production window, drift) on `RAG_LOOP_EVALUATION_SCHEDULE`;
+- the loop's `tick` (shadow mode, the rollback watch, triggers) every
+  `RAG_LOOP_LOOP_TICK_SECONDS` when `RAG_LOOP_LOOP_AUTO` is on;
+- a loop cycle on `RAG_LOOP_LOOP_SCHEDULE`.
+
+One run of a job at a time (a run still going when the next is due is skipped, not
+stacked). A distributed deployment runs the same functions from its workers instead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from rag_loop.services import Services
+
+log = logging.getLogger(__name__)
+
+
+def _guarded(name: str, fn: Callable[[], Any]) -> Callable[[], None]:
+    def job() -> None:
+        try:
+            result = fn()
+            if result:
+                log.info("%s: %s", name, result)
+        except Exception:  # the scheduler thread must survive any one run
+            log.exception("%s failed", name)
+
+    return job
+
+
+def start_schedule(services: Services) -> Any | None:
+    """Start the scheduler if any job is configured; returns it (call `.shutdown()`)."""
+    evaluation = services.settings.evaluation.schedule
+    loop = services.settings.loop
+    if not (evaluation or loop.auto or loop.schedule):
+        return None
+    from apscheduler.schedulers.background import BackgroundScheduler
+    from apscheduler.triggers.cron import CronTrigger
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    from rag_loop.evaluation.service import scheduled_round
+    from rag_loop.loop.triggers import scheduled_cycle, tick
+
+    scheduler = BackgroundScheduler(timezone="UTC")
+    options: dict[str, Any] = {"max_instances": 1, "coalesce": True}
+    if evaluation:
+        scheduler.add_job(
+            _guarded("scheduled evaluation round", lambda: scheduled_round(services)),
+            CronTrigger.from_crontab(evaluation, timezone="UTC"),
+            id="evaluation-round",
+            **options,
+        )
+    if loop.auto:
+        scheduler.add_job(
+            _guarded("loop tick", lambda: tick(services)),
+            IntervalTrigger(seconds=loop.tick_seconds, timezone="UTC"),
+            id="loop-tick",
+            **options,
+        )
+    if loop.schedule:
+        scheduler.add_job(
+            _guarded("scheduled loop cycle", lambda: scheduled_cycle(services)),
+            CronTrigger.from_crontab(loop.schedule, timezone="UTC"),
+            id="loop-cycle",
+            **options,
+        )
+    scheduler.start()
+    log.info("schedule started: %s", [job.id for job in scheduler.get_jobs()])
+    return scheduler
