@@ -61,6 +61,20 @@ from rag_loop.services import Services
 log = logging.getLogger(__name__)
 
 
+STAT_KEYS = (
+    "relevant_labels",
+    "not_relevant_labels",
+    "pointer_votes",
+    "pointers_to_unknown_documents",
+    "correction_votes",
+    "thumbs_up_votes",
+    "conflicting_labels_dropped",
+    "leak_excluded_queries",
+    "queries_without_positive",
+    "positives_missing_text",
+)
+
+
 def normalise(text: str) -> str:
     """The form queries are compared in: Unicode-normalised, case-folded, punctuation
     dropped, whitespace collapsed ("What's  the FEE?" == "whats the fee")."""
@@ -252,6 +266,8 @@ def _collect(
 ) -> tuple[dict[str, _Query], defaultdict[str, int]]:
     """Votes per normalised query from every interaction with feedback."""
     stats: defaultdict[str, int] = defaultdict(int)
+    for key in STAT_KEYS:  # a stable schema: every count is there, zero or not
+        stats[key] = 0
     settings = services.settings.training
     with services.sessions() as session:
         events_query = select(FeedbackEvent).order_by(FeedbackEvent.id)
