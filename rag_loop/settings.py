@@ -277,9 +277,11 @@ class LoopSettings(BaseModel):
     )
     min_improvement: float = Field(
         default=0.005,
-        ge=0,
+        ge=-1,
+        le=1,
         description="The candidate must beat the champion's primary metric by at least this "
-        "(mean over the gate's data sets, weighted by their questions).",
+        "(mean over the gate's data sets, weighted by their questions); a negative value "
+        "lets a candidate through that is at most that much worse.",
     )
     max_regression: float = Field(
         default=0.01,

@@ -36,6 +36,12 @@ def rag_loop(*args: str, data_dir: Path, **env: str) -> subprocess.CompletedProc
         (["corrections", "list", "--status", "odd"], {}, 2, "status must be one of"),
         (["ask", "x"], {"RAG_LOOP_CHUNKING_CHUNK_OVERLAP": "5000"}, 2, "invalid settings"),
         (["ask", "x"], {"RAG_LOOP_GENERATOR_BACKEND": "gpt"}, 2, "invalid settings"),
+        (["loop", "show", "7"], {}, 4, "no loop cycle 7"),
+        (["loop", "approve", "7"], {}, 4, "no loop cycle 7"),
+        (["loop", "rollback"], {}, 5, "no promoted loop cycle"),
+        (["loop", "run"], {}, 6, "no serving index"),
+        (["loop", "trace", "nope"], {}, 4, "no interaction 'nope'"),
+        (["loop", "list"], {"RAG_LOOP_LOOP_SCHEDULE": "every day"}, 2, "invalid settings"),
     ],
 )
 def test_user_mistakes_exit_cleanly(
@@ -61,5 +67,9 @@ def test_help_lists_every_command(tmp_path: Path) -> None:
         "export",
         "index",
         "db",
+        "eval",
+        "drift",
+        "report",
+        "loop",
     ):
         assert command in result.stdout

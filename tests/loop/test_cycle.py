@@ -1,0 +1,291 @@
+"""Whole loop cycles on the sample corpus: real fine-tuning, real Chroma collections, real
+MLflow registry, real evaluations. The gate thresholds are set per test to force the branch
+under test; `test_improvement.py` shows the loop improving retrieval with default gates."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from rag_loop.db.models import Alias, AuditEntry, IndexVersion, ShadowRetrieval
+from rag_loop.errors import Conflict
+from rag_loop.feedback.schemas import ChunkLabel, FeedbackIn
+from rag_loop.feedback.service import submit_feedback
+from rag_loop.index.versions import champion, serving_index
+from rag_loop.interactions.ask import ask
+from rag_loop.loop import cycle
+from rag_loop.loop.audit import trace
+from rag_loop.loop.triggers import tick
+from rag_loop.registry.embedders import model_name
+from rag_loop.services import Services
+from tests.loop.conftest import GOLDEN_SHARE, questions, replay
+
+pytestmark = pytest.mark.slow
+
+ALWAYS_PASS = {"min_improvement": -1.0, "max_regression": 1.0}  # mechanics, not quality
+
+
+def _aliases(services: Services) -> dict[str, int]:
+    with services.sessions() as session:
+        return {a.name: a.index_version_id for a in session.scalars(select(Alias))}
+
+
+def _actions(services: Services) -> list[str]:
+    with services.sessions() as session:
+        return [a.action for a in session.scalars(select(AuditEntry).order_by(AuditEntry.id))]
+
+
+def test_promotion_serves_the_new_versions_traces_and_rolls_back(
+    with_feedback: Callable[..., Services],
+) -> None:
+    services = with_feedback(loop=ALWAYS_PASS)
+    before = ask(services, "How do I report a stolen bike?")
+    cycle_id = cycle.start_cycle(services, trigger="manual", actor="test")
+    with pytest.raises(Conflict, match="still collecting"):
+        cycle.start_cycle(services, actor="test")  # one active cycle at a time
+    view = cycle.run_cycle(services, cycle_id, actor="test")
+
+    assert view["state"] == "promoted", view["error"]
+    assert view["decided_by"] == "gate"
+    old, new = view["champion_index_version_id"], view["candidate_index_version_id"]
+    assert _aliases(services) == {"champion": new, "previous_champion": old}
+    assert set(view["stages"]) >= {"collecting", "training", "indexing", "evaluating"}
+    assert all(s["seconds"] > 0 and s["peak_rss_mb"] > 100 for s in view["stages"].values())
+    embedder = view["embedder"]
+    assert embedder["version"].startswith("embedder-c0001@")
+    assert embedder["parent_version"] == services.embedder.version
+    # four evaluations: held-out feedback and the golden set, for champion and candidate
+    runs = view["gate"]["runs"]
+    assert {(Path(r["dataset"]).name, r["role"]) for r in runs.values()} == {
+        ("heldout.jsonl", "champion"),
+        ("heldout.jsonl", "candidate"),
+        ("golden.jsonl", "champion"),
+        ("golden.jsonl", "candidate"),
+    }
+    assert "primary" in view["gate"]["deltas"]
+
+    # every answer now logs the new versions; the candidate embedder embeds the query
+    after = ask(services, "How do I report a stolen bike?")
+    assert after.versions["index_version"] == new != before.versions["index_version"]
+    assert after.versions["embedder_version"] == embedder["version"]
+    assert after.sources[0]["document_id"]
+
+    # the MLflow alias moved with it, and the registered version carries its lineage
+    name = model_name(services)
+    registered = embedder["mlflow_model"].split("/")[1]
+    assert services.tracker.model_alias(name, "champion") == registered
+    version = services.tracker.client.get_model_version(name, registered)
+    assert version.tags["rag_loop.training_set"] == view["training_set"]["content_hash"]
+    assert version.tags["rag_loop.base_embedder"] == services.embedder.version
+
+    # the audit walk from the answer to the feedback and the gate that promoted it
+    walk = trace(services, after.interaction_id)
+    assert walk["index_version"]["id"] == new
+    assert walk["embedder"]["version"] == embedder["version"]
+    assert walk["training_set"]["content_hash"] == view["training_set"]["content_hash"]
+    assert walk["training_set"]["feedback_interactions"] == len(questions()) - GOLDEN_SHARE
+    assert walk["promoted_by"]["loop_cycle"] == cycle_id
+    assert len(walk["promoted_by"]["evaluations"]) == 4
+    assert all(e["metrics"]["ndcg_at_10"] >= 0 for e in walk["promoted_by"]["evaluations"])
+
+    # rollback: the old index serves at once, the alias moves back, nothing is deleted
+    rolled = cycle.rollback(services, actor="test", reason="test")
+    assert rolled["state"] == "rolled_back"
+    assert _aliases(services)["champion"] == old
+    again = ask(services, "How do I report a stolen bike?")
+    assert again.versions["index_version"] == old
+    assert again.versions["embedder_version"] == services.embedder.version
+    assert services.tracker.model_alias(name, "champion") != registered
+    with services.sessions() as session:
+        assert services.store.exists(session.get_one(IndexVersion, new).collection_name)
+    with pytest.raises(Conflict, match="no promoted loop cycle"):
+        cycle.rollback(services, actor="test")
+    actions = _actions(services)
+    for action in ("loop.start", "loop.promote", "loop.rollback"):
+        assert action in actions
+
+
+def test_gate_rejects_and_the_champion_keeps_serving(
+    with_feedback: Callable[..., Services],
+) -> None:
+    services = with_feedback(loop={"min_improvement": 1.0})  # cannot be met
+    before = _aliases(services)
+    view = cycle.run_cycle(services, cycle.start_cycle(services, actor="test"), actor="test")
+    assert view["state"] == "rejected"
+    assert "the gate needs at least +1.0" in view["error"]
+    assert view["gate"]["passed"] is False
+    assert _aliases(services) == before
+    with services.sessions() as session:
+        candidate = session.get_one(IndexVersion, view["candidate_index_version_id"])
+        assert candidate.status == "rejected"
+        assert not services.store.exists(candidate.collection_name)  # dropped; numbers stay
+    with pytest.raises(Conflict, match="rejected; there is nothing to resume"):
+        cycle.resume(services, view["id"])
+
+
+def test_too_little_feedback_is_rejected_before_training(
+    loop_services: Callable[..., Services],
+) -> None:
+    from rag_loop.corpus.ingest import ingest
+    from tests.conftest import CORPUS
+
+    services = loop_services(training={"min_examples": 1000})
+    ingest(services, CORPUS, actor="test")
+    replay(services, questions()[GOLDEN_SHARE : GOLDEN_SHARE + 5])
+    view = cycle.run_cycle(services, cycle.start_cycle(services, actor="test"), actor="test")
+    assert view["state"] == "rejected" and "not enough feedback" in view["error"]
+    assert view["embedder"] is None and view["candidate_index_version_id"] is None
+
+
+def test_a_crash_mid_training_leaves_the_champion_serving_and_resumes(
+    with_feedback: Callable[..., Services], tmp_path: Path
+) -> None:
+    services = with_feedback(loop=ALWAYS_PASS)
+    settings = services.settings
+    env = {
+        **os.environ,
+        "RAG_LOOP_DATA_DIR": str(settings.data_dir),
+        "RAG_LOOP_DATABASE_URL": settings.database_url,
+        "RAG_LOOP_MLFLOW_TRACKING_URI": settings.mlflow_tracking_uri,
+        "RAG_LOOP_EVALUATION_GOLDEN_SETS": json.dumps(
+            [str(p) for p in settings.evaluation.golden_sets]
+        ),
+        "RAG_LOOP_TRAINING_EPOCHS": "3",  # long enough to be killed in the middle
+        "RAG_LOOP_TRAINING_HARD_NEGATIVES": "1",
+        "RAG_LOOP_TRAINING_MAX_SEQ_LENGTH": "128",
+        "RAG_LOOP_LOOP_MIN_IMPROVEMENT": "-1",
+        "RAG_LOOP_LOOP_MAX_REGRESSION": "1",
+    }
+    cli = str(Path(sys.executable).parent / "rag-loop")
+    process = subprocess.Popen(
+        [cli, "loop", "run"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    deadline = time.monotonic() + 300
+    while True:
+        cycles = cycle.list_cycles(services)
+        if cycles and cycles[0]["state"] == "training":
+            break
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "the cycle never started training"
+        time.sleep(0.2)
+    time.sleep(3)
+    process.send_signal(signal.SIGKILL)  # the machine dies mid-training
+    process.wait()
+    cycle_id = cycles[0]["id"]
+    assert cycle.cycle_view(services, cycle_id)["state"] == "training"
+    assert _aliases(services) == {"champion": 1}
+    answer = ask(services, "How do I report a stolen bike?")
+    assert answer.versions["index_version"] == 1  # the champion never stopped serving
+
+    with pytest.raises(Conflict, match="another process"):
+        cycle.resume(services, cycle_id)  # its lease is still fresh
+    result = subprocess.run(
+        [cli, "loop", "resume", str(cycle_id), "--force"],
+        env={**env, "RAG_LOOP_TRAINING_EPOCHS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr
+    view = json.loads(result.stdout)
+    assert view["state"] == "promoted", view["error"]
+    assert view["embedder"]["version"].startswith("embedder-c0001@")
+    assert not (settings.data_dir / "models" / "embedder-c0001.partial").exists()
+
+
+def test_shadow_mode_logs_the_candidate_beside_the_champion_then_promotes(
+    with_feedback: Callable[..., Services],
+) -> None:
+    services = with_feedback(
+        loop={
+            **ALWAYS_PASS,
+            "shadow_share": 1.0,
+            "shadow_min_labelled": 10,
+            "shadow_max_precision_drop": 1.0,
+        }
+    )
+    view = cycle.run_cycle(services, cycle.start_cycle(services, actor="test"), actor="test")
+    assert view["state"] == "shadow"
+    assert view["gate"]["shadow"]["shadowed"] == 0
+    index = serving_index(services.engine)
+    assert index.id == 1 and index.shadow is not None
+    assert index.shadow.id == view["candidate_index_version_id"]
+    assert tick(services) == {"advanced": "shadow"}  # no feedback yet: it waits
+
+    users = questions()[GOLDEN_SHARE:]
+    interactions = replay(services, users[:12], seed=1)
+    with services.sessions() as session:
+        shadows = list(session.scalars(select(ShadowRetrieval)))
+    assert {s.interaction_id for s in shadows} == set(interactions)
+    assert all(s.index_version_id == index.shadow.id and 0 <= s.overlap <= 1 for s in shadows)
+    assert all(len(s.chunk_ids) == services.settings.retrieval.top_k for s in shadows)
+
+    assert tick(services) == {"advanced": "promoted"}
+    final = cycle.cycle_view(services, view["id"])
+    stats = final["gate"]["shadow"]
+    assert stats["shadowed"] == 12 and stats["labelled"] == 12
+    assert 0 <= stats["champion_precision"] <= 1 and 0 <= stats["candidate_precision"] <= 1
+    assert final["decided_by"] == "shadow"
+    assert serving_index(services.engine).shadow is None
+    assert serving_index(services.engine).id == view["candidate_index_version_id"]
+
+
+def test_approval_holds_the_candidate_until_a_person_decides(
+    with_feedback: Callable[..., Services],
+) -> None:
+    services = with_feedback(loop={**ALWAYS_PASS, "require_approval": True})
+    view = cycle.run_cycle(services, cycle.start_cycle(services, actor="test"), actor="test")
+    assert view["state"] == "awaiting_approval"
+    assert _aliases(services) == {"champion": 1}
+    with pytest.raises(Conflict, match="still awaiting_approval"):
+        cycle.start_cycle(services, actor="test")
+    approved = cycle.approve(services, view["id"], actor="reviewer@example.com")
+    assert approved["state"] == "promoted" and approved["decided_by"] == "reviewer@example.com"
+    assert _aliases(services)["champion"] == view["candidate_index_version_id"]
+    with pytest.raises(Conflict, match="not awaiting approval"):
+        cycle.approve(services, view["id"], actor="again")
+
+
+def test_the_watch_rolls_back_when_live_metrics_regress(
+    with_feedback: Callable[..., Services],
+) -> None:
+    services = with_feedback(
+        loop={**ALWAYS_PASS, "rollback_min_samples": 8, "rollback_max_thumbs_down_increase": 0.2}
+    )
+    view = cycle.run_cycle(services, cycle.start_cycle(services, actor="test"), actor="test")
+    assert view["state"] == "promoted"
+    assert tick(services)["watch"]["status"] == "watching"  # no thumbs on the new index yet
+
+    # users hate the new index: thumbs down and every shown chunk marked not relevant
+    for item in questions()[GOLDEN_SHARE : GOLDEN_SHARE + 8]:
+        answer = ask(services, item["question"])
+        submit_feedback(
+            services,
+            FeedbackIn(
+                interaction_id=answer.interaction_id,
+                token=answer.feedback_token,
+                thumb="down",
+                chunk_labels=[
+                    ChunkLabel(chunk_id=s["chunk_id"], relevant=False) for s in answer.sources
+                ],
+            ),
+            actor="user",
+        )
+    result = tick(services)
+    assert result["watch"]["status"] == "rolled_back"
+    assert result["watch"]["after"]["thumbs_down_rate"] == 1.0
+    assert result["watch"]["before"]["thumbs_down_rate"] < 0.5
+    final = cycle.cycle_view(services, view["id"])
+    assert final["state"] == "rolled_back" and final["decided_by"] == "watch"
+    assert "thumbs-down rate" in final["gate"]["rollback"]["reason"]
+    with services.sessions() as session:
+        assert champion(session).id == view["champion_index_version_id"]
