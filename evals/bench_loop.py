@@ -62,7 +62,7 @@ def test_metrics(
         collection, version = index.collection_name, index.embedder_version
     embedder = services.embedders.get(version)
     ids = sorted(qrels)
-    vectors = embedder.embed_documents([queries[i] for i in ids])
+    vectors = embedder.embed_queries([queries[i] for i in ids])
     rankings = {}
     for qid, vector in zip(ids, vectors, strict=True):
         hits = services.store.query(collection, vector, 200)
@@ -88,8 +88,9 @@ def main() -> None:
     parser.add_argument("--pointer-share", type=float, default=0.5)
     parser.add_argument("--shown", type=int, default=10, help="chunks shown per answer")
     parser.add_argument("--chunk-size", type=int, default=4000)
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--hard-negatives", type=int, default=1)
+    parser.add_argument("--mode", choices=["query", "full"], default="query")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--hard-negatives", type=int, default=3)
     parser.add_argument("--init-from", choices=["champion", "base"], default="champion")
     parser.add_argument("--train-limit", type=int, default=None, help="first N train queries")
     parser.add_argument("--work", type=Path, default=None, help="keep the data dir here")
@@ -117,6 +118,7 @@ def main() -> None:
         retrieval={"top_k": args.shown},
         evaluation={"golden_sets": []},  # the gate sees held-out feedback only, never test
         training={
+            "mode": args.mode,
             "epochs": args.epochs,
             "hard_negatives": args.hard_negatives,
             "init_from": args.init_from,

@@ -40,14 +40,18 @@ def make_generator(settings: GeneratorSettings) -> Generator:
     return llamacpp_generator(settings)
 
 
-def _embedder_path(sessions: sessionmaker[Session], version: str) -> Path | None:
+def _embedder_path(sessions: sessionmaker[Session], version: str) -> tuple[Path, str | None] | None:
+    """Where a registered embedder version's (query) model lives, and the version of its
+    document encoder when it is asymmetric."""
     from rag_loop.db.models import EmbedderVersion
 
     with sessions() as session:
-        path = session.scalar(
-            select(EmbedderVersion.path).where(EmbedderVersion.version == version)
-        )
-    return Path(path) if path else None
+        row = session.execute(
+            select(EmbedderVersion.path, EmbedderVersion.document_version).where(
+                EmbedderVersion.version == version
+            )
+        ).first()
+    return (Path(row[0]), row[1]) if row else None
 
 
 @dataclass

@@ -257,14 +257,21 @@ class TrainingSettings(BaseModel):
         description="A thumbs-up answer without chunk labels makes its first cited chunk "
         "a positive.",
     )
+    mode: Literal["query", "full"] = Field(
+        default="query",
+        description="query: fine-tune the query encoder only, against the serving index's "
+        "frozen document vectors (every chunk a negative; no re-embedding of the corpus). "
+        "full: fine-tune one model for queries and documents (MultipleNegativesRankingLoss "
+        "with hard negatives) and re-embed the corpus with it.",
+    )
     init_from: Literal["champion", "base"] = Field(
         default="champion",
         description="Fine-tune the serving embedder further (champion) or start again from "
         "the service's base model (base).",
     )
-    epochs: int = Field(default=2, ge=1, le=50)
-    batch_size: int = Field(default=16, ge=2, le=1024)
-    learning_rate: float = Field(default=3e-5, gt=0, lt=1)
+    epochs: int = Field(default=3, ge=1, le=50)
+    batch_size: int = Field(default=32, ge=2, le=1024)
+    learning_rate: float = Field(default=5e-5, gt=0, lt=1)
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)
     max_seq_length: int = Field(default=256, ge=16, le=4096)
     seed: int = Field(default=0)

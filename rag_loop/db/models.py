@@ -362,7 +362,9 @@ class EmbedderVersion(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     version: Mapped[str] = mapped_column(String(256), unique=True)  # name@weights-hash
     name: Mapped[str] = mapped_column(String(256))
-    path: Mapped[str] = mapped_column(String(1024))
+    path: Mapped[str] = mapped_column(String(1024))  # the (query) model's folder
+    # asymmetric (query-side training): the frozen model that embeds documents
+    document_version: Mapped[str | None] = mapped_column(String(256), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     parent_version: Mapped[str | None] = mapped_column(String(256), default=None)
     base_version: Mapped[str] = mapped_column(String(256))  # the root of its lineage

@@ -320,7 +320,7 @@ def _answer_golden(
     # chunks of one document crowd the ranking; fetch enough to rank k distinct documents
     depth = max(top_k, k * 4 if dataset.id_level == "document" else k)
     queries = [item.query for item in dataset.items]
-    vectors = embedder.embed_documents(queries)
+    vectors = embedder.embed_queries(queries)
     rankings: dict[str, list[str]] = {}
     for item, vector in zip(dataset.items, vectors, strict=True):
         hits = services.store.query(index.collection_name, vector, depth)

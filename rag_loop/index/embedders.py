@@ -34,7 +34,15 @@ class Embedder(Protocol):
 
     def embed_documents(self, texts: list[str], *, progress: bool = False) -> np.ndarray: ...
 
+    def embed_queries(self, texts: list[str]) -> np.ndarray: ...
+
     def embed_query(self, text: str) -> np.ndarray: ...
+
+
+def document_side(version: str) -> str:
+    """The version of the model that embeds documents: an asymmetric embedder's version is
+    `query-model@hash+document-model@hash`."""
+    return version.rsplit("+", 1)[-1]
 
 
 def resolve_model_path(model: str) -> Path:
@@ -95,6 +103,9 @@ class SentenceTransformerEmbedder:
             )
         return np.asarray(vectors, dtype=np.float32)
 
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        return self.embed_documents(texts)
+
     def embed_query(self, text: str) -> np.ndarray:
         with self._lock:
             vector = self.model.encode(
@@ -139,8 +150,37 @@ class LazyEmbedder:
     def embed_documents(self, texts: list[str], *, progress: bool = False) -> np.ndarray:
         return self.loaded.embed_documents(texts, progress=progress)
 
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        return self.loaded.embed_queries(texts)
+
     def embed_query(self, text: str) -> np.ndarray:
         return self.loaded.embed_query(text)
+
+
+class AsymmetricEmbedder:
+    """A fine-tuned query encoder beside a frozen document encoder (the loop's query-side
+    training): documents keep their vectors, so a new index version reuses them."""
+
+    def __init__(self, query: Embedder, documents: Embedder) -> None:
+        if query.dimension != documents.dimension:
+            raise InvalidInput(
+                f"query encoder {query.version} has {query.dimension} dimensions, document "
+                f"encoder {documents.version} {documents.dimension}"
+            )
+        self.query = query
+        self.documents = documents
+        self.name = query.name
+        self.version = f"{query.version}+{documents.version}"
+        self.dimension = query.dimension
+
+    def embed_documents(self, texts: list[str], *, progress: bool = False) -> np.ndarray:
+        return self.documents.embed_documents(texts, progress=progress)
+
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        return self.query.embed_queries(texts)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self.query.embed_query(text)
 
 
 class EmbedderPool:
@@ -154,7 +194,7 @@ class EmbedderPool:
     def __init__(
         self,
         default: Embedder,
-        resolve: Callable[[str], Path | None],
+        resolve: Callable[[str], tuple[Path, str | None] | None],
         *,
         batch_size: int = 64,
         device: str = "cpu",
@@ -173,16 +213,21 @@ class EmbedderPool:
             return embedder
         if version == self.default.version:
             return self.default
+        found = self._resolve(version)
+        if found is None or not found[0].is_dir():
+            raise BackendUnavailable(
+                f"embedder {version} is not available here (its folder "
+                f"{found[0] if found else None} is missing); the data dir must hold the models "
+                "the loop trained"
+            )
+        path, documents_version = found
+        documents = self.get(documents_version) if documents_version else None
         with self._lock:
             embedder = self._loaded.get(version)
             if embedder is None:
-                path = self._resolve(version)
-                if path is None or not path.is_dir():
-                    raise BackendUnavailable(
-                        f"embedder {version} is not available here (its folder {path} is "
-                        "missing); the data dir must hold the models the loop trained"
-                    )
-                loaded = SentenceTransformerEmbedder(str(path), **self._options)  # type: ignore[arg-type]
+                loaded: Embedder = SentenceTransformerEmbedder(str(path), **self._options)  # type: ignore[arg-type]
+                if documents is not None:
+                    loaded = AsymmetricEmbedder(loaded, documents)
                 if loaded.version != version:
                     raise BackendUnavailable(
                         f"the weights in {path} are {loaded.version}, not {version}"

@@ -29,12 +29,22 @@ from rag_loop.registry.tracking import INDEX_EXPERIMENT
 from rag_loop.services import Services
 
 
+def _metadata(chunk: Chunk, title: str) -> dict[str, Any]:
+    return {
+        "document_id": chunk.document_id,
+        "document_version": chunk.document_version,
+        "title": title,
+        "ordinal": chunk.ordinal,
+    }
+
+
 @dataclass(frozen=True)
 class BuildResult:
     index_version_id: int
     collection_name: str
     chunks_total: int
     chunks_embedded: int
+    chunks_reused: int
     chunks_removed: int
     seconds: float
 
@@ -82,7 +92,10 @@ def build_index(
     batch_size: int = 512,
     progress: bool = False,
     actor: str = "loop",
+    reuse_from: str | None = None,
 ) -> BuildResult:
+    """Fill (or sync) the version's collection; `reuse_from` names a collection whose
+    vectors were made by the same document encoder, copied instead of embedded again."""
     started = time.perf_counter()
     with services.sessions() as session:
         version = session.get(IndexVersion, version_id)
@@ -110,6 +123,22 @@ def build_index(
     stale = sorted(present - wanted)
     services.store.delete(collection, stale)
     missing = [(c, t) for c, t in chunks if c.id not in present]
+    reused = 0
+    if reuse_from is not None and missing:
+        known = services.store.get_embeddings(reuse_from, [c.id for c, _ in missing])
+        if known:
+            have = [(c, t) for c, t in missing if c.id in known]
+            for start in range(0, len(have), 5000):
+                part = have[start : start + 5000]
+                services.store.add(
+                    collection,
+                    [c.id for c, _ in part],
+                    np.stack([known[c.id] for c, _ in part]),
+                    [c.text for c, _ in part],
+                    [_metadata(c, t) for c, t in part],
+                )
+            reused = len(have)
+            missing = [(c, t) for c, t in missing if c.id not in known]
     bar: Any = None
     if progress and missing:
         from tqdm import tqdm
@@ -123,15 +152,7 @@ def build_index(
             [c.id for c, _ in batch],
             np.asarray(vectors),
             [c.text for c, _ in batch],
-            [
-                {
-                    "document_id": c.document_id,
-                    "document_version": c.document_version,
-                    "title": t,
-                    "ordinal": c.ordinal,
-                }
-                for c, t in batch
-            ],
+            [_metadata(c, t) for c, t in batch],
         )
         if bar is not None:
             bar.update(len(batch))
@@ -164,6 +185,7 @@ def build_index(
                 "n_documents": n_documents,
                 "n_chunks": len(chunks),
                 "chunks_embedded": len(missing),
+                "chunks_reused": reused,
                 "build_seconds": seconds,
             },
             tags={"rag_loop.kind": "index_version", "rag_loop.index_version": str(version_id)},
@@ -186,8 +208,11 @@ def build_index(
                     "collection": collection,
                     "embedder_version": embedder.version,
                     "chunks_embedded": len(missing),
+                    "chunks_reused": reused,
                     "chunks_removed": len(stale),
                 },
             )
         )
-    return BuildResult(version_id, collection, len(chunks), len(missing), len(stale), seconds)
+    return BuildResult(
+        version_id, collection, len(chunks), len(missing), reused, len(stale), seconds
+    )

@@ -2,7 +2,8 @@
 
     collecting        feedback -> a versioned training set (leak-guarded, held-out split)
     training          fine-tune the serving embedder on it; register the model in MLflow
-    indexing          embed the live corpus with it into a new collection (resumable)
+    indexing          a new collection of the live corpus for it (resumable); query-side
+                      training keeps the document vectors, which are copied, not re-embedded
     evaluating        candidate and champion on the held-out feedback queries and the
                       golden sets; the gate decides
     shadow            (loop.shadow_share > 0) the candidate retrieves beside the champion
@@ -28,6 +29,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy import select, update
 
 from rag_loop.db.engine import transaction
@@ -41,7 +43,12 @@ from rag_loop.db.models import (
 )
 from rag_loop.errors import Conflict, InvalidInput, NotFound, RagLoopError
 from rag_loop.evaluation.runner import EvalRequest, run_evaluation
-from rag_loop.index.embedders import SentenceTransformerEmbedder
+from rag_loop.index.embedders import (
+    AsymmetricEmbedder,
+    Embedder,
+    SentenceTransformerEmbedder,
+    document_side,
+)
 from rag_loop.index.rebuild import build_index, create_index_version
 from rag_loop.index.versions import CANDIDATE, CHAMPION, champion, drop_alias, set_alias
 from rag_loop.loop.gate import decide
@@ -57,7 +64,7 @@ from rag_loop.registry.embedders import (
 from rag_loop.registry.tracking import LOOP_EXPERIMENT
 from rag_loop.services import Services
 from rag_loop.training.dataset import build_training_set
-from rag_loop.training.finetune import finetune
+from rag_loop.training.finetune import finetune, finetune_queries
 
 log = logging.getLogger(__name__)
 
@@ -277,12 +284,36 @@ def _train(services: Services, cycle: LoopCycle) -> str:
         parent = ensure_base(services)
     folder = model_folder(services, cycle.id)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    trained = finetune(Path(parent.path), Path(training_set.path), folder, settings)
-    row = register_trained(services, trained, parent, training_set, cycle_id=cycle.id)
-    embedder = SentenceTransformerEmbedder(
-        str(folder),
-        batch_size=services.settings.embedder.batch_size,
-        device=services.settings.embedder.device,
+    options = {
+        "batch_size": services.settings.embedder.batch_size,
+        "device": services.settings.embedder.device,
+    }
+    embedder: Embedder
+    if settings.mode == "query":
+        # the documents keep the champion's vectors: the query encoder learns against them
+        documents_version = document_side(index.embedder_version)
+        ids = sorted(services.store.ids(index.collection_name))
+        found = services.store.get_embeddings(index.collection_name, ids)
+        bank = np.stack([found[i] for i in ids])
+        trained = finetune_queries(
+            Path(parent.path), Path(training_set.path), folder, settings, ids, bank
+        )
+        embedder = AsymmetricEmbedder(
+            SentenceTransformerEmbedder(str(folder), **options),  # type: ignore[arg-type]
+            services.embedders.get(documents_version),
+        )
+    else:
+        documents_version = None
+        trained = finetune(Path(parent.path), Path(training_set.path), folder, settings)
+        embedder = SentenceTransformerEmbedder(str(folder), **options)  # type: ignore[arg-type]
+    row = register_trained(
+        services,
+        trained,
+        parent,
+        training_set,
+        cycle_id=cycle.id,
+        version=embedder.version,
+        document_version=documents_version,
     )
     services.embedders.add(embedder)
     _set(services, cycle.id, embedder_version_id=row.id)
@@ -301,7 +332,14 @@ def _index(services: Services, cycle: LoopCycle) -> str:
             services, embedder, parent, f"loop cycle {cycle.id}: {model.version}"
         )
         _set(services, cycle.id, candidate_index_version_id=version_id)
-    build_index(services, version_id, embedder, batch_size=256)
+    same_documents = document_side(parent.embedder_version) == document_side(model.version)
+    build_index(
+        services,
+        version_id,
+        embedder,
+        batch_size=256,
+        reuse_from=parent.collection_name if same_documents else None,
+    )
     return "evaluating"
 
 

@@ -80,13 +80,16 @@ def register_trained(
     training_set: TrainingSet,
     *,
     cycle_id: int,
+    version: str,
+    document_version: str | None,
 ) -> EmbedderVersion:
     """Record a fine-tuned model: an MLflow run with its parameters, loss and training set
     as a dataset input, the weights as the run's artifact, a new registered model version
     tagged with its lineage, and the SQL row the service loads it by."""
     tags = {
         "rag_loop.kind": "embedder",
-        "rag_loop.embedder_version": trained.version,
+        "rag_loop.embedder_version": version,
+        "rag_loop.document_encoder": document_version or "same",
         "rag_loop.parent_embedder": parent.version,
         "rag_loop.base_embedder": parent.base_version,
         "rag_loop.training_set": training_set.content_hash,
@@ -94,7 +97,8 @@ def register_trained(
     }
     params: dict[str, Any] = {
         **trained.params,
-        "embedder_version": trained.version,
+        "embedder_version": version,
+        "document_encoder": document_version or "same",
         "parent_embedder": parent.version,
         "base_embedder": parent.base_version,
         "training_set": training_set.content_hash,
@@ -127,9 +131,10 @@ def register_trained(
         )
     with transaction(services.sessions) as session:
         row = EmbedderVersion(
-            version=trained.version,
+            version=version,
             name=trained.folder.name,
             path=str(trained.folder),
+            document_version=document_version,
             parent_version=parent.version,
             base_version=parent.base_version,
             training_set_id=training_set.id,

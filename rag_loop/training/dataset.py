@@ -337,7 +337,7 @@ def _collect(
                 stats["thumbs_up_votes"] += 1
     if pointed_docs:
         embedder = services.embedders.get(index.embedder_version)
-        vectors = embedder.embed_documents([q.text for q, _ in pointed_docs])
+        vectors = embedder.embed_queries([q.text for q, _ in pointed_docs])
         for (query, document_id), vector in zip(pointed_docs, vectors, strict=True):
             hits = services.store.query(
                 index.collection_name, vector, 1, {"document_id": document_id}
@@ -380,7 +380,7 @@ def _mine(
     if not queries or not settings.hard_negatives:
         return [[] for _ in queries]
     embedder = services.embedders.get(index.embedder_version)
-    vectors = embedder.embed_documents([q for q, _ in queries])
+    vectors = embedder.embed_queries([q for q, _ in queries])
     out: list[list[str]] = []
     for (_query, positives), vector in zip(queries, vectors, strict=True):
         hits = services.store.query(index.collection_name, vector, settings.mine_depth)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rag_loop.errors import InvalidInput
 from rag_loop.index.embedders import weights_hash
 from rag_loop.settings import TrainingSettings
@@ -65,49 +67,19 @@ def finetune(
     started = time.perf_counter()
 
     from datasets import Dataset
-    from sentence_transformers import (
-        SentenceTransformer,
-        SentenceTransformerTrainer,
-        SentenceTransformerTrainingArguments,
-    )
-    from sentence_transformers.base.sampler import BatchSamplers
+    from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
-    from transformers.utils import logging as transformers_logging
 
-    transformers_logging.set_verbosity_error()
     dataset = Dataset.from_dict({c: [r[c] for r in rows] for c in columns})
     model = SentenceTransformer(str(base_folder), device="cpu")
     model.max_seq_length = min(settings.max_seq_length, model.max_seq_length or 512)
     loss = MultipleNegativesRankingLoss(model)
     batch_size = min(settings.batch_size, len(rows))
-    with tempfile.TemporaryDirectory(prefix="rag-loop-train-") as scratch:
-        args = SentenceTransformerTrainingArguments(
-            output_dir=scratch,
-            num_train_epochs=settings.epochs,
-            per_device_train_batch_size=batch_size,
-            learning_rate=settings.learning_rate,
-            warmup_steps=settings.warmup_ratio,  # a float below 1 is a share of the steps
-            seed=settings.seed,
-            data_seed=settings.seed,
-            batch_sampler=BatchSamplers.NO_DUPLICATES,
-            save_strategy="no",
-            report_to="none",
-            logging_strategy="epoch",
-            disable_tqdm=True,
-            use_cpu=True,
-            dataloader_num_workers=0,
-        )
-        trainer = SentenceTransformerTrainer(
-            model=model, args=args, train_dataset=dataset, loss=loss
-        )
-        result = trainer.train()
-    partial = out_folder.with_name(out_folder.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    model.save(str(partial))
-    shutil.rmtree(out_folder, ignore_errors=True)
-    partial.rename(out_folder)  # a crash never leaves a half-written model under its name
+    result = _train(model, dataset, loss, settings, batch_size, no_duplicates=True)
+    _save(model, out_folder)
     seconds = time.perf_counter() - started
     params = {
+        "mode": "full",
         "loss": "MultipleNegativesRankingLoss",
         "batch_sampler": "no_duplicates",
         "hard_negatives_per_example": len(columns) - 2,
@@ -132,3 +104,122 @@ def finetune(
         params=params,
         metrics=metrics,
     )
+
+
+def finetune_queries(
+    base_folder: Path,
+    examples_path: Path,
+    out_folder: Path,
+    settings: TrainingSettings,
+    bank_ids: list[str],
+    bank: np.ndarray,
+) -> TrainedModel:
+    """Query-side training: only the query encoder learns, scored against `bank` (the
+    vectors of `bank_ids`, from the serving index) with `BankSoftmaxLoss`."""
+    import torch
+
+    index = {chunk_id: i for i, chunk_id in enumerate(bank_ids)}
+    anchors: list[str] = []
+    positives: list[int] = []
+    by_anchor: dict[str, set[int]] = {}
+    skipped = 0
+    with examples_path.open(encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line)
+            position = index.get(row["positive_chunk_id"])
+            if position is None:  # a chunk no longer in the index
+                skipped += 1
+                continue
+            anchors.append(row["anchor"])
+            positives.append(position)
+            by_anchor.setdefault(row["anchor"], set()).add(position)
+    if not anchors:
+        raise InvalidInput(f"no example of {examples_path} has its positive in the index")
+    masked = [sorted(by_anchor[a] - {p}) for a, p in zip(anchors, positives, strict=True)]
+    started = time.perf_counter()
+
+    from datasets import Dataset
+    from sentence_transformers import SentenceTransformer
+
+    from rag_loop.training.losses import BankSoftmaxLoss
+
+    model = SentenceTransformer(str(base_folder), device="cpu")
+    model.max_seq_length = min(settings.max_seq_length, model.max_seq_length or 512)
+    loss = BankSoftmaxLoss(model, torch.from_numpy(np.asarray(bank)), positives, masked)
+    dataset = Dataset.from_dict({"anchor": anchors, "label": list(range(len(anchors)))})
+    batch_size = min(settings.batch_size, len(anchors))
+    result = _train(model, dataset, loss, settings, batch_size, no_duplicates=False)
+    _save(model, out_folder)
+    seconds = time.perf_counter() - started
+    params = {
+        "mode": "query",
+        "loss": "BankSoftmaxLoss (query encoder vs the frozen index's vectors)",
+        "bank_size": len(bank_ids),
+        "examples": len(anchors),
+        "examples_skipped": skipped,
+        "epochs": settings.epochs,
+        "batch_size": batch_size,
+        "learning_rate": settings.learning_rate,
+        "warmup_ratio": settings.warmup_ratio,
+        "max_seq_length": model.max_seq_length,
+        "seed": settings.seed,
+        "base_folder": str(base_folder),
+    }
+    metrics = {
+        "train_loss": float(result.training_loss),
+        "train_seconds": seconds,
+        "train_steps": float(result.global_step),
+    }
+    return TrainedModel(
+        out_folder, f"{out_folder.name}@{weights_hash(out_folder)}", seconds, params, metrics
+    )
+
+
+def _train(
+    model: Any,
+    dataset: Any,
+    loss: Any,
+    settings: TrainingSettings,
+    batch_size: int,
+    *,
+    no_duplicates: bool,
+) -> Any:
+    from sentence_transformers import (
+        SentenceTransformerTrainer,
+        SentenceTransformerTrainingArguments,
+    )
+    from sentence_transformers.base.sampler import BatchSamplers
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    with tempfile.TemporaryDirectory(prefix="rag-loop-train-") as scratch:
+        args = SentenceTransformerTrainingArguments(
+            output_dir=scratch,
+            num_train_epochs=settings.epochs,
+            per_device_train_batch_size=batch_size,
+            learning_rate=settings.learning_rate,
+            warmup_steps=settings.warmup_ratio,  # a float below 1 is a share of the steps
+            seed=settings.seed,
+            data_seed=settings.seed,
+            batch_sampler=BatchSamplers.NO_DUPLICATES
+            if no_duplicates
+            else BatchSamplers.BATCH_SAMPLER,
+            save_strategy="no",
+            report_to="none",
+            logging_strategy="epoch",
+            disable_tqdm=True,
+            use_cpu=True,
+            dataloader_num_workers=0,
+        )
+        trainer = SentenceTransformerTrainer(
+            model=model, args=args, train_dataset=dataset, loss=loss
+        )
+        return trainer.train()
+
+
+def _save(model: Any, out_folder: Path) -> None:
+    partial = out_folder.with_name(out_folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    model.save(str(partial))
+    shutil.rmtree(out_folder, ignore_errors=True)
+    partial.rename(out_folder)  # a crash never leaves a half-written model under its name

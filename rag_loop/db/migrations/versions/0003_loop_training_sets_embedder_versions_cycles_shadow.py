@@ -41,6 +41,7 @@ def upgrade() -> None:
         sa.Column("version", sa.String(length=256), nullable=False),
         sa.Column("name", sa.String(length=256), nullable=False),
         sa.Column("path", sa.String(length=1024), nullable=False),
+        sa.Column("document_version", sa.String(length=256), nullable=True),
         sa.Column("created_at", rag_loop.db.models.UTCDateTime(timezone=True), nullable=False),
         sa.Column("parent_version", sa.String(length=256), nullable=True),
         sa.Column("base_version", sa.String(length=256), nullable=False),
