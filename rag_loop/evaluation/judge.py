@@ -161,7 +161,9 @@ def make_judge(settings: EvaluationSettings) -> LangChainJudge | None:
             base_url=settings.judge_base_url,
             api_key=settings.judge_api_key,
             temperature=0.0,
-            max_completion_tokens=settings.judge_max_tokens,
+            # `max_tokens`, not `max_completion_tokens`: llama_cpp.server (and older
+            # OpenAI-compatible servers) ignore the newer name and generate unbounded
+            extra_body={"max_tokens": settings.judge_max_tokens},
             timeout=settings.judge_timeout_seconds,
             max_retries=0,
         )

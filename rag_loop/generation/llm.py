@@ -57,7 +57,9 @@ def openai_generator(settings: GeneratorSettings) -> ChatGenerator:
         base_url=settings.base_url,
         api_key=settings.api_key,
         temperature=settings.temperature,
-        max_completion_tokens=settings.max_tokens,
+        # `max_tokens`, not `max_completion_tokens`: llama_cpp.server (and older
+        # OpenAI-compatible servers) ignore the newer name and generate unbounded
+        extra_body={"max_tokens": settings.max_tokens},
         timeout=settings.timeout_seconds,
         max_retries=0,
     )
