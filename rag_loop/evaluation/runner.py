@@ -65,6 +65,8 @@ class EvalRequest:
     use_judge: bool = True  # False: skip the judge even when one is configured
     limit: int | None = None  # golden: only the first N questions
     trigger: str = "manual"  # api | cli | schedule | loop | manual
+    # golden: rank only (no answers, no answer metrics, no judge): the loop's gate
+    retrieval_only: bool = False
 
 
 @dataclass
@@ -110,6 +112,10 @@ def run_evaluation(
         )
     params: dict[str, Any] = {"source": request.source, "dataset": label, "k": settings.k}
     try:
+        if request.retrieval_only:
+            if request.source != "golden":
+                raise InvalidInput("retrieval_only needs a golden set")
+            request.use_judge = False
         if request.use_judge and judge is None:
             judge = make_judge(settings)
         if not request.use_judge:
@@ -130,8 +136,10 @@ def run_evaluation(
         if request.source == "production":
             served = sorted({str(i.index_version) for i in dataset.items if i.index_version})
             params["index_versions_served"] = ",".join(served)
-        results, retrieved_ids, ir = _score(services, dataset, index, judge, embedder)
-        names = list(NON_LLM_METRICS)
+        results, retrieved_ids, ir = _score(
+            services, dataset, index, judge, embedder, retrieval_only=request.retrieval_only
+        )
+        names = [] if request.retrieval_only else list(NON_LLM_METRICS)
         if judge is not None:
             names += list(settings.judge_metrics)
         metrics, failures = aggregate(results, names, threshold=settings.faithfulness_threshold)
@@ -144,8 +152,9 @@ def run_evaluation(
         if thumbs:
             metrics["thumbs_up_rate"] = thumbs.count("up") / len(thumbs)
             metrics["thumbs_count"] = float(len(thumbs))
-        generation_failures = sum(1 for i in dataset.items if i.answer is None)
-        metrics["generation_failures"] = float(generation_failures)
+        if not request.retrieval_only:
+            generation_failures = sum(1 for i in dataset.items if i.answer is None)
+            metrics["generation_failures"] = float(generation_failures)
         metrics["n_samples"] = float(len(dataset.items))
         primary = ir_metric_names(settings.k)[0] if ir else "id_context_precision"
         seconds = time.perf_counter() - started
@@ -276,16 +285,20 @@ def _score(
     index: IndexVersion | None,
     judge: LangChainJudge | None,
     embedder: Embedder,
+    *,
+    retrieval_only: bool = False,
 ) -> tuple[list[SampleResult], list[list[str]], dict[str, dict[str, float]]]:
     settings = services.settings.evaluation
     ir: dict[str, dict[str, float]] = {}
     if index is not None:
-        rankings = _answer_golden(services, dataset, index, embedder)
+        rankings = _answer_golden(services, dataset, index, embedder, answer=not retrieval_only)
         ir = ranking_metrics(
             rankings, {i.sample_id: i.reference_ids for i in dataset.items}, settings.k
         )
     key = "document_id" if dataset.id_level == "document" else "chunk_id"
     retrieved_ids = [[r[key] for r in item.retrieved] for item in dataset.items]
+    if retrieval_only:
+        return [SampleResult() for _ in dataset.items], retrieved_ids, ir
     results = [
         score_without_judge(
             item,
@@ -311,7 +324,12 @@ def _score(
 
 
 def _answer_golden(
-    services: Services, dataset: EvalDataset, index: IndexVersion, embedder: Embedder
+    services: Services,
+    dataset: EvalDataset,
+    index: IndexVersion,
+    embedder: Embedder,
+    *,
+    answer: bool = True,
 ) -> dict[str, list[str]]:
     """Retrieve and answer every golden question against `index`; returns the ranking of
     reference-level ids (documents or chunks, best first, each once) per question."""
@@ -328,11 +346,12 @@ def _answer_golden(
         item.retrieved = [
             {"chunk_id": h.chunk_id, "document_id": h.document_id, "text": h.text} for h in shown
         ]
-        try:
-            item.answer = services.generator.generate(item.query, shown).text
-        except RagLoopError as exc:
-            log.warning("generator failed on %s: %s", item.sample_id, exc.message)
-            item.answer = None
+        if answer:
+            try:
+                item.answer = services.generator.generate(item.query, shown).text
+            except RagLoopError as exc:
+                log.warning("generator failed on %s: %s", item.sample_id, exc.message)
+                item.answer = None
         key = "document_id" if dataset.id_level == "document" else "chunk_id"
         rankings[item.sample_id] = list(dict.fromkeys(getattr(h, key) for h in hits))
     return rankings

@@ -377,10 +377,12 @@ def _evaluate(services: Services, cycle: LoopCycle) -> str:
                     index_version_id=version_id,
                     use_judge=False,
                     trigger="loop",
+                    retrieval_only=True,
                 ),
             )
             runs[key] = {
                 "dataset": str(path),
+                "kind": "heldout" if str(path) == training_set.heldout_path else "golden",
                 "role": role,
                 "index_version": version_id,
                 "eval_run_id": outcome.run_id,
