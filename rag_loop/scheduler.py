@@ -22,6 +22,23 @@ from rag_loop.services import Services
 log = logging.getLogger(__name__)
 
 
+DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def cron_trigger(expression: str) -> Any:
+    """A 5-field cron expression with standard weekday numbers (0 and 7 are Sunday) as an
+    APScheduler trigger in UTC. APScheduler 3 numbers weekdays from Monday, so numbers in
+    the weekday field are turned into names first ("1-5" -> "mon-fri")."""
+    import re
+
+    from apscheduler.triggers.cron import CronTrigger
+
+    fields = expression.split()
+    if len(fields) == 5:
+        fields[4] = re.sub(r"(?<![/\d])[0-7](?!\d)", lambda m: DAY_NAMES[int(m.group())], fields[4])
+    return CronTrigger.from_crontab(" ".join(fields), timezone="UTC")
+
+
 def _guarded(name: str, fn: Callable[[], Any]) -> Callable[[], None]:
     def job() -> None:
         try:
@@ -41,7 +58,6 @@ def start_schedule(services: Services) -> Any | None:
     if not (evaluation or loop.auto or loop.schedule):
         return None
     from apscheduler.schedulers.background import BackgroundScheduler
-    from apscheduler.triggers.cron import CronTrigger
     from apscheduler.triggers.interval import IntervalTrigger
 
     from rag_loop.evaluation.service import scheduled_round
@@ -52,7 +68,7 @@ def start_schedule(services: Services) -> Any | None:
     if evaluation:
         scheduler.add_job(
             _guarded("scheduled evaluation round", lambda: scheduled_round(services)),
-            CronTrigger.from_crontab(evaluation, timezone="UTC"),
+            cron_trigger(evaluation),
             id="evaluation-round",
             **options,
         )
@@ -66,7 +82,7 @@ def start_schedule(services: Services) -> Any | None:
     if loop.schedule:
         scheduler.add_job(
             _guarded("scheduled loop cycle", lambda: scheduled_cycle(services)),
-            CronTrigger.from_crontab(loop.schedule, timezone="UTC"),
+            cron_trigger(loop.schedule),
             id="loop-cycle",
             **options,
         )

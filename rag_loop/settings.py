@@ -18,10 +18,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 def _cron(value: str | None) -> str | None:
     if value is None or not value.strip():
         return None
-    from apscheduler.triggers.cron import CronTrigger
+    from rag_loop.scheduler import cron_trigger
 
     try:
-        CronTrigger.from_crontab(value, timezone="UTC")
+        cron_trigger(value)
     except ValueError as exc:
         raise ValueError(
             f"{value!r} is not a 5-field cron expression (minute hour day month "
