@@ -93,8 +93,37 @@ def build_summary(services: Services, *, runs: int = 200, worst: int = WORST) ->
         "thumbs_by_day": thumbs_by_day(services),
         "versions": compare_by_version(services),
         "drift": recent_checks(services.engine, limit=20),
+        "loop_cycles": loop_cycles(services),
         "worst_interactions": worst_interactions(services, production, worst),
     }
+
+
+def loop_cycles(services: Services, limit: int = 20) -> list[dict[str, Any]]:
+    """The latest loop cycles: state, trigger, the gate's numbers, stage times."""
+    from rag_loop.loop.cycle import list_cycles
+
+    return [
+        {
+            "id": c["id"],
+            "state": c["state"],
+            "trigger": c["trigger"],
+            "created_at": c["created_at"],
+            "decided_by": c["decided_by"],
+            "error": c["error"],
+            "champion": c["champion_index_version_id"],
+            "candidate": c["candidate_index_version_id"],
+            "embedder": (c["embedder"] or {}).get("version"),
+            "examples": (c["training_set"] or {}).get("n_examples"),
+            "primary_metric": c["gate"].get("primary_metric"),
+            "primary_delta": c["gate"].get("primary_delta"),
+            "shadow": c["gate"].get("shadow"),
+            "watch": (c["gate"].get("watch") or {}).get("status"),
+            "seconds": round(
+                sum(s["seconds"] for s in c["stages"].values() if isinstance(s, dict)), 1
+            ),
+        }
+        for c in list_cycles(services, limit)
+    ]
 
 
 def thumbs_by_day(services: Services) -> list[dict[str, Any]]:
