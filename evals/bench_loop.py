@@ -5,7 +5,7 @@ read by path, nothing of it committed):
 
 1. ingest the corpus (the base model, all-MiniLM-L6-v2, builds the first index);
 2. replay the train split's queries as user asks, in `--batches` seeded batches; after each
-   ask a seeded simulated user (evals/simulated_user.py) sends feedback from the train
+   ask a seeded simulated user (rag_loop/feedback/simulated.py) sends feedback from the train
    qrels: labels on the shown chunks (a share flipped: noise), a thumb, and for a share of
    the misses a pointer to a right document;
 3. after each batch, one full loop cycle (training set -> fine-tune -> candidate index ->
@@ -32,10 +32,10 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from evals.simulated_user import SimulatedUser  # noqa: E402
 from rag_loop.corpus.ingest import ingest  # noqa: E402
 from rag_loop.evaluation.metrics import ranking_metrics  # noqa: E402
 from rag_loop.feedback.service import submit_feedback  # noqa: E402
+from rag_loop.feedback.simulated import SimulatedUser  # noqa: E402
 from rag_loop.index.versions import champion  # noqa: E402
 from rag_loop.interactions.ask import ask  # noqa: E402
 from rag_loop.loop.cycle import run_cycle, start_cycle  # noqa: E402

@@ -40,6 +40,7 @@ eval_app = typer.Typer(
 )
 drift_app = typer.Typer(help="Data and concept drift.", no_args_is_help=True)
 events_app = typer.Typer(help="Events the loop reacts to (e.g. drift).", no_args_is_help=True)
+demo_app = typer.Typer(help="Demo and benchmark helpers.", no_args_is_help=True)
 loop_app = typer.Typer(
     help="The training loop: feedback -> fine-tuned retriever -> gated promotion, rollback.",
     no_args_is_help=True,
@@ -54,6 +55,7 @@ app.add_typer(eval_app, name="eval")
 app.add_typer(drift_app, name="drift")
 app.add_typer(events_app, name="events")
 app.add_typer(loop_app, name="loop")
+app.add_typer(demo_app, name="demo")
 
 CLI_ACTOR = "cli"
 DEFAULT_SCOPES = ["ask", "feedback"]
@@ -472,6 +474,28 @@ def report_command(
         json_out.write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
         written["json"] = str(json_out)
     emit(written)
+
+
+@demo_app.command("replay")
+def demo_replay(
+    questions: Annotated[
+        Path, typer.Argument(help="Questions with document_ids (the golden-set format).")
+    ],
+    noise: Annotated[
+        float, typer.Option(help="Share of chunk labels flipped.", min=0.0, max=1.0)
+    ] = 0.0,
+    pointer_share: Annotated[
+        float, typer.Option(help="Share of misses answered with a pointer.", min=0.0, max=1.0)
+    ] = 1.0,
+    seed: Annotated[int, typer.Option(help="Seeds the simulated user.")] = 0,
+) -> None:
+    """Ask every question and send a simulated user's feedback (labels on the shown chunks
+    from the file's document_ids, a thumb, pointers), through the real service."""
+    from rag_loop.feedback.simulated import SimulatedUser, replay
+
+    user = SimulatedUser(seed=seed, label_noise=noise, pointer_share=pointer_share)
+    asked = replay(services(), questions, user, actor="cli-demo")
+    emit({"asked": asked, "feedback": user.counts})
 
 
 CycleId = Annotated[int, typer.Argument(help="The loop cycle id (`rag-loop loop list`).")]

@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from evals.simulated_user import SimulatedUser
 from rag_loop.corpus.ingest import ingest
 from rag_loop.feedback.service import submit_feedback
+from rag_loop.feedback.simulated import SimulatedUser
 from rag_loop.interactions.ask import ask
 from rag_loop.services import Services
 from rag_loop.settings import Settings

@@ -4,13 +4,15 @@ After each answer it sends what a careful user of a thumbs widget would: a label
 shown chunk (relevant when its document is in the qrels), a thumb (up when the first
 source is relevant), and, for a share of the answers that showed no relevant source, a
 pointer to a right document. A share of the chunk labels is flipped: the noise real users
-bring. Used by the loop benchmark and the loop's tests, through the real feedback service.
+bring. Used by `rag-loop demo replay`, the loop benchmark and the tests, through the real
+feedback service.
 """
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from rag_loop.feedback.schemas import ChunkLabel, FeedbackIn, SourcePointer
@@ -55,3 +57,29 @@ class SimulatedUser:
             chunk_labels=labels,
             source=pointer,
         )
+
+
+def replay(services: Any, path: Path, user: SimulatedUser, *, actor: str = "simulated-user") -> int:
+    """Ask every question of a question file (the golden-set format, with `document_ids`)
+    and send the user's feedback through the real services; returns how many."""
+    from rag_loop.errors import InvalidInput
+    from rag_loop.evaluation.datasets import load_golden
+    from rag_loop.feedback.service import submit_feedback
+    from rag_loop.interactions.ask import ask
+
+    dataset = load_golden(path)
+    if dataset.id_level != "document":
+        raise InvalidInput(f"{path} must name document_ids for the simulated user")
+    for item in dataset.items:
+        answer = ask(services, item.query, client="simulated-user")
+        submit_feedback(
+            services,
+            user.feedback(
+                answer.interaction_id,
+                answer.feedback_token,
+                answer.sources,
+                set(item.reference_ids),
+            ),
+            actor=actor,
+        )
+    return len(dataset.items)
