@@ -6,8 +6,8 @@ read by path, nothing of it committed):
 1. ingest the corpus (the base model, all-MiniLM-L6-v2, builds the first index);
 2. replay the train split's queries as user asks, in `--batches` seeded batches; after each
    ask a seeded simulated user (rag_loop/feedback/simulated.py) sends feedback from the train
-   qrels: labels on the shown chunks (a share flipped: noise), a thumb, and for a share of
-   the misses a pointer to a right document;
+   qrels: labels on the first `--label-depth` shown chunks (a share flipped: noise), a
+   thumb, and for a share of the misses a pointer to a right document;
 3. after each batch, one full loop cycle (training set -> fine-tune -> candidate index ->
    gate on the held-out feedback queries -> promotion or rejection);
 4. on the test split's queries only (never seen by the loop): nDCG@10, Recall@10,
@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.1, help="share of labels flipped")
     parser.add_argument("--pointer-share", type=float, default=0.5)
     parser.add_argument("--shown", type=int, default=10, help="chunks shown per answer")
+    parser.add_argument("--label-depth", type=int, default=3, help="shown chunks labelled")
     parser.add_argument("--chunk-size", type=int, default=4000)
     parser.add_argument("--mode", choices=["query", "full"], default="query")
     parser.add_argument("--epochs", type=int, default=3)
@@ -144,7 +145,12 @@ def main() -> None:
     base = stage("test-eval base", lambda: test_metrics(services, queries, test))
     results.append({"after": "base", **base})
     print(json.dumps(results[-1]), flush=True)
-    user = SimulatedUser(seed=args.seed, label_noise=args.noise, pointer_share=args.pointer_share)
+    user = SimulatedUser(
+        seed=args.seed,
+        label_noise=args.noise,
+        pointer_share=args.pointer_share,
+        label_depth=args.label_depth,
+    )
 
     for n, batch in enumerate(batches, start=1):
 

@@ -488,12 +488,17 @@ def demo_replay(
         float, typer.Option(help="Share of misses answered with a pointer.", min=0.0, max=1.0)
     ] = 1.0,
     seed: Annotated[int, typer.Option(help="Seeds the simulated user.")] = 0,
+    label_depth: Annotated[
+        int, typer.Option(help="Shown chunks labelled per answer (the first ones).", min=1)
+    ] = 10,
 ) -> None:
     """Ask every question and send a simulated user's feedback (labels on the shown chunks
     from the file's document_ids, a thumb, pointers), through the real service."""
     from rag_loop.feedback.simulated import SimulatedUser, replay
 
-    user = SimulatedUser(seed=seed, label_noise=noise, pointer_share=pointer_share)
+    user = SimulatedUser(
+        seed=seed, label_noise=noise, pointer_share=pointer_share, label_depth=label_depth
+    )
     asked = replay(services(), questions, user, actor="cli-demo")
     emit({"asked": asked, "feedback": user.counts})
 

@@ -254,8 +254,8 @@ class TrainingSettings(BaseModel):
     )
     thumbs_up_positive: bool = Field(
         default=True,
-        description="A thumbs-up answer without chunk labels makes its first cited chunk "
-        "a positive.",
+        description="A thumb is a vote on the answer's first cited chunk: up for it (a "
+        "positive even without chunk labels), down against it.",
     )
     mode: Literal["query", "full"] = Field(
         default="query",

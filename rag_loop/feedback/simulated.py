@@ -1,11 +1,11 @@
 """A seeded simulated user who knows the relevance judgements (qrels) of a data set.
 
-After each answer it sends what a careful user of a thumbs widget would: a label on every
-shown chunk (relevant when its document is in the qrels), a thumb (up when the first
-source is relevant), and, for a share of the answers that showed no relevant source, a
-pointer to a right document. A share of the chunk labels is flipped: the noise real users
-bring. Used by `rag-loop demo replay`, the loop benchmark and the tests, through the real
-feedback service.
+After each answer it sends what a careful user of a thumbs widget would: a label on each of
+the first `label_depth` shown chunks, the ones a person reads (relevant when its document
+is in the qrels), a thumb (up when the first source is relevant), and, for a share of the
+answers whose read chunks held no relevant source, a pointer to a right document. A share
+of the chunk labels is flipped: the noise real users bring. Used by `rag-loop demo replay`,
+the loop benchmark and the tests, through the real feedback service.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ class SimulatedUser:
     seed: int = 0
     label_noise: float = 0.1  # share of chunk labels flipped
     pointer_share: float = 0.5  # share of misses answered with a pointer to a right document
+    label_depth: int = 10  # chunks labelled per answer: the first ones, which people read
     counts: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -35,7 +36,8 @@ class SimulatedUser:
         self, interaction_id: str, token: str, sources: list[dict[str, Any]], relevant: set[str]
     ) -> FeedbackIn:
         labels = []
-        for source in sources:
+        read = sources[: self.label_depth]
+        for source in read:
             truth = source["document_id"] in relevant
             label = truth
             if self._rng.random() < self.label_noise:
@@ -43,7 +45,7 @@ class SimulatedUser:
                 self._count("flipped_labels")
             labels.append(ChunkLabel(chunk_id=source["chunk_id"], relevant=label))
         first_ok = bool(sources) and sources[0]["document_id"] in relevant
-        hit = any(s["document_id"] in relevant for s in sources)
+        hit = any(s["document_id"] in relevant for s in read)
         pointer = None
         if not hit and relevant and self._rng.random() < self.pointer_share:
             pointer = SourcePointer(document_id=self._rng.choice(sorted(relevant)))

@@ -4,8 +4,8 @@ What counts, per interaction (feedback up to the cycle's snapshot time):
 
 positives   shown chunks labelled relevant; a pointer to the right chunk, or to a document
             (its chunk nearest to the query in the serving index); the chunk of an approved
-            correction; with `thumbs_up_positive`, the first cited chunk of a thumbs-up
-            answer that has no chunk labels
+            correction; with `thumbs_up_positive`, the thumb is a vote on the answer's first
+            cited chunk (up: for it, down: against it)
 negatives   shown chunks labelled not relevant, then chunks mined from the serving index
             (the highest ranked that are neither positives nor from a positive's document
             and score below `mine_max_relative_score` of the positive: maybe unlabelled
@@ -15,7 +15,8 @@ The rules for conflicting and noisy labels: within one interaction the latest la
 chunk wins (earlier ones stay in the history). Interactions whose queries are equal after
 normalisation are one query: each relevant label, pointer or correction is a vote for the
 chunk, each not-relevant label a vote against; the majority decides and a tie drops the
-chunk from both sides. A thumbs-down alone says nothing about any chunk.
+chunk from both sides. A thumb agrees or disagrees with the label of the chunk the answer
+was built on first, so one mislabelled first chunk is outvoted or dropped, never trusted.
 
 The split: a query is held out for the gate when a hash of its normalised text falls below
 `holdout_share`, so repeated questions always land on the same side. The leak guard: a
@@ -68,6 +69,7 @@ STAT_KEYS = (
     "pointers_to_unknown_documents",
     "correction_votes",
     "thumbs_up_votes",
+    "thumbs_down_votes",
     "conflicting_labels_dropped",
     "leak_excluded_queries",
     "queries_without_positive",
@@ -328,13 +330,13 @@ def _collect(
         for chunk_id in corrections.get(interaction_id, []):
             query.votes[chunk_id] += 1
             stats["correction_votes"] += 1
-        if thumb == "up" and not latest and settings.thumbs_up_positive:
+        if thumb in ("up", "down") and settings.thumbs_up_positive:
             cited = interaction.cited_ranks or [1]
             rank = int(cited[0])
             first = next((r for r in shown[interaction_id] if r.rank == rank), None)
             if first is not None:
-                query.votes[first.chunk_id] += 1
-                stats["thumbs_up_votes"] += 1
+                query.votes[first.chunk_id] += 1 if thumb == "up" else -1
+                stats["thumbs_up_votes" if thumb == "up" else "thumbs_down_votes"] += 1
     if pointed_docs:
         embedder = services.embedders.get(index.embedder_version)
         vectors = embedder.embed_queries([q.text for q, _ in pointed_docs])
