@@ -14,6 +14,17 @@ import httpx
 from rag_loop.generation.llm import default_gguf
 
 
+def _die_with_parent() -> None:
+    """Linux: the server gets SIGTERM when the process that started it dies, killed or not
+    (a benchmark killed mid-run left its server generating for nobody)."""
+    import contextlib
+    import ctypes
+    import signal
+
+    with contextlib.suppress(OSError):  # not Linux: stop() is the only way
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 class LlamaServer:
     def __init__(self, log_path: Path, *, n_ctx: int = 4096) -> None:
         with socket.socket() as sock:
@@ -41,6 +52,7 @@ class LlamaServer:
             ],
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + 120
         while True:
