@@ -189,6 +189,7 @@ def _train(
         SentenceTransformerTrainingArguments,
     )
     from sentence_transformers.base.sampler import BatchSamplers
+    from transformers import PrinterCallback, ProgressCallback
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.set_verbosity_error()
@@ -214,6 +215,9 @@ def _train(
         trainer = SentenceTransformerTrainer(
             model=model, args=args, train_dataset=dataset, loss=loss
         )
+        # the trainer prints its logs to stdout, which is the CLI's JSON output
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
         return trainer.train()
 
 
