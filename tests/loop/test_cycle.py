@@ -159,7 +159,7 @@ def test_a_crash_mid_training_leaves_the_champion_serving_and_resumes(
         "RAG_LOOP_EVALUATION_GOLDEN_SETS": json.dumps(
             [str(p) for p in settings.evaluation.golden_sets]
         ),
-        "RAG_LOOP_TRAINING_EPOCHS": "3",  # long enough to be killed in the middle
+        "RAG_LOOP_TRAINING_EPOCHS": "30",  # long enough to be killed in the middle
         "RAG_LOOP_TRAINING_HARD_NEGATIVES": "1",
         "RAG_LOOP_TRAINING_MAX_SEQ_LENGTH": "128",
         "RAG_LOOP_LOOP_MIN_IMPROVEMENT": "-1",
@@ -177,7 +177,7 @@ def test_a_crash_mid_training_leaves_the_champion_serving_and_resumes(
         assert process.poll() is None, process.communicate()
         assert time.monotonic() < deadline, "the cycle never started training"
         time.sleep(0.2)
-    time.sleep(3)
+    time.sleep(1)
     process.send_signal(signal.SIGKILL)  # the machine dies mid-training
     process.wait()
     cycle_id = cycles[0]["id"]
