@@ -77,32 +77,21 @@ def finetune(
     batch_size = min(settings.batch_size, len(rows))
     result = _train(model, dataset, loss, settings, batch_size, no_duplicates=True)
     _save(model, out_folder)
-    seconds = time.perf_counter() - started
-    params = {
-        "mode": "full",
-        "loss": "MultipleNegativesRankingLoss",
-        "batch_sampler": "no_duplicates",
-        "hard_negatives_per_example": len(columns) - 2,
-        "examples": len(rows),
-        "epochs": settings.epochs,
-        "batch_size": batch_size,
-        "learning_rate": settings.learning_rate,
-        "warmup_ratio": settings.warmup_ratio,
-        "max_seq_length": model.max_seq_length,
-        "seed": settings.seed,
-        "base_folder": str(base_folder),
-    }
-    metrics = {
-        "train_loss": float(result.training_loss),
-        "train_seconds": seconds,
-        "train_steps": float(result.global_step),
-    }
-    return TrainedModel(
-        folder=out_folder,
-        version=f"{out_folder.name}@{weights_hash(out_folder)}",
-        seconds=seconds,
-        params=params,
-        metrics=metrics,
+    return _trained(
+        out_folder,
+        started,
+        result,
+        settings,
+        model,
+        base_folder,
+        batch_size,
+        {
+            "mode": "full",
+            "loss": "MultipleNegativesRankingLoss",
+            "batch_sampler": "no_duplicates",
+            "hard_negatives_per_example": len(columns) - 2,
+            "examples": len(rows),
+        },
     )
 
 
@@ -150,13 +139,38 @@ def finetune_queries(
     batch_size = min(settings.batch_size, len(anchors))
     result = _train(model, dataset, loss, settings, batch_size, no_duplicates=False)
     _save(model, out_folder)
+    return _trained(
+        out_folder,
+        started,
+        result,
+        settings,
+        model,
+        base_folder,
+        batch_size,
+        {
+            "mode": "query",
+            "loss": "BankSoftmaxLoss (query encoder vs the frozen index's vectors)",
+            "bank_size": len(bank_ids),
+            "examples": len(anchors),
+            "examples_skipped": skipped,
+        },
+    )
+
+
+def _trained(
+    out_folder: Path,
+    started: float,
+    result: Any,
+    settings: TrainingSettings,
+    model: Any,
+    base_folder: Path,
+    batch_size: int,
+    params: dict[str, Any],
+) -> TrainedModel:
+    """The saved model with the parameters and figures every run records."""
     seconds = time.perf_counter() - started
     params = {
-        "mode": "query",
-        "loss": "BankSoftmaxLoss (query encoder vs the frozen index's vectors)",
-        "bank_size": len(bank_ids),
-        "examples": len(anchors),
-        "examples_skipped": skipped,
+        **params,
         "epochs": settings.epochs,
         "batch_size": batch_size,
         "learning_rate": settings.learning_rate,
