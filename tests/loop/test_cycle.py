@@ -72,6 +72,13 @@ def test_promotion_serves_the_new_versions_traces_and_rolls_back(
         ("golden.jsonl", "candidate"),
     }
     assert "primary" in view["gate"]["deltas"]
+    with services.sessions() as session:  # query-side: the document vectors were copied
+        built = session.scalars(
+            select(AuditEntry).where(
+                AuditEntry.action == "index.build", AuditEntry.target == f"index_version:{new}"
+            )
+        ).one()
+    assert built.details["chunks_reused"] > 0 and built.details["chunks_embedded"] == 0
 
     # every answer now logs the new versions; the candidate embedder embeds the query
     after = ask(services, "How do I report a stolen bike?")
@@ -289,3 +296,23 @@ def test_the_watch_rolls_back_when_live_metrics_regress(
     assert "thumbs-down rate" in final["gate"]["rollback"]["reason"]
     with services.sessions() as session:
         assert champion(session).id == view["champion_index_version_id"]
+
+
+def test_full_mode_trains_one_model_and_re_embeds_the_corpus(
+    with_feedback: Callable[..., Services],
+) -> None:
+    services = with_feedback(loop=ALWAYS_PASS, training={"mode": "full"})
+    view = cycle.run_cycle(services, cycle.start_cycle(services, actor="test"), actor="test")
+    assert view["state"] == "promoted", view["error"]
+    version = view["embedder"]["version"]
+    assert version.startswith("embedder-c0001@") and "+" not in version  # symmetric
+    with services.sessions() as session:
+        built = session.scalars(
+            select(AuditEntry).where(
+                AuditEntry.action == "index.build",
+                AuditEntry.target == f"index_version:{view['candidate_index_version_id']}",
+            )
+        ).one()
+    assert built.details["chunks_embedded"] > 0 and built.details["chunks_reused"] == 0
+    answer = ask(services, "How do I report a stolen bike?")
+    assert answer.versions["embedder_version"] == version
