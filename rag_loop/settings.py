@@ -121,6 +121,33 @@ class AuthSettings(BaseModel):
     )
 
 
+class ApiSettings(BaseModel):
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="Origins whose pages may call the API from a browser (the feedback "
+        'widget on another site, say), e.g. `["https://docs.example.com"]`; `["*"]` for '
+        "any. Empty: same origin only.",
+    )
+
+
+class ChatSettings(BaseModel):
+    model: str = Field(
+        default="rag-loop",
+        min_length=1,
+        description="The model id `/v1/models` lists and `/v1/chat/completions` accepts.",
+    )
+    context_turns: int = Field(
+        default=1,
+        ge=0,
+        le=10,
+        description="Earlier user turns put before a follow-up question (a short message "
+        "that refers back, e.g. 'and how much is it?') to retrieve with; 0: never.",
+    )
+    followup_max_words: int = Field(
+        default=8, ge=1, description="Messages up to this many words may be follow-ups."
+    )
+
+
 class LimitSettings(BaseModel):
     max_query_chars: int = Field(default=2_000, ge=1)
     max_text_chars: int = Field(default=8_000, ge=1, description="Corrections and comments.")
@@ -394,6 +421,8 @@ class Settings(BaseSettings):
     retrieval: RetrievalSettings = RetrievalSettings()
     generator: GeneratorSettings = GeneratorSettings()
     auth: AuthSettings = AuthSettings()
+    api: ApiSettings = ApiSettings()
+    chat: ChatSettings = ChatSettings()
     limits: LimitSettings = LimitSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
     drift: DriftSettings = DriftSettings()

@@ -6,11 +6,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
 from rag_loop.api.errors import install_error_handlers
 from rag_loop.api.limits import BodyLimit
-from rag_loop.api.routers import admin, ask, evals, feedback, health, loop
+from rag_loop.api.metrics import LatencyMiddleware, ServiceMetrics
+from rag_loop.api.openai_compat import EXPOSED_HEADERS
+from rag_loop.api.routers import admin, ask, chat, evals, feedback, health, loop, web
 from rag_loop.services import Services
 from rag_loop.settings import Settings
 
@@ -45,10 +48,21 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.services = services
+    app.state.metrics = ServiceMetrics(lambda: app.state.services)
     install_error_handlers(app)
 
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
+    if settings.api.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.api.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Client"],
+            expose_headers=EXPOSED_HEADERS,
+            max_age=600,
+        )
+    app.add_middleware(LatencyMiddleware, metrics=app.state.metrics)
 
-    for module in (health, ask, feedback, admin, evals, loop):
+    for module in (health, web, ask, chat, feedback, admin, evals, loop):
         app.include_router(module.router)
     return app

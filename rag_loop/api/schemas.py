@@ -112,7 +112,13 @@ class IndexVersionOut(BaseModel):
 
 class Health(BaseModel):
     status: str
-    index_version: int | None
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not_ready"]
+    checks: dict[str, dict[str, Any]] = Field(
+        description="database, chroma, serving_index: each {ok, error?}."
+    )
 
 
 class EvalIn(BaseModel):

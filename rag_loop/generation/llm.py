@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +32,13 @@ class ChatGenerator:
         if not text:
             raise UpstreamError(f"the generator {self.name} returned an empty answer")
         return Generation(text=text, cited_ranks=cited_ranks(text, len(sources)))
+
+    def stream(self, question: str, sources: Sequence[Hit]) -> Iterator[str]:
+        """The answer as the model writes it (the chat route streams it to the client)."""
+        try:
+            yield from self.chain.stream({"question": question, "sources": format_sources(sources)})
+        except Exception as exc:
+            raise _map_provider_error(self.name, exc) from exc
 
 
 def _map_provider_error(name: str, exc: Exception) -> Exception:

@@ -11,14 +11,16 @@ import hashlib
 import logging
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import insert
 
 from rag_loop.db.engine import write_connection
 from rag_loop.db.models import Interaction, Retrieval, ShadowRetrieval, utcnow
-from rag_loop.errors import InvalidInput, RagLoopError
+from rag_loop.errors import InvalidInput, RagLoopError, UpstreamError
+from rag_loop.generation.base import cited_ranks
 from rag_loop.index.chroma import Hit
 from rag_loop.index.versions import ServingIndex, serving_index
 from rag_loop.retrieval.dense import retrieve
@@ -46,6 +48,82 @@ def ask(
     api_key_id: str | None = None,
     client: str | None = None,
 ) -> AskResult:
+    """Retrieve, generate, log: the whole answer at once."""
+    prepared = prepare(services, query, top_k=top_k, api_key_id=api_key_id, client=client)
+    t_gen = time.perf_counter()
+    try:
+        generation = services.generator.generate(prepared.query, prepared.hits)
+    except RagLoopError as exc:
+        record(services, prepared, None, [], t_gen, error=exc)
+        raise
+    record(services, prepared, generation.text, generation.cited_ranks, t_gen)
+    return result(services, prepared, generation.text, generation.cited_ranks)
+
+
+def ask_stream(services: Services, prepared: Prepared) -> Iterator[str]:
+    """Generate for a prepared question piece by piece (a generator with a `stream` method
+    streams; others yield their whole answer once). The interaction is logged when the
+    answer is complete (before this iterator ends), or, if the generator fails or the
+    client goes away, with status `error` and what was generated so far."""
+    t_gen = time.perf_counter()
+    pieces: list[str] = []
+    streamer = getattr(services.generator, "stream", None)
+    try:
+        if streamer is None:
+            pieces.append(services.generator.generate(prepared.query, prepared.hits).text)
+            yield pieces[0]
+        else:
+            for piece in streamer(prepared.query, prepared.hits):
+                if piece:
+                    pieces.append(piece)
+                    yield piece
+    except RagLoopError as exc:
+        record(services, prepared, "".join(pieces) or None, [], t_gen, error=exc)
+        raise
+    except GeneratorExit:  # the client went away mid-answer
+        record(
+            services,
+            prepared,
+            "".join(pieces) or None,
+            [],
+            t_gen,
+            error=UpstreamError("the client disconnected before the answer was complete"),
+        )
+        raise
+    text = "".join(pieces).strip()
+    if not text:
+        error = UpstreamError(f"the generator {services.generator.name} returned an empty answer")
+        record(services, prepared, None, [], t_gen, error=error)
+        raise error
+    record(services, prepared, text, cited_ranks(text, len(prepared.hits)), t_gen)
+
+
+@dataclass
+class Prepared:
+    """A question checked and retrieved for, with its interaction id, not yet answered."""
+
+    interaction_id: str
+    query: str
+    k: int
+    index: ServingIndex
+    versions: dict[str, Any]
+    hits: list[Hit]
+    latency_ms: dict[str, float]
+    started: float
+    api_key_id: str | None
+    client: str | None
+    cited_ranks: list[int] = field(default_factory=list)  # set once answered
+
+
+def prepare(
+    services: Services,
+    query: str,
+    *,
+    top_k: int | None = None,
+    api_key_id: str | None = None,
+    client: str | None = None,
+) -> Prepared:
+    """Check the question and retrieve from the serving index (nothing is written yet)."""
     started = time.perf_counter()
     limits = services.settings.limits
     query = query.strip()
@@ -69,23 +147,40 @@ def ask(
     }
     embedder = services.embedders.get(index.embedder_version)
     retrieved = retrieve(embedder, services.store, index.collection_name, query, k)
+    return Prepared(
+        interaction_id=uuid.uuid4().hex,
+        query=query,
+        k=k,
+        index=index,
+        versions=versions,
+        hits=list(retrieved.hits),
+        latency_ms={
+            "embed": round(retrieved.embed_ms, 3),
+            "search": round(retrieved.search_ms, 3),
+        },
+        started=started,
+        api_key_id=api_key_id,
+        client=client,
+    )
 
-    error: RagLoopError | None = None
-    answer, cited = None, []
-    t_gen = time.perf_counter()
-    try:
-        generation = services.generator.generate(query, retrieved.hits)
-        answer, cited = generation.text, generation.cited_ranks
-    except RagLoopError as exc:
-        error = exc
-    latency = {
-        "embed": round(retrieved.embed_ms, 3),
-        "search": round(retrieved.search_ms, 3),
-        "generate": round((time.perf_counter() - t_gen) * 1000, 3),
-    }
-    latency["total"] = round((time.perf_counter() - started) * 1000, 3)
 
-    interaction_id = uuid.uuid4().hex
+def record(
+    services: Services,
+    prepared: Prepared,
+    answer: str | None,
+    cited: list[int],
+    generation_started: float,
+    *,
+    error: RagLoopError | None = None,
+) -> None:
+    """Write the interaction and its retrievals in one transaction (and the shadow
+    retrieval, if a candidate is in shadow). An error names the interaction it logged."""
+    now = time.perf_counter()
+    prepared.cited_ranks = cited
+    latency = prepared.latency_ms
+    latency["generate"] = round((now - generation_started) * 1000, 3)
+    latency["total"] = round((now - prepared.started) * 1000, 3)
+    index, interaction_id = prepared.index, prepared.interaction_id
     with write_connection(services.engine) as conn:
         conn.execute(
             insert(Interaction),
@@ -93,24 +188,24 @@ def ask(
                 {
                     "id": interaction_id,
                     "created_at": utcnow(),
-                    "query": query,
+                    "query": prepared.query,
                     "answer": answer,
                     "status": "error" if error else "ok",
                     "error": f"{error.code}: {error.message}" if error else None,
                     "index_version_id": index.id,
                     "collection_name": index.collection_name,
                     "embedder_version": index.embedder_version,
-                    "prompt_version": versions["prompt_version"],
-                    "generator": versions["generator"],
-                    "top_k": k,
+                    "prompt_version": prepared.versions["prompt_version"],
+                    "generator": prepared.versions["generator"],
+                    "top_k": prepared.k,
                     "cited_ranks": cited,
                     "latency_ms": latency,
-                    "api_key_id": api_key_id,
-                    "client": client,
+                    "api_key_id": prepared.api_key_id,
+                    "client": prepared.client,
                 }
             ],
         )
-        if retrieved.hits:
+        if prepared.hits:
             conn.execute(
                 insert(Retrieval),
                 [
@@ -123,24 +218,37 @@ def ask(
                         "score": hit.score,
                         "text": hit.text,
                     }
-                    for rank, hit in enumerate(retrieved.hits, start=1)
+                    for rank, hit in enumerate(prepared.hits, start=1)
                 ],
             )
     if index.shadow is not None and error is None:
-        _shadow(services, index.shadow, interaction_id, query, k, retrieved.hits, latency)
-    if error is not None:
+        _shadow(
+            services,
+            index.shadow,
+            interaction_id,
+            prepared.query,
+            prepared.k,
+            prepared.hits,
+            latency,
+        )
+    if error is not None and not any("interaction_id" in d for d in error.details):
         error.details.append({"interaction_id": interaction_id})
-        raise error
-    assert answer is not None
+
+
+def result(services: Services, prepared: Prepared, answer: str, cited: list[int]) -> AskResult:
     return AskResult(
-        interaction_id=interaction_id,
+        interaction_id=prepared.interaction_id,
         answer=answer,
-        sources=[_source(rank, hit) for rank, hit in enumerate(retrieved.hits, start=1)],
+        sources=sources(prepared),
         cited_ranks=cited,
-        versions=versions,
-        latency_ms=latency,
-        feedback_token=services.tokens.issue(interaction_id),
+        versions=prepared.versions,
+        latency_ms=prepared.latency_ms,
+        feedback_token=services.tokens.issue(prepared.interaction_id),
     )
+
+
+def sources(prepared: Prepared) -> list[dict[str, Any]]:
+    return [_source(rank, hit) for rank, hit in enumerate(prepared.hits, start=1)]
 
 
 def in_shadow_share(interaction_id: str, share: float) -> bool:

@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Request
 from starlette.concurrency import run_in_threadpool
 
 from rag_loop.api.deps import PrincipalDep, ServicesDep
 from rag_loop.api.errors import responses
 from rag_loop.api.schemas import AskIn, AskOut
-from rag_loop.errors import Unauthorized
+from rag_loop.errors import RagLoopError, Unauthorized
 from rag_loop.interactions.ask import ask
 
 router = APIRouter(prefix="/v1", tags=["ask"])
@@ -21,6 +21,7 @@ router = APIRouter(prefix="/v1", tags=["ask"])
 )
 async def ask_route(
     body: AskIn,
+    request: Request,
     services: ServicesDep,
     principal: PrincipalDep,
     x_client: str | None = Header(default=None, max_length=64),
@@ -29,14 +30,20 @@ async def ask_route(
         principal.require("ask")
     elif services.settings.auth.require_key_for_ask:
         raise Unauthorized("asking needs an API key with the 'ask' scope")
-    result = await run_in_threadpool(
-        ask,
-        services,
-        body.query,
-        top_k=body.top_k,
-        api_key_id=principal.key_id if principal else None,
-        client=x_client,
-    )
+    asks = request.app.state.metrics.asks
+    try:
+        result = await run_in_threadpool(
+            ask,
+            services,
+            body.query,
+            top_k=body.top_k,
+            api_key_id=principal.key_id if principal else None,
+            client=x_client,
+        )
+    except RagLoopError as exc:
+        asks.labels("ask", "invalid" if exc.status_code < 500 else "error").inc()
+        raise
+    asks.labels("ask", "ok").inc()
     return AskOut.model_validate(
         {
             **result.__dict__,

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from rag_loop.api.deps import PrincipalDep, ServicesDep
 from rag_loop.api.errors import responses
@@ -24,7 +24,11 @@ router = APIRouter(prefix="/v1", tags=["feedback"])
     summary="Thumbs, chunk labels, a correction, a source pointer or a comment on an answer",
 )
 async def feedback_route(
-    body: FeedbackIn, services: ServicesDep, principal: PrincipalDep, response: Response
+    body: FeedbackIn,
+    services: ServicesDep,
+    principal: PrincipalDep,
+    request: Request,
+    response: Response,
 ) -> FeedbackOut:
     """Authorised by the answer's `token`, or by an API key with the feedback scope."""
     if principal is not None:
@@ -39,6 +43,8 @@ async def feedback_route(
             "feedback scope"
         )
     receipt = await submit_feedback_async(services, body, actor=actor)
-    if not receipt.created:
+    if receipt.created:
+        request.app.state.metrics.count_feedback(body)
+    else:
         response.status_code = 200
     return FeedbackOut.model_validate(receipt.__dict__)

@@ -1,0 +1,207 @@
+"""The OpenAI Chat Completions protocol, as far as rag-loop speaks it.
+
+Bodies follow https://platform.openai.com/docs/api-reference/chat; what rag-loop adds lives
+in one extension field, `rag_loop`, and in `X-Rag-Loop-*` response headers. Routes of this
+protocol answer errors in OpenAI's shape, which OpenAI's client libraries parse:
+
+    {"error": {"message": "...", "type": "invalid_request_error", "param": null,
+               "code": "model_not_found"}}
+
+`code` is rag-loop's error code (see `rag_loop.errors`); `type` is OpenAI's error type.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Coroutine
+from typing import Any, Literal
+
+from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from rag_loop.api.errors import HTTP_CODES
+from rag_loop.api.schemas import Source, Versions
+from rag_loop.errors import RagLoopError
+
+log = logging.getLogger(__name__)
+
+# response headers that carry what a client needs to send feedback
+INTERACTION_HEADER = "X-Rag-Loop-Interaction-Id"
+TOKEN_HEADER = "X-Rag-Loop-Feedback-Token"
+SOURCES_HEADER = "X-Rag-Loop-Sources"
+EXPOSED_HEADERS = [INTERACTION_HEADER, TOKEN_HEADER, SOURCES_HEADER]
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")  # name, tool_calls, refusal, ...
+
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[TextPart] | None = None
+
+    def text(self) -> str:
+        if self.content is None or isinstance(self.content, str):
+            return self.content or ""
+        kinds = sorted({p.type for p in self.content if p.type != "text"})
+        if kinds:
+            from rag_loop.errors import InvalidInput
+
+            raise InvalidInput(f"only text content is supported, not {', '.join(kinds)}")
+        return "\n".join(p.text or "" for p in self.content)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    include_usage: bool = False
+
+
+class ChatCompletionIn(BaseModel):
+    """OpenAI's request body. Sampling parameters are accepted and do not change the answer
+    (the configured generator decides); `n` must be 1. `top_k` is rag-loop's extension."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str = Field(min_length=1, description="The id from GET /v1/models.")
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    n: int = Field(default=1, ge=1, le=1, description="One answer per request.")
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    user: str | None = Field(default=None, max_length=256)
+    top_k: int | None = Field(default=None, ge=1, le=100, description="Chunks to retrieve.")
+
+
+class AssistantMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str
+
+
+class Choice(BaseModel):
+    index: int = 0
+    message: AssistantMessage
+    finish_reason: Literal["stop"] = "stop"
+    logprobs: None = None
+
+
+class RagLoopExtension(BaseModel):
+    """What rag-loop adds to OpenAI's body: enough to show sources and send feedback."""
+
+    interaction_id: str
+    sources: list[Source]
+    cited_ranks: list[int]
+    versions: Versions
+    feedback_token: str = Field(description="For POST /v1/feedback on this interaction only.")
+    feedback_token_expires_in: int = Field(description="Seconds.")
+
+
+class ChatCompletionOut(BaseModel):
+    id: str = Field(description="`chatcmpl-` + the interaction id.")
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    system_fingerprint: str = Field(description="The serving index version.")
+    choices: list[Choice]
+    usage: None = Field(default=None, description="rag-loop does not count tokens.")
+    rag_loop: RagLoopExtension
+
+
+class Model(BaseModel):
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "rag-loop"
+
+
+class ModelList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[Model]
+
+
+class OpenAIErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class OpenAIErrorBody(BaseModel):
+    error: OpenAIErrorDetail
+
+
+def error_type(status: int) -> str:
+    if status == 401:
+        return "authentication_error"
+    if status == 403:
+        return "permission_error"
+    if status == 429:
+        return "rate_limit_error"
+    if status >= 500:
+        return "server_error"
+    return "invalid_request_error"
+
+
+def error_body(
+    status: int, code: str, message: str, param: str | None = None
+) -> dict[str, dict[str, Any]]:
+    return {"error": {"message": message, "type": error_type(status), "param": param, "code": code}}
+
+
+def openai_error(exc: Exception) -> tuple[int, dict[str, dict[str, Any]]]:
+    """Any exception -> (HTTP status, OpenAI error body)."""
+    if isinstance(exc, RequestValidationError):
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        loc = [str(p) for p in first.get("loc", ()) if p != "body"]
+        param = ".".join(loc) or None
+        message = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body')}: {e.get('msg')}"
+            for e in errors[:5]
+        )
+        return 400, error_body(400, "invalid_input", f"invalid request: {message}", param)
+    if isinstance(exc, RagLoopError):
+        status = 400 if exc.status_code == 422 else exc.status_code
+        return status, error_body(status, exc.code, exc.message)
+    if isinstance(exc, StarletteHTTPException):
+        code = HTTP_CODES.get(exc.status_code, "http_error")
+        return exc.status_code, error_body(exc.status_code, code, str(exc.detail))
+    log.exception("unhandled error", exc_info=exc)
+    message = f"internal error ({type(exc).__name__}); see the server log"
+    return 500, error_body(500, "internal_error", message)
+
+
+class OpenAIRoute(APIRoute):
+    """A route whose errors, validation included, come back in OpenAI's shape."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            try:
+                return await handler(request)
+            except Exception as exc:
+                status, body = openai_error(exc)
+                headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+                return JSONResponse(body, status_code=status, headers=headers)
+
+        return route
+
+
+def openai_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {
+        s: {"model": OpenAIErrorBody, "description": error_type(s) + " (OpenAI error shape)"}
+        for s in statuses
+    }
