@@ -89,7 +89,7 @@ class Server:
         deadline = time.monotonic() + 300
         while True:
             try:
-                if httpx.get(f"{self.url}/healthz").status_code == 200:
+                if httpx.get(f"{self.url}/readyz").status_code == 200:
                     return
             except httpx.TransportError:
                 pass

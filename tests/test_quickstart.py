@@ -91,7 +91,7 @@ def test_readme_quickstart(tmp_path: Path, mlflow_uri: str) -> None:
         deadline = time.monotonic() + 120
         while True:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz").status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
                     break
             except httpx.TransportError:
                 pass
