@@ -28,6 +28,18 @@ from rag_loop.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "corpora" / "kestrel" / "docs"
 QUESTIONS = ROOT / "corpora" / "kestrel" / "questions.jsonl"
+ARTIFACTS = ROOT / "test-artifacts"  # screenshots; CI keeps them
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1280,4000",
+)
 PG_ADMIN = os.environ.get("RAG_LOOP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/postgres")
 
 
@@ -123,6 +135,30 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     server = LlamaServer(tmp_path_factory.mktemp("llama") / "server.log")
     yield server.url
     server.stop()
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[Any]:
+    """Debian's headless Chromium driven by Selenium through Debian's chromedriver."""
+    import shutil
+
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    chromium = shutil.which("chromium")
+    driver_path = shutil.which("chromedriver")
+    assert chromium and driver_path, "install Debian's chromium and chromium-driver"
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        yield driver
+    finally:
+        driver.quit()
 
 
 class LiveServer:

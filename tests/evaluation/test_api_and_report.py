@@ -2,30 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
 from rag_loop.scheduler import start_schedule
 from rag_loop.services import Services
-from tests.conftest import ROOT, assert_error_shape
-
-ARTIFACTS = ROOT / "test-artifacts"
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--window-size=1280,4000",
-)
+from tests.conftest import ARTIFACTS, assert_error_shape
 
 
 def test_evaluation_routes(api: httpx.Client, admin_headers: dict[str, str]) -> None:
@@ -64,11 +51,8 @@ def test_evaluation_routes(api: httpx.Client, admin_headers: dict[str, str]) -> 
 
 @pytest.mark.slow
 def test_report_renders_in_headless_chromium_with_plots_and_worst_answers(
-    api: httpx.Client, admin_headers: dict[str, str], tmp_path: Path
+    api: httpx.Client, admin_headers: dict[str, str], tmp_path: Path, browser: Any
 ) -> None:
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
     bad = api.post("/v1/ask", json={"query": "Can I take the bike on a plane?"}).json()
     api.post(
         "/v1/feedback",
@@ -105,32 +89,17 @@ def test_report_renders_in_headless_chromium_with_plots_and_worst_answers(
     report = tmp_path / "report.html"
     report.write_text(page.text)
 
-    chromium = shutil.which("chromium")
-    driver_path = shutil.which("chromedriver")
-    assert chromium and driver_path, "install Debian's chromium and chromium-driver"
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in CHROMIUM_FLAGS:
-        options.add_argument(flag)
-    options.add_argument(f"--user-data-dir={tmp_path / 'chromium-profile'}")
-    browser = webdriver.Chrome(options=options, service=Service(executable_path=driver_path))
-    try:
-        browser.get(report.as_uri())
-        plots = browser.execute_script(
-            "return Array.from(document.querySelectorAll('img.plot'))"
-            ".map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight]);"
-        )
-        assert len(plots) == 5, plots
-        assert all(
-            complete and width > 300 and height > 100 for _, complete, width, height in plots
-        )
-        text = browser.find_element("tag name", "body").text
-        assert "Worst interactions" in text and "Can I take the bike on a plane?" in text
-        assert "thumbs down" in text and "not relevant" in text
-        ARTIFACTS.mkdir(exist_ok=True)
-        browser.save_screenshot(str(ARTIFACTS / "evaluation-report.png"))
-    finally:
-        browser.quit()
+    browser.get(report.as_uri())
+    plots = browser.execute_script(
+        "return Array.from(document.querySelectorAll('img.plot'))"
+        ".map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight]);"
+    )
+    assert len(plots) == 5, plots
+    assert all(complete and width > 300 and height > 100 for _, complete, width, height in plots)
+    text = browser.find_element("tag name", "body").text
+    assert "Worst interactions" in text and "Can I take the bike on a plane?" in text
+    assert "thumbs down" in text and "not relevant" in text
+    browser.save_screenshot(str(ARTIFACTS / "evaluation-report.png"))
 
 
 def test_the_schedule_runs_golden_production_and_drift(

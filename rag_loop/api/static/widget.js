@@ -94,10 +94,13 @@
       });
     }
 
+    // the emoji is decoration (aria-hidden); the label is the text
     var up = el("button", { type: "button", class: "rag-loop-thumb", "aria-pressed": "false",
-      "aria-label": "Helpful answer", "data-thumb": "up", text: "👍 Helpful" });
+      "aria-label": "Helpful answer", "data-thumb": "up" },
+      [el("span", { "aria-hidden": "true", text: "👍 " }), el("span", { text: "Helpful" })]);
     var down = el("button", { type: "button", class: "rag-loop-thumb", "aria-pressed": "false",
-      "aria-label": "Not a helpful answer", "data-thumb": "down", text: "👎 Not helpful" });
+      "aria-label": "Not a helpful answer", "data-thumb": "down" },
+      [el("span", { "aria-hidden": "true", text: "👎 " }), el("span", { text: "Not helpful" })]);
     [up, down].forEach(function (button) {
       button.addEventListener("click", function () {
         post({ thumb: button.getAttribute("data-thumb") }, function () {
