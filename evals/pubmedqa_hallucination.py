@@ -44,6 +44,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--top-k", type=int, default=3, help="passages given to the generator")
     parser.add_argument("--max-tokens", type=int, default=128, help="answer length limit")
+    parser.add_argument(
+        "--judge-ctx", type=int, default=8192, help="the judge server's context (tokens)"
+    )
+    parser.add_argument(
+        "--judge-max-tokens",
+        type=int,
+        default=1024,
+        help="judge output limit (Ragas' statement lists of long answers need more than 512)",
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "evals/results/pubmedqa.json")
     args = parser.parse_args()
 
@@ -64,7 +73,7 @@ def main() -> None:
             row = {"id": pmid, "question": entry["QUESTION"], "answer": entry["LONG_ANSWER"]}
             out.write(json.dumps({**row, "document_ids": ids}) + "\n")
 
-    judge = LlamaServer(work / "judge.log")
+    judge = LlamaServer(work / "judge.log", n_ctx=args.judge_ctx)
     try:
         settings = Settings(
             data_dir=work / "data",
@@ -77,6 +86,7 @@ def main() -> None:
                 "judge_concurrency": 1,
                 "judge_metrics": ["faithfulness"],
                 "judge_timeout_seconds": 180,
+                "judge_max_tokens": args.judge_max_tokens,
             },
         )
         services = Services.from_settings(settings)
@@ -84,6 +94,7 @@ def main() -> None:
         ingest(services, corpus, actor="bench", progress=True)
         ingest_s = time.perf_counter() - t0
         outcome = run_evaluation(services, EvalRequest(golden_path=golden, trigger="bench"))
+        reasons = failure_reasons(services, outcome.run_id)
         services.close()
     finally:
         judge.stop()
@@ -102,6 +113,9 @@ def main() -> None:
         "faithfulness_scored": m["faithfulness_scored"],
         "faithfulness_failures": m["faithfulness_failures"],
         "failures_by_kind": outcome.failures.get("faithfulness", {}),
+        "failure_reasons": reasons,
+        "judge_ctx": args.judge_ctx,
+        "judge_max_tokens": args.judge_max_tokens,
         "groundedness_proxy_mean": m.get("groundedness_proxy"),
         "hallucination_rate_proxy": m.get("hallucination_rate_proxy"),
         "generation_failures": m["generation_failures"],
@@ -117,6 +131,25 @@ def main() -> None:
     args.out.write_text(json.dumps(result, indent=1))
     for key, value in result.items():
         print(f"{key:28} {value}")
+
+
+def failure_reasons(services: Services, run_id: str) -> dict[str, int]:
+    """What the judge's failures were, by message (numbers and quotes trimmed off)."""
+    import re
+    from collections import Counter
+
+    from sqlalchemy import select
+
+    from rag_loop.db.models import EvalSample
+
+    with services.sessions() as session:
+        rows = session.scalars(select(EvalSample.failures).where(EvalSample.run_id == run_id))
+        reasons = Counter(
+            re.sub(r"\d+", "N", str(why))[:160]
+            for failures in rows
+            for why in (failures or {}).values()
+        )
+    return dict(reasons.most_common(8))
 
 
 if __name__ == "__main__":

@@ -56,6 +56,10 @@ app.add_typer(drift_app, name="drift")
 app.add_typer(events_app, name="events")
 app.add_typer(loop_app, name="loop")
 app.add_typer(demo_app, name="demo")
+jobs_app = typer.Typer(
+    help="Background jobs: evaluations, index builds, loop cycles.", no_args_is_help=True
+)
+app.add_typer(jobs_app, name="jobs")
 
 CLI_ACTOR = "cli"
 DEFAULT_SCOPES = ["ask", "feedback"]
@@ -141,6 +145,44 @@ def serve(
     uvicorn.run(
         create_app(config, svc), host=host, port=port, log_level="warning", access_log=False
     )
+
+
+@app.command("worker")
+def worker(
+    threads: Annotated[
+        int | None,
+        typer.Option(help="Jobs at once (default RAG_LOOP_QUEUE_WORKER_THREADS).", min=1),
+    ] = None,
+) -> None:
+    """Run queued jobs (evaluations, index builds, loop cycles) from the task queue at
+    RAG_LOOP_QUEUE_BROKER_URL until stopped (Ctrl-C or SIGTERM). Run as many as you like."""
+    from rag_loop.queue import run_worker
+
+    svc = services()
+    typer.echo(
+        f"rag-loop worker on {svc.settings.queue.broker_url} (data dir {svc.settings.data_dir})",
+        err=True,
+    )
+    run_worker(svc, threads=threads)
+
+
+@jobs_app.command("list")
+def jobs_list(
+    limit: Annotated[int, typer.Option(help="At most this many.", min=1)] = 50,
+    status: Annotated[str | None, typer.Option(help="queued, running, done or failed.")] = None,
+) -> None:
+    """Jobs, newest first."""
+    from rag_loop import jobs
+
+    emit(jobs.list_jobs(services(), limit, status))
+
+
+@jobs_app.command("show")
+def jobs_show(job_id: Annotated[str, typer.Argument(help="The job id.")]) -> None:
+    """One job: status, attempts, worker, result or error."""
+    from rag_loop import jobs
+
+    emit(jobs.get(services(), job_id))
 
 
 @app.command("ingest")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
@@ -67,6 +68,7 @@ class Services:
     chunker: Chunker
     writer: BatchWriter
     embedders: EmbedderPool  # by version: the base and the loop's fine-tuned models
+    queue: Any = None  # a DramatiqQueue when RAG_LOOP_QUEUE_BROKER_URL is set
 
     @classmethod
     def from_settings(
@@ -90,7 +92,13 @@ class Services:
             batch_size=settings.embedder.batch_size,
             device=settings.embedder.device,
         )
+        queue = None
+        if settings.queue.broker_url:
+            from rag_loop.queue import DramatiqQueue
+
+            queue = DramatiqQueue(settings.queue)
         return cls(
+            queue=queue,
             settings=settings,
             engine=engine,
             sessions=sessions,
@@ -121,5 +129,7 @@ class Services:
         return self.embedders.get(embedder_version)
 
     def close(self) -> None:
+        if self.queue is not None:
+            self.queue.close()
         self.writer.close()
         self.engine.dispose()

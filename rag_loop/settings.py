@@ -148,6 +148,26 @@ class ChatSettings(BaseModel):
     )
 
 
+class QueueSettings(BaseModel):
+    broker_url: str | None = Field(
+        default=None,
+        description="Redis URL of the task queue (Dramatiq), e.g. redis://127.0.0.1:6379/0: "
+        "evaluations, index builds and loop cycles then run in `rag-loop worker` processes. "
+        "Unset: they run in the API process.",
+    )
+    queue_name: str = Field(default="rag-loop", min_length=1, description="Dramatiq queue.")
+    lease_seconds: float = Field(
+        default=60.0,
+        ge=2,
+        description="A running job whose worker has not checked in for this long lost its "
+        "worker: another worker takes it over.",
+    )
+    max_attempts: int = Field(
+        default=3, ge=1, le=20, description="Runs of a job (takeovers included) before it fails."
+    )
+    worker_threads: int = Field(default=1, ge=1, le=16, description="Jobs one worker runs at once.")
+
+
 class LimitSettings(BaseModel):
     max_query_chars: int = Field(default=2_000, ge=1)
     max_text_chars: int = Field(default=8_000, ge=1, description="Corrections and comments.")
@@ -423,6 +443,7 @@ class Settings(BaseSettings):
     auth: AuthSettings = AuthSettings()
     api: ApiSettings = ApiSettings()
     chat: ChatSettings = ChatSettings()
+    queue: QueueSettings = QueueSettings()
     limits: LimitSettings = LimitSettings()
     evaluation: EvaluationSettings = EvaluationSettings()
     drift: DriftSettings = DriftSettings()

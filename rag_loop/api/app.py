@@ -13,7 +13,7 @@ from rag_loop.api.errors import install_error_handlers
 from rag_loop.api.limits import BodyLimit
 from rag_loop.api.metrics import LatencyMiddleware, ServiceMetrics
 from rag_loop.api.openai_compat import EXPOSED_HEADERS
-from rag_loop.api.routers import admin, ask, chat, evals, feedback, health, loop, web
+from rag_loop.api.routers import admin, ask, chat, evals, feedback, health, jobs, loop, web
 from rag_loop.services import Services
 from rag_loop.settings import Settings
 
@@ -63,6 +63,6 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         )
     app.add_middleware(LatencyMiddleware, metrics=app.state.metrics)
 
-    for module in (health, web, ask, chat, feedback, admin, evals, loop):
+    for module in (health, web, ask, chat, feedback, admin, evals, loop, jobs):
         app.include_router(module.router)
     return app

@@ -256,3 +256,29 @@ class RollbackIn(BaseModel):
 
     cycle: int | None = Field(default=None, ge=1, description="Default: the latest promotion.")
     reason: str = Field(default="manual", max_length=1000)
+
+
+class JobOut(BaseModel):
+    id: str
+    kind: str = Field(description="evaluation | index_build | loop_cycle")
+    status: str = Field(description="queued | running | done | failed")
+    payload: dict[str, Any]
+    attempts: int = Field(description="Runs so far; more than 1 after a worker was lost.")
+    worker: str | None
+    actor: str
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    result: dict[str, Any]
+    error: str | None
+
+
+class IndexBuildIn(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="A folder or file as `rag-loop ingest` takes it, on the machine that runs "
+        "the job (a worker, or the API process without a broker).",
+    )

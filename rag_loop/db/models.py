@@ -428,3 +428,28 @@ class ShadowRetrieval(Base):
     document_ids: Mapped[list[Any]] = mapped_column(default=list)
     overlap: Mapped[float] = mapped_column(Float)  # shared chunks / k
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Job(Base):
+    """Background work (an evaluation, an index build, a loop cycle) and who runs it.
+
+    queued -> running -> done | failed. A worker claims a job by compare-and-set and keeps
+    `heartbeat_at` fresh while it runs; a job whose heartbeat went stale lost its worker and
+    is taken over (attempts + 1) or, after `queue.max_attempts`, failed with that reason.
+    """
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))  # evaluation | index_build | loop_cycle
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    worker: Mapped[str | None] = mapped_column(String(128), default=None)
+    actor: Mapped[str] = mapped_column(String(128), default="system")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(default=None)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[datetime | None] = mapped_column(default=None)
+    result: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text, default=None)

@@ -140,8 +140,8 @@ def _classify(exc: Exception) -> JudgeFailure:
     if isinstance(exc, openai.APIConnectionError | ConnectionError):
         return JudgeFailure("unavailable", f"the judge cannot be reached: {exc}")
     if isinstance(exc, openai.APIStatusError):
-        return JudgeFailure("error", f"the judge answered HTTP {exc.status_code}")
-    return JudgeFailure("error", f"{type(exc).__name__}: {exc}")
+        return JudgeFailure("error", f"the judge answered HTTP {exc.status_code}: {exc}"[:500])
+    return JudgeFailure("error", f"{type(exc).__name__}: {exc}"[:500])
 
 
 def make_judge(settings: EvaluationSettings) -> LangChainJudge | None:

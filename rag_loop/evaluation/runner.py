@@ -67,6 +67,7 @@ class EvalRequest:
     trigger: str = "manual"  # api | cli | schedule | loop | manual
     # golden: rank only (no answers, no answer metrics, no judge): the loop's gate
     retrieval_only: bool = False
+    run_id: str | None = None  # chosen by the caller (a job); default: a new uuid
 
 
 @dataclass
@@ -98,7 +99,7 @@ def run_evaluation(
     relevancy keep measuring with the service's embedder, so versions stay comparable."""
     settings = services.settings.evaluation
     started = time.perf_counter()
-    run_id = uuid.uuid4().hex
+    run_id = request.run_id or uuid.uuid4().hex
     label = _dataset_label(services, request)
     with transaction(services.sessions) as session:
         session.add(

@@ -37,6 +37,7 @@ def run(
     use_judge: bool = True,
     limit: int | None = None,
     trigger: str = "manual",
+    run_id: str | None = None,
 ) -> str:
     """Run one evaluation; returns its id (failed runs raise, and are recorded)."""
     request = runner.EvalRequest(
@@ -47,6 +48,7 @@ def run(
         use_judge=use_judge,
         limit=limit,
         trigger=trigger,
+        run_id=run_id,
     )
     return runner.run_evaluation(services, request).run_id
 

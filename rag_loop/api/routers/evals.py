@@ -3,14 +3,22 @@ questions)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from fastapi import APIRouter, Path, Query
 from fastapi.responses import HTMLResponse, JSONResponse
 
+from rag_loop import jobs
 from rag_loop.api.deps import AdminDep, ServicesDep
 from rag_loop.api.errors import responses
-from rag_loop.api.schemas import DriftOut, EvalIn, EvalRunOut, EventOut, VersionComparisonOut
+from rag_loop.api.schemas import (
+    DriftOut,
+    EvalIn,
+    EvalRunOut,
+    EventOut,
+    JobOut,
+    VersionComparisonOut,
+)
 from rag_loop.evaluation import service
 
 router = APIRouter(prefix="/v1", tags=["evaluation"])
@@ -21,20 +29,27 @@ router = APIRouter(prefix="/v1", tags=["evaluation"])
     operation_id="run_evaluation",
     response_model=EvalRunOut,
     status_code=201,
-    responses=responses(400, 401, 403, 404, 422, 503),
-    summary="Run an evaluation now (golden set or production window) and return its result",
+    responses={
+        202: {"model": JobOut, "description": "with a task queue: the queued job"},
+        **responses(400, 401, 403, 404, 422, 503),
+    },
+    summary="Run an evaluation now and return its result (with a task queue: queue it, 202)",
 )
-def run_eval_route(body: EvalIn, services: ServicesDep, principal: AdminDep) -> EvalRunOut:
-    run_id = service.run(
-        services,
-        source=body.source,
-        golden_set=body.golden_set,
-        window=body.window,
-        index_version=body.index_version,
-        use_judge=body.judge,
-        limit=body.limit,
-        trigger="api",
-    )
+def run_eval_route(body: EvalIn, services: ServicesDep, principal: AdminDep) -> Any:
+    arguments = {
+        "source": body.source,
+        "golden_set": body.golden_set,
+        "window": body.window,
+        "index_version": body.index_version,
+        "use_judge": body.judge,
+        "limit": body.limit,
+        "trigger": "api",
+    }
+    if services.queue is not None:
+        service.golden_path(services, body.golden_set)  # an unknown set is a 404 now
+        job_id = jobs.submit(services, "evaluation", arguments, actor=f"key:{principal.key_id}")
+        return JSONResponse(JobOut.model_validate(jobs.get(services, job_id)).model_dump(), 202)
+    run_id = service.run(services, **arguments)  # type: ignore[arg-type]
     return EvalRunOut.model_validate(service.get(services, run_id))
 
 

@@ -6,33 +6,21 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from fastapi import APIRouter, BackgroundTasks, Path, Query
+from fastapi import APIRouter, Path, Query
 from starlette.concurrency import run_in_threadpool
 
+from rag_loop import jobs
 from rag_loop.api.deps import AdminDep, ServicesDep
 from rag_loop.api.errors import responses
 from rag_loop.api.schemas import DecisionIn, LoopCycleOut, RollbackIn
-from rag_loop.errors import Conflict, RagLoopError
+from rag_loop.errors import Conflict
 from rag_loop.loop import cycle
 from rag_loop.loop.audit import trace
-from rag_loop.services import Services
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["loop"])
 
 CyclePath = Path(ge=1, description="The loop cycle id.")
-
-
-def _run_in_background(services: Services, cycle_id: int, actor: str, resume: bool) -> None:
-    try:
-        if resume:
-            cycle.resume(services, cycle_id, actor=actor)
-        else:
-            cycle.run_cycle(services, cycle_id, actor=actor)
-    except RagLoopError as exc:  # the cycle row records the failure; GET shows it
-        log.warning("loop cycle %s: %s", cycle_id, exc.message)
-    except Exception:
-        log.exception("loop cycle %s failed", cycle_id)
 
 
 @router.post(
@@ -43,14 +31,15 @@ def _run_in_background(services: Services, cycle_id: int, actor: str, resume: bo
     responses=responses(401, 403, 409, 503),
     summary="Start a loop cycle; it runs in the background (poll GET /v1/loop/cycles/{id})",
 )
-async def start_route(
-    services: ServicesDep, principal: AdminDep, background: BackgroundTasks
-) -> LoopCycleOut:
+async def start_route(services: ServicesDep, principal: AdminDep) -> LoopCycleOut:
     actor = f"key:{principal.key_id}"
-    cycle_id = await run_in_threadpool(
-        lambda: cycle.start_cycle(services, trigger="api", actor=actor)
-    )
-    background.add_task(_run_in_background, services, cycle_id, actor, False)
+
+    def start() -> int:
+        cycle_id = cycle.start_cycle(services, trigger="api", actor=actor)
+        jobs.submit(services, "loop_cycle", {"cycle_id": cycle_id}, actor=actor)
+        return cycle_id
+
+    cycle_id = await run_in_threadpool(start)
     return LoopCycleOut.model_validate(
         await run_in_threadpool(cycle.cycle_view, services, cycle_id)
     )
@@ -91,13 +80,15 @@ def get_route(
 async def resume_route(
     services: ServicesDep,
     principal: AdminDep,
-    background: BackgroundTasks,
     cycle_id: int = CyclePath,
 ) -> LoopCycleOut:
     view = await run_in_threadpool(cycle.cycle_view, services, cycle_id)
     if view["state"] not in (*cycle.ACTIVE, "failed") or view["state"] == "awaiting_approval":
         raise Conflict(f"loop cycle {cycle_id} is {view['state']}; there is nothing to resume")
-    background.add_task(_run_in_background, services, cycle_id, f"key:{principal.key_id}", True)
+    payload = {"cycle_id": cycle_id, "resume": True}
+    await run_in_threadpool(
+        jobs.submit, services, "loop_cycle", payload, actor=f"key:{principal.key_id}"
+    )
     return LoopCycleOut.model_validate(view)
 
 

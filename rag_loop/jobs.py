@@ -1,0 +1,303 @@
+"""Background jobs: evaluations, index builds and loop cycles.
+
+Every job is a row in `jobs` first (queued -> running -> done | failed), then work:
+
+- with `RAG_LOOP_QUEUE_BROKER_URL` set, a message on a Dramatiq queue in Redis, executed by
+  `rag-loop worker` processes (on any machine that shares the database);
+- without one, a thread of the process that submitted it, as before.
+
+Exactly-once execution comes from the row, not the queue: a worker claims the job by
+compare-and-set, so a message delivered twice (or sent twice) runs once; while it runs, the
+worker refreshes `heartbeat_at` every few seconds. A worker that dies (killed, OOM, machine
+gone) stops refreshing; after `queue.lease_seconds` the job counts as lost, and the next
+worker to look (every worker sweeps for such jobs, and Dramatiq requeues the dead worker's
+message too) takes it over, with `attempts + 1`, continuing where it can (a loop cycle resumes
+from its step). After `queue.max_attempts` runs the job is marked failed with the reason. A
+job is never dropped without a row saying what happened to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import or_, select, update
+
+from rag_loop.db.engine import transaction
+from rag_loop.db.models import EvalRun, Job, utcnow
+from rag_loop.errors import InvalidInput, NotFound, RagLoopError
+from rag_loop.services import Services
+
+log = logging.getLogger(__name__)
+
+KINDS = ("evaluation", "index_build", "loop_cycle")
+ACTOR_NAME = "rag_loop_job"
+DAY_MS = 24 * 3600 * 1000
+
+
+def worker_name() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident() % 100000}"
+
+
+# -- submitting ------------------------------------------------------------------------------
+
+
+def submit(services: Services, kind: str, payload: dict[str, Any], *, actor: str) -> str:
+    """Record a job and hand it to the queue (or to a thread when there is no broker)."""
+    if kind not in KINDS:
+        raise InvalidInput(f"unknown job kind {kind!r}; one of {', '.join(KINDS)}")
+    job_id = uuid.uuid4().hex
+    with transaction(services.sessions) as session:
+        session.add(Job(id=job_id, kind=kind, payload=payload, actor=actor))
+    dispatch(services, job_id)
+    return job_id
+
+
+def dispatch(services: Services, job_id: str) -> None:
+    queue = services.queue
+    if queue is None:
+        thread = threading.Thread(
+            target=_run_quietly, args=(services, job_id), name=f"job-{job_id[:8]}", daemon=True
+        )
+        thread.start()
+    else:
+        queue.send(job_id)
+
+
+def _run_quietly(services: Services, job_id: str) -> None:
+    try:
+        execute(services, job_id)
+    except Exception:  # execute records failures itself; this is a last resort
+        log.exception("job %s", job_id)
+
+
+# -- running ---------------------------------------------------------------------------------
+
+
+def execute(services: Services, job_id: str, *, worker: str | None = None) -> str:
+    """Claim and run one job; returns its final status, or `skipped` when someone else has it
+    (or had it). Failures are recorded on the job, not raised."""
+    worker = worker or worker_name()
+    job = _claim(services, job_id, worker)
+    if job is None:
+        return "skipped"
+    limit = services.settings.queue.max_attempts
+    if job.attempts > limit:
+        _finish(services, job_id, worker, "failed", error=_lost(job.attempts - 1))
+        return "failed"
+    stop = threading.Event()
+    beat = threading.Thread(
+        target=_heartbeat, args=(services, job_id, worker, stop), name="job-heartbeat", daemon=True
+    )
+    beat.start()
+    try:
+        result = HANDLERS[job.kind](services, job)
+    except RagLoopError as exc:
+        _finish(services, job_id, worker, "failed", error=exc.message)
+        return "failed"
+    except Exception as exc:
+        log.exception("job %s (%s) failed", job_id, job.kind)
+        _finish(services, job_id, worker, "failed", error=f"{type(exc).__name__}: {exc}")
+        return "failed"
+    finally:
+        stop.set()
+        beat.join(timeout=5)
+    _finish(services, job_id, worker, "done", result=result)
+    return "done"
+
+
+def _lost(times: int) -> str:
+    return f"the job lost its worker {times} time(s) (killed or gone); not retried again"
+
+
+def _claim(services: Services, job_id: str, worker: str) -> Job | None:
+    now = utcnow()
+    stale = now - timedelta(seconds=services.settings.queue.lease_seconds)
+    with transaction(services.sessions) as session:
+        if session.get(Job, job_id) is None:
+            raise NotFound(f"no job {job_id!r}")
+        claimed: Any = session.execute(
+            update(Job)
+            .where(
+                Job.id == job_id,
+                or_(
+                    Job.status == "queued",
+                    (Job.status == "running") & (Job.heartbeat_at < stale),
+                ),
+            )
+            .values(
+                status="running",
+                worker=worker,
+                attempts=Job.attempts + 1,
+                heartbeat_at=now,
+                started_at=now,
+            )
+        )
+        if not claimed.rowcount:
+            return None
+        job = session.get_one(Job, job_id)
+        session.refresh(job)
+        session.expunge(job)
+        return job
+
+
+def _heartbeat(services: Services, job_id: str, worker: str, stop: threading.Event) -> None:
+    every = max(services.settings.queue.lease_seconds / 4, 0.5)
+    while not stop.wait(every):
+        try:
+            with transaction(services.sessions) as session:
+                session.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.worker == worker, Job.status == "running")
+                    .values(heartbeat_at=utcnow())
+                )
+        except Exception:  # a database blip: the next beat tries again
+            log.warning("job %s: heartbeat failed", job_id, exc_info=True)
+
+
+def _finish(
+    services: Services,
+    job_id: str,
+    worker: str,
+    status: str,
+    *,
+    result: dict[str, Any] | None = None,
+    error: str | None = None,
+) -> None:
+    with transaction(services.sessions) as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.worker == worker)
+            .values(
+                status=status,
+                finished_at=utcnow(),
+                heartbeat_at=None,
+                result=result or {},
+                error=error[:4000] if error else None,
+            )
+        )
+
+
+def sweep(services: Services) -> list[str]:
+    """Hand lost jobs to the queue again: running ones whose worker stopped checking in, and
+    queued ones nobody took for a lease (a broker that lost its messages, say). Returns the
+    ids sent; a job sent twice still runs once."""
+    lease = timedelta(seconds=services.settings.queue.lease_seconds)
+    now = utcnow()
+    with services.sessions() as session:
+        ids = session.scalars(
+            select(Job.id).where(
+                or_(
+                    (Job.status == "running") & (Job.heartbeat_at < now - lease),
+                    (Job.status == "queued") & (Job.created_at < now - lease),
+                )
+            )
+        ).all()
+    for job_id in ids:
+        log.warning("job %s lost its worker or its message; sending it again", job_id)
+        dispatch(services, job_id)
+    return list(ids)
+
+
+# -- what each kind does ---------------------------------------------------------------------
+
+
+def _evaluation(services: Services, job: Job) -> dict[str, Any]:
+    from rag_loop.evaluation import service
+
+    run_id = _attempt_id(job.id, job.attempts)
+    if job.attempts > 1:  # the run of the lost attempt never finished: say so
+        previous = _attempt_id(job.id, job.attempts - 1)
+        with transaction(services.sessions) as session:
+            session.execute(
+                update(EvalRun)
+                .where(EvalRun.id == previous, EvalRun.status == "running")
+                .values(status="failed", error="its worker was lost; the job ran it again")
+            )
+    payload = dict(job.payload)
+    eval_id = service.run(services, run_id=run_id, trigger=payload.pop("trigger", "job"), **payload)
+    return {"eval_run_id": eval_id}
+
+
+def _attempt_id(job_id: str, attempt: int) -> str:
+    return hashlib.sha256(f"{job_id}:{attempt}".encode()).hexdigest()[:32]
+
+
+def _index_build(services: Services, job: Job) -> dict[str, Any]:
+    from rag_loop.corpus.ingest import ingest
+
+    path = Path(job.payload["path"])
+    if not path.exists():
+        raise InvalidInput(f"{path} does not exist on the worker's machine")
+    result = ingest(services, path, actor=job.actor)
+    return {
+        "index_version_id": result.index_version_id,
+        "chunks_total": result.chunks_total,
+    }
+
+
+def _loop_cycle(services: Services, job: Job) -> dict[str, Any]:
+    from rag_loop.loop import cycle
+
+    cycle_id = int(job.payload["cycle_id"])
+    if job.attempts > 1:
+        # the worker that ran it is gone (its job heartbeat went stale): take the cycle over
+        view = cycle.resume(services, cycle_id, actor=job.actor, force=True)
+    elif job.payload.get("resume"):
+        view = cycle.resume(services, cycle_id, actor=job.actor)
+    else:
+        view = cycle.run_cycle(services, cycle_id, actor=job.actor)
+    return {"cycle_id": cycle_id, "state": view["state"]}
+
+
+HANDLERS: dict[str, Callable[[Services, Job], dict[str, Any]]] = {
+    "evaluation": _evaluation,
+    "index_build": _index_build,
+    "loop_cycle": _loop_cycle,
+}
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+def view(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "status": job.status,
+        "payload": job.payload,
+        "attempts": job.attempts,
+        "worker": job.worker,
+        "actor": job.actor,
+        "created_at": job.created_at.isoformat(),
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "result": job.result,
+        "error": job.error,
+    }
+
+
+def get(services: Services, job_id: str) -> dict[str, Any]:
+    with services.sessions() as session:
+        job = session.get(Job, job_id)
+        if job is None:
+            raise NotFound(f"no job {job_id!r}; GET /v1/jobs lists them")
+        return view(job)
+
+
+def list_jobs(
+    services: Services, limit: int = 50, status: str | None = None
+) -> list[dict[str, Any]]:
+    with services.sessions() as session:
+        query = select(Job).order_by(Job.created_at.desc()).limit(limit)
+        if status:
+            query = query.where(Job.status == status)
+        return [view(j) for j in session.scalars(query)]

@@ -1,0 +1,143 @@
+"""Jobs: claimed exactly once, lost workers taken over, failures recorded, index builds over
+HTTP. (Real queue workers in separate processes: tests/test_deployment.py.)"""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+
+from rag_loop import jobs
+from rag_loop.db.engine import transaction
+from rag_loop.db.models import EvalRun, IndexVersion, Job, utcnow
+from rag_loop.services import Services
+from tests.conftest import CORPUS, assert_error_shape
+
+EVAL = {"source": "golden", "limit": 5, "use_judge": False}
+
+
+def add_job(services: Services, **values: Any) -> str:
+    job = Job(id=values.pop("id", None) or jobs.uuid.uuid4().hex, **values)
+    with transaction(services.sessions) as session:
+        session.add(job)
+    return job.id
+
+
+def wait_job(services: Services, job_id: str, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = jobs.get(services, job_id)
+        if job["status"] in ("done", "failed"):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} still {job['status']}")
+
+
+def test_two_workers_run_a_job_once(kestrel: Services) -> None:
+    job_id = add_job(kestrel, kind="evaluation", payload=EVAL)
+    outcomes: list[str] = []
+    barrier = threading.Barrier(2)
+
+    def worker(name: str) -> None:
+        barrier.wait()
+        outcomes.append(jobs.execute(kestrel, job_id, worker=name))
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in ("w1", "w2")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(outcomes) == ["done", "skipped"]
+    job = jobs.get(kestrel, job_id)
+    assert job["attempts"] == 1 and job["status"] == "done"
+    with kestrel.sessions() as session:
+        assert session.scalar(select(func.count()).select_from(EvalRun)) == 1
+        assert session.get_one(EvalRun, job["result"]["eval_run_id"]).status == "done"
+    assert jobs.execute(kestrel, job_id) == "skipped"  # a late duplicate message
+
+
+def test_a_lost_worker_is_taken_over_and_its_run_marked(kestrel: Services) -> None:
+    long_ago = utcnow() - timedelta(minutes=10)
+    job_id = add_job(
+        kestrel,
+        kind="evaluation",
+        payload=EVAL,
+        status="running",
+        attempts=1,
+        worker="gone:1",
+        heartbeat_at=long_ago,
+        started_at=long_ago,
+    )
+    lost_run = jobs._attempt_id(job_id, 1)
+    with transaction(kestrel.sessions) as session:  # what the dead worker had begun
+        session.add(EvalRun(id=lost_run, source="golden", dataset="questions"))
+    fresh = add_job(
+        kestrel,
+        kind="evaluation",
+        payload=EVAL,
+        status="running",
+        attempts=1,
+        worker="alive:1",
+        heartbeat_at=utcnow(),
+    )
+    assert jobs.sweep(kestrel) == [job_id]  # the live one is left alone
+    job = wait_job(kestrel, job_id)
+    assert (job["status"], job["attempts"]) == ("done", 2)
+    with kestrel.sessions() as session:
+        lost = session.get_one(EvalRun, lost_run)
+        assert lost.status == "failed" and "worker was lost" in (lost.error or "")
+    assert jobs.get(kestrel, fresh)["status"] == "running"
+
+
+def test_a_job_that_keeps_losing_its_worker_fails_with_the_reason(kestrel: Services) -> None:
+    limit = kestrel.settings.queue.max_attempts
+    job_id = add_job(
+        kestrel,
+        kind="evaluation",
+        payload=EVAL,
+        status="running",
+        attempts=limit,
+        worker="gone:1",
+        heartbeat_at=utcnow() - timedelta(minutes=10),
+    )
+    assert jobs.execute(kestrel, job_id) == "failed"
+    job = jobs.get(kestrel, job_id)
+    assert job["status"] == "failed" and f"lost its worker {limit} time(s)" in job["error"]
+
+
+def test_index_build_job_over_http(
+    api: httpx.Client, admin_headers: dict[str, str], kestrel: Services, tmp_path: Any
+) -> None:
+    extra = tmp_path / "docs"
+    extra.mkdir()
+    (extra / "new.md").write_text("# Loyalty points\n\nEvery ride earns one Kestrel point.\n")
+    response = api.post("/v1/index-versions", json={"path": str(extra)}, headers=admin_headers)
+    assert response.status_code == 202, response.text
+    job = wait_job(kestrel, response.json()["id"])
+    assert job["status"] == "done", job
+    assert api.get(f"/v1/jobs/{job['id']}", headers=admin_headers).json()["status"] == "done"
+    with kestrel.sessions() as session:
+        assert session.get(IndexVersion, job["result"]["index_version_id"]) is not None
+
+    missing = api.post(
+        "/v1/index-versions", json={"path": str(tmp_path / "nope")}, headers=admin_headers
+    ).json()
+    failed = wait_job(kestrel, missing["id"])
+    assert failed["status"] == "failed" and "does not exist" in failed["error"]
+    assert [j["id"] for j in api.get("/v1/jobs?status=failed", headers=admin_headers).json()] == [
+        missing["id"]
+    ]
+    assert_error_shape(api.get("/v1/jobs/unknown", headers=admin_headers), 404, "not_found")
+    assert_error_shape(api.post("/v1/index-versions", json={"path": str(CORPUS)}), 401)
+
+
+def test_unknown_job_kind(kestrel: Services) -> None:
+    from rag_loop.errors import InvalidInput
+
+    with pytest.raises(InvalidInput, match="unknown job kind"):
+        jobs.submit(kestrel, "mining", {}, actor="test")
