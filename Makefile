@@ -21,7 +21,13 @@ install: $(BIN)/.installed
 	$(SUDO) apt-get install -y -q chromium chromium-driver \
 	  || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium chromium-driver)
 
-browser: /usr/bin/chromedriver
+# `docker compose config` validates docker-compose.yml in the tests; no Docker engine is needed
+/usr/bin/docker-compose:
+	@if docker compose version >/dev/null 2>&1; then echo "docker compose (v2) is installed"; \
+	else $(SUDO) apt-get install -y -q docker-compose \
+	  || ($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q docker-compose); fi
+
+browser: /usr/bin/chromedriver /usr/bin/docker-compose
 
 run: install
 	$(BIN)/rag-loop serve --host $${HOST:-127.0.0.1} --port $${PORT:-8000}
