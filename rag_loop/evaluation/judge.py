@@ -20,21 +20,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
+from ragas.embeddings.base import BaseRagasEmbedding
+from ragas.llms.base import InstructorBaseRagasLLM
 
 from rag_loop.errors import BackendUnavailable, InvalidInput
 from rag_loop.index.embedders import Embedder
 from rag_loop.settings import EvaluationSettings
-
-os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")  # Ragas phones home unless told not to
-
-from ragas.embeddings.base import BaseRagasEmbedding
-from ragas.llms.base import InstructorBaseRagasLLM
 
 T = TypeVar("T", bound=BaseModel)
 
