@@ -8,7 +8,10 @@
 - a loop cycle on `RAG_LOOP_LOOP_SCHEDULE`.
 
 One run of a job at a time (a run still going when the next is due is skipped, not
-stacked). A distributed deployment runs the same functions from its workers instead.
+stacked). Several API processes may run the schedule: each cron firing is claimed as a row
+in `jobs` (kind `scheduled`, its id derived from the job name and the minute it fired), so
+exactly one process runs it and everyone can see it in `GET /v1/jobs`. The loop tick is safe
+to run everywhere (a cycle is claimed before it runs).
 """
 
 from __future__ import annotations
@@ -51,6 +54,55 @@ def _guarded(name: str, fn: Callable[[], Any]) -> Callable[[], None]:
     return job
 
 
+def _once_per_firing(services: Services, name: str, fn: Callable[[], Any]) -> Callable[[], Any]:
+    """Run `fn` in the one process that claims this firing of the cron job `name`."""
+
+    def claimed() -> Any:
+        import hashlib
+        from datetime import timedelta
+
+        from sqlalchemy.exc import IntegrityError
+
+        from rag_loop.db.engine import transaction
+        from rag_loop.db.models import Job, utcnow
+
+        # cron fires on the minute: the nearest minute names this firing in every process,
+        # however late a process's thread wakes (up to 30 s)
+        now = utcnow()
+        fired = (now + timedelta(seconds=30)).replace(second=0, microsecond=0)
+        job_id = hashlib.sha256(f"{name}@{fired.isoformat()}".encode()).hexdigest()[:32]
+        try:
+            with transaction(services.sessions) as session:
+                session.add(
+                    Job(
+                        id=job_id,
+                        kind="scheduled",
+                        payload={"name": name, "fired_at": fired.isoformat()},
+                        status="running",
+                        attempts=1,
+                        actor="schedule",
+                        started_at=utcnow(),
+                    )
+                )
+        except IntegrityError:
+            return None  # another process runs this firing
+        status, error, result = "failed", None, None
+        try:
+            result = fn()
+            status = "done"
+            return result
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            with transaction(services.sessions) as session:
+                job = session.get_one(Job, job_id)
+                job.status, job.error, job.finished_at = status, error, utcnow()
+                job.result = result if isinstance(result, dict) else {}
+
+    return claimed
+
+
 def start_schedule(services: Services) -> Any | None:
     """Start the scheduler if any job is configured; returns it (call `.shutdown()`)."""
     evaluation = services.settings.evaluation.schedule
@@ -67,7 +119,10 @@ def start_schedule(services: Services) -> Any | None:
     options: dict[str, Any] = {"max_instances": 1, "coalesce": True}
     if evaluation:
         scheduler.add_job(
-            _guarded("scheduled evaluation round", lambda: scheduled_round(services)),
+            _guarded(
+                "scheduled evaluation round",
+                _once_per_firing(services, "evaluation-round", lambda: scheduled_round(services)),
+            ),
             cron_trigger(evaluation),
             id="evaluation-round",
             **options,
@@ -81,7 +136,10 @@ def start_schedule(services: Services) -> Any | None:
         )
     if loop.schedule:
         scheduler.add_job(
-            _guarded("scheduled loop cycle", lambda: scheduled_cycle(services)),
+            _guarded(
+                "scheduled loop cycle",
+                _once_per_firing(services, "loop-cycle", lambda: scheduled_cycle(services)),
+            ),
             cron_trigger(loop.schedule),
             id="loop-cycle",
             **options,
