@@ -34,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from evals.bench_serving import (  # noqa: E402
     PG_ADMIN,
     QUESTIONS,
+    ChromaServer,
     Server,
     load,
     percentile,
@@ -138,47 +139,6 @@ async def spread_load(
         for code, count in st.items():
             statuses[code] = statuses.get(code, 0) + count
     return latencies, wall, statuses
-
-
-class ChromaServer:
-    """`chroma run` on loopback: two API processes share it (embedded Chroma is one
-    process's)."""
-
-    def __init__(self, path: Path) -> None:
-        import socket
-        import subprocess
-
-        import httpx
-
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = int(sock.getsockname()[1])
-        self.process = subprocess.Popen(
-            [
-                str(Path(sys.executable).parent / "chroma"),
-                "run",
-                "--path",
-                str(path),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/api/v2/heartbeat").status_code == 200:
-                    return
-            except httpx.TransportError:
-                time.sleep(0.2)
-        raise RuntimeError("chroma run did not start")
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(timeout=30)
 
 
 def bench_two_processes(work: Path, n: int) -> dict[str, float]:

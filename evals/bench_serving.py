@@ -6,7 +6,8 @@
    clients against a real `rag-loop serve` process. At 1 client each ask alternates with
    one bare-cost measurement, so both see the same machine (this one is shared and noisy);
    prints ask p50 / bare cost;
-3. POST /v1/feedback writes/s at 32 clients on SQLite and on PostgreSQL, counting the rows
+3. POST /v1/feedback writes/s at 32 clients on SQLite (one API process, and two:
+   `rag-loop serve --workers 2` with a Chroma server) and on PostgreSQL, counting the rows
    afterwards to prove none were lost.
 
     python evals/bench_serving.py [--asks 300] [--feedback 3000] [--no-postgres]
@@ -67,8 +68,44 @@ class BareCost:
         self.services.close()
 
 
+class ChromaServer:
+    """`chroma run` on loopback: two API processes share it (embedded Chroma is one
+    process's)."""
+
+    def __init__(self, path: Path) -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = int(sock.getsockname()[1])
+        self.process = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "chroma"),
+                "run",
+                "--path",
+                str(path),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/api/v2/heartbeat").status_code == 200:
+                    return
+            except httpx.TransportError:
+                time.sleep(0.2)
+        raise RuntimeError("chroma run did not start")
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
 class Server:
-    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+    def __init__(self, data_dir: Path, env: dict[str, str], args: tuple[str, ...] = ()) -> None:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
@@ -76,7 +113,13 @@ class Server:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.log = (data_dir / "serve.log").open("w")
         self.process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "rag-loop"), "serve", "--port", str(self.port)],
+            [
+                str(Path(sys.executable).parent / "rag-loop"),
+                "serve",
+                "--port",
+                str(self.port),
+                *args,
+            ],
             env={
                 **os.environ,
                 "RAG_LOOP_DATA_DIR": str(data_dir),
@@ -239,6 +282,18 @@ def main() -> None:
         feedback = {"sqlite": bench_feedback(server, args.feedback, sqlite_rows)}
         server.stop()
 
+        # the same SQLite database behind 2 API processes (`rag-loop serve --workers 2`);
+        # several processes need Chroma as a server
+        chroma = ChromaServer(work / "chroma")
+        try:
+            env = {"RAG_LOOP_CHROMA_HOST": "127.0.0.1", "RAG_LOOP_CHROMA_PORT": str(chroma.port)}
+            Server(sqlite_dir, env).stop()  # ingests into the Chroma server
+            server = Server(sqlite_dir, env, ("--workers", "2"))
+            feedback["sqlite, 2 processes"] = bench_feedback(server, args.feedback, sqlite_rows)
+            server.stop()
+        finally:
+            chroma.stop()
+
         if not args.no_postgres:
             name = f"rag_loop_bench_{uuid.uuid4().hex[:8]}"
             with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
@@ -261,7 +316,7 @@ def main() -> None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
-    print(f"machine: {os.cpu_count()} cores; one `rag-loop serve` process; client: aiohttp")
+    print(f"machine: {os.cpu_count()} cores; `rag-loop serve` (1 process unless said); aiohttp")
     print(f"bare cost (embed_query + Chroma query, in-process, median): {bare:.2f} ms")
     print(
         f"  the same two steps as timed inside the server during the 1-client run: {served:.2f} ms"
@@ -275,7 +330,7 @@ def main() -> None:
     print(f"ratio ask p50 (1 client) / bare cost: {asks[1]['p50_ms'] / bare:.2f}  (target <= 1.3)")
     for store, r in feedback.items():
         print(
-            f"/v1/feedback on {store:8s} 32 clients: {r['writes_per_s']:7.1f} writes/s, "
+            f"/v1/feedback on {store:20s} 32 clients: {r['writes_per_s']:7.1f} writes/s, "
             f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms; accepted {r['accepted']}, "
             f"rows {r['rows']}, lost {r['lost']}, errors {r['errors']}"
         )

@@ -123,15 +123,23 @@ def serve(
             help="Ingest RAG_LOOP_CORPUS_PATH first when there is no serving index.",
         ),
     ] = True,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="API processes on this port (uvicorn workers); each loads the embedder.", min=1
+        ),
+    ] = 1,
 ) -> None:
     """Start the API (ingesting the sample corpus on first start)."""
+    import os
+
     import uvicorn
 
     from rag_loop.api import create_app
     from rag_loop.corpus.ingest import ingest
     from rag_loop.index.versions import champion_or_none
 
-    svc = services()
+    svc = services()  # migrates the database and creates the token secret, once, here
     config = svc.settings
     with svc.sessions() as session:
         has_index = champion_or_none(session) is not None
@@ -141,9 +149,25 @@ def serve(
         typer.echo(
             f"index version {result.index_version_id}: {result.chunks_total} chunks", err=True
         )
-    typer.echo(f"rag-loop serving on http://{host}:{port} (data dir {config.data_dir})", err=True)
+    where = f"http://{host}:{port}"
+    typer.echo(f"rag-loop serving on {where} (data dir {config.data_dir})", err=True)
+    options: dict[str, Any] = {"host": host, "port": port, "log_level": "warning"}
+    if workers == 1:
+        uvicorn.run(create_app(config, svc), access_log=False, **options)
+        return
+    # Several processes: each builds its app from the same settings (the environment, and
+    # the data dir of --data-dir passed on through it). Embedded Chroma is one process's:
+    # with workers, Chroma must be a server (RAG_LOOP_CHROMA_HOST).
+    if config.chroma.host is None:
+        raise InvalidInput("--workers > 1 needs a Chroma server: set RAG_LOOP_CHROMA_HOST")
+    svc.close()
+    os.environ["RAG_LOOP_DATA_DIR"] = str(config.data_dir)
     uvicorn.run(
-        create_app(config, svc), host=host, port=port, log_level="warning", access_log=False
+        "rag_loop.api.app:app_from_environment",
+        factory=True,
+        workers=workers,
+        access_log=False,
+        **options,
     )
 
 

@@ -66,3 +66,9 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     for module in (health, web, ask, chat, feedback, admin, evals, loop, jobs):
         app.include_router(module.router)
     return app
+
+
+def app_from_environment() -> FastAPI:
+    """The app with settings from the environment: what `rag-loop serve --workers N` starts
+    in each worker process."""
+    return create_app(Settings())
