@@ -47,10 +47,10 @@ class Stack:
         self.env = env
         self.urls = urls
         self.workers = workers
-        self.admin: dict[str, str] = {}
+        self.clients = [httpx.Client(base_url=url, timeout=60) for url in urls]
 
     def api(self, n: int) -> httpx.Client:
-        return httpx.Client(base_url=self.urls[n % len(self.urls)], timeout=60)
+        return self.clients[n % len(self.clients)]
 
     def cli(self, *args: str) -> Any:
         done = subprocess.run(
@@ -109,7 +109,10 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
             )
         workers = [rag_loop(f"worker{n}", ["worker"], env, logs) for n in range(2)]
         started.extend(workers)
-        yield Stack(env, urls, workers)
+        stack = Stack(env, urls, workers)
+        yield stack
+        for client in stack.clients:
+            client.close()
     except BaseException:
         for process in started:
             print(f"--- {process.name} ---\n{process.tail()}")
@@ -211,6 +214,9 @@ def test_end_to_end_through_two_apis_and_two_workers(stack: Stack) -> None:
     ):
         assert time.monotonic() < deadline and job["status"] == "queued", job
         time.sleep(0.05)
+    while not any(r["status"] == "running" for r in api0.get("/v1/evals", headers=admin).json()):
+        assert time.monotonic() < deadline, "the evaluation run never started"
+        time.sleep(0.05)  # killed now, the worker leaves a run behind that never finishes
     pid = int(job["worker"].split(":")[1])
     [victim] = [w for w in stack.workers if w.process.pid == pid]
     victim.kill()
@@ -220,3 +226,55 @@ def test_end_to_end_through_two_apis_and_two_workers(stack: Stack) -> None:
     runs = api1.get("/v1/evals?limit=10", headers=admin).json()
     lost = [r for r in runs if r["status"] == "failed"]
     assert lost and "worker was lost" in lost[0]["error"]
+
+
+def test_serve_with_worker_processes(tmp_path: Path) -> None:
+    """`rag-loop serve --workers 2`: two API processes on one port, SQLite and a Chroma
+    server; without a Chroma server it refuses with a clear message."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    env = {"RAG_LOOP_DATA_DIR": str(tmp_path / "data"), "RAG_LOOP_CORPUS_PATH": str(CORPUS)}
+    refused = subprocess.run(
+        [str(BIN / "rag-loop"), "serve", "--workers", "2", "--no-ingest"],
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert refused.returncode == 2 and "needs a Chroma server" in refused.stderr
+    assert "Traceback" not in refused.stderr
+
+    chroma, chroma_port = chroma_server(tmp_path / "chroma", logs)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env |= {"RAG_LOOP_CHROMA_HOST": "127.0.0.1", "RAG_LOOP_CHROMA_PORT": str(chroma_port)}
+    api = rag_loop(
+        "api",
+        ["serve", "--workers", "2", "--port", str(port)],
+        env,
+        logs,
+        ready_url=f"{url}/readyz",
+        timeout=300,
+    )
+    try:
+        with httpx.Client(base_url=url, timeout=60) as client:
+            for _ in range(12):
+                answer = client.post("/v1/ask", json={"query": "How do I pause my plan?"})
+                assert answer.status_code == 200, answer.text
+                body = answer.json()
+                feedback = client.post(
+                    "/v1/feedback",
+                    json={
+                        "interaction_id": body["interaction_id"],
+                        "token": body["feedback_token"],
+                        "thumb": "up",
+                    },
+                )
+                assert feedback.status_code == 201, feedback.text
+        children = subprocess.run(
+            ["pgrep", "-P", str(api.process.pid)], capture_output=True, text=True
+        ).stdout.split()
+        assert len(children) >= 2  # the uvicorn worker processes
+    finally:
+        api.stop()
+        chroma.stop()
