@@ -282,14 +282,22 @@ def main() -> None:
         feedback = {"sqlite": bench_feedback(server, args.feedback, sqlite_rows)}
         server.stop()
 
-        # the same SQLite database behind 2 API processes (`rag-loop serve --workers 2`);
-        # several processes need Chroma as a server
+        # SQLite behind 2 API processes (`rag-loop serve --workers 2`); several processes
+        # need Chroma as a server, so this one has its own data dir and a `chroma run`
         chroma = ChromaServer(work / "chroma")
+        two_dir = work / "sqlite-2-processes"
+
+        def two_rows() -> int:
+            import sqlite3
+
+            with sqlite3.connect(two_dir / "rag_loop.db") as conn:
+                return int(conn.execute("SELECT count(*) FROM feedback_submissions").fetchone()[0])
+
         try:
             env = {"RAG_LOOP_CHROMA_HOST": "127.0.0.1", "RAG_LOOP_CHROMA_PORT": str(chroma.port)}
-            Server(sqlite_dir, env).stop()  # ingests into the Chroma server
-            server = Server(sqlite_dir, env, ("--workers", "2"))
-            feedback["sqlite, 2 processes"] = bench_feedback(server, args.feedback, sqlite_rows)
+            Server(two_dir, env).stop()  # ingests into the Chroma server
+            server = Server(two_dir, env, ("--workers", "2"))
+            feedback["sqlite, 2 processes"] = bench_feedback(server, args.feedback, two_rows)
             server.stop()
         finally:
             chroma.stop()

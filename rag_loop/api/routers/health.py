@@ -44,6 +44,7 @@ def readiness(services: Services) -> dict[str, dict[str, Any]]:
     """Each dependency checked on its own, so a 503 says which one is missing."""
     from sqlalchemy import text
 
+    from rag_loop.errors import BackendUnavailable, RagLoopError
     from rag_loop.index.versions import serving_index
 
     checks: dict[str, dict[str, Any]] = {}
@@ -60,10 +61,11 @@ def readiness(services: Services) -> dict[str, dict[str, Any]]:
         checks["chroma"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:300]}
     try:
         index = serving_index(services.engine)
-        services.store.client.get_collection(index.collection_name)
+        if services.store.count(index.collection_name) < 1:
+            raise BackendUnavailable(f"the serving collection {index.collection_name} is empty")
         checks["serving_index"] = {"ok": True, "index_version": index.id}
     except Exception as exc:
-        message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+        message = exc.message if isinstance(exc, RagLoopError) else f"{type(exc).__name__}: {exc}"
         checks["serving_index"] = {"ok": False, "error": message[:300]}
     return checks
 
