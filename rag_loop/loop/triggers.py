@@ -151,6 +151,17 @@ def _store_watch(services: Services, cycle_id: int, seen: dict[str, Any]) -> Non
         row.gate = {**row.gate, "watch": seen}
 
 
+def _run(services: Services, cycle_id: int, actor: str = "loop") -> dict[str, Any]:
+    """Run the cycle here, or, with a task queue, hand it to a worker (the API process that
+    ticks stays free to serve)."""
+    if services.queue is not None:
+        from rag_loop import jobs
+
+        job_id = jobs.submit(services, "loop_cycle", {"cycle_id": cycle_id}, actor=actor)
+        return {"state": "queued", "job_id": job_id}
+    return cycles.run_cycle(services, cycle_id, actor=actor)
+
+
 def tick(services: Services) -> dict[str, Any]:
     """One look at the loop: go on with a cycle in shadow, watch the latest promotion,
     start a cycle when a trigger fires. Safe to call from several processes: a cycle is
@@ -177,7 +188,7 @@ def tick(services: Services) -> dict[str, Any]:
     except Conflict:
         return {}
     log.info("loop cycle %s started by %s: %s", cycle_id, name, details)
-    view = cycles.run_cycle(services, cycle_id)
+    view = _run(services, cycle_id)
     return {"started": cycle_id, "trigger": name, "state": view["state"]}
 
 
@@ -187,4 +198,4 @@ def scheduled_cycle(services: Services) -> dict[str, Any]:
         cycle_id = cycles.start_cycle(services, trigger="schedule", actor="loop")
     except Conflict as exc:
         return {"skipped": exc.message}
-    return {"started": cycle_id, "state": cycles.run_cycle(services, cycle_id)["state"]}
+    return {"started": cycle_id, "state": _run(services, cycle_id)["state"]}
