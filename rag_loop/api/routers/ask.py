@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from rag_loop.api.deps import PrincipalDep, ServicesDep
@@ -25,7 +25,7 @@ async def ask_route(
     services: ServicesDep,
     principal: PrincipalDep,
     x_client: str | None = Header(default=None, max_length=64),
-) -> AskOut:
+) -> Response:
     if principal is not None:
         principal.require("ask")
     elif services.settings.auth.require_key_for_ask:
@@ -44,9 +44,11 @@ async def ask_route(
         asks.labels("ask", "invalid" if exc.status_code < 500 else "error").inc()
         raise
     asks.labels("ask", "ok").inc()
-    return AskOut.model_validate(
+    out = AskOut.model_validate(
         {
             **result.__dict__,
             "feedback_token_expires_in": services.settings.auth.feedback_token_ttl_seconds,
         }
     )
+    # serialised once here (AskOut is still the documented response model)
+    return Response(out.model_dump_json(), media_type="application/json")

@@ -28,8 +28,7 @@ async def feedback_route(
     services: ServicesDep,
     principal: PrincipalDep,
     request: Request,
-    response: Response,
-) -> FeedbackOut:
+) -> Response:
     """Authorised by the answer's `token`, or by an API key with the feedback scope."""
     if principal is not None:
         principal.require("feedback")
@@ -45,6 +44,9 @@ async def feedback_route(
     receipt = await submit_feedback_async(services, body, actor=actor)
     if receipt.created:
         request.app.state.metrics.count_feedback(body)
-    else:
-        response.status_code = 200
-    return FeedbackOut.model_validate(receipt.__dict__)
+    # built and serialised once here (FeedbackOut is still the documented response model)
+    return Response(
+        FeedbackOut.model_validate(receipt.__dict__).model_dump_json(),
+        status_code=201 if receipt.created else 200,
+        media_type="application/json",
+    )
