@@ -36,6 +36,7 @@ from evals.bench_serving import (  # noqa: E402
     QUESTIONS,
     ChromaServer,
     Server,
+    bench_feedback,
     load,
     percentile,
     summary,
@@ -121,26 +122,6 @@ def bench_chat(server: Server, n: int) -> dict[int, dict[str, dict[str, float]]]
     return results
 
 
-async def spread_load(
-    urls: list[str], bodies: list[dict[str, Any]], concurrency: int
-) -> tuple[list[float], float, dict[int, int]]:
-    """Like `load`, with the clients split evenly over several API processes."""
-    per = concurrency // len(urls)
-    share = [bodies[i :: len(urls)] for i in range(len(urls))]
-    started = time.perf_counter()
-    outcomes = await asyncio.gather(
-        *(load(f"{url}/v1/feedback", part, per) for url, part in zip(urls, share, strict=True))
-    )
-    wall = time.perf_counter() - started
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    for lat, _, st, _ in outcomes:
-        latencies += lat
-        for code, count in st.items():
-            statuses[code] = statuses.get(code, 0) + count
-    return latencies, wall, statuses
-
-
 def bench_two_processes(work: Path, n: int) -> dict[str, float]:
     name = f"rag_loop_bench_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
@@ -157,10 +138,6 @@ def bench_two_processes(work: Path, n: int) -> dict[str, float]:
         }
         servers.append(Server(work / "pg", env))  # migrates and ingests
         servers.append(Server(work / "pg", env))
-        urls = [s.url for s in servers]
-        _, _, _, asked = asyncio.run(
-            load(f"{urls[0]}/v1/ask", [{"query": q} for q in QUESTIONS[:64]], 8)
-        )
         dsn = f"postgresql://postgres@127.0.0.1:5432/{name}"
 
         def rows() -> int:
@@ -168,30 +145,7 @@ def bench_two_processes(work: Path, n: int) -> dict[str, float]:
                 row = conn.execute("SELECT count(*) FROM feedback_submissions").fetchone()
                 return int(row[0]) if row else 0
 
-        before = rows()
-        bodies = []
-        for i in range(n):
-            answer = asked[i % len(asked)]
-            bodies.append(
-                {
-                    "interaction_id": answer["interaction_id"],
-                    "token": answer["feedback_token"],
-                    "thumb": "up" if i % 3 else "down",
-                    "idempotency_key": uuid.uuid4().hex,
-                }
-            )
-        latencies, wall, statuses = asyncio.run(spread_load(urls, bodies, 32))
-        accepted = statuses.get(201, 0)
-        stored = rows() - before
-        return {
-            "writes_per_s": accepted / wall,
-            "accepted": accepted,
-            "rows": stored,
-            "lost": accepted - stored,
-            "errors": n - accepted,
-            "p50_ms": percentile(latencies, 50),
-            "p99_ms": percentile(latencies, 99),
-        }
+        return bench_feedback(servers, n, rows)
     finally:
         for server in servers:
             server.stop()

@@ -223,9 +223,32 @@ def bench_asks(server: Server, n: int) -> dict[int, dict[str, float]]:
     return results
 
 
-def bench_feedback(server: Server, n: int, count_rows: Any) -> dict[str, float]:
+async def spread_load(
+    urls: list[str], bodies: list[dict[str, Any]], concurrency: int
+) -> tuple[list[float], float, dict[int, int]]:
+    """Feedback posts with the clients split evenly over several API processes."""
+    per = concurrency // len(urls)
+    share = [bodies[i :: len(urls)] for i in range(len(urls))]
+    started = time.perf_counter()
+    outcomes = await asyncio.gather(
+        *(load(f"{url}/v1/feedback", part, per) for url, part in zip(urls, share, strict=True))
+    )
+    wall = time.perf_counter() - started
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    for lat, _, st, _ in outcomes:
+        latencies += lat
+        for code, count in st.items():
+            statuses[code] = statuses.get(code, 0) + count
+    return latencies, wall, statuses
+
+
+def bench_feedback(server: Server | list[Server], n: int, count_rows: Any) -> dict[str, float]:
+    """Feedback writes/s at 32 clients (split over the servers when given several), and the
+    rows counted afterwards."""
+    urls = [s.url for s in server] if isinstance(server, list) else [server.url]
     _, _, _, asked = asyncio.run(
-        load(f"{server.url}/v1/ask", [{"query": q} for q in QUESTIONS[:64]], 8)
+        load(f"{urls[0]}/v1/ask", [{"query": q} for q in QUESTIONS[:64]], 8)
     )
     before = count_rows()
     bodies = []
@@ -239,7 +262,7 @@ def bench_feedback(server: Server, n: int, count_rows: Any) -> dict[str, float]:
                 "idempotency_key": uuid.uuid4().hex,
             }
         )
-    latencies, wall, statuses, _ = asyncio.run(load(f"{server.url}/v1/feedback", bodies, 32))
+    latencies, wall, statuses = asyncio.run(spread_load(urls, bodies, 32))
     accepted = statuses.get(201, 0)
     rows = count_rows() - before
     return {
