@@ -36,10 +36,12 @@ from rag_loop.corpus.ingest import ingest  # noqa: E402
 from rag_loop.evaluation.metrics import ranking_metrics  # noqa: E402
 from rag_loop.feedback.service import submit_feedback  # noqa: E402
 from rag_loop.feedback.simulated import SimulatedUser  # noqa: E402
-from rag_loop.index.versions import champion  # noqa: E402
+from rag_loop.index.versions import serving_index  # noqa: E402
 from rag_loop.interactions.ask import ask  # noqa: E402
 from rag_loop.loop.cycle import run_cycle, start_cycle  # noqa: E402
 from rag_loop.loop.resources import PeakMemory  # noqa: E402
+from rag_loop.retrieval.config import DENSE, RetrievalConfig  # noqa: E402
+from rag_loop.retrieval.search import search  # noqa: E402
 from rag_loop.services import Services  # noqa: E402
 from rag_loop.settings import Settings  # noqa: E402
 
@@ -54,18 +56,21 @@ def read_qrels(path: Path) -> dict[str, set[str]]:
 
 
 def test_metrics(
-    services: Services, queries: dict[str, str], qrels: dict[str, set[str]]
+    services: Services,
+    queries: dict[str, str],
+    qrels: dict[str, set[str]],
+    config: RetrievalConfig | None = None,
 ) -> dict[str, float]:
-    """nDCG@10, Recall@10, MRR@10 and Recall@100 of the serving index, document level."""
-    with services.sessions() as session:
-        index = champion(session)
-        collection, version = index.collection_name, index.embedder_version
-    embedder = services.embedders.get(version)
+    """nDCG@10, Recall@10, MRR@10 and Recall@100 of the serving index, document level,
+    retrieved the way the serving version retrieves (or with `config`)."""
+    index = serving_index(services.engine)
+    config = config or index.retrieval
+    embedder = services.embedders.get(index.embedder_version)
     ids = sorted(qrels)
     vectors = embedder.embed_queries([queries[i] for i in ids])
     rankings = {}
     for qid, vector in zip(ids, vectors, strict=True):
-        hits = services.store.query(collection, vector, 200)
+        hits = search(services.store, services.lexical, index, config, queries[qid], vector, 200)
         rankings[qid] = list(dict.fromkeys(h.document_id for h in hits))
     refs = {q: sorted(d) for q, d in qrels.items()}
     at10 = ranking_metrics(rankings, refs, 10)
@@ -89,6 +94,13 @@ def main() -> None:
     parser.add_argument("--shown", type=int, default=10, help="chunks shown per answer")
     parser.add_argument("--label-depth", type=int, default=3, help="shown chunks labelled")
     parser.add_argument("--chunk-size", type=int, default=4000)
+    parser.add_argument(
+        "--retrieval",
+        choices=["dense", "hybrid"],
+        default="hybrid",
+        help="how index versions retrieve (RAG_LOOP_RETRIEVAL_MODE)",
+    )
+    parser.add_argument("--dense-weight", type=float, default=0.5, help="hybrid fusion weight")
     parser.add_argument("--mode", choices=["query", "full"], default="query")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--hard-negatives", type=int, default=3)
@@ -116,7 +128,7 @@ def main() -> None:
         data_dir=work / "data",
         corpus_path=None,
         chunking={"chunk_size": args.chunk_size, "chunk_overlap": 0},
-        retrieval={"top_k": args.shown},
+        retrieval={"top_k": args.shown, "mode": args.retrieval, "dense_weight": args.dense_weight},
         evaluation={"golden_sets": []},  # the gate sees held-out feedback only, never test
         training={
             "mode": args.mode,
@@ -142,8 +154,14 @@ def main() -> None:
 
     print(f"data dir {work}; {len(train_ids)} train queries in {args.batches} batches", flush=True)
     stage("ingest", lambda: ingest(services, args.dataset))
+    if args.retrieval == "hybrid":  # what BM25 fusion alone adds, before any feedback
+        dense = stage(
+            "test-eval base, dense only", lambda: test_metrics(services, queries, test, DENSE)
+        )
+        results.append({"after": "base, dense only", **dense})
+        print(json.dumps(results[-1]), flush=True)
     base = stage("test-eval base", lambda: test_metrics(services, queries, test))
-    results.append({"after": "base", **base})
+    results.append({"after": f"base ({args.retrieval})", **base})
     print(json.dumps(results[-1]), flush=True)
     user = SimulatedUser(
         seed=args.seed,

@@ -23,6 +23,7 @@ from rag_loop.generation.base import Generator
 from rag_loop.index.chroma import ChromaStore, make_chroma_client
 from rag_loop.index.embedders import Embedder, EmbedderPool, LazyEmbedder
 from rag_loop.registry.tracking import MlflowTracker
+from rag_loop.retrieval.lexical import LexicalIndexes
 from rag_loop.settings import GeneratorSettings, Settings
 
 
@@ -68,6 +69,7 @@ class Services:
     chunker: Chunker
     writer: BatchWriter
     embedders: EmbedderPool  # by version: the base and the loop's fine-tuned models
+    lexical: LexicalIndexes  # BM25 beside the collections of hybrid index versions
     queue: Any = None  # a DramatiqQueue when RAG_LOOP_QUEUE_BROKER_URL is set
 
     @classmethod
@@ -97,14 +99,16 @@ class Services:
             from rag_loop.queue import DramatiqQueue
 
             queue = DramatiqQueue(settings.queue)
+        store = ChromaStore(
+            make_chroma_client(settings.chroma_path, settings.chroma.host, settings.chroma.port)
+        )
         return cls(
             queue=queue,
             settings=settings,
             engine=engine,
             sessions=sessions,
-            store=ChromaStore(
-                make_chroma_client(settings.chroma_path, settings.chroma.host, settings.chroma.port)
-            ),
+            store=store,
+            lexical=LexicalIndexes(store),
             embedder=embedder,
             generator=generator or make_generator(settings.generator),
             tokens=FeedbackTokens(secret, settings.auth.feedback_token_ttl_seconds),

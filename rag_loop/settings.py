@@ -87,6 +87,20 @@ class ChunkingSettings(BaseModel):
 
 class RetrievalSettings(BaseModel):
     top_k: int = Field(default=5, ge=1, le=100, description="Chunks retrieved per question.")
+    mode: Literal["dense", "hybrid"] = Field(
+        default="dense",
+        description="How new index versions (ingest, loop candidates) retrieve: dense "
+        "(embeddings in Chroma) or hybrid (BM25 over the same chunks fused with dense). "
+        "Stored with the index version; a running version never changes.",
+    )
+    dense_weight: float = Field(
+        default=0.5, ge=0.0, le=1.0, description="hybrid: weight of the dense score."
+    )
+    hybrid_candidates: int = Field(
+        default=100, ge=10, le=1000, description="hybrid: dense and BM25 candidates fused."
+    )
+    bm25_k1: float = Field(default=1.2, gt=0.0, le=5.0, description="hybrid: BM25 k1.")
+    bm25_b: float = Field(default=0.75, ge=0.0, le=1.0, description="hybrid: BM25 b.")
 
 
 class GeneratorSettings(BaseModel):

@@ -29,6 +29,9 @@ class Versions(BaseModel):
     embedder_version: str
     prompt_version: str
     generator: str
+    retrieval: str = Field(
+        description="How the index version retrieved: dense, or hybrid (BM25 + dense)."
+    )
 
 
 class AskOut(BaseModel):

@@ -34,6 +34,7 @@ from rag_loop.db.models import (
 from rag_loop.index.embedders import Embedder
 from rag_loop.index.versions import CHAMPION, champion_or_none, set_alias
 from rag_loop.registry.tracking import INDEX_EXPERIMENT
+from rag_loop.retrieval.config import RetrievalConfig
 from rag_loop.services import Services
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,9 @@ def ingest(
         serving is None
         or serving.chunking_hash != chunker.config_hash
         or serving.embedder_version != embedder.version
+        # a changed RAG_LOOP_RETRIEVAL_* makes a new version (the embeddings are reused)
+        or RetrievalConfig.stored(serving.retrieval)
+        != RetrievalConfig.from_settings(services.settings.retrieval)
     )
     loaded_ids = {d.id for d in loaded}
     added = [d for d in loaded if d.id not in existing or existing[d.id].deleted_at is not None]
@@ -163,6 +167,7 @@ def ingest(
             corpus_hash=corpus_hash,
             parent_id=serving.id if serving else None,
             reason=f"ingest {root}",
+            retrieval=RetrievalConfig.from_settings(services.settings.retrieval).as_dict(),
         )
         session.add(version_row)
         session.flush()
@@ -224,6 +229,7 @@ def ingest(
                 "corpus_hash": corpus_hash,
                 "source_root": root,
                 "parent_index_version": serving.id if serving else "none",
+                "retrieval": RetrievalConfig.from_settings(services.settings.retrieval).label,
             },
             metrics=counts,
             tags={"rag_loop.kind": "index_version", "rag_loop.index_version": str(version_id)},

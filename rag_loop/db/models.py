@@ -116,6 +116,11 @@ class IndexVersion(Base):
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64), default=None)
     build_seconds: Mapped[float | None] = mapped_column(Float, default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # how this version retrieves: None is dense only; otherwise the hybrid configuration
+    # (rag_loop.retrieval.RetrievalConfig.as_dict()), part of the version like its embedder
+    retrieval: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # bumped when the collection changes after the build (corrections, catch-up syncs)
+    revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class Alias(Base):

@@ -41,8 +41,9 @@ from rag_loop.evaluation.metrics import (
     score_without_judge,
 )
 from rag_loop.index.embedders import Embedder
-from rag_loop.index.versions import champion, get_version
+from rag_loop.index.versions import champion, get_version, retrieval_of
 from rag_loop.registry.tracking import EVAL_EXPERIMENT
+from rag_loop.retrieval.search import search
 from rag_loop.services import Services
 
 log = logging.getLogger(__name__)
@@ -340,9 +341,10 @@ def _answer_golden(
     depth = max(top_k, k * 4 if dataset.id_level == "document" else k)
     queries = [item.query for item in dataset.items]
     vectors = embedder.embed_queries(queries)
+    config = retrieval_of(index)
     rankings: dict[str, list[str]] = {}
     for item, vector in zip(dataset.items, vectors, strict=True):
-        hits = services.store.query(index.collection_name, vector, depth)
+        hits = search(services.store, services.lexical, index, config, item.query, vector, depth)
         shown = hits[:top_k]
         item.retrieved = [
             {"chunk_id": h.chunk_id, "document_id": h.document_id, "text": h.text} for h in shown

@@ -127,6 +127,7 @@ def approve(
             added_to = (index.collection_name, [s.id for s in specs])
             index.n_chunks += len(specs)
             index.n_documents += 1
+            index.revision += 1  # hybrid indexes rebuild their BM25 side in every process
             correction.status = "approved"
             correction.reviewer = reviewer
             correction.reviewed_at = utcnow()

@@ -24,7 +24,7 @@ class Hit:
     document_id: str
     title: str
     text: str
-    score: float  # cosine similarity
+    score: float  # cosine similarity; for a hybrid index the fused score (0..1)
 
 
 def make_chroma_client(path: Path | None, host: str | None, port: int) -> Any:
@@ -121,6 +121,19 @@ class ChromaStore:
             out.update(collection.get(include=[], limit=5000, offset=offset)["ids"])
         return out
 
+    def hits(self, name: str) -> list[Hit]:
+        """Every chunk of the collection (score 0), for indexes kept beside it (BM25)."""
+        collection = self._collection(name)
+        total = collection.count()
+        out: list[Hit] = []
+        for offset in range(0, total, 5000):
+            page = collection.get(include=["documents", "metadatas"], limit=5000, offset=offset)
+            for chunk_id, text, meta in zip(
+                page["ids"], page["documents"], page["metadatas"], strict=True
+            ):
+                out.append(_hit(chunk_id, text, meta, 0.0))
+        return out
+
     def count(self, name: str) -> int:
         return int(self._collection(name).count())
 
@@ -150,13 +163,15 @@ class ChromaStore:
             result["distances"][0],
             strict=True,
         ):
-            hits.append(
-                Hit(
-                    chunk_id=chunk_id,
-                    document_id=str(meta["document_id"]),
-                    title=str(meta.get("title", "")),
-                    text=text,
-                    score=round(1.0 - float(distance), 6),
-                )
-            )
+            hits.append(_hit(chunk_id, text, meta, round(1.0 - float(distance), 6)))
         return hits
+
+
+def _hit(chunk_id: str, text: str | None, meta: Any, score: float) -> Hit:
+    return Hit(
+        chunk_id=chunk_id,
+        document_id=str(meta["document_id"]),
+        title=str(meta.get("title", "")),
+        text=text or "",
+        score=score,
+    )

@@ -26,6 +26,7 @@ from rag_loop.db.models import AuditEntry, Chunk, Document, IndexVersion
 from rag_loop.errors import InvalidInput
 from rag_loop.index.embedders import Embedder
 from rag_loop.registry.tracking import INDEX_EXPERIMENT
+from rag_loop.retrieval.config import RetrievalConfig
 from rag_loop.services import Services
 
 
@@ -65,6 +66,7 @@ def create_index_version(
             corpus_hash="",
             parent_id=parent.id,
             reason=reason[:256],
+            retrieval=RetrievalConfig.from_settings(services.settings.retrieval).as_dict(),
         )
         session.add(row)
         session.flush()
@@ -180,6 +182,7 @@ def build_index(
                 "corpus_hash": corpus_hash,
                 "parent_index_version": version.parent_id or "none",
                 "reason": version.reason,
+                "retrieval": RetrievalConfig.stored(version.retrieval).label,
             },
             metrics={
                 "n_documents": n_documents,
@@ -199,6 +202,8 @@ def build_index(
         row.mlflow_run_id = run_id
         if first_build:
             row.build_seconds = seconds
+        elif stale or missing or reused:
+            row.revision += 1  # chunks came or went under a live version
         session.add(
             AuditEntry(
                 actor=actor,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from sqlalchemy import Engine, select
@@ -9,6 +10,7 @@ from sqlalchemy.orm import Session
 
 from rag_loop.db.models import Alias, IndexVersion, utcnow
 from rag_loop.errors import NoServingIndex, NotFound
+from rag_loop.retrieval.config import RetrievalConfig
 
 CHAMPION = "champion"
 CANDIDATE = "candidate"  # set while a loop cycle runs the candidate in shadow mode
@@ -37,6 +39,8 @@ class ServingIndex:
     collection_name: str
     embedder: str
     embedder_version: str
+    retrieval: RetrievalConfig
+    revision: int
     shadow: ServingIndex | None = None
 
 
@@ -54,20 +58,19 @@ def serving_index(engine: Engine) -> ServingIndex:
             cursor.close()
     finally:
         raw.close()
-    found = {row[0]: ServingIndex(*row[1:]) for row in rows}
+    found = {
+        row[0]: ServingIndex(
+            int(row[1]), row[2], row[3], row[4], RetrievalConfig.stored(row[5]), int(row[6])
+        )
+        for row in rows
+    }
     if CHAMPION not in found:
         raise NoServingIndex(
             "there is no serving index yet; ingest documents first: rag-loop ingest PATH"
         )
     serving = found[CHAMPION]
     if CANDIDATE in found:
-        return ServingIndex(
-            serving.id,
-            serving.collection_name,
-            serving.embedder,
-            serving.embedder_version,
-            shadow=found[CANDIDATE],
-        )
+        return dataclasses.replace(serving, shadow=found[CANDIDATE])
     return serving
 
 
@@ -84,6 +87,8 @@ def _serving_sql(engine: Engine) -> str:
                 IndexVersion.collection_name,
                 IndexVersion.embedder,
                 IndexVersion.embedder_version,
+                IndexVersion.retrieval,
+                IndexVersion.revision,
             )
             .join(Alias, Alias.index_version_id == IndexVersion.id)
             .where(Alias.name.in_((CHAMPION, CANDIDATE)))
@@ -91,6 +96,10 @@ def _serving_sql(engine: Engine) -> str:
         compiled = statement.compile(dialect=engine.dialect, compile_kwargs={"literal_binds": True})
         sql = _SERVING_SQL[engine.dialect.name] = str(compiled)
     return sql
+
+
+def retrieval_of(version: IndexVersion) -> RetrievalConfig:
+    return RetrievalConfig.stored(version.retrieval)
 
 
 def champion_or_none(session: Session) -> IndexVersion | None:

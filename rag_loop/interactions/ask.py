@@ -23,7 +23,7 @@ from rag_loop.errors import InvalidInput, RagLoopError, UpstreamError
 from rag_loop.generation.base import cited_ranks
 from rag_loop.index.chroma import Hit
 from rag_loop.index.versions import ServingIndex, serving_index
-from rag_loop.retrieval.dense import retrieve
+from rag_loop.retrieval.search import retrieve
 from rag_loop.services import Services
 
 log = logging.getLogger(__name__)
@@ -144,9 +144,12 @@ def prepare(
         "embedder_version": index.embedder_version,
         "prompt_version": services.generator.prompt_version,
         "generator": services.generator.name,
+        "retrieval": index.retrieval.mode,
     }
     embedder = services.embedders.get(index.embedder_version)
-    retrieved = retrieve(embedder, services.store, index.collection_name, query, k)
+    retrieved = retrieve(
+        embedder, services.store, services.lexical, index, index.retrieval, query, k
+    )
     return Prepared(
         interaction_id=uuid.uuid4().hex,
         query=query,
@@ -274,7 +277,9 @@ def _shadow(
     started = time.perf_counter()
     try:
         embedder = services.embedders.get(candidate.embedder_version)
-        hits = retrieve(embedder, services.store, candidate.collection_name, query, k).hits
+        hits = retrieve(
+            embedder, services.store, services.lexical, candidate, candidate.retrieval, query, k
+        ).hits
         shown = {h.chunk_id for h in served}
         with write_connection(services.engine) as conn:
             conn.execute(

@@ -15,6 +15,7 @@ from rag_loop.db.models import (
 )
 from rag_loop.errors import NotFound
 from rag_loop.feedback.corrections import correction_view
+from rag_loop.retrieval.config import RetrievalConfig
 from rag_loop.services import Services
 
 
@@ -82,6 +83,7 @@ def show(services: Services, interaction_id: str) -> dict[str, Any]:
                 "embedder_version": interaction.embedder_version,
                 "prompt_version": interaction.prompt_version,
                 "generator": interaction.generator,
+                "retrieval": RetrievalConfig.stored(index.retrieval).mode if index else "dense",
             },
             "index_version": None
             if index is None
@@ -95,6 +97,8 @@ def show(services: Services, interaction_id: str) -> dict[str, Any]:
                 "chunking_hash": index.chunking_hash,
                 "corpus_hash": index.corpus_hash,
                 "mlflow_run_id": index.mlflow_run_id,
+                "retrieval": index.retrieval or {"mode": "dense"},
+                "revision": index.revision,
                 "created_at": index.created_at.isoformat(),
             },
             "sources": [

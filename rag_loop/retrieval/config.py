@@ -1,0 +1,73 @@
+"""How an index version retrieves: dense only, or hybrid (BM25 fused with dense).
+
+The configuration is part of the index version (column `index_versions.retrieval`), like its
+embedder: a loop candidate is gated with the configuration it will serve with, and changing
+`RAG_LOOP_RETRIEVAL_MODE` takes effect through a new index version, never under a running one.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from typing import Any, Literal
+
+from rag_loop.settings import RetrievalSettings
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    mode: Literal["dense", "hybrid"] = "dense"
+    # hybrid: fused = dense_weight * minmax(cosine) + (1 - dense_weight) * minmax(BM25), over
+    # the union of the dense and the BM25 top `candidates`
+    dense_weight: float = 0.5
+    candidates: int = 100
+    bm25_k1: float = 1.2
+    bm25_b: float = 0.75
+    stemmer: str = "english"
+    stopwords: str = "english"
+
+    @property
+    def hybrid(self) -> bool:
+        return self.mode == "hybrid"
+
+    def as_dict(self) -> dict[str, Any] | None:
+        """What the index version stores; None means dense (the pre-hybrid default)."""
+        return asdict(self) if self.hybrid else None
+
+    @property
+    def label(self) -> str:
+        if not self.hybrid:
+            return "dense"
+        return (
+            f"hybrid(dense_weight={self.dense_weight}, candidates={self.candidates}, "
+            f"bm25 k1={self.bm25_k1} b={self.bm25_b})"
+        )
+
+    @classmethod
+    def from_settings(cls, settings: RetrievalSettings) -> RetrievalConfig:
+        return cls(
+            mode=settings.mode,
+            dense_weight=settings.dense_weight,
+            candidates=settings.hybrid_candidates,
+            bm25_k1=settings.bm25_k1,
+            bm25_b=settings.bm25_b,
+        )
+
+    @classmethod
+    def stored(cls, value: dict[str, Any] | str | None) -> RetrievalConfig:
+        """From the column: a dict, JSON text (a raw SQLite cursor) or None (dense)."""
+        if value is None:
+            return DENSE
+        if isinstance(value, str):
+            return _parse(value)
+        return cls(**value)
+
+
+DENSE = RetrievalConfig()
+
+
+@lru_cache(maxsize=64)
+def _parse(text: str) -> RetrievalConfig:
+    value = json.loads(text)
+    return DENSE if value is None else RetrievalConfig(**value)

@@ -1,0 +1,126 @@
+"""Hybrid retrieval (BM25 fused with dense) as part of an index version, on the sample
+corpus, with the real embedder, real Chroma and SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from rag_loop.corpus.ingest import ingest
+from rag_loop.feedback.corrections import approve
+from rag_loop.feedback.schemas import FeedbackIn
+from rag_loop.feedback.service import submit_feedback
+from rag_loop.index.versions import champion, retrieval_of, serving_index
+from rag_loop.interactions.ask import ask
+from rag_loop.interactions.lineage import show
+from rag_loop.retrieval.config import DENSE, RetrievalConfig
+from rag_loop.retrieval.search import search
+from rag_loop.services import Services
+from rag_loop.settings import Settings
+from tests.conftest import CORPUS
+
+HYBRID = {"mode": "hybrid", "dense_weight": 0.5, "hybrid_candidates": 50}
+
+
+def test_hybrid_is_stored_with_the_version_and_served(
+    db_backend: str, make_settings: Callable[..., Settings], embedder: Any
+) -> None:
+    services = Services.from_settings(make_settings(retrieval=HYBRID), embedder=embedder)
+    try:
+        ingest(services, CORPUS, actor="test")
+        with services.sessions() as session:
+            version = champion(session)
+            config = retrieval_of(version)
+        assert config == RetrievalConfig(mode="hybrid", dense_weight=0.5, candidates=50)
+        assert version.retrieval == config.as_dict()
+        run = services.tracker.get_run(version.mlflow_run_id)
+        assert run.data.params["retrieval"] == config.label
+        served = serving_index(services.engine)
+        assert served.retrieval == config and served.revision == 0
+
+        # a phone number: a lexical match that the fused ranking puts first
+        answer = ask(services, "555 0199")
+        assert answer.versions["retrieval"] == "hybrid"
+        assert answer.sources[0]["document_id"] == "support/contacting-support"
+        scores = [s["score"] for s in answer.sources]
+        assert scores == sorted(scores, reverse=True) and 0.0 <= scores[-1] <= scores[0] <= 1.0
+        view = show(services, answer.interaction_id)
+        assert view["versions"]["retrieval"] == "hybrid"
+        assert view["index_version"]["retrieval"]["mode"] == "hybrid"
+    finally:
+        services.close()
+
+
+def test_without_query_terms_hybrid_keeps_the_dense_order(
+    make_settings: Callable[..., Settings], embedder: Any
+) -> None:
+    services = Services.from_settings(make_settings(retrieval=HYBRID), embedder=embedder)
+    try:
+        ingest(services, CORPUS, actor="test")
+        served = serving_index(services.engine)
+        query = "the and of"  # stopwords only: BM25 scores nothing
+        vector = embedder.embed_query(query)
+        dense = search(services.store, services.lexical, served, DENSE, query, vector, 5)
+        hybrid = search(
+            services.store, services.lexical, served, served.retrieval, query, vector, 5
+        )
+        assert [h.chunk_id for h in hybrid] == [h.chunk_id for h in dense]
+    finally:
+        services.close()
+
+
+def test_an_approved_correction_reaches_the_bm25_side_in_every_process(
+    make_settings: Callable[..., Settings], embedder: Any
+) -> None:
+    settings = make_settings(retrieval=HYBRID)
+    services = Services.from_settings(settings, embedder=embedder)
+    other = Services.from_settings(settings, embedder=embedder)  # a second API process
+    try:
+        ingest(services, CORPUS, actor="test")
+        first = ask(services, "How much is the theft excess?")
+        before = ask(other, "ART-2 certified lock")  # builds the other's BM25 side
+        receipt = submit_feedback(
+            services,
+            FeedbackIn.model_validate(
+                {
+                    "interaction_id": first.interaction_id,
+                    "thumb": "down",
+                    "correction": "Since 2026 the theft excess is 120 euros, or 40 euros with "
+                    "an ART-2 certified lock.",
+                }
+            ),
+            actor="test",
+        )
+        assert receipt.correction_id is not None
+        approve(services, receipt.correction_id, reviewer="admin")
+        served = serving_index(other.engine)
+        assert served.revision == 1
+        after = ask(other, "ART-2 certified lock")
+        correction = f"correction-{receipt.correction_id}"
+        assert correction not in [s["document_id"] for s in before.sources]
+        assert after.sources[0]["document_id"] == correction
+        lexical = other.lexical.get(served.collection_name, served.revision, served.retrieval)
+        assert after.sources[0]["chunk_id"] in lexical.position
+    finally:
+        other.close()
+        services.close()
+
+
+def test_changing_the_retrieval_setting_makes_a_new_version_without_embedding(
+    make_settings: Callable[..., Settings], embedder: Any
+) -> None:
+    dense = Services.from_settings(make_settings(), embedder=embedder)
+    try:
+        first = ingest(dense, CORPUS, actor="test")
+        assert serving_index(dense.engine).retrieval == DENSE
+    finally:
+        dense.close()
+    hybrid = Services.from_settings(make_settings(retrieval=HYBRID), embedder=embedder)
+    try:
+        second = ingest(hybrid, CORPUS, actor="test")
+        assert second.changed and second.index_version_id != first.index_version_id
+        assert second.chunks_embedded == 0 and second.chunks_reused == first.chunks_total
+        assert serving_index(hybrid.engine).retrieval.hybrid
+        assert not ingest(hybrid, CORPUS, actor="test").changed
+    finally:
+        hybrid.close()
