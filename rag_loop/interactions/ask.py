@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import insert
+from sqlalchemy import Connection, insert
 
 from rag_loop.db.engine import write_connection
 from rag_loop.db.models import Interaction, Retrieval, ShadowRetrieval, utcnow
@@ -178,64 +178,124 @@ def record(
 ) -> None:
     """Write the interaction and its retrievals in one transaction (and the shadow
     retrieval, if a candidate is in shadow). An error names the interaction it logged."""
+    rows = interaction_rows(prepared, answer, cited, generation_started, error=error)
+    with write_connection(services.engine) as conn:
+        insert_interactions(conn, [rows])
+    index = prepared.index
+    if index.shadow is not None and error is None:
+        _shadow(
+            services,
+            index.shadow,
+            prepared.interaction_id,
+            prepared.query,
+            prepared.k,
+            prepared.hits,
+            prepared.latency_ms,
+        )
+    if error is not None and not any("interaction_id" in d for d in error.details):
+        error.details.append({"interaction_id": prepared.interaction_id})
+
+
+Rows = tuple[dict[str, Any], list[dict[str, Any]]]
+
+
+def interaction_rows(
+    prepared: Prepared,
+    answer: str | None,
+    cited: list[int],
+    generation_started: float,
+    *,
+    error: RagLoopError | None = None,
+) -> Rows:
+    """The interaction row and its retrieval rows; completes the latency breakdown."""
     now = time.perf_counter()
     prepared.cited_ranks = cited
     latency = prepared.latency_ms
     latency["generate"] = round((now - generation_started) * 1000, 3)
     latency["total"] = round((now - prepared.started) * 1000, 3)
     index, interaction_id = prepared.index, prepared.interaction_id
-    with write_connection(services.engine) as conn:
-        conn.execute(
-            insert(Interaction),
-            [
-                {
-                    "id": interaction_id,
-                    "created_at": utcnow(),
-                    "query": prepared.query,
-                    "answer": answer,
-                    "status": "error" if error else "ok",
-                    "error": f"{error.code}: {error.message}" if error else None,
-                    "index_version_id": index.id,
-                    "collection_name": index.collection_name,
-                    "embedder_version": index.embedder_version,
-                    "prompt_version": prepared.versions["prompt_version"],
-                    "generator": prepared.versions["generator"],
-                    "top_k": prepared.k,
-                    "cited_ranks": cited,
-                    "latency_ms": latency,
-                    "api_key_id": prepared.api_key_id,
-                    "client": prepared.client,
-                }
-            ],
-        )
-        if prepared.hits:
-            conn.execute(
-                insert(Retrieval),
-                [
-                    {
-                        "interaction_id": interaction_id,
-                        "rank": rank,
-                        "chunk_id": hit.chunk_id,
-                        "document_id": hit.document_id,
-                        "title": hit.title,
-                        "score": hit.score,
-                        "text": hit.text,
-                    }
-                    for rank, hit in enumerate(prepared.hits, start=1)
-                ],
-            )
-    if index.shadow is not None and error is None:
-        _shadow(
-            services,
-            index.shadow,
-            interaction_id,
-            prepared.query,
-            prepared.k,
-            prepared.hits,
-            latency,
-        )
-    if error is not None and not any("interaction_id" in d for d in error.details):
-        error.details.append({"interaction_id": interaction_id})
+    interaction = {
+        "id": interaction_id,
+        "created_at": utcnow(),
+        "query": prepared.query,
+        "answer": answer,
+        "status": "error" if error else "ok",
+        "error": f"{error.code}: {error.message}" if error else None,
+        "index_version_id": index.id,
+        "collection_name": index.collection_name,
+        "embedder_version": index.embedder_version,
+        "prompt_version": prepared.versions["prompt_version"],
+        "generator": prepared.versions["generator"],
+        "top_k": prepared.k,
+        "cited_ranks": cited,
+        "latency_ms": dict(latency),
+        "api_key_id": prepared.api_key_id,
+        "client": prepared.client,
+    }
+    retrievals = [
+        {
+            "interaction_id": interaction_id,
+            "rank": rank,
+            "chunk_id": hit.chunk_id,
+            "document_id": hit.document_id,
+            "title": hit.title,
+            "score": hit.score,
+            "text": hit.text,
+        }
+        for rank, hit in enumerate(prepared.hits, start=1)
+    ]
+    return interaction, retrievals
+
+
+def insert_interactions(conn: Connection, items: list[Rows]) -> list[None]:
+    """Set-based insert of many interactions with their retrievals (two statements); also
+    the group-commit writer's batch function (rag_loop/db/writer.py)."""
+    conn.execute(insert(Interaction), [interaction for interaction, _ in items])
+    retrievals = [row for _, rows in items for row in rows]
+    if retrievals:
+        conn.execute(insert(Retrieval), retrievals)
+    return [None] * len(items)
+
+
+@dataclass
+class Answered:
+    prepared: Prepared
+    text: str
+    cited: list[int]
+    rows: Rows | None  # None: already written (shadow mode writes on the request's thread)
+
+
+def answer(
+    services: Services,
+    query: str,
+    *,
+    top_k: int | None = None,
+    api_key_id: str | None = None,
+    client: str | None = None,
+) -> Answered:
+    """Retrieve and generate; the interaction is written here only if the generator fails
+    (then the error is raised) or a candidate is in shadow mode; otherwise the caller
+    writes it (`record_async`) and must not answer before that write is committed."""
+    prepared = prepare(services, query, top_k=top_k, api_key_id=api_key_id, client=client)
+    t_gen = time.perf_counter()
+    try:
+        generation = services.generator.generate(prepared.query, prepared.hits)
+    except RagLoopError as exc:
+        record(services, prepared, None, [], t_gen, error=exc)
+        raise
+    text, cited = generation.text, generation.cited_ranks
+    if prepared.index.shadow is not None:
+        record(services, prepared, text, cited, t_gen)
+        return Answered(prepared, text, cited, None)
+    return Answered(prepared, text, cited, interaction_rows(prepared, text, cited, t_gen))
+
+
+async def record_async(services: Services, answered: Answered) -> None:
+    """Write an answered interaction through the group-commit writer: it runs on the
+    writer's thread while the event loop serialises the response, and concurrent answers
+    (and feedback) share one commit. Resolves after the commit."""
+    if answered.rows is not None:
+        await services.writer.arun(insert_interactions, answered.rows)
 
 
 def result(services: Services, prepared: Prepared, answer: str, cited: list[int]) -> AskResult:

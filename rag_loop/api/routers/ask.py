@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Header, Request, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -7,7 +9,8 @@ from rag_loop.api.deps import PrincipalDep, ServicesDep
 from rag_loop.api.errors import responses
 from rag_loop.api.schemas import AskIn, AskOut
 from rag_loop.errors import RagLoopError, Unauthorized
-from rag_loop.interactions.ask import ask
+from rag_loop.interactions.ask import answer, record_async
+from rag_loop.interactions.ask import result as ask_result
 
 router = APIRouter(prefix="/v1", tags=["ask"])
 
@@ -32,8 +35,8 @@ async def ask_route(
         raise Unauthorized("asking needs an API key with the 'ask' scope")
     asks = request.app.state.metrics.asks
     try:
-        result = await run_in_threadpool(
-            ask,
+        answered = await run_in_threadpool(
+            answer,
             services,
             body.query,
             top_k=body.top_k,
@@ -43,12 +46,20 @@ async def ask_route(
     except RagLoopError as exc:
         asks.labels("ask", "invalid" if exc.status_code < 500 else "error").inc()
         raise
+    # The interaction is written on the group-commit writer's thread while this one builds
+    # the response; the answer leaves only after the write is committed.
+    write = asyncio.ensure_future(record_async(services, answered))
+    try:
+        result = ask_result(services, answered.prepared, answered.text, answered.cited)
+        out = AskOut.model_validate(
+            {
+                **result.__dict__,
+                "feedback_token_expires_in": services.settings.auth.feedback_token_ttl_seconds,
+            }
+        )
+        # serialised once here (AskOut is still the documented response model)
+        payload = out.model_dump_json()
+    finally:
+        await write
     asks.labels("ask", "ok").inc()
-    out = AskOut.model_validate(
-        {
-            **result.__dict__,
-            "feedback_token_expires_in": services.settings.auth.feedback_token_ttl_seconds,
-        }
-    )
-    # serialised once here (AskOut is still the documented response model)
-    return Response(out.model_dump_json(), media_type="application/json")
+    return Response(payload, media_type="application/json")
