@@ -248,54 +248,12 @@ def interaction_rows(
 
 
 def insert_interactions(conn: Connection, items: list[Rows]) -> list[None]:
-    """Set-based insert of many interactions with their retrievals (two statements); also
-    the group-commit writer's batch function (rag_loop/db/writer.py)."""
+    """Set-based insert of many interactions with their retrievals (two statements)."""
     conn.execute(insert(Interaction), [interaction for interaction, _ in items])
     retrievals = [row for _, rows in items for row in rows]
     if retrievals:
         conn.execute(insert(Retrieval), retrievals)
     return [None] * len(items)
-
-
-@dataclass
-class Answered:
-    prepared: Prepared
-    text: str
-    cited: list[int]
-    rows: Rows | None  # None: already written (shadow mode writes on the request's thread)
-
-
-def answer(
-    services: Services,
-    query: str,
-    *,
-    top_k: int | None = None,
-    api_key_id: str | None = None,
-    client: str | None = None,
-) -> Answered:
-    """Retrieve and generate; the interaction is written here only if the generator fails
-    (then the error is raised) or a candidate is in shadow mode; otherwise the caller
-    writes it (`record_async`) and must not answer before that write is committed."""
-    prepared = prepare(services, query, top_k=top_k, api_key_id=api_key_id, client=client)
-    t_gen = time.perf_counter()
-    try:
-        generation = services.generator.generate(prepared.query, prepared.hits)
-    except RagLoopError as exc:
-        record(services, prepared, None, [], t_gen, error=exc)
-        raise
-    text, cited = generation.text, generation.cited_ranks
-    if prepared.index.shadow is not None:
-        record(services, prepared, text, cited, t_gen)
-        return Answered(prepared, text, cited, None)
-    return Answered(prepared, text, cited, interaction_rows(prepared, text, cited, t_gen))
-
-
-async def record_async(services: Services, answered: Answered) -> None:
-    """Write an answered interaction through the group-commit writer: it runs on the
-    writer's thread while the event loop serialises the response, and concurrent answers
-    (and feedback) share one commit. Resolves after the commit."""
-    if answered.rows is not None:
-        await services.writer.arun(insert_interactions, answered.rows)
 
 
 def result(services: Services, prepared: Prepared, answer: str, cited: list[int]) -> AskResult:
