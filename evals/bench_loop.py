@@ -102,7 +102,7 @@ def main() -> None:
     )
     parser.add_argument("--dense-weight", type=float, default=0.5, help="hybrid fusion weight")
     parser.add_argument("--mode", choices=["query", "full"], default="query")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--hard-negatives", type=int, default=3)
     parser.add_argument("--init-from", choices=["champion", "base"], default="champion")
     parser.add_argument("--train-limit", type=int, default=None, help="first N train queries")
