@@ -180,7 +180,7 @@ def record(
     retrieval, if a candidate is in shadow). An error names the interaction it logged."""
     rows = interaction_rows(prepared, answer, cited, generation_started, error=error)
     with write_connection(services.engine) as conn:
-        insert_interactions(conn, [rows])
+        insert_interaction(conn, rows)
     index = prepared.index
     if index.shadow is not None and error is None:
         _shadow(
@@ -247,13 +247,12 @@ def interaction_rows(
     return interaction, retrievals
 
 
-def insert_interactions(conn: Connection, items: list[Rows]) -> list[None]:
-    """Set-based insert of many interactions with their retrievals (two statements)."""
-    conn.execute(insert(Interaction), [interaction for interaction, _ in items])
-    retrievals = [row for _, rows in items for row in rows]
+def insert_interaction(conn: Connection, rows: Rows) -> None:
+    """The interaction row and its retrieval rows (two Core statements)."""
+    interaction, retrievals = rows
+    conn.execute(insert(Interaction), interaction)
     if retrievals:
         conn.execute(insert(Retrieval), retrievals)
-    return [None] * len(items)
 
 
 def result(services: Services, prepared: Prepared, answer: str, cited: list[int]) -> AskResult:

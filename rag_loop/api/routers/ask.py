@@ -37,7 +37,7 @@ async def ask_route(
         # One hop to the thread pool for everything blocking: retrieve, generate, write the
         # interaction (committed before the answer leaves), serialise. Measured side by side
         # against writing on the group-commit writer while the loop serialised: that put two
-        # more thread hand-overs on the path and was ~1.5 ms slower per ask at 1 client.
+        # more thread hand-overs on the path and was 1.5-2 ms slower per ask at 1 client.
         result = ask(
             services,
             body.query,
