@@ -11,7 +11,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, insert
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from rag_loop.errors import BackendUnavailable
@@ -119,6 +119,8 @@ def insert_rows(engine: Engine, *inserts: tuple[type[Any], Sequence[Mapping[str,
     of one table must all have the same keys, and every column SQLAlchemy would fill in by
     default must be given (no Python-side defaults run here). Locks as `write_connection`."""
     statements = [_prepared_insert(engine, model, rows) for model, rows in inserts if rows]
+    dbapi_error = engine.dialect.loaded_dbapi.Error
+    sql, params = "", list[Any]()  # the failing statement, for the error
     with _sqlite_write_lock(engine):
         raw = engine.raw_connection()
         try:
@@ -132,6 +134,12 @@ def insert_rows(engine: Engine, *inserts: tuple[type[Any], Sequence[Mapping[str,
                     else:
                         cursor.executemany(sql, params)
                 raw.commit()
+            except dbapi_error as exc:
+                raw.rollback()
+                # raised as SQLAlchemy raises it (IntegrityError, OperationalError, ...)
+                raise DBAPIError.instance(
+                    sql, params, exc, dbapi_error, dialect=engine.dialect
+                ) from exc
             except BaseException:
                 raw.rollback()
                 raise

@@ -6,12 +6,12 @@ import threading
 from pathlib import Path
 
 import pytest
-from sqlalchemy import inspect, select, text
+from sqlalchemy import insert, inspect, select, text
 from sqlalchemy.exc import DBAPIError
 
 from rag_loop.corpus.ingest import ingest
-from rag_loop.db.engine import transaction, upgrade
-from rag_loop.db.models import AuditEntry, Document, FeedbackEvent, Interaction
+from rag_loop.db.engine import insert_rows, transaction, upgrade
+from rag_loop.db.models import AuditEntry, Document, FeedbackEvent, Interaction, utcnow
 from rag_loop.feedback import corrections
 from rag_loop.feedback.schemas import FeedbackIn
 from rag_loop.feedback.service import submit_feedback
@@ -51,6 +51,46 @@ def test_audit_log_is_append_only(services: Services, db_backend: str) -> None:
             conn.execute(text(statement))
     with services.sessions() as session:
         assert session.scalars(select(AuditEntry.actor)).all() == ["t"]
+
+
+def test_raw_inserts_store_what_the_orm_stores(services: Services, db_backend: str) -> None:
+    """`insert_rows` (the ask path's write) and a plain Core insert give identical rows,
+    JSON, timestamps and NULLs included, and a failure leaves nothing behind."""
+    row = {
+        "created_at": utcnow(),
+        "query": "q",
+        "answer": None,
+        "status": "ok",
+        "error": None,
+        "index_version_id": None,
+        "collection_name": "c",
+        "embedder_version": "e",
+        "prompt_version": "p",
+        "generator": "extractive",
+        "top_k": 5,
+        "cited_ranks": [1, 3],
+        "latency_ms": {"embed": 1.5, "total": 2.25},
+        "api_key_id": None,
+        "client": None,
+    }
+    with services.engine.begin() as conn:
+        conn.execute(insert(Interaction), {**row, "id": "core"})
+    insert_rows(services.engine, (Interaction, [{**row, "id": "raw"}]))
+    with pytest.raises(DBAPIError):  # the second statement fails: the first is rolled back
+        insert_rows(
+            services.engine,
+            (Interaction, [{**row, "id": "rolled-back"}]),
+            (Interaction, [{**row, "id": "core"}]),
+        )
+    with services.sessions() as session:
+        stored = {i.id: i for i in session.scalars(select(Interaction))}
+    assert set(stored) == {"core", "raw"}
+    columns = [c.key for c in Interaction.__table__.columns if c.key != "id"]
+    assert [getattr(stored["raw"], c) for c in columns] == [
+        getattr(stored["core"], c) for c in columns
+    ]
+    assert stored["raw"].latency_ms == {"embed": 1.5, "total": 2.25}
+    assert stored["raw"].created_at.tzinfo is not None
 
 
 def test_serve_feedback_review_round_trip(kestrel: Services, db_backend: str) -> None:
