@@ -34,6 +34,9 @@ def test_openapi_documents_every_route_and_its_errors(api: httpx.Client) -> None
             errors = [code for code in operation["responses"] if code.startswith(("4", "5"))]
             assert errors, (method, path)
     assert "ErrorBody" in spec["components"]["schemas"]
+    # both ways of presenting an API key are documented as security schemes of the routes
+    assert set(spec["components"]["securitySchemes"]) == {"api_key_bearer", "api_key_header"}
+    assert {"api_key_bearer": []} in spec["paths"]["/v1/ask"]["post"]["security"]
 
 
 def test_healthz(api: httpx.Client) -> None:
