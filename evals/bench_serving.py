@@ -362,7 +362,7 @@ def main() -> None:
             f"{'':23}{concurrency:7d} {r['p50_ms']:8.2f} {r['p95_ms']:8.2f} "
             f"{r['p99_ms']:8.2f} {r['req_per_s']:7.1f}"
         )
-    print(f"ratio ask p50 (1 client) / bare cost: {asks[1]['p50_ms'] / bare:.2f}  (target <= 1.3)")
+    print(f"ratio ask p50 (1 client) / bare cost: {asks[1]['p50_ms'] / bare:.3f}  (target <= 1.3)")
     print(
         "  each ask over the bare cost measured just before it: median "
         f"{asks[1]['pair_ratio_p50']:.2f} (p25 {asks[1]['pair_ratio_p25']:.2f}, "
