@@ -18,8 +18,10 @@ RUN pip install torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 COPY pyproject.toml README.md ./
 COPY rag_loop ./rag_loop
 COPY corpora ./corpora
-# EXTRAS=llamacpp adds the local SmolLM2 generator/judge (llama.cpp builds for ~4 minutes)
+# EXTRAS=llamacpp adds the local SmolLM2 generator/judge (llama.cpp builds for ~4 minutes),
+# built for any x86-64 with AVX2, not for the build host's CPU (see the Makefile)
 ARG EXTRAS=""
+ENV CMAKE_ARGS="-DGGML_NATIVE=OFF"
 RUN pip install ".${EXTRAS:+[$EXTRAS]}"
 
 RUN useradd --create-home --uid 1000 rag && mkdir -p /data && chown rag /data

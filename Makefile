@@ -6,11 +6,21 @@ PYTHON ?= python3
 .PHONY: install browser run test lint bench clean
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
+# llama.cpp (the llamacpp extra) is built once per machine into its own wheel folder, for
+# any x86-64 with AVX2 (GGML_NATIVE=OFF). A -march=native build used AMX tile instructions
+# that these VMs advertise but fault on ("Illegal instruction" in libggml-cpu). pip's own
+# wheel cache ignores CMAKE_ARGS, so it could hand back a native build: hence the folder.
+LLAMA_CPP_VERSION := 0.3.36
+LLAMA_WHEELS ?= $(HOME)/.cache/rag-loop/wheels/llama-cpp-portable
+
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# torch first, pinned: the CPU wheel; anything else pulls gigabytes of CUDA packages
 	$(BIN)/pip install -q torch==2.13.0
+	ls $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl >/dev/null 2>&1 || CMAKE_ARGS="-DGGML_NATIVE=OFF" \
+	  $(BIN)/pip wheel -q --no-cache-dir --no-deps -w $(LLAMA_WHEELS) "llama-cpp-python==$(LLAMA_CPP_VERSION)"
+	$(BIN)/pip install -q $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_CPP_VERSION)-*.whl
 	$(BIN)/pip install -q -e ".[dev,llamacpp]"
 	touch $@
 
