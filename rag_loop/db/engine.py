@@ -120,7 +120,8 @@ def insert_rows(engine: Engine, *inserts: tuple[type[Any], Sequence[Mapping[str,
     default must be given (no Python-side defaults run here). Locks as `write_connection`."""
     statements = [_prepared_insert(engine, model, rows) for model, rows in inserts if rows]
     dbapi_error = engine.dialect.loaded_dbapi.Error
-    sql, params = "", list[Any]()  # the failing statement, for the error
+    sql: str = ""  # the statement running when an error comes, for the error
+    params: list[Any] = []
     with _sqlite_write_lock(engine):
         raw = engine.raw_connection()
         try:
@@ -134,14 +135,12 @@ def insert_rows(engine: Engine, *inserts: tuple[type[Any], Sequence[Mapping[str,
                     else:
                         cursor.executemany(sql, params)
                 raw.commit()
-            except dbapi_error as exc:
+            except BaseException as exc:
                 raw.rollback()
-                # raised as SQLAlchemy raises it (IntegrityError, OperationalError, ...)
-                raise DBAPIError.instance(
-                    sql, params, exc, dbapi_error, dialect=engine.dialect
-                ) from exc
-            except BaseException:
-                raw.rollback()
+                if isinstance(exc, dbapi_error):  # raised as SQLAlchemy raises it
+                    raise DBAPIError.instance(
+                        sql, params, exc, dbapi_error, dialect=engine.dialect
+                    ) from exc
                 raise
             finally:
                 cursor.close()

@@ -188,6 +188,18 @@ def test_admin_routes_refuse_without_admin_key(api: httpx.Client, kestrel: Servi
         assert_error_shape(api.request(method, path, headers={"X-API-Key": revoked_key}), 401)
         assert_error_shape(api.request(method, path, headers={"X-API-Key": "rl_nope_nope"}), 401)
         assert_error_shape(api.request(method, path, headers={"Authorization": "Basic abc"}), 401)
+    # asking needs no key, but a key presented the wrong way is refused, not ignored
+    for authorization in ("Basic abc", "Bearer", "Token rl_x"):
+        error = assert_error_shape(
+            api.post(
+                "/v1/ask",
+                json={"query": "How many backup codes do I get?"},
+                headers={"Authorization": authorization},
+            ),
+            401,
+            "unauthorized",
+        )
+        assert "Bearer" in error["message"]
     assert row_counts(kestrel) == before
 
 
