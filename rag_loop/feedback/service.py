@@ -15,18 +15,10 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, select
 
-from rag_loop.db.models import (
-    Chunk,
-    Correction,
-    Document,
-    FeedbackEvent,
-    FeedbackSubmission,
-    Interaction,
-    Retrieval,
-    utcnow,
-)
+from rag_loop.db.engine import RawCursor, raw_cursor
+from rag_loop.db.models import Correction, FeedbackEvent, FeedbackSubmission, utcnow
 from rag_loop.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, RagLoopError
 from rag_loop.feedback.schemas import FeedbackIn
 from rag_loop.services import Services
@@ -89,56 +81,61 @@ async def submit_feedback_async(
 
 
 class _Lookups:
-    """What the batch needs from the database, fetched with one query per kind."""
+    """What the batch needs from the database, fetched with one query per kind (on the raw
+    cursor: these run for every batch of the hottest write path)."""
 
-    def __init__(self, conn: Connection, batch: list[Pending]) -> None:
+    def __init__(self, raw: RawCursor, batch: list[Pending]) -> None:
         feedbacks = [p.feedback for p in batch]
-        ids = {fb.interaction_id for fb in feedbacks}
-        self.interactions = set(conn.scalars(select(Interaction.id).where(Interaction.id.in_(ids))))
-        keys = {fb.idempotency_key for fb in feedbacks if fb.idempotency_key}
+        ids = sorted({fb.interaction_id for fb in feedbacks})
+        in_ids = raw.marks(len(ids))
+        self.interactions = {
+            row[0] for row in raw.rows(f"SELECT id FROM interactions WHERE id IN ({in_ids})", ids)
+        }
+        keys = sorted({fb.idempotency_key for fb in feedbacks if fb.idempotency_key})
         self.stored: dict[tuple[str, str], tuple[str, str]] = {}
         if keys:
-            stored = conn.execute(
-                select(
-                    FeedbackSubmission.interaction_id,
-                    FeedbackSubmission.idempotency_key,
-                    FeedbackSubmission.id,
-                    FeedbackSubmission.request_hash,
-                ).where(  # both columns, so the lookup uses the unique index (no scan)
-                    FeedbackSubmission.interaction_id.in_(ids),
-                    FeedbackSubmission.idempotency_key.in_(keys),
-                )
+            stored = raw.rows(
+                "SELECT interaction_id, idempotency_key, id, request_hash "
+                f"FROM feedback_submissions WHERE interaction_id IN ({in_ids}) "
+                # both columns, so the lookup uses the unique index (no scan)
+                f"AND idempotency_key IN ({raw.marks(len(keys))})",
+                [*ids, *keys],
             )
             for interaction_id, key, submission_id, digest in stored:
                 self.stored[(interaction_id, key or "")] = (submission_id, digest)
-        labelled = {fb.interaction_id for fb in feedbacks if fb.chunk_labels}
+        labelled = sorted({fb.interaction_id for fb in feedbacks if fb.chunk_labels})
         self.shown: dict[str, set[str]] = {}
         if labelled:
-            rows = conn.execute(
-                select(Retrieval.interaction_id, Retrieval.chunk_id).where(
-                    Retrieval.interaction_id.in_(labelled)
-                )
+            rows = raw.rows(
+                "SELECT interaction_id, chunk_id FROM retrievals "
+                f"WHERE interaction_id IN ({raw.marks(len(labelled))})",
+                labelled,
             )
             for interaction_id, chunk_id in rows:
                 self.shown.setdefault(interaction_id, set()).add(chunk_id)
-        documents = {fb.source.document_id for fb in feedbacks if fb.source}
-        documents.discard(None)
-        self.documents = (
-            set(conn.scalars(select(Document.id).where(Document.id.in_(documents))))
-            if documents
-            else set()
+        documents = sorted(
+            {fb.source.document_id for fb in feedbacks if fb.source and fb.source.document_id}
         )
-        chunks = {fb.source.chunk_id for fb in feedbacks if fb.source}
-        chunks.discard(None)
-        self.chunk_owner: dict[str, str] = (
-            dict(
-                conn.execute(
-                    select(Chunk.id, Chunk.document_id).where(Chunk.id.in_(chunks))
-                ).tuples()
+        self.documents: set[str] = set()
+        if documents:
+            self.documents = {
+                row[0]
+                for row in raw.rows(
+                    f"SELECT id FROM documents WHERE id IN ({raw.marks(len(documents))})",
+                    documents,
+                )
+            }
+        chunks = sorted(
+            {fb.source.chunk_id for fb in feedbacks if fb.source and fb.source.chunk_id}
+        )
+        self.chunk_owner: dict[str, str] = {}
+        if chunks:
+            self.chunk_owner = dict(
+                raw.rows(
+                    f"SELECT id, document_id FROM chunks WHERE id IN ({raw.marks(len(chunks))})",
+                    chunks,
+                )
             )
-            if chunks
-            else {}
-        )
 
 
 def _validate(fb: FeedbackIn, found: _Lookups) -> None:
@@ -212,7 +209,14 @@ def _events(fb: FeedbackIn, submission_id: str, now: datetime) -> list[dict[str,
 def record_many(conn: Connection, batch: list[Pending]) -> list[FeedbackReceipt | Exception]:
     """Validate and store a batch of feedback with a few set-based statements. Each item
     gets its receipt, or the error that refused it (a refused item writes nothing)."""
-    found = _Lookups(conn, batch)
+    with raw_cursor(conn) as raw:
+        return _record_many(conn, raw, batch)
+
+
+def _record_many(
+    conn: Connection, raw: RawCursor, batch: list[Pending]
+) -> list[FeedbackReceipt | Exception]:
+    found = _Lookups(raw, batch)
     now = utcnow()
     results: list[FeedbackReceipt | Exception | None] = [None] * len(batch)
     submissions: list[dict[str, Any]] = []
@@ -267,16 +271,8 @@ def record_many(conn: Connection, batch: list[Pending]) -> list[FeedbackReceipt 
             events.append(row)
             owners.append(position)
 
-    if submissions:
-        conn.execute(insert(FeedbackSubmission), submissions)
-    event_ids: list[int] = []
-    if events:
-        event_ids = list(
-            conn.execute(
-                insert(FeedbackEvent).returning(FeedbackEvent.id, sort_by_parameter_order=True),
-                events,
-            ).scalars()
-        )
+    raw.insert(FeedbackSubmission, submissions)
+    event_ids = raw.insert_returning_ids(FeedbackEvent, events)
     ids_of: dict[int, list[int]] = {}
     corrections: list[dict[str, Any]] = []
     correction_owner: list[int] = []
@@ -288,16 +284,14 @@ def record_many(conn: Connection, batch: list[Pending]) -> list[FeedbackReceipt 
                     "interaction_id": row["interaction_id"],
                     "feedback_event_id": event_id,
                     "text": row["text"],
+                    "status": "pending",
                     "created_at": now,
                 }
             )
             correction_owner.append(owner)
     correction_of: dict[int, int] = {}
     if corrections:
-        correction_ids = conn.execute(
-            insert(Correction).returning(Correction.id, sort_by_parameter_order=True),
-            corrections,
-        ).scalars()
+        correction_ids = raw.insert_returning_ids(Correction, corrections)
         correction_of = dict(zip(correction_owner, correction_ids, strict=True))
     for position, submission in zip(created, submissions, strict=True):
         results[position] = FeedbackReceipt(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -10,11 +11,24 @@ from sqlalchemy import insert, inspect, select, text
 from sqlalchemy.exc import DBAPIError
 
 from rag_loop.corpus.ingest import ingest
-from rag_loop.db.engine import insert_rows, transaction, upgrade
-from rag_loop.db.models import AuditEntry, Document, FeedbackEvent, Interaction, utcnow
+from rag_loop.db.engine import insert_rows, transaction, upgrade, write_connection
+from rag_loop.db.models import (
+    AuditEntry,
+    Correction,
+    Document,
+    FeedbackEvent,
+    Interaction,
+    utcnow,
+)
 from rag_loop.feedback import corrections
 from rag_loop.feedback.schemas import FeedbackIn
-from rag_loop.feedback.service import submit_feedback
+from rag_loop.feedback.service import (
+    FeedbackReceipt,
+    Pending,
+    check,
+    record_many,
+    submit_feedback,
+)
 from rag_loop.interactions.ask import ask
 from rag_loop.interactions.lineage import show
 from rag_loop.services import Services
@@ -141,6 +155,75 @@ def test_concurrent_idempotent_retries_record_once(kestrel: Services, db_backend
             select(FeedbackEvent).where(FeedbackEvent.interaction_id == result.interaction_id)
         ).all()
         assert len(events) == 1
+
+
+def test_one_batch_of_mixed_feedback_gives_each_item_its_own_result(
+    kestrel: Services, db_backend: str
+) -> None:
+    """The writer's batch path (raw cursor, ids returned in row order) on one batch that
+    holds every kind of item: each receipt names exactly its own events and correction, and
+    every refused item wrote nothing."""
+    first = ask(kestrel, "How many backup codes do I get with 2FA?")
+    second = ask(kestrel, "How much is the late payment fee?")
+    shown = first.sources[0]["chunk_id"]
+    full = FeedbackIn(
+        interaction_id=first.interaction_id,
+        thumb="down",
+        chunk_labels=[{"chunk_id": shown, "relevant": False}],
+        source={"document_id": "account/two-factor-authentication"},
+        comment="wrong number",
+        correction="Twelve backup codes.",
+    )
+    keyed = FeedbackIn(interaction_id=second.interaction_id, thumb="up", idempotency_key="k")
+    items = [
+        full,
+        keyed,
+        keyed,  # a retry in the same batch: answered from the first
+        keyed.model_copy(update={"thumb": "down"}),  # same key, other feedback: 409
+        FeedbackIn(interaction_id="nope", thumb="up"),  # unknown interaction: 404
+        FeedbackIn(  # a chunk that was not shown: 400
+            interaction_id=second.interaction_id,
+            chunk_labels=[{"chunk_id": "not-shown", "relevant": True}],
+        ),
+        FeedbackIn(interaction_id=second.interaction_id, correction="It is 15 euros."),
+    ]
+    batch = [Pending(fb, check(kestrel, fb), "test") for fb in items]
+    with write_connection(kestrel.engine) as conn:
+        results = record_many(conn, batch)
+    assert [type(r).__name__ for r in results] == [
+        "FeedbackReceipt",
+        "FeedbackReceipt",
+        "FeedbackReceipt",
+        "Conflict",
+        "NotFound",
+        "InvalidInput",
+        "FeedbackReceipt",
+    ]
+    receipts = [r for r in results if isinstance(r, FeedbackReceipt)]
+    assert [r.created for r in receipts] == [True, True, False, True]
+    assert receipts[1] == replace(receipts[2], created=True)
+    with kestrel.sessions() as session:
+        events = session.scalars(select(FeedbackEvent).order_by(FeedbackEvent.id)).all()
+        by_id = {e.id: e for e in events}
+        stored = session.scalars(select(Correction).order_by(Correction.id)).all()
+    assert len(events) == 5 + 1 + 1  # nothing from the refused items
+    assert [by_id[i].kind for i in receipts[0].event_ids] == [
+        "thumb",
+        "chunk_label",
+        "source_pointer",
+        "comment",
+        "correction",
+    ]
+    assert {by_id[i].submission_id for i in receipts[0].event_ids} == {receipts[0].submission_id}
+    assert [by_id[i].thumb for i in receipts[1].event_ids] == ["up"]
+    assert [(c.id, c.feedback_event_id, c.text, c.status) for c in stored] == [
+        (receipts[0].correction_id, receipts[0].event_ids[-1], "Twelve backup codes.", "pending"),
+        (receipts[3].correction_id, receipts[3].event_ids[0], "It is 15 euros.", "pending"),
+    ]
+    # the retry in a later batch is answered from the stored submission
+    with write_connection(kestrel.engine) as conn:
+        (replayed,) = record_many(conn, [batch[1]])
+    assert replayed == receipts[2]
 
 
 def test_generator_failure_still_records_the_interaction(
