@@ -36,7 +36,16 @@ def test_openapi_documents_every_route_and_its_errors(api: httpx.Client) -> None
     assert "ErrorBody" in spec["components"]["schemas"]
     # both ways of presenting an API key are documented as security schemes of the routes
     assert set(spec["components"]["securitySchemes"]) == {"api_key_bearer", "api_key_header"}
-    assert {"api_key_bearer": []} in spec["paths"]["/v1/ask"]["post"]["security"]
+    assert spec["components"]["securitySchemes"]["api_key_header"]["name"] == "X-API-Key"
+    for path, method in (("/v1/ask", "post"), ("/v1/feedback", "post"), ("/v1/corrections", "get")):
+        security = spec["paths"][path][method]["security"]
+        assert security == [{"api_key_bearer": []}, {"api_key_header": []}], path
+    # tags keep the documented order, not the order routes are matched in
+    assert [tag["name"] for tag in spec["tags"]][:3] == [
+        "ask",
+        "feedback",
+        "chat (OpenAI-compatible)",
+    ]
 
 
 def test_healthz(api: httpx.Client) -> None:
