@@ -7,10 +7,10 @@
    one bare-cost measurement, so both see the same machine (this one is shared and noisy);
    prints ask p50 / bare cost;
 3. POST /v1/feedback writes/s at 32 clients on SQLite (one API process, and two:
-   `rag-loop serve --workers 2` with a Chroma server) and on PostgreSQL, counting the rows
-   afterwards to prove none were lost.
+   `rag-loop serve --workers 2` with a Chroma server) and on PostgreSQL: the median of
+   several runs, counting the rows afterwards to prove none were lost.
 
-    python evals/bench_serving.py [--asks 300] [--feedback 3000] [--no-postgres]
+    python evals/bench_serving.py [--asks 300] [--feedback 3000] [--rounds 5] [--no-postgres]
 """
 
 from __future__ import annotations
@@ -247,34 +247,45 @@ async def spread_load(
     return latencies, wall, statuses
 
 
-def bench_feedback(server: Server | list[Server], n: int, count_rows: Any) -> dict[str, float]:
-    """Feedback writes/s at 32 clients (split over the servers when given several), and the
-    rows counted afterwards."""
+def bench_feedback(
+    server: Server | list[Server], n: int, count_rows: Any, rounds: int
+) -> dict[str, float]:
+    """Feedback writes/s at 32 clients (split over the servers when given several): `rounds`
+    runs of `n` posts each (this machine's speed drifts from one second to the next, so one
+    run is one sample), and the rows counted after all of them."""
     urls = [s.url for s in server] if isinstance(server, list) else [server.url]
     _, _, _, asked = asyncio.run(
         load(f"{urls[0]}/v1/ask", [{"query": q} for q in QUESTIONS[:64]], 8)
     )
     before = count_rows()
-    bodies = []
-    for i in range(n):
-        answer = asked[i % len(asked)]
-        bodies.append(
-            {
-                "interaction_id": answer["interaction_id"],
-                "token": answer["feedback_token"],
-                "thumb": "up" if i % 3 else "down",
-                "idempotency_key": uuid.uuid4().hex,
-            }
-        )
-    latencies, wall, statuses = asyncio.run(spread_load(urls, bodies, 32))
-    accepted = statuses.get(201, 0)
+    rates: list[float] = []
+    latencies: list[float] = []
+    accepted = 0
+    for _ in range(rounds):
+        bodies = []
+        for i in range(n):
+            answer = asked[i % len(asked)]
+            bodies.append(
+                {
+                    "interaction_id": answer["interaction_id"],
+                    "token": answer["feedback_token"],
+                    "thumb": "up" if i % 3 else "down",
+                    "idempotency_key": uuid.uuid4().hex,
+                }
+            )
+        round_latencies, wall, statuses = asyncio.run(spread_load(urls, bodies, 32))
+        accepted += statuses.get(201, 0)
+        rates.append(statuses.get(201, 0) / wall)
+        latencies += round_latencies
     rows = count_rows() - before
     return {
-        "writes_per_s": accepted / wall,
+        "writes_per_s": statistics.median(rates),
+        "min_per_s": min(rates),
+        "max_per_s": max(rates),
         "accepted": accepted,
         "rows": rows,
         "lost": accepted - rows,
-        "errors": n - accepted,
+        "errors": n * rounds - accepted,
         "p50_ms": percentile(latencies, 50),
         "p99_ms": percentile(latencies, 99),
     }
@@ -283,7 +294,8 @@ def bench_feedback(server: Server | list[Server], n: int, count_rows: Any) -> di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--asks", type=int, default=300, help="requests per concurrency level")
-    parser.add_argument("--feedback", type=int, default=3000, help="feedback posts per store")
+    parser.add_argument("--feedback", type=int, default=3000, help="feedback posts per run")
+    parser.add_argument("--rounds", type=int, default=5, help="feedback runs per store")
     parser.add_argument("--no-postgres", action="store_true")
     args = parser.parse_args()
 
@@ -306,7 +318,7 @@ def main() -> None:
             with sqlite3.connect(sqlite_dir / "rag_loop.db") as conn:
                 return int(conn.execute("SELECT count(*) FROM feedback_submissions").fetchone()[0])
 
-        feedback = {"sqlite": bench_feedback(server, args.feedback, sqlite_rows)}
+        feedback = {"sqlite": bench_feedback(server, args.feedback, sqlite_rows, args.rounds)}
         server.stop()
 
         # SQLite behind 2 API processes (`rag-loop serve --workers 2`); several processes
@@ -324,7 +336,9 @@ def main() -> None:
             env = {"RAG_LOOP_CHROMA_HOST": "127.0.0.1", "RAG_LOOP_CHROMA_PORT": str(chroma.port)}
             Server(two_dir, env).stop()  # ingests into the Chroma server
             server = Server(two_dir, env, ("--workers", "2"))
-            feedback["sqlite, 2 processes"] = bench_feedback(server, args.feedback, two_rows)
+            feedback["sqlite, 2 processes"] = bench_feedback(
+                server, args.feedback, two_rows, args.rounds
+            )
             server.stop()
         finally:
             chroma.stop()
@@ -343,7 +357,7 @@ def main() -> None:
                         row = conn.execute("SELECT count(*) FROM feedback_submissions").fetchone()
                         return int(row[0]) if row else 0
 
-                feedback["postgres"] = bench_feedback(server, args.feedback, pg_rows)
+                feedback["postgres"] = bench_feedback(server, args.feedback, pg_rows, args.rounds)
                 server.stop()
             finally:
                 with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
@@ -370,7 +384,8 @@ def main() -> None:
     )
     for store, r in feedback.items():
         print(
-            f"/v1/feedback on {store:20s} 32 clients: {r['writes_per_s']:7.1f} writes/s, "
+            f"/v1/feedback on {store:20s} 32 clients: {r['writes_per_s']:7.1f} writes/s "
+            f"(median of {args.rounds} runs; {r['min_per_s']:.0f}-{r['max_per_s']:.0f}), "
             f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms; accepted {r['accepted']}, "
             f"rows {r['rows']}, lost {r['lost']}, errors {r['errors']}"
         )
