@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: writers in other processes meet busy_timeout only
+    fcntl = None  # type: ignore[assignment]
 
 from alembic import command
 from alembic.config import Config
@@ -82,19 +88,59 @@ def upgrade(engine: Engine) -> None:
 
 
 def _sqlite_write_lock(bind: sessionmaker[Session] | Engine) -> AbstractContextManager[object]:
-    """SQLite has one writer at a time. Threads of one process queue on a Python lock,
-    which hands over at once; only other processes meet SQLite's busy handler, which
-    polls with sleeps (up to 100 ms each) and collapses throughput under contention."""
+    """SQLite has one writer at a time. Writers of this process queue on a Python lock,
+    which hands over at once; writers in other processes (`serve --workers N`, a CLI
+    command beside the server) queue on an advisory file lock beside the database, which
+    the kernel hands over at once too. Without it they would meet SQLite's busy handler,
+    which polls with sleeps (up to 100 ms each) and collapses throughput under contention.
+    SQLite's own locking (BEGIN IMMEDIATE, busy_timeout) still guards against writers that
+    do not take this lock."""
     engine = bind if isinstance(bind, Engine) else bind.kw.get("bind")
     if not isinstance(engine, Engine) or engine.dialect.name != "sqlite":
         return nullcontext()
     key = str(engine.url)
     with _LOCKS_GUARD:
-        return _SQLITE_WRITE_LOCKS.setdefault(key, threading.Lock())
+        lock = _SQLITE_WRITE_LOCKS.get(key)
+        if lock is None:
+            lock = _SQLITE_WRITE_LOCKS[key] = _WriteLock(engine.url.database)
+        return lock
+
+
+class _WriteLock:
+    """A thread lock, then an exclusive flock() on `<database>-writelock` (POSIX; an
+    in-memory database or a system without fcntl has the thread lock only)."""
+
+    def __init__(self, database: str | None) -> None:
+        self._thread_lock = threading.Lock()
+        self._path = (
+            f"{database}-writelock" if database and database != ":memory:" and fcntl else None
+        )
+        self._fd: int | None = None
+        self._pid = 0
+
+    def __enter__(self) -> None:
+        self._thread_lock.acquire()
+        if self._path is None:
+            return
+        try:
+            if self._fd is None or self._pid != os.getpid():  # a forked child needs its own
+                self._fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+                self._pid = os.getpid()
+            fcntl.flock(self._fd, fcntl.LOCK_EX)  # waits with the GIL released
+        except BaseException:
+            self._thread_lock.release()
+            raise
+
+    def __exit__(self, *exc_info: object) -> None:
+        try:
+            if self._fd is not None and self._path is not None:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
 
 
 _LOCKS_GUARD = threading.Lock()
-_SQLITE_WRITE_LOCKS: dict[str, threading.Lock] = {}
+_SQLITE_WRITE_LOCKS: dict[str, _WriteLock] = {}
 
 
 @contextmanager

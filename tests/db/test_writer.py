@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from sqlalchemy import Column, Connection, Integer, MetaData, String, Table, insert, select
 
-from rag_loop.db.engine import create_db_engine
+from rag_loop.db.engine import create_db_engine, write_connection
 from rag_loop.db.writer import BatchWriter
 from rag_loop.errors import InvalidInput
 
@@ -81,3 +81,45 @@ def test_a_failing_batch_is_retried_item_by_item(writer: BatchWriter) -> None:
     with pytest.raises(Exception, match="UNIQUE"):
         futures[2].result()
     assert stored(writer) == ["fine", "len:xx", "ok"]
+
+
+CHILD_WRITER = """
+import sys, time
+from pathlib import Path
+from rag_loop.db.engine import create_db_engine, write_connection
+engine = create_db_engine(sys.argv[1])
+log = Path(sys.argv[2])
+with write_connection(engine):
+    log.write_text("child-in\\n")
+    time.sleep(1.0)
+    with log.open("a") as f:
+        f.write("child-out\\n")
+"""
+
+
+def test_writers_in_two_processes_take_turns_on_the_file_lock(tmp_path: Path) -> None:
+    """SQLite writers of different processes queue on the lock file beside the database
+    (handed over by the kernel, not SQLite's sleeping busy handler): a second process's
+    write transaction starts only after the first one ended."""
+    import subprocess
+    import sys
+    import time
+
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    engine = create_db_engine(url)
+    metadata.create_all(engine)
+    log = tmp_path / "log"
+    child = subprocess.Popen([sys.executable, "-c", CHILD_WRITER, url, str(log)])
+    try:
+        while not log.exists() and child.poll() is None:
+            time.sleep(0.01)
+        assert child.poll() is None, "the child failed before taking the lock"
+        with write_connection(engine) as conn:
+            with log.open("a") as f:
+                f.write("parent-in\n")
+            conn.execute(insert(notes), {"text": "after the child"})
+    finally:
+        assert child.wait(timeout=60) == 0
+    assert log.read_text().split() == ["child-in", "child-out", "parent-in"]
+    assert (tmp_path / "w.db-writelock").exists()
+    engine.dispose()
