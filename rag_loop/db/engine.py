@@ -164,29 +164,19 @@ def insert_rows(engine: Engine, *inserts: tuple[type[Any], Sequence[Mapping[str,
     0.44 ms -> 0.20 ms for an interaction with five retrievals, measured in-process). Rows
     of one table must all have the same keys, and every column SQLAlchemy would fill in by
     default must be given (no Python-side defaults run here). Locks as `write_connection`."""
-    statements = [_prepared_insert(engine.dialect, model, rows) for model, rows in inserts if rows]
-    dbapi_error = engine.dialect.loaded_dbapi.Error
-    sql: str = ""  # the statement running when an error comes, for the error
-    params: list[Any] = []
     with _sqlite_write_lock(engine):
         raw = engine.raw_connection()
         try:
-            cursor = raw.cursor()
+            cursor = RawCursor(engine.dialect, raw.dbapi_connection)
             try:
                 if engine.dialect.name == "sqlite":
                     cursor.execute("BEGIN IMMEDIATE")  # the pool's connections autocommit
-                for sql, params in statements:
-                    if len(params) == 1:
-                        cursor.execute(sql, params[0])
-                    else:
-                        cursor.executemany(sql, params)
-                raw.commit()
-            except BaseException as exc:
+                for model, rows in inserts:
+                    cursor.insert(model, rows)
+                with cursor._errors("COMMIT", ()):
+                    raw.commit()
+            except BaseException:
                 raw.rollback()
-                if isinstance(exc, dbapi_error):  # raised as SQLAlchemy raises it
-                    raise DBAPIError.instance(
-                        sql, params, exc, dbapi_error, dialect=engine.dialect
-                    ) from exc
                 raise
             finally:
                 cursor.close()
@@ -195,19 +185,23 @@ def insert_rows(engine: Engine, *inserts: tuple[type[Any], Sequence[Mapping[str,
 
 
 class RawCursor:
-    """The DBAPI cursor of a Core connection's write transaction, for a set-based hot path
-    (the group-committed feedback batch): the same statements through `Connection.execute`
-    cost the writer thread ~0.3 ms of CPU per feedback item, mostly SQLAlchemy's
-    per-statement bookkeeping and an INSERT .. RETURNING that it runs row by row to keep the
-    ids in order. Statements run in the connection's transaction; DBAPI errors are raised as
-    SQLAlchemy raises them. SELECTs here return plain tuples with no result processing: use
-    them for strings and integers only."""
+    """A DBAPI cursor for the hot write paths: `insert_rows` (an answer's interaction) and,
+    through `raw_cursor`, the group-committed feedback batch in the writer's transaction.
+    Through `Connection.execute` that batch cost the writer thread ~0.3 ms of CPU per item,
+    mostly SQLAlchemy's per-statement bookkeeping and an INSERT .. RETURNING that it runs row
+    by row to keep the ids in order. DBAPI errors are raised as SQLAlchemy raises them.
+    SELECTs here return plain tuples with no result processing: use them for strings and
+    integers only."""
 
-    def __init__(self, conn: Connection) -> None:
-        self.dialect = conn.dialect
-        self._dbapi_error = conn.dialect.loaded_dbapi.Error
-        self._cursor: Any = conn.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        self._mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    def __init__(self, dialect: Dialect, dbapi_connection: Any) -> None:
+        self.dialect = dialect
+        self._dbapi_error = dialect.loaded_dbapi.Error
+        self._cursor: Any = dbapi_connection.cursor()
+        self._mark = "?" if dialect.paramstyle == "qmark" else "%s"
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
+        with self._errors(sql, params):
+            self._cursor.execute(sql, params)
 
     def marks(self, count: int) -> str:
         """`count` positional placeholders for an IN list: `?, ?, ?` (or `%s, ...`)."""
@@ -267,7 +261,7 @@ class RawCursor:
 
 @contextmanager
 def raw_cursor(conn: Connection) -> Iterator[RawCursor]:
-    cursor = RawCursor(conn)
+    cursor = RawCursor(conn.dialect, conn.connection.dbapi_connection)
     try:
         yield cursor
     finally:
