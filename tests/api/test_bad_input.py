@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -139,6 +140,50 @@ def test_malformed_json_and_wrong_content(api: httpx.Client, kestrel: Services) 
     assert "content-length" not in response.request.headers
     assert_error_shape(response, 413, "payload_too_large")
     assert row_counts(kestrel) == before
+
+
+def test_feedback_body_is_checked_as_fastapi_checks_bodies(
+    api: httpx.Client, kestrel: Services, asked: dict[str, Any]
+) -> None:
+    """The feedback route parses its own body (api/lean.py); the rules and the error shape
+    are those of every other route."""
+    before = row_counts(kestrel)
+    body = json.dumps(feedback(asked, thumb="up")).encode()
+    for headers in ({"content-type": "text/plain"}, {}, {"content-type": "application/xml"}):
+        response = api.post("/v1/feedback", content=body, headers=headers)
+        error = assert_error_shape(response, 422, "validation_failed")
+        assert error["details"][0]["field"] == "body", error
+        assert "application/json" in error["message"]
+    error = assert_error_shape(api.post("/v1/feedback", json=feedback(asked, thumb=1)), 422)
+    assert [d["field"] for d in error["details"]] == ["body.thumb"]
+    chunk = asked["sources"][0]["chunk_id"]
+    labels = [{"chunk_id": chunk, "relevant": "maybe"}]
+    error = assert_error_shape(
+        api.post("/v1/feedback", json=feedback(asked, chunk_labels=labels)), 422
+    )
+    assert [d["field"] for d in error["details"]] == ["body.chunk_labels.0.relevant"]
+    error = assert_error_shape(
+        api.post(
+            "/v1/feedback", content=b"{not json", headers={"content-type": "application/json"}
+        ),
+        422,
+        "validation_failed",
+    )
+    assert error["details"][0]["type"] == "json_invalid"
+    # a key presented the wrong way is refused here too, even with a valid token
+    response = api.post(
+        "/v1/feedback", json=feedback(asked, thumb="up"), headers={"Authorization": "Basic abc"}
+    )
+    assert_error_shape(response, 401, "unauthorized")
+    assert row_counts(kestrel) == before
+    # a JSON media type with parameters, or a +json one, is JSON
+    for content_type in ("application/json; charset=utf-8", "application/merge-patch+json"):
+        response = api.post(
+            "/v1/feedback",
+            content=json.dumps(feedback(asked, thumb="down")).encode(),
+            headers={"content-type": content_type},
+        )
+        assert response.status_code == 201, response.text
 
 
 BAD_ASKS = {
