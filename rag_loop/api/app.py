@@ -10,12 +10,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
-from rag_loop.api.deps import (
-    API_KEY_HEADER_SCHEME,
-    BEARER_SCHEME,
-    HEADER_SCHEME,
-    optional_principal,
-)
+from rag_loop.api.deps import API_KEY_HEADER_SCHEME, BEARER_SCHEME, HEADER_SCHEME
 from rag_loop.api.errors import install_error_handlers
 from rag_loop.api.limits import BodyLimit
 from rag_loop.api.metrics import LatencyMiddleware, ServiceMetrics
@@ -96,23 +91,18 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
 def _document_header_keys(app: FastAPI) -> None:
     """FastAPI's schema, plus `X-API-Key` as a second way to present the key (the
     `api_key_header` scheme) wherever the bearer scheme is accepted: both headers are read
-    by one dependency (deps.ApiKeyAuth), which FastAPI documents as one scheme. Routes that
-    read the key without the dependency (a LeanRoute) declare both schemes themselves."""
+    by one dependency (deps.ApiKeyAuth), which FastAPI documents as one scheme."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
             schema = generate()
             schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
-            schemes.setdefault(
-                BEARER_SCHEME,
-                optional_principal.model.model_dump(mode="json", by_alias=True, exclude_none=True),
-            )
             schemes[HEADER_SCHEME] = API_KEY_HEADER_SCHEME
             for operations in schema.get("paths", {}).values():
                 for operation in operations.values():
                     security = operation.get("security", [])
-                    if {BEARER_SCHEME: []} in security and {HEADER_SCHEME: []} not in security:
+                    if {BEARER_SCHEME: []} in security:
                         security.append({HEADER_SCHEME: []})
         return app.openapi_schema  # type: ignore[return-value]
 

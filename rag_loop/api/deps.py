@@ -34,8 +34,6 @@ API_KEY_HEADER_SCHEME = {
     "name": "X-API-Key",
     "description": "The same API key in an `X-API-Key` header.",
 }
-# The OpenAPI `security` of a route that takes the key without the dependency (a LeanRoute)
-API_KEY_SECURITY: list[dict[str, list[str]]] = [{BEARER_SCHEME: []}, {HEADER_SCHEME: []}]
 
 
 class ApiKeyAuth(HTTPBearer):

@@ -7,14 +7,17 @@ loop's thread than everything the route itself does (token check, request hash, 
 to the writer, response): a feedback write is CPU-bound on that one thread, so it bounds
 writes/s (measured in the closing note of the change; `evals/bench_serving.py`).
 
-A `LeanRoute` endpoint is `async def endpoint(request: Request, body: Model) -> Response`.
-FastAPI still reads the signature to document the route (the body's schema, operation id,
-responses), so the OpenAPI document is the one FastAPI would write; at run time the route
-calls the endpoint itself, with the body parsed by pydantic-core in one step
-(`Model.model_validate_json`) under the same rules FastAPI applies: a JSON content type is
-required, and every problem is a `RequestValidationError` with the `body.` location prefix,
-turned into the one error shape by the app's handler. Anything else the endpoint needs
-(services, the API key) it takes from the request itself.
+A `LeanRoute` endpoint is
+`async def endpoint(request: Request, principal: PrincipalDep, body: Model) -> Response`.
+FastAPI still reads the signature to document the route (the API key schemes, the body's
+schema, operation id, responses), so the OpenAPI document is the one FastAPI would write.
+At run time the route calls the endpoint itself, in FastAPI's order: first the caller's API
+key (`deps.optional_principal`, a 401 before anything else), then the body, parsed by
+pydantic-core in one step (`Model.model_validate_json`) under the rules FastAPI applies: a
+JSON content type is required, and every problem is a `RequestValidationError` with the
+`body.` location prefix, turned into the one error shape by the app's handler. Anything
+else the endpoint needs (services, an `OptionalHeader`) it takes from the request, and
+declares in `openapi_extra` what FastAPI would have documented from the signature.
 """
 
 from __future__ import annotations
@@ -29,7 +32,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
 
-LeanEndpoint = Callable[[Request, Any], Awaitable[Response]]
+from rag_loop.api.deps import optional_principal
+from rag_loop.auth.keys import Principal
+
+LeanEndpoint = Callable[[Request, Principal | None, Any], Awaitable[Response]]
+SIGNATURE = "(request: Request, principal: PrincipalDep, body: <a pydantic model>)"
 
 
 class LeanRoute(APIRoute):
@@ -41,25 +48,27 @@ class LeanRoute(APIRoute):
         context: Any = context_var.get() if context_var is not None else None
         route: Any = context if getattr(context, "original_route", None) is self else self
         parameters = list(inspect.signature(endpoint, eval_str=True).parameters.values())
+        dependencies = [d.call for d in route.dependant.dependencies]
         if (
-            [p.name for p in parameters] != ["request", "body"]
+            [p.name for p in parameters] != ["request", "principal", "body"]
             or parameters[0].annotation is not Request
             or not (
-                isinstance(parameters[1].annotation, type)
-                and issubclass(parameters[1].annotation, BaseModel)
+                isinstance(parameters[2].annotation, type)
+                and issubclass(parameters[2].annotation, BaseModel)
             )
-            or route.dependant.dependencies
+            or dependencies != [optional_principal]
             or route.dependencies
         ):
             raise TypeError(
-                f"{endpoint.__name__}: a LeanRoute endpoint takes exactly "
-                "(request: Request, body: <a pydantic model>) and no dependencies"
+                f"{endpoint.__name__}: a LeanRoute endpoint takes exactly {SIGNATURE} "
+                "and no other dependencies"
             )
-        model: type[BaseModel] = parameters[1].annotation
+        model: type[BaseModel] = parameters[2].annotation
 
         async def handler(request: Request) -> Response:
+            principal = await optional_principal(request)
             body = await parse_json_body(request, model)
-            return await endpoint(request, body)
+            return await endpoint(request, principal, body)
 
         return handler
 
@@ -90,3 +99,36 @@ async def parse_json_body(request: Request, model: type[BaseModel]) -> Any:
         raise RequestValidationError(
             [{**error, "loc": ("body", *error["loc"])} for error in errors], body=raw
         ) from None
+
+
+class OptionalHeader:
+    """A string header a LeanRoute endpoint reads itself: checked and documented as FastAPI
+    checks and documents `Header(default=None, max_length=...)`."""
+
+    def __init__(self, name: str, *, max_length: int) -> None:
+        self.name = name.lower()
+        self.max_length = max_length
+        self.openapi: dict[str, Any] = {
+            "in": "header",
+            "name": self.name,
+            "required": False,
+            "schema": {
+                "anyOf": [{"maxLength": max_length, "type": "string"}, {"type": "null"}],
+                "title": "-".join(part.capitalize() for part in self.name.split("-")),
+            },
+        }
+
+    def read(self, request: Request) -> str | None:
+        value = request.headers.get(self.name)
+        if value is not None and len(value) > self.max_length:
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "string_too_long",
+                        "loc": ("header", self.name),
+                        "msg": f"String should have at most {self.max_length} characters",
+                        "input": value,
+                    }
+                ]
+            )
+        return value

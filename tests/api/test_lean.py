@@ -1,45 +1,90 @@
-"""LeanRoute (api/lean.py) takes only endpoints it can call itself."""
+"""LeanRoute (api/lean.py) takes only endpoints it can call itself, and checks what it
+parses in FastAPI's order and with FastAPI's errors."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import httpx
 import pytest
 from fastapi import APIRouter, Depends, FastAPI, Request, Response
 from fastapi.testclient import TestClient
 
+from rag_loop.api.deps import PrincipalDep
 from rag_loop.api.lean import LeanRoute
 from rag_loop.feedback.schemas import FeedbackIn
+from rag_loop.services import Services
+from tests.conftest import assert_error_shape, row_counts
 
 
-async def _services() -> None:
+async def _other() -> None:
     return None
 
 
 def test_lean_route_refuses_endpoints_it_cannot_call() -> None:
-    async def with_dependency(request: Request, body: FeedbackIn, x: None = Depends(_services)):
+    async def extra_dependency(
+        request: Request, principal: PrincipalDep, body: FeedbackIn, x: None = Depends(_other)
+    ) -> Response:
         return Response()
 
-    async def without_body(request: Request) -> Response:
+    async def without_key(request: Request, body: FeedbackIn) -> Response:
         return Response()
 
-    async def body_not_a_model(request: Request, body: dict) -> Response:  # type: ignore[type-arg]
+    async def body_not_a_model(request: Request, principal: PrincipalDep, body: dict) -> Response:  # type: ignore[type-arg]
         return Response()
 
-    async def fine(request: Request, body: FeedbackIn) -> Response:
+    async def fine(request: Request, principal: PrincipalDep, body: FeedbackIn) -> Response:
         return Response()
 
-    for endpoint in (with_dependency, without_body, body_not_a_model):
+    for endpoint in (extra_dependency, without_key, body_not_a_model):
         router = APIRouter(route_class=LeanRoute)
         with pytest.raises(TypeError, match="LeanRoute endpoint takes exactly"):
             router.post("/x")(endpoint)
     router = APIRouter(route_class=LeanRoute)
     router.post("/x")(fine)
-    with pytest.raises(TypeError, match="no dependencies"):
-        APIRouter(route_class=LeanRoute, dependencies=[Depends(_services)]).post("/x")(fine)
+    with pytest.raises(TypeError, match="no other dependencies"):
+        APIRouter(route_class=LeanRoute, dependencies=[Depends(_other)]).post("/x")(fine)
     # dependencies added where the router is included (FastAPI builds the route then, on
     # its first request)
     router = APIRouter(route_class=LeanRoute)
     router.post("/x")(fine)
     app = FastAPI()
-    app.include_router(router, dependencies=[Depends(_services)])
-    with pytest.raises(TypeError, match="no dependencies"):
+    app.include_router(router, dependencies=[Depends(_other)])
+    with pytest.raises(TypeError, match="no other dependencies"):
         TestClient(app).post("/x", json={"interaction_id": "a", "thumb": "up"})
+
+
+def test_the_key_is_checked_before_the_body_and_headers_as_fastapi_does(
+    api: httpx.Client, kestrel: Services
+) -> None:
+    before = row_counts(kestrel)
+    for path in ("/v1/ask", "/v1/feedback"):
+        # a wrongly presented key is a 401 whatever the body (FastAPI solves security first)
+        response = api.post(path, content=b"{not json", headers={"X-API-Key": "rl_nope_nope"})
+        assert_error_shape(response, 401, "unauthorized")
+    error = assert_error_shape(
+        api.post("/v1/ask", json={"query": "Where do I park?"}, headers={"X-Client": "c" * 65}),
+        422,
+        "validation_failed",
+    )
+    assert error["details"] == [
+        {
+            "field": "header.x-client",
+            "problem": "String should have at most 64 characters",
+            "type": "string_too_long",
+        }
+    ]
+    assert row_counts(kestrel) == before
+
+
+def test_x_client_is_logged(api: httpx.Client, kestrel: Services) -> None:
+    from rag_loop.db.models import Interaction
+
+    response = api.post(
+        "/v1/ask", json={"query": "Where do I park?"}, headers={"X-Client": "widget/2"}
+    )
+    assert response.status_code == 200, response.text
+    answer: dict[str, Any] = response.json()
+    with kestrel.sessions() as session:
+        stored = session.get(Interaction, answer["interaction_id"])
+        assert stored is not None and stored.client == "widget/2"

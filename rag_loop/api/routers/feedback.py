@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from rag_loop.api.deps import API_KEY_SECURITY, optional_principal
+from rag_loop.api.deps import PrincipalDep
 from rag_loop.api.errors import responses
 from rag_loop.api.lean import LeanRoute
 from rag_loop.api.schemas import FeedbackOut
@@ -25,12 +25,10 @@ router = APIRouter(prefix="/v1", tags=["feedback"], route_class=LeanRoute)
         **responses(400, 401, 403, 404, 409, 413, 422),
     },
     summary="Thumbs, chunk labels, a correction, a source pointer or a comment on an answer",
-    openapi_extra={"security": API_KEY_SECURITY},
 )
-async def feedback_route(request: Request, body: FeedbackIn) -> Response:
+async def feedback_route(request: Request, principal: PrincipalDep, body: FeedbackIn) -> Response:
     """Authorised by the answer's `token`, or by an API key with the feedback scope."""
     services: Services = request.app.state.services
-    principal = await optional_principal(request)
     if principal is not None:
         principal.require("feedback")
         actor = f"key:{principal.key_id}"
