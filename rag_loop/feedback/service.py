@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -18,7 +17,13 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from rag_loop.db.engine import RawCursor, raw_cursor
-from rag_loop.db.models import Correction, FeedbackEvent, FeedbackSubmission, utcnow
+from rag_loop.db.models import (
+    Correction,
+    FeedbackEvent,
+    FeedbackSubmission,
+    time_ordered_id,
+    utcnow,
+)
 from rag_loop.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, RagLoopError
 from rag_loop.feedback.schemas import FeedbackIn
 from rag_loop.services import Services
@@ -255,7 +260,7 @@ def _record_many(
             continue
         if fb.idempotency_key:
             first_with_key[(fb.interaction_id, fb.idempotency_key)] = position
-        submission_id = uuid.uuid4().hex
+        submission_id = time_ordered_id()
         created.append(position)
         submissions.append(
             {

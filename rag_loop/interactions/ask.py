@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +17,13 @@ from typing import Any
 from sqlalchemy import insert
 
 from rag_loop.db.engine import insert_rows, write_connection
-from rag_loop.db.models import Interaction, Retrieval, ShadowRetrieval, utcnow
+from rag_loop.db.models import (
+    Interaction,
+    Retrieval,
+    ShadowRetrieval,
+    time_ordered_id,
+    utcnow,
+)
 from rag_loop.errors import InvalidInput, RagLoopError, UpstreamError
 from rag_loop.generation.base import cited_ranks
 from rag_loop.index.chroma import Hit
@@ -151,7 +156,7 @@ def prepare(
         embedder, services.store, services.lexical, index, index.retrieval, query, k
     )
     return Prepared(
-        interaction_id=uuid.uuid4().hex,
+        interaction_id=time_ordered_id(),
         query=query,
         k=k,
         index=index,

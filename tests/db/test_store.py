@@ -272,3 +272,50 @@ def test_ingest_is_atomic_when_mlflow_is_down(
         assert [c.name for c in svc.store.client.list_collections()] == []
     finally:
         svc.close()
+
+
+def test_migrations_match_the_models_and_0006_goes_both_ways(
+    services: Services, db_backend: str
+) -> None:
+    from alembic import command
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from rag_loop.db.engine import alembic_config
+    from rag_loop.db.models import Base
+
+    def feedback_indexes() -> set[str]:
+        return {
+            str(index["name"])
+            for index in inspect(services.engine).get_indexes("feedback_submissions")
+        }
+
+    # the unique constraint's index serves lookups by interaction_id; no second index
+    assert "ix_feedback_submissions_interaction_id" not in feedback_indexes()
+    with services.engine.connect() as conn:
+        differences = compare_metadata(MigrationContext.configure(conn), Base.metadata)
+    assert differences == []  # the models and the migrations describe the same schema
+    config = alembic_config(services.engine)
+    command.downgrade(config, "0005")
+    assert "ix_feedback_submissions_interaction_id" in feedback_indexes()
+    upgrade(services.engine)
+    assert "ix_feedback_submissions_interaction_id" not in feedback_indexes()
+
+
+def test_time_ordered_ids_are_uuid7_and_sort_by_time() -> None:
+    import time
+    import uuid
+
+    from rag_loop.db.models import time_ordered_id
+
+    first = [time_ordered_id() for _ in range(1000)]
+    time.sleep(0.002)
+    later = time_ordered_id()
+    assert len(set(first)) == 1000
+    for value in [*first, later]:
+        parsed = uuid.UUID(value)
+        assert len(value) == 32 and parsed.hex == value
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122
+    assert max(first) < later  # a later millisecond sorts after
+    milliseconds = int(later[:12], 16)
+    assert abs(milliseconds - time.time() * 1000) < 60_000
