@@ -1,5 +1,5 @@
-"""LeanRoute (api/lean.py) takes only endpoints it can call itself, and checks what it
-parses in FastAPI's order and with FastAPI's errors."""
+"""LeanRoute (api/lean.py) takes only endpoints it can call itself, checks the key before
+the body, and refuses what it parses with FastAPI's errors."""
 
 from __future__ import annotations
 
@@ -54,12 +54,12 @@ def test_lean_route_refuses_endpoints_it_cannot_call() -> None:
         TestClient(app).post("/x", json={"interaction_id": "a", "thumb": "up"})
 
 
-def test_the_key_is_checked_before_the_body_and_headers_as_fastapi_does(
+def test_the_key_is_checked_before_the_body_and_the_header_errors_are_fastapis(
     api: httpx.Client, kestrel: Services
 ) -> None:
     before = row_counts(kestrel)
     for path in ("/v1/ask", "/v1/feedback"):
-        # a wrongly presented key is a 401 whatever the body (FastAPI solves security first)
+        # a wrongly presented key is a 401 whatever the body
         response = api.post(path, content=b"{not json", headers={"X-API-Key": "rl_nope_nope"})
         assert_error_shape(response, 401, "unauthorized")
     error = assert_error_shape(
