@@ -18,9 +18,9 @@ body (FastAPI answered malformed JSON with a 422 before it looked at the key). T
 parses the body with pydantic-core in one step (`Model.model_validate_json`) under the
 rules FastAPI applies: a JSON content type is required, and every problem is a
 `RequestValidationError` with the `body.` location prefix, turned into the one error shape
-by the app's handler. Anything
-else the endpoint needs (services, an `OptionalHeader`) it takes from the request, and
-declares in `openapi_extra` what FastAPI would have documented from the signature.
+by the app's handler. Anything else the endpoint needs (services, an `OptionalHeader`) it
+takes from the request, and declares in `openapi_extra` what FastAPI would have documented
+from the signature.
 """
 
 from __future__ import annotations

@@ -3,6 +3,7 @@ the body, and refuses what it parses with FastAPI's errors."""
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import httpx
@@ -77,7 +78,9 @@ def test_the_key_is_checked_before_the_body_and_the_header_errors_are_fastapis(
     assert row_counts(kestrel) == before
 
 
-def test_x_client_is_logged(api: httpx.Client, kestrel: Services) -> None:
+def test_x_client_is_logged_and_new_rows_get_time_ordered_ids(
+    api: httpx.Client, kestrel: Services
+) -> None:
     from rag_loop.db.models import Interaction
 
     response = api.post(
@@ -88,3 +91,15 @@ def test_x_client_is_logged(api: httpx.Client, kestrel: Services) -> None:
     with kestrel.sessions() as session:
         stored = session.get(Interaction, answer["interaction_id"])
         assert stored is not None and stored.client == "widget/2"
+    # rows written on every request get time-ordered ids (UUIDv7)
+    assert uuid.UUID(answer["interaction_id"]).version == 7
+    receipt = api.post(
+        "/v1/feedback",
+        json={
+            "interaction_id": answer["interaction_id"],
+            "token": answer["feedback_token"],
+            "thumb": "up",
+        },
+    )
+    assert receipt.status_code == 201, receipt.text
+    assert uuid.UUID(receipt.json()["submission_id"]).version == 7
