@@ -60,6 +60,12 @@ jobs_app = typer.Typer(
     help="Background jobs: evaluations, index builds, loop cycles.", no_args_is_help=True
 )
 app.add_typer(jobs_app, name="jobs")
+outbox_app = typer.Typer(
+    help="The registry's backlog: MLflow runs and aliases and collection drops that follow "
+    "SQL changes (applied after commit, retried while MLflow or Chroma is down).",
+    no_args_is_help=True,
+)
+app.add_typer(outbox_app, name="outbox")
 
 CLI_ACTOR = "cli"
 DEFAULT_SCOPES = ["ask", "feedback"]
@@ -207,6 +213,25 @@ def jobs_show(job_id: Annotated[str, typer.Argument(help="The job id.")]) -> Non
     from rag_loop import jobs
 
     emit(jobs.get(services(), job_id))
+
+
+@outbox_app.command("list")
+def outbox_list(
+    status: Annotated[str, typer.Option(help="pending, done or all.")] = "pending",
+    limit: Annotated[int, typer.Option(help="At most this many.", min=1)] = 50,
+) -> None:
+    """The backlog (pending, failing, oldest, last error) and the entries, newest first."""
+    svc = services()
+    emit(
+        {"backlog": svc.outbox.backlog(), "entries": svc.outbox.entries(status=status, limit=limit)}
+    )
+
+
+@outbox_app.command("flush")
+def outbox_flush() -> None:
+    """Apply every pending entry now, whatever its backoff says; prints what was applied,
+    what failed (still pending) and how many remain."""
+    emit(services().outbox.flush(now_too=True).as_dict())
 
 
 @app.command("ingest")
@@ -426,6 +451,20 @@ def index_list() -> None:
                 for v, aliases in list_versions(session)
             ]
         )
+
+
+@index_app.command("serve")
+def index_serve(
+    version_id: Annotated[
+        int, typer.Argument(help="A ready index version (`rag-loop index list`).")
+    ],
+    reason: Annotated[str, typer.Option(help="Why (for the audit log).")] = "manual",
+) -> None:
+    """Serve this index version now: the way back to a serving state from anywhere (its
+    collection is rebuilt first if Chroma lost it). What served becomes the rollback target."""
+    from rag_loop.loop import cycle
+
+    emit(cycle.serve_version(services(), version_id, actor=CLI_ACTOR, reason=reason))
 
 
 @eval_app.command("run")

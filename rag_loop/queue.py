@@ -100,6 +100,7 @@ def run_worker(services: Any, *, threads: int | None = None) -> None:
                 jobs.sweep(services)
             except Exception:
                 log.warning("sweep failed", exc_info=True)
+            services.outbox.flush_quietly()  # the registry follows SQL from workers too
     finally:
         worker.stop(timeout=10_000)
         _services = None

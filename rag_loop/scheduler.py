@@ -5,7 +5,11 @@
 - `scheduled_round` (golden sets, production window, drift) on `RAG_LOOP_EVALUATION_SCHEDULE`;
 - the loop's `tick` (shadow mode, the rollback watch, triggers) every
   `RAG_LOOP_LOOP_TICK_SECONDS` when `RAG_LOOP_LOOP_AUTO` is on;
-- a loop cycle on `RAG_LOOP_LOOP_SCHEDULE`.
+- a loop cycle on `RAG_LOOP_LOOP_SCHEDULE`;
+- the registry outbox (MLflow runs and aliases, collection drops) every
+  `RAG_LOOP_MLFLOW_OUTBOX_INTERVAL_SECONDS`;
+- without a task queue, the sweep for jobs whose process was cut off (a restart), every
+  half `RAG_LOOP_QUEUE_LEASE_SECONDS`, as queue workers do.
 
 One run of a job at a time (a run still going when the next is due is skipped, not
 stacked). Several API processes may run the schedule: each cron firing is claimed as a row
@@ -20,26 +24,12 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from rag_loop.cron import cron_trigger
 from rag_loop.services import Services
 
+__all__ = ["cron_trigger", "start_schedule"]
+
 log = logging.getLogger(__name__)
-
-
-DAY_NAMES = ("sun", "mon", "tue", "wed", "thu", "fri", "sat", "sun")
-
-
-def cron_trigger(expression: str) -> Any:
-    """A 5-field cron expression with standard weekday numbers (0 and 7 are Sunday) as an
-    APScheduler trigger in UTC. APScheduler 3 numbers weekdays from Monday, so numbers in
-    the weekday field are turned into names first ("1-5" -> "mon-fri")."""
-    import re
-
-    from apscheduler.triggers.cron import CronTrigger
-
-    fields = expression.split()
-    if len(fields) == 5:
-        fields[4] = re.sub(r"(?<![/\d])[0-7](?!\d)", lambda m: DAY_NAMES[int(m.group())], fields[4])
-    return CronTrigger.from_crontab(" ".join(fields), timezone="UTC")
 
 
 def _guarded(name: str, fn: Callable[[], Any]) -> Callable[[], None]:
@@ -107,7 +97,8 @@ def start_schedule(services: Services) -> Any | None:
     """Start the scheduler if any job is configured; returns it (call `.shutdown()`)."""
     evaluation = services.settings.evaluation.schedule
     loop = services.settings.loop
-    if not (evaluation or loop.auto or loop.schedule):
+    outbox_every = services.settings.mlflow.outbox_interval_seconds
+    if not (evaluation or loop.auto or loop.schedule or outbox_every):
         return None
     from apscheduler.schedulers.background import BackgroundScheduler
     from apscheduler.triggers.interval import IntervalTrigger
@@ -132,6 +123,24 @@ def start_schedule(services: Services) -> Any | None:
             _guarded("loop tick", lambda: tick(services)),
             IntervalTrigger(seconds=loop.tick_seconds, timezone="UTC"),
             id="loop-tick",
+            **options,
+        )
+    if services.queue is None:
+        # embedded mode: jobs run on threads of API processes; one cut off by a restart
+        # (its heartbeat goes stale) is taken over here, as queue workers do
+        from rag_loop.jobs import sweep
+
+        scheduler.add_job(
+            _guarded("job sweep", lambda: sweep(services)),
+            IntervalTrigger(seconds=services.settings.queue.lease_seconds / 2, timezone="UTC"),
+            id="job-sweep",
+            **options,
+        )
+    if outbox_every:
+        scheduler.add_job(
+            _guarded("registry outbox", lambda: services.outbox.flush().as_dict()["applied"]),
+            IntervalTrigger(seconds=outbox_every, timezone="UTC"),
+            id="registry-outbox",
             **options,
         )
     if loop.schedule:

@@ -22,9 +22,10 @@ from rag_loop.db.writer import BatchWriter
 from rag_loop.generation.base import Generator
 from rag_loop.index.chroma import ChromaStore, make_chroma_client
 from rag_loop.index.embedders import Embedder, EmbedderPool, LazyEmbedder
+from rag_loop.registry.outbox import Outbox
 from rag_loop.registry.tracking import MlflowTracker
 from rag_loop.retrieval.lexical import LexicalIndexes
-from rag_loop.settings import GeneratorSettings, Settings
+from rag_loop.settings import GeneratorSettings, Settings, apply_environment
 
 
 def make_generator(settings: GeneratorSettings) -> Generator:
@@ -70,6 +71,7 @@ class Services:
     writer: BatchWriter
     embedders: EmbedderPool  # by version: the base and the loop's fine-tuned models
     lexical: LexicalIndexes  # BM25 beside the collections of hybrid index versions
+    outbox: Outbox  # effects on MLflow and Chroma that follow SQL changes
     queue: Any = None  # a DramatiqQueue when RAG_LOOP_QUEUE_BROKER_URL is set
 
     @classmethod
@@ -80,6 +82,7 @@ class Services:
         embedder: Embedder | None = None,
         generator: Generator | None = None,
     ) -> Services:
+        apply_environment(settings)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         engine = create_db_engine(settings.database_url, echo=settings.database.echo)
         upgrade(engine)
@@ -102,6 +105,12 @@ class Services:
         store = ChromaStore(
             make_chroma_client(settings.chroma_path, settings.chroma.host, settings.chroma.port)
         )
+        tracker = MlflowTracker(
+            settings.mlflow_tracking_uri,
+            settings.mlflow.experiment_prefix,
+            enabled=settings.mlflow.enabled,
+            artifact_root=settings.data_dir / "mlartifacts",
+        )
         return cls(
             queue=queue,
             settings=settings,
@@ -112,11 +121,13 @@ class Services:
             embedder=embedder,
             generator=generator or make_generator(settings.generator),
             tokens=FeedbackTokens(secret, settings.auth.feedback_token_ttl_seconds),
-            tracker=MlflowTracker(
-                settings.mlflow_tracking_uri,
-                settings.mlflow.experiment_prefix,
-                enabled=settings.mlflow.enabled,
-                artifact_root=settings.data_dir / "mlartifacts",
+            tracker=tracker,
+            outbox=Outbox(
+                sessions,
+                tracker,
+                store,
+                model_name=f"{settings.mlflow.experiment_prefix}-embedder",
+                retry_max_seconds=settings.mlflow.outbox_retry_max_seconds,
             ),
             chunker=Chunker(settings.chunking.chunk_size, settings.chunking.chunk_overlap),
             writer=BatchWriter(engine),

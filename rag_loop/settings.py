@@ -18,7 +18,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 def _cron(value: str | None) -> str | None:
     if value is None or not value.strip():
         return None
-    from rag_loop.scheduler import cron_trigger
+    from rag_loop.cron import cron_trigger
 
     try:
         cron_trigger(value)
@@ -59,6 +59,34 @@ class MLflowSettings(BaseModel):
     )
     experiment_prefix: str = Field(default="rag-loop", description="Prefix of experiment names.")
     enabled: bool = Field(default=True, description="Log index versions to MLflow.")
+    request_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0,
+        le=600,
+        description="Timeout of one HTTP request to an MLflow server (MLflow's own default "
+        "is 120 s).",
+    )
+    request_max_retries: int = Field(
+        default=1,
+        ge=0,
+        le=10,
+        description="Retries of a failed MLflow request (MLflow's own default, 7 with "
+        "backoff, held loop work ~4 minutes per call while the server was down). The outbox "
+        "retries later instead.",
+    )
+    outbox_interval_seconds: float = Field(
+        default=15.0,
+        ge=0,
+        description="How often each API process and worker applies the outbox's due entries "
+        "(MLflow runs, aliases, collection drops); 0: only right after each change and on "
+        "`rag-loop outbox flush`.",
+    )
+    outbox_retry_max_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="The longest wait between two tries of a failing outbox entry (the wait "
+        "doubles from 5 s).",
+    )
 
 
 class EmbedderSettings(BaseModel):
@@ -475,3 +503,24 @@ class Settings(BaseSettings):
     @property
     def mlflow_tracking_uri(self) -> str:
         return self.mlflow.tracking_uri or f"sqlite:///{(self.data_dir / 'mlflow.db').resolve()}"
+
+
+#: environment variables our libraries read, set in this one place (`apply_environment`)
+LIBRARY_ENVIRONMENT = {
+    "RAGAS_DO_NOT_TRACK": "true",  # Ragas sends usage analytics unless told not to
+    "HF_HUB_OFFLINE": "1",  # model weights are local; never reach a hub
+}
+
+
+def apply_environment(settings: Settings | None = None) -> None:
+    """Give our libraries what they read from the environment: the fixed values above and,
+    with `settings`, MLflow's HTTP timeout and retries (MLflow reads them per request)."""
+    import os
+
+    for name, value in LIBRARY_ENVIRONMENT.items():
+        os.environ.setdefault(name, value)
+    if settings is not None:
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = str(
+            max(1, round(settings.mlflow.request_timeout_seconds))
+        )
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = str(settings.mlflow.request_max_retries)

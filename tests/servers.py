@@ -82,8 +82,11 @@ def chroma_server(path: Path, log_dir: Path) -> tuple[Process, int]:
     return Process("chroma", [*command, "--port", str(port)], log_dir, ready_url=url), port
 
 
-def mlflow_server(backend_uri: str, artifacts: Path, log_dir: Path) -> tuple[Process, str]:
-    port = free_port()
+def mlflow_server(
+    backend_uri: str, artifacts: Path, log_dir: Path, *, port: int | None = None
+) -> tuple[Process, str]:
+    """An `mlflow server`; pass the `port` of a stopped one to start it again there."""
+    port = port or free_port()
     command = [
         str(BIN / "mlflow"),
         "server",

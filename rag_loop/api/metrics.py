@@ -87,6 +87,15 @@ class _StateCollector(Collector):
             "rag_loop_loop_cycles", "Loop cycles by state.", labels=["state"]
         )
         index = GaugeMetricFamily("rag_loop_serving_index_version", "The champion index.")
+        outbox = GaugeMetricFamily(
+            "rag_loop_outbox_pending",
+            "Registry effects (MLflow runs and aliases, collection drops) not applied yet, "
+            "by whether their last try failed.",
+            labels=["failing"],
+        )
+        backlog = services.outbox.backlog()
+        outbox.add_metric(["true"], backlog["failing"])
+        outbox.add_metric(["false"], backlog["pending"] - backlog["failing"])
         try:
             serving: int | None = serving_index(services.engine).id
         except Exception:  # no index yet: the gauge is absent, /readyz says why
@@ -114,6 +123,7 @@ class _StateCollector(Collector):
                 cycles.add_metric([state], count)
         yield scores
         yield cycles
+        yield outbox
         if index.samples:
             yield index
 

@@ -6,6 +6,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rag_loop.loop.records import CycleView
+
 
 class AskIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -120,7 +122,9 @@ class Health(BaseModel):
 class Readiness(BaseModel):
     status: Literal["ready", "not_ready"]
     checks: dict[str, dict[str, Any]] = Field(
-        description="database, chroma, serving_index: each {ok, error?}."
+        description="database, chroma, serving_index: each {ok, error?}; registry_outbox: "
+        "the backlog of MLflow and Chroma effects not applied yet (pending, failing, "
+        "oldest_at, last_error), which never makes the service unready."
     )
 
 
@@ -222,30 +226,8 @@ class EventOut(BaseModel):
     payload: dict[str, Any]
 
 
-class LoopCycleOut(BaseModel):
-    id: int
-    state: str = Field(
-        description="collecting, training, indexing, evaluating, shadow, awaiting_approval, "
-        "promoted, rejected, rolled_back or failed"
-    )
-    trigger: str
-    trigger_details: dict[str, Any]
-    created_at: str
-    updated_at: str
-    finished_at: str | None
-    feedback_until: str = Field(description="Feedback up to this time built the training set.")
-    champion_index_version_id: int | None
-    candidate_index_version_id: int | None
-    training_set: dict[str, Any] | None
-    embedder: dict[str, Any] | None
-    gate: dict[str, Any] = Field(
-        description="Evaluation runs of candidate and champion, deltas, verdict, shadow "
-        "figures and the post-promotion watch."
-    )
-    stages: dict[str, Any] = Field(description="Seconds and peak memory (MB) per stage.")
-    error: str | None
-    decided_by: str | None
-    mlflow_run_id: str | None
+# one typed model for the API and the CLI (`rag-loop loop show`)
+LoopCycleOut = CycleView
 
 
 class DecisionIn(BaseModel):
@@ -285,3 +267,29 @@ class IndexBuildIn(BaseModel):
         description="A folder or file as `rag-loop ingest` takes it, on the machine that runs "
         "the job (a worker, or the API process without a broker).",
     )
+
+
+class OutboxEntryOut(BaseModel):
+    id: int
+    kind: str = Field(description="mlflow_run, mlflow_register, mlflow_alias or drop_collection")
+    created_at: str
+    attempts: int
+    next_attempt_at: str
+    last_error: str | None
+    done_at: str | None
+    outcome: dict[str, Any]
+    summary: dict[str, Any]
+
+
+class OutboxOut(BaseModel):
+    backlog: dict[str, Any] = Field(
+        description="pending, failing (entries whose last try failed), oldest_at, last_error"
+    )
+    entries: list[OutboxEntryOut]
+
+
+class OutboxFlushOut(BaseModel):
+    applied: list[int]
+    failed: list[int]
+    postponed: list[int]
+    pending: int

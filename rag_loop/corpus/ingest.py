@@ -33,6 +33,8 @@ from rag_loop.db.models import (
 )
 from rag_loop.index.embedders import Embedder
 from rag_loop.index.versions import CHAMPION, champion_or_none, set_alias
+from rag_loop.registry import outbox
+from rag_loop.registry.embedders import ensure_base
 from rag_loop.registry.tracking import INDEX_EXPERIMENT
 from rag_loop.retrieval.config import RetrievalConfig
 from rag_loop.services import Services
@@ -128,6 +130,8 @@ def ingest(
             seconds=time.perf_counter() - started,
         )
 
+    if embedder.version == services.embedder.version:
+        ensure_base(services)  # the registered model has a version for `champion` to name
     # the document set of the new version
     targets: dict[str, _TargetDoc] = {}
     removed_ids = {d.id for d in removed}
@@ -216,24 +220,6 @@ def ingest(
             "chunks_reused": len(all_specs) - len(missing),
             "build_seconds": build_seconds,
         }
-        run_id = services.tracker.log_run(
-            INDEX_EXPERIMENT,
-            f"index-v{version_id}",
-            params={
-                "index_version": version_id,
-                "collection_name": collection,
-                "embedder": embedder.name,
-                "embedder_version": embedder.version,
-                **{f"chunking.{k}": v for k, v in chunker.config.items()},
-                "chunking_hash": chunker.config_hash,
-                "corpus_hash": corpus_hash,
-                "source_root": root,
-                "parent_index_version": serving.id if serving else "none",
-                "retrieval": RetrievalConfig.from_settings(services.settings.retrieval).label,
-            },
-            metrics=counts,
-            tags={"rag_loop.kind": "index_version", "rag_loop.index_version": str(version_id)},
-        )
         with transaction(services.sessions) as session:
             _record_documents(
                 session, targets, removed_ids, current_chunks, root, chunker.config_hash
@@ -245,9 +231,29 @@ def ingest(
             row.status = "ready"
             row.n_documents = len(targets)
             row.n_chunks = len(all_specs)
-            row.mlflow_run_id = run_id
             row.build_seconds = build_seconds
             set_alias(session, CHAMPION, row)
+            outbox.log_run(
+                session,
+                INDEX_EXPERIMENT,
+                f"index-v{version_id}",
+                params={
+                    "index_version": version_id,
+                    "collection_name": collection,
+                    "embedder": embedder.name,
+                    "embedder_version": embedder.version,
+                    **{f"chunking.{k}": v for k, v in chunker.config.items()},
+                    "chunking_hash": chunker.config_hash,
+                    "corpus_hash": corpus_hash,
+                    "source_root": root,
+                    "parent_index_version": serving.id if serving else "none",
+                    "retrieval": RetrievalConfig.from_settings(services.settings.retrieval).label,
+                },
+                metrics=counts,
+                tags={"rag_loop.kind": "index_version", "rag_loop.index_version": str(version_id)},
+                record=("index_versions", version_id),
+            )
+            outbox.sync_champion_alias(session, f"index version {version_id} serves (ingest)")
             session.add(
                 AuditEntry(
                     actor=actor,
@@ -257,12 +263,14 @@ def ingest(
                 )
             )
     except BaseException as exc:
-        services.store.drop(collection)
         with transaction(services.sessions) as session:
             row = session.get_one(IndexVersion, version_id)
             row.status = "failed"
             row.reason = f"{row.reason}: failed: {type(exc).__name__}: {exc}"[:256]
+            outbox.drop_collection(session, collection, f"index version {version_id} failed")
+        services.outbox.flush_quietly()
         raise
+    services.outbox.flush_quietly()
 
     return IngestResult(
         changed=True,

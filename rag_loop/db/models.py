@@ -430,8 +430,10 @@ class LoopCycle(Base):
     candidate_index_version_id: Mapped[int | None] = mapped_column(
         ForeignKey("index_versions.id"), default=None
     )
+    # written through loop.records (Gate, StageFigures): one shape
     gate: Mapped[dict[str, Any]] = mapped_column(default=dict)  # eval run ids, deltas, verdict
     stages: Mapped[dict[str, Any]] = mapped_column(default=dict)  # stage -> seconds, memory
+    failed_in: Mapped[str | None] = mapped_column(String(32), default=None)  # resume goes on
     error: Mapped[str | None] = mapped_column(Text, default=None)
     decided_by: Mapped[str | None] = mapped_column(String(128), default=None)
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64), default=None)
@@ -474,3 +476,23 @@ class Job(Base):
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     result: Mapped[dict[str, Any]] = mapped_column(default=dict)
     error: Mapped[str | None] = mapped_column(Text, default=None)
+
+
+class OutboxEntry(Base):
+    """An effect on another system (an MLflow run or alias, a Chroma collection drop),
+    written in the same transaction as the SQL change it follows and applied after commit
+    by `registry.outbox` (idempotently, with retries and backoff). `done_at` is set once it
+    took effect (or was found unneeded: `outcome` says which)."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    kind: Mapped[str] = mapped_column(String(32))  # mlflow_run | mlflow_alias | drop_collection
+    payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # due once this passes; while one process applies the entry it is pushed a lease ahead
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_error: Mapped[str | None] = mapped_column(Text, default=None)
+    done_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
+    outcome: Mapped[dict[str, Any]] = mapped_column(default=dict)

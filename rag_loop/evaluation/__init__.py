@@ -1,9 +1,10 @@
 """Evaluation: Ragas runs, IR metrics, drift, reports.
 
-Ragas sends usage analytics to its makers unless told not to; this package tells it, before
-any module here imports Ragas (an explicit RAGAS_DO_NOT_TRACK=false still wins).
+Ragas sends usage analytics to its makers unless told not to; this package tells it (through
+`settings.apply_environment`, the one place environment variables are set), before any
+module here imports Ragas (an explicit RAGAS_DO_NOT_TRACK=false still wins).
 """
 
-import os
+from rag_loop.settings import apply_environment
 
-os.environ.setdefault("RAGAS_DO_NOT_TRACK", "true")
+apply_environment()

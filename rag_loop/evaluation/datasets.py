@@ -25,6 +25,7 @@ from sqlalchemy import Engine, select
 
 from rag_loop.db.models import Chunk, Correction, FeedbackEvent, Interaction, Retrieval
 from rag_loop.errors import InvalidInput
+from rag_loop.feedback.labels import fold_by_interaction
 
 
 @dataclass
@@ -146,30 +147,28 @@ def production_window(engine: Engine, size: int) -> EvalDataset:
             served[r.interaction_id].append(
                 {"chunk_id": r.chunk_id, "document_id": r.document_id, "text": r.text}
             )
-        thumbs: dict[str, str] = {}
+        folded = fold_by_interaction(
+            conn.execute(
+                select(
+                    FeedbackEvent.interaction_id,
+                    FeedbackEvent.kind,
+                    FeedbackEvent.thumb,
+                    FeedbackEvent.chunk_id,
+                    FeedbackEvent.relevant,
+                    FeedbackEvent.document_id,
+                )
+                .where(FeedbackEvent.interaction_id.in_(ids))
+                .order_by(FeedbackEvent.id)
+            )
+        )
+        thumbs: dict[str, str] = {i: f.thumb for i, f in folded.items() if f.thumb}
+        # references: chunks whose latest label is relevant, and pointed-at chunks
         relevant: dict[str, list[str]] = {i: [] for i in ids}
         pointed_docs: dict[str, list[str]] = {}
-        for e in conn.execute(
-            select(
-                FeedbackEvent.interaction_id,
-                FeedbackEvent.kind,
-                FeedbackEvent.thumb,
-                FeedbackEvent.chunk_id,
-                FeedbackEvent.relevant,
-                FeedbackEvent.document_id,
-            )
-            .where(FeedbackEvent.interaction_id.in_(ids))
-            .order_by(FeedbackEvent.id)
-        ):
-            if e.kind == "thumb":
-                thumbs[e.interaction_id] = e.thumb  # latest wins
-            elif e.kind == "chunk_label" and e.relevant and e.chunk_id:
-                relevant[e.interaction_id].append(e.chunk_id)
-            elif e.kind == "source_pointer":
-                if e.chunk_id:
-                    relevant[e.interaction_id].append(e.chunk_id)
-                elif e.document_id:
-                    pointed_docs.setdefault(e.interaction_id, []).append(e.document_id)
+        for interaction_id, labels in folded.items():
+            relevant[interaction_id] = [*labels.relevant_chunks, *labels.pointed_chunks]
+            if labels.pointed_documents:
+                pointed_docs[interaction_id] = list(labels.pointed_documents)
         if pointed_docs:  # a pointer to a document: its live chunks are the references
             wanted = {d for docs in pointed_docs.values() for d in docs}
             chunks_of: dict[str, list[str]] = {}

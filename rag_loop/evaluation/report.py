@@ -32,6 +32,7 @@ from rag_loop.db.models import (
 )
 from rag_loop.evaluation.drift import recent_checks
 from rag_loop.evaluation.runner import compare_by_version, run_view
+from rag_loop.feedback.labels import fold_by_interaction
 from rag_loop.services import Services
 
 TEMPLATE = Path(__file__).with_name("templates") / "report.html"
@@ -174,13 +175,19 @@ def worst_interactions(
                 select(Interaction.id).order_by(Interaction.created_at.desc()).limit(1000)
             ).scalars()
         ]
-        latest_thumb: dict[str, str] = {}
         feedback: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for event in session.scalars(
-            select(FeedbackEvent)
-            .where(FeedbackEvent.interaction_id.in_(recent))
-            .order_by(FeedbackEvent.id)
-        ):
+        events = list(
+            session.scalars(
+                select(FeedbackEvent)
+                .where(FeedbackEvent.interaction_id.in_(recent))
+                .order_by(FeedbackEvent.id)
+            )
+        )
+        folded = fold_by_interaction(events)
+        latest_thumb = {i: f.thumb for i, f in folded.items() if f.thumb}
+        for interaction_id, labels in folded.items():  # chunks whose latest label is "no"
+            badness[interaction_id] += 0.25 * len(labels.not_relevant_chunks)
+        for event in events:
             feedback[event.interaction_id].append(
                 {
                     "kind": event.kind,
@@ -191,11 +198,7 @@ def worst_interactions(
                     "text": event.text,
                 }
             )
-            if event.kind == "thumb" and event.thumb:
-                latest_thumb[event.interaction_id] = event.thumb
-            elif event.kind == "chunk_label" and event.relevant is False:
-                badness[event.interaction_id] += 0.25
-            elif event.kind == "correction":
+            if event.kind == "correction":
                 badness[event.interaction_id] += 1
                 reasons[event.interaction_id].append("corrected")
         for interaction_id, thumb in latest_thumb.items():

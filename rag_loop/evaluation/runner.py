@@ -42,6 +42,7 @@ from rag_loop.evaluation.metrics import (
 )
 from rag_loop.index.embedders import Embedder
 from rag_loop.index.versions import champion, get_version, retrieval_of
+from rag_loop.registry import outbox
 from rag_loop.registry.tracking import EVAL_EXPERIMENT
 from rag_loop.retrieval.search import search
 from rag_loop.services import Services
@@ -162,14 +163,6 @@ def run_evaluation(
         seconds = time.perf_counter() - started
         metrics["samples_per_second"] = len(dataset.items) / seconds if seconds > 0 else 0.0
         rows = _sample_rows(dataset, results, retrieved_ids)
-        mlflow_run_id = services.tracker.log_run(
-            EVAL_EXPERIMENT,
-            f"eval-{dataset.name}-{run_id[:8]}",
-            params=params,
-            metrics=metrics,
-            tags={"rag_loop.eval_run": run_id, "rag_loop.primary_metric": primary},
-            artifacts={"samples.json": rows, "samples.csv": _csv(rows)},
-        )
         with transaction(services.sessions) as session:
             session.execute(
                 update(EvalRun)
@@ -189,11 +182,25 @@ def run_evaluation(
                     metrics=metrics,
                     failures=failures,
                     primary_metric=primary,
-                    mlflow_run_id=mlflow_run_id,
                 )
             )
             session.add_all(
                 EvalSample(run_id=run_id, position=n, **row) for n, row in enumerate(rows)
+            )
+            outbox.log_run(
+                session,
+                EVAL_EXPERIMENT,
+                f"eval-{dataset.name}-{run_id[:8]}",
+                params=params,
+                metrics=metrics,
+                tags={"rag_loop.eval_run": run_id, "rag_loop.primary_metric": primary},
+                artifacts={"samples.json": rows, "samples.csv": _csv(rows)},
+                record=("eval_runs", run_id),
+            )
+        services.outbox.flush_quietly()
+        with services.sessions() as session:
+            mlflow_run_id = session.scalar(
+                select(EvalRun.mlflow_run_id).where(EvalRun.id == run_id)
             )
         return EvalOutcome(
             run_id, "done", metrics, failures, primary, mlflow_run_id, len(rows), seconds, params
@@ -209,18 +216,6 @@ def run_evaluation(
 
 def _fail(services: Services, run_id: str, reason: str, params: dict[str, Any]) -> None:
     log.warning("evaluation %s failed: %s", run_id, reason)
-    mlflow_run_id = None
-    try:
-        mlflow_run_id = services.tracker.log_run(
-            EVAL_EXPERIMENT,
-            f"eval-failed-{run_id[:8]}",
-            params=params,
-            metrics={},
-            tags={"rag_loop.eval_run": run_id, "rag_loop.error": reason[:5000]},
-            status="FAILED",
-        )
-    except RagLoopError:  # MLflow down as well: SQL still records the failure
-        log.warning("could not record the failed evaluation %s in MLflow", run_id)
     with transaction(services.sessions) as session:
         session.execute(
             update(EvalRun)
@@ -229,10 +224,20 @@ def _fail(services: Services, run_id: str, reason: str, params: dict[str, Any]) 
                 status="failed",
                 error=reason,
                 finished_at=utcnow(),
-                mlflow_run_id=mlflow_run_id,
                 judge=params.get("judge"),
             )
         )
+        outbox.log_run(
+            session,
+            EVAL_EXPERIMENT,
+            f"eval-failed-{run_id[:8]}",
+            params=params,
+            metrics={},
+            tags={"rag_loop.eval_run": run_id, "rag_loop.error": reason[:5000]},
+            status="FAILED",
+            record=("eval_runs", run_id),
+        )
+    services.outbox.flush_quietly()
 
 
 def _dataset_label(services: Services, request: EvalRequest) -> str:

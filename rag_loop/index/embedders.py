@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -13,6 +12,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from rag_loop.errors import BackendUnavailable, InvalidInput
+from rag_loop.settings import apply_environment
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
@@ -75,7 +75,7 @@ class SentenceTransformerEmbedder:
     def __init__(
         self, model: str = DEFAULT_MODEL, *, batch_size: int = 64, device: str = "cpu"
     ) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # weights are local; never reach a hub
+        apply_environment()  # HF_HUB_OFFLINE: weights are local; never reach a hub
         from sentence_transformers import SentenceTransformer
         from transformers.utils import logging as transformers_logging
 

@@ -25,6 +25,7 @@ from rag_loop.db.engine import transaction
 from rag_loop.db.models import AuditEntry, Chunk, Document, IndexVersion
 from rag_loop.errors import InvalidInput
 from rag_loop.index.embedders import Embedder
+from rag_loop.registry import outbox
 from rag_loop.registry.tracking import INDEX_EXPERIMENT
 from rag_loop.retrieval.config import RetrievalConfig
 from rag_loop.services import Services
@@ -166,40 +167,40 @@ def build_index(
     seconds = time.perf_counter() - started
     n_documents = len({c.document_id for c, _ in chunks})
     first_build = version.status != "ready"
-    run_id = version.mlflow_run_id
-    if first_build:
-        run_id = services.tracker.log_run(
-            INDEX_EXPERIMENT,
-            f"index-v{version_id}",
-            params={
-                "index_version": version_id,
-                "collection_name": collection,
-                "embedder": embedder.name,
-                "embedder_version": embedder.version,
-                "chunking_hash": version.chunking_hash,
-                "chunk_size": version.chunk_size,
-                "chunk_overlap": version.chunk_overlap,
-                "corpus_hash": corpus_hash,
-                "parent_index_version": version.parent_id or "none",
-                "reason": version.reason,
-                "retrieval": RetrievalConfig.stored(version.retrieval).label,
-            },
-            metrics={
-                "n_documents": n_documents,
-                "n_chunks": len(chunks),
-                "chunks_embedded": len(missing),
-                "chunks_reused": reused,
-                "build_seconds": seconds,
-            },
-            tags={"rag_loop.kind": "index_version", "rag_loop.index_version": str(version_id)},
-        )
     with transaction(services.sessions) as session:
         row = session.get_one(IndexVersion, version_id)
         row.status = "ready" if row.status == "building" else row.status
         row.corpus_hash = corpus_hash
         row.n_documents = n_documents
         row.n_chunks = len(chunks)
-        row.mlflow_run_id = run_id
+        if first_build:
+            outbox.log_run(
+                session,
+                INDEX_EXPERIMENT,
+                f"index-v{version_id}",
+                params={
+                    "index_version": version_id,
+                    "collection_name": collection,
+                    "embedder": embedder.name,
+                    "embedder_version": embedder.version,
+                    "chunking_hash": version.chunking_hash,
+                    "chunk_size": version.chunk_size,
+                    "chunk_overlap": version.chunk_overlap,
+                    "corpus_hash": corpus_hash,
+                    "parent_index_version": version.parent_id or "none",
+                    "reason": version.reason,
+                    "retrieval": RetrievalConfig.stored(version.retrieval).label,
+                },
+                metrics={
+                    "n_documents": n_documents,
+                    "n_chunks": len(chunks),
+                    "chunks_embedded": len(missing),
+                    "chunks_reused": reused,
+                    "build_seconds": seconds,
+                },
+                tags={"rag_loop.kind": "index_version", "rag_loop.index_version": str(version_id)},
+                record=("index_versions", version_id),
+            )
         if first_build:
             row.build_seconds = seconds
         elif stale or missing or reused:
@@ -218,6 +219,8 @@ def build_index(
                 },
             )
         )
+    if first_build:
+        services.outbox.flush_quietly()
     return BuildResult(
         version_id, collection, len(chunks), len(missing), reused, len(stale), seconds
     )

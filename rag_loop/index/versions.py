@@ -14,6 +14,7 @@ from rag_loop.retrieval.config import RetrievalConfig
 
 CHAMPION = "champion"
 CANDIDATE = "candidate"  # set while a loop cycle runs the candidate in shadow mode
+PREVIOUS = "previous_champion"  # the rollback target: what served before the last promotion
 
 
 def champion(session: Session) -> IndexVersion:
@@ -116,6 +117,17 @@ def set_alias(session: Session, name: str, version: IndexVersion) -> None:
     else:
         alias.index_version_id = version.id
         alias.updated_at = utcnow()
+
+
+def protected_collections(session: Session) -> dict[str, str]:
+    """Collections that must never be dropped, each with why: the serving index, the
+    rollback target and a candidate in shadow mode (every aliased index version)."""
+    rows = session.execute(
+        select(IndexVersion.collection_name, Alias.name).join(
+            Alias, Alias.index_version_id == IndexVersion.id
+        )
+    )
+    return {collection: alias for collection, alias in rows}
 
 
 def drop_alias(session: Session, name: str) -> None:

@@ -15,6 +15,7 @@ from rag_loop.db.models import (
 )
 from rag_loop.errors import NotFound
 from rag_loop.feedback.corrections import correction_view
+from rag_loop.feedback.labels import fold
 from rag_loop.retrieval.config import RetrievalConfig
 from rag_loop.services import Services
 
@@ -33,15 +34,10 @@ def event_view(event: FeedbackEvent) -> dict[str, Any]:
 
 
 def effective_labels(events: list[FeedbackEvent]) -> dict[str, Any]:
-    """The latest thumb and the latest label per chunk win; the history stays in `feedback`."""
-    thumb = None
-    chunks: dict[str, bool] = {}
-    for event in sorted(events, key=lambda e: e.id):
-        if event.kind == "thumb":
-            thumb = event.thumb
-        elif event.kind == "chunk_label" and event.chunk_id is not None:
-            chunks[event.chunk_id] = bool(event.relevant)
-    return {"thumb": thumb, "chunk_labels": chunks}
+    """The latest thumb and the latest label per chunk win (`feedback.labels.fold`); the
+    history stays in `feedback`."""
+    ordered: list[FeedbackEvent] = sorted(events, key=lambda e: e.id)
+    return fold(ordered).as_dict()
 
 
 def show(services: Services, interaction_id: str) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""The loop's controller: one cycle is a persisted state machine.
+"""The loop's controller: one cycle is a persisted state machine (`loop.states` declares
+its states, moves and the actions allowed in each).
 
     collecting        feedback -> a versioned training set (leak-guarded, held-out split)
     training          fine-tune the serving embedder on it; register the model in MLflow
@@ -16,24 +17,33 @@
     failed            a step raised; the champion kept serving, `resume` goes on from the
                       step that failed
 
-Every step stores what it produced on the cycle row before the state moves, so a crash
-at any point leaves the champion serving and the cycle resumable from its last state
+Every step stores what it produced on the cycle row before the state moves, so a crash at
+any point leaves the champion serving and the cycle resumable from its last state
 (`rag-loop loop resume ID`). Only one cycle is active at a time.
+
+Every move of the state is one SQL transaction (`_move`): the state, the stage's figures,
+the audit entry, the aliases it changes and the outbox entries for MLflow and Chroma
+(`registry.outbox`) commit together, and only then are the outbox's effects applied. An
+MLflow or Chroma outage after that delays the registry; it never undoes or blocks a move.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from rag_loop.db.engine import transaction
 from rag_loop.db.models import (
+    Alias,
     AuditEntry,
     EmbedderVersion,
     IndexVersion,
@@ -41,7 +51,7 @@ from rag_loop.db.models import (
     TrainingSet,
     utcnow,
 )
-from rag_loop.errors import Conflict, InvalidInput, NotFound, RagLoopError
+from rag_loop.errors import BackendUnavailable, Conflict, InvalidInput, NotFound, RagLoopError
 from rag_loop.evaluation.runner import EvalRequest, run_evaluation
 from rag_loop.index.embedders import (
     AsymmetricEmbedder,
@@ -50,15 +60,42 @@ from rag_loop.index.embedders import (
     document_side,
 )
 from rag_loop.index.rebuild import build_index, create_index_version
-from rag_loop.index.versions import CANDIDATE, CHAMPION, champion, drop_alias, set_alias
+from rag_loop.index.versions import (
+    CANDIDATE,
+    CHAMPION,
+    PREVIOUS,
+    champion,
+    drop_alias,
+    protected_collections,
+    set_alias,
+)
 from rag_loop.loop.gate import decide
 from rag_loop.loop.live import shadow_stats
+from rag_loop.loop.records import (
+    CycleView,
+    EmbedderSummary,
+    Gate,
+    StageFigures,
+    TrainingSetSummary,
+    stored_stages,
+)
 from rag_loop.loop.resources import PeakMemory
+from rag_loop.loop.states import (
+    ACTIVE,
+    SETTLED,
+    TERMINAL,
+    WORKING,
+    Action,
+    CycleState,
+    check_action,
+    check_move,
+    values,
+)
+from rag_loop.registry import outbox
 from rag_loop.registry.embedders import (
     embedder_row,
     ensure_base,
     model_folder,
-    move_champion_alias,
     register_trained,
 )
 from rag_loop.registry.tracking import LOOP_EXPERIMENT
@@ -68,14 +105,22 @@ from rag_loop.training.finetune import finetune, finetune_queries
 
 log = logging.getLogger(__name__)
 
-ACTIVE = ("collecting", "training", "indexing", "evaluating", "shadow", "awaiting_approval")
-TERMINAL = ("promoted", "rejected", "rolled_back", "failed")
-PREVIOUS = "previous_champion"
+S = CycleState
 LEASE = timedelta(minutes=30)  # a running step refreshes its heartbeat more often than this
 
 
-class _Stop(Exception):
-    """A step ended the cycle (rejected) or paused it (awaiting approval)."""
+@dataclass
+class Move:
+    """What a step (or a person) decided: the next state (None: stay and wait), the columns
+    it sets, the audit entry, and `effects`: more SQL in the same transaction (aliases,
+    outbox entries), returning details for the audit entry."""
+
+    to: CycleState | None
+    action: str | None = None
+    actor: str = "loop"
+    details: dict[str, Any] = field(default_factory=dict)
+    fields: dict[str, Any] = field(default_factory=dict)
+    effects: Callable[[Session, LoopCycle], dict[str, Any]] | None = None
 
 
 def start_cycle(
@@ -87,7 +132,7 @@ def start_cycle(
 ) -> int:
     """Create a cycle in `collecting`; refuses while another cycle is active."""
     with transaction(services.sessions) as session:
-        active = session.scalar(select(LoopCycle).where(LoopCycle.state.in_(ACTIVE)))
+        active = session.scalar(select(LoopCycle).where(LoopCycle.state.in_(values(ACTIVE))))
         if active is not None:
             raise Conflict(
                 f"loop cycle {active.id} is still {active.state}; finish it first "
@@ -95,7 +140,7 @@ def start_cycle(
             )
         serving = champion(session)
         cycle = LoopCycle(
-            state="collecting",
+            state=S.COLLECTING,
             trigger=trigger,
             trigger_details=details or {},
             champion_index_version_id=serving.id,
@@ -114,55 +159,44 @@ def start_cycle(
         return cycle.id
 
 
+STEPS: dict[CycleState, Callable[[Services, LoopCycle], Move]] = {}
+
+
 def run_cycle(
     services: Services, cycle_id: int, *, actor: str = "loop", force: bool = False
 ) -> dict[str, Any]:
-    """Run a cycle from its current state until it ends or waits for approval."""
+    """Run a cycle from its current state until it ends or waits (for approval, or in
+    shadow mode for more live feedback)."""
+    check_action(Action.RUN, cycle_id, _get(services, cycle_id).state)
     _claim(services, cycle_id, force=force)
-    steps = {
-        "collecting": _collect,
-        "training": _train,
-        "indexing": _index,
-        "evaluating": _evaluate,
-        "shadow": _shadow,
-    }
-    while True:
-        cycle = _get(services, cycle_id)
-        step = steps.get(cycle.state)
-        if step is None:
-            break
-        started = time.perf_counter()
-        try:
-            with PeakMemory() as peak:
-                next_state = step(services, cycle)
-        except _Stop:
-            _record_stage(services, cycle_id, cycle.state, started, peak.mb)
-            break
-        except Exception as exc:
-            message = (
-                exc.message if isinstance(exc, RagLoopError) else f"{type(exc).__name__}: {exc}"
-            )
-            log.exception("loop cycle %s failed while %s", cycle_id, cycle.state)
-            _record_stage(services, cycle_id, cycle.state, started, peak.mb)
-            _set(
-                services,
-                cycle_id,
-                state="failed",
-                error=f"{cycle.state}: {message}"[:4000],
-                finished_at=utcnow(),
-                failed_in=cycle.state,
-            )
-            _audit(
-                services, actor, "loop.failed", cycle_id, {"step": cycle.state, "error": message}
-            )
-            raise
-        _record_stage(services, cycle_id, cycle.state, started, peak.mb)
-        _set(services, cycle_id, state=next_state)
-    with transaction(services.sessions) as session:  # release the claim: nothing runs now
-        session.get_one(LoopCycle, cycle_id).heartbeat_at = None
-    cycle = _get(services, cycle_id)
-    if cycle.state in TERMINAL or cycle.state == "awaiting_approval":
-        _log_cycle(services, cycle_id)
+    try:
+        while True:
+            cycle = _get(services, cycle_id)
+            step = STEPS.get(S(cycle.state))
+            if step is None:
+                break
+            started = time.perf_counter()
+            try:
+                with PeakMemory() as peak:
+                    move = step(services, cycle)
+            except Exception as exc:
+                message = (
+                    exc.message if isinstance(exc, RagLoopError) else f"{type(exc).__name__}: {exc}"
+                )
+                log.exception("loop cycle %s failed while %s", cycle_id, cycle.state)
+                _fail(services, cycle, message, _figures(started, peak.mb))
+                raise
+            try:
+                _move(services, cycle_id, move, stage=(cycle.state, _figures(started, peak.mb)))
+            except Conflict as exc:
+                # someone else decided the cycle meanwhile (a person rejected it, say)
+                log.warning("loop cycle %s: %s", cycle_id, exc.message)
+                break
+            if move.to is None:
+                break  # waiting in shadow mode
+    finally:
+        with transaction(services.sessions) as session:  # release the claim
+            session.get_one(LoopCycle, cycle_id).heartbeat_at = None
     return cycle_view(services, cycle_id)
 
 
@@ -171,38 +205,55 @@ def resume(
 ) -> dict[str, Any]:
     """Go on with a cycle that failed or was cut off, from the step it was in."""
     cycle = _get(services, cycle_id)
-    if cycle.state == "failed":
-        failed_in = cycle.stages.get("failed_in")
-        if failed_in not in ("collecting", "training", "indexing", "evaluating"):
+    check_action(Action.RESUME, cycle_id, cycle.state)
+    if cycle.state == S.FAILED:
+        failed_in = cycle.failed_in
+        if _candidate_serves(services, cycle):
+            # written by an older version: the promotion committed, then the cycle was
+            # marked failed. It is promoted; record it so (nothing else changes).
+            _move(services, cycle_id, _reconcile_promoted(actor))
+            return cycle_view(services, cycle_id)
+        if failed_in not in values(WORKING):
             raise Conflict(f"loop cycle {cycle_id} cannot be resumed (failed in {failed_in})")
-        with transaction(services.sessions) as session:
+        with services.sessions() as session:
             active = session.scalar(
-                select(LoopCycle).where(LoopCycle.state.in_(ACTIVE), LoopCycle.id != cycle_id)
+                select(LoopCycle).where(
+                    LoopCycle.state.in_(values(ACTIVE)), LoopCycle.id != cycle_id
+                )
             )
             if active is not None:
                 raise Conflict(f"loop cycle {active.id} is active; only one runs at a time")
-        _set(services, cycle_id, state=failed_in, error=None, finished_at=None)
-        _audit(services, actor, "loop.resume", cycle_id, {"step": failed_in})
-    elif cycle.state not in ACTIVE or cycle.state == "awaiting_approval":
-        raise Conflict(f"loop cycle {cycle_id} is {cycle.state}; there is nothing to resume")
+        _move(
+            services,
+            cycle_id,
+            Move(
+                S(failed_in),
+                action="loop.resume",
+                actor=actor,
+                details={"step": failed_in},
+                fields={"error": None, "finished_at": None, "failed_in": None},
+            ),
+        )
     return run_cycle(services, cycle_id, actor=actor, force=force)
 
 
 def approve(services: Services, cycle_id: int, *, actor: str) -> dict[str, Any]:
     cycle = _get(services, cycle_id)
-    if cycle.state != "awaiting_approval":
-        raise Conflict(f"loop cycle {cycle_id} is {cycle.state}, not awaiting approval")
-    _promote(services, cycle, actor=actor)
-    _log_cycle(services, cycle_id)
+    check_action(Action.APPROVE, cycle_id, cycle.state)
+    _move(services, cycle_id, _promotion(services, cycle, actor=actor))
     return cycle_view(services, cycle_id)
 
 
 def reject(services: Services, cycle_id: int, *, actor: str, reason: str = "") -> dict[str, Any]:
     cycle = _get(services, cycle_id)
-    if cycle.state not in ACTIVE and cycle.state != "failed":
-        raise Conflict(f"loop cycle {cycle_id} is {cycle.state}; it cannot be rejected")
-    _finish_rejected(services, cycle, f"rejected by {actor}: {reason}".strip(": "), actor)
-    _log_cycle(services, cycle_id)
+    check_action(Action.REJECT, cycle_id, cycle.state)
+    if _candidate_serves(services, cycle):
+        raise Conflict(
+            f"loop cycle {cycle_id}'s candidate index {cycle.candidate_index_version_id} "
+            f"serves; resume it to record its promotion (rag-loop loop resume {cycle_id}), "
+            "then roll it back (rag-loop loop rollback)"
+        )
+    _move(services, cycle_id, _rejection(f"rejected by {actor}: {reason}".strip(": "), actor))
     return cycle_view(services, cycle_id)
 
 
@@ -210,70 +261,165 @@ def rollback(
     services: Services, *, actor: str, reason: str = "manual", cycle_id: int | None = None
 ) -> dict[str, Any]:
     """Serve the index that served before the latest promotion (or before `cycle_id`'s)."""
-    with transaction(services.sessions) as session:
-        query = select(LoopCycle).where(LoopCycle.state == "promoted")
+    with services.sessions() as session:
+        query = select(LoopCycle).where(LoopCycle.state == S.PROMOTED)
         if cycle_id is not None:
+            found = session.get(LoopCycle, cycle_id)
+            if found is None:
+                raise NotFound(f"no loop cycle {cycle_id}; `rag-loop loop list` shows them")
+            check_action(Action.ROLLBACK, cycle_id, found.state)
             query = query.where(LoopCycle.id == cycle_id)
         cycle = session.scalar(query.order_by(LoopCycle.id.desc()))
         if cycle is None:
+            raise Conflict("there is no promoted loop cycle to roll back")
+        target = session.get(IndexVersion, cycle.champion_index_version_id)
+        if target is not None and not _collection_present(services, target.collection_name):
             raise Conflict(
-                "there is no promoted loop cycle to roll back"
-                if cycle_id is None
-                else f"loop cycle {cycle_id} is not promoted; only a promoted cycle rolls back"
+                f"the rollback target, index {target.id}, has no collection in Chroma "
+                f"({target.collection_name}); serve another version: rag-loop index serve ID"
             )
+
+    def effects(session: Session, row: LoopCycle) -> dict[str, Any]:
         serving = champion(session)
-        if serving.id != cycle.candidate_index_version_id:
+        if serving.id != row.candidate_index_version_id:
             raise Conflict(
-                f"loop cycle {cycle.id} promoted index {cycle.candidate_index_version_id}, but "
+                f"loop cycle {row.id} promoted index {row.candidate_index_version_id}, but "
                 f"index {serving.id} serves now; roll back the later change first"
             )
-        previous = session.get_one(IndexVersion, cycle.champion_index_version_id)
+        previous = session.get_one(IndexVersion, row.champion_index_version_id)
+        if previous.id == serving.id:
+            raise Conflict(
+                f"loop cycle {row.id}'s rollback target is index {previous.id}, which serves "
+                "already; there is nothing to roll back to"
+            )
         set_alias(session, CHAMPION, previous)
-        cycle.state = "rolled_back"
-        cycle.updated_at = utcnow()
-        cycle.decided_by = actor
-        cycle.gate = {**cycle.gate, "rollback": {"reason": reason, "by": actor}}
+        _point_previous(session, exclude=row.id)
+        row.gate = {**row.gate, "rollback": {"reason": reason, "by": actor}}
+        outbox.sync_champion_alias(session, f"loop cycle {row.id} rolled back")
+        return {"from_index": serving.id, "to_index": previous.id, "reason": reason}
+
+    _move(
+        services,
+        cycle.id,
+        Move(
+            S.ROLLED_BACK,
+            action="loop.rollback",
+            actor=actor,
+            effects=effects,
+            fields={"decided_by": actor},
+        ),
+    )
+    return cycle_view(services, cycle.id)
+
+
+def serve_version(
+    services: Services, version_id: int, *, actor: str, reason: str = "manual"
+) -> dict[str, Any]:
+    """The operator's way back to any serving state: make a ready index version the
+    champion (its collection is rebuilt from the live chunks first if Chroma lost it). The
+    index that served becomes the rollback target; an active cycle is left as it is."""
+    with services.sessions() as session:
+        version = session.get(IndexVersion, version_id)
+        if version is None:
+            raise NotFound(f"no index version {version_id}; `rag-loop index list` shows them")
+        session.expunge(version)
+    if version.status != "ready":
+        raise Conflict(
+            f"index version {version_id} is {version.status}; only a ready version serves",
+            details=[{"index_version": version_id, "status": version.status}],
+        )
+    rebuilt = None
+    if not _collection_present(services, version.collection_name):
+        embedder = services.embedders.get(version.embedder_version)
+        rebuilt = build_index(services, version_id, embedder, actor=actor).chunks_embedded
+    with transaction(services.sessions) as session:
+        serving = champion(session) if _has_champion(session) else None
+        if serving is not None and serving.id == version_id:
+            raise Conflict(f"index version {version_id} serves already")
+        target = session.get_one(IndexVersion, version_id)
+        set_alias(session, CHAMPION, target)
+        if serving is not None:
+            set_alias(session, PREVIOUS, serving)
+        outbox.sync_champion_alias(session, f"index version {version_id} served by {actor}")
         session.add(
             AuditEntry(
                 actor=actor,
-                action="loop.rollback",
-                target=f"loop_cycle:{cycle.id}",
-                details={"from_index": serving.id, "to_index": previous.id, "reason": reason},
+                action="index.serve",
+                target=f"index_version:{version_id}",
+                details={
+                    "from_index": serving.id if serving else None,
+                    "to_index": version_id,
+                    "reason": reason,
+                    "chunks_rebuilt": rebuilt,
+                },
             )
         )
-        rolled = cycle.id
-        embedder_version = previous.embedder_version
-    move_champion_alias(services, embedder_version)
-    _log_cycle(services, rolled)
-    return cycle_view(services, rolled)
+    services.outbox.flush_quietly()
+    return {
+        "index_version": version_id,
+        "previous": serving.id if serving else None,
+        "collection_rebuilt": rebuilt is not None,
+    }
+
+
+def _has_champion(session: Session) -> bool:
+    return bool(session.scalar(select(Alias.name).where(Alias.name == CHAMPION)))
+
+
+def _collection_present(services: Services, name: str) -> bool:
+    try:
+        return bool(services.store.exists(name))
+    except Exception as exc:
+        raise BackendUnavailable(f"cannot reach Chroma: {exc}") from exc
+
+
+def _point_previous(session: Session, *, exclude: int) -> None:
+    """After a rollback, `previous_champion` names the rollback target of the promotion that
+    serves now (if a promoted cycle's candidate serves), else nothing."""
+    serving = champion(session)
+    earlier = session.scalar(
+        select(LoopCycle)
+        .where(
+            LoopCycle.state == S.PROMOTED,
+            LoopCycle.candidate_index_version_id == serving.id,
+            LoopCycle.id != exclude,
+        )
+        .order_by(LoopCycle.id.desc())
+        .limit(1)
+    )
+    target = None
+    if earlier is not None and earlier.champion_index_version_id != serving.id:
+        target = session.get(IndexVersion, earlier.champion_index_version_id)
+    if target is None:
+        drop_alias(session, PREVIOUS)
+    else:
+        set_alias(session, PREVIOUS, target)
 
 
 # the steps ---------------------------------------------------------------------------
 
 
-def _collect(services: Services, cycle: LoopCycle) -> str:
+def _collect(services: Services, cycle: LoopCycle) -> Move:
     ensure_base(services)
     with services.sessions() as session:
         index = session.get_one(IndexVersion, cycle.champion_index_version_id)
         session.expunge(index)
     built = build_training_set(services, index, until=cycle.feedback_until)
-    _set(services, cycle.id, training_set_id=built.training_set_id)
     minimum = services.settings.training.min_examples
     if built.n_examples < minimum:
-        _finish_rejected(
-            services,
-            cycle,
+        move = _rejection(
             f"not enough feedback to train on: {built.n_examples} examples, "
             f"training.min_examples is {minimum}",
             "loop",
         )
-        raise _Stop
-    return "training"
+        move.fields["training_set_id"] = built.training_set_id
+        return move
+    return Move(S.TRAINING, fields={"training_set_id": built.training_set_id})
 
 
-def _train(services: Services, cycle: LoopCycle) -> str:
+def _train(services: Services, cycle: LoopCycle) -> Move:
     if cycle.embedder_version_id is not None:
-        return "indexing"
+        return Move(S.INDEXING)
     settings = services.settings.training
     with services.sessions() as session:
         index = session.get_one(IndexVersion, cycle.champion_index_version_id)
@@ -306,21 +452,22 @@ def _train(services: Services, cycle: LoopCycle) -> str:
         documents_version = None
         trained = finetune(Path(parent.path), Path(training_set.path), folder, settings)
         embedder = SentenceTransformerEmbedder(str(folder), **options)  # type: ignore[arg-type]
-    row = register_trained(
-        services,
-        trained,
-        parent,
-        training_set,
-        cycle_id=cycle.id,
-        version=embedder.version,
-        document_version=documents_version,
-    )
+    row = embedder_row(services, embedder.version)  # trained before a crash: same weights
+    if row is None:
+        row = register_trained(
+            services,
+            trained,
+            parent,
+            training_set,
+            cycle_id=cycle.id,
+            version=embedder.version,
+            document_version=documents_version,
+        )
     services.embedders.add(embedder)
-    _set(services, cycle.id, embedder_version_id=row.id)
-    return "indexing"
+    return Move(S.INDEXING, fields={"embedder_version_id": row.id})
 
 
-def _index(services: Services, cycle: LoopCycle) -> str:
+def _index(services: Services, cycle: LoopCycle) -> Move:
     with services.sessions() as session:
         model = session.get_one(EmbedderVersion, cycle.embedder_version_id)
         parent = session.get_one(IndexVersion, cycle.champion_index_version_id)
@@ -331,7 +478,7 @@ def _index(services: Services, cycle: LoopCycle) -> str:
         version_id = create_index_version(
             services, embedder, parent, f"loop cycle {cycle.id}: {model.version}"
         )
-        _set(services, cycle.id, candidate_index_version_id=version_id)
+        _update(services, cycle.id, candidate_index_version_id=version_id)
     same_documents = document_side(parent.embedder_version) == document_side(model.version)
     build_index(
         services,
@@ -340,10 +487,10 @@ def _index(services: Services, cycle: LoopCycle) -> str:
         batch_size=256,
         reuse_from=parent.collection_name if same_documents else None,
     )
-    return "evaluating"
+    return Move(S.EVALUATING)
 
 
-def _evaluate(services: Services, cycle: LoopCycle) -> str:
+def _evaluate(services: Services, cycle: LoopCycle) -> Move:
     with services.sessions() as session:
         training_set = session.get_one(TrainingSet, cycle.training_set_id)
         serving = champion(session)
@@ -353,13 +500,9 @@ def _evaluate(services: Services, cycle: LoopCycle) -> str:
         datasets.append(Path(training_set.heldout_path))
     datasets += [p for p in services.settings.evaluation.golden_sets if p.is_file()]
     if not datasets:
-        _finish_rejected(
-            services,
-            cycle,
-            "nothing to evaluate on: no held-out feedback queries and no golden set",
-            "loop",
+        return _rejection(
+            "nothing to evaluate on: no held-out feedback queries and no golden set", "loop"
         )
-        raise _Stop
     runs: dict[str, dict[str, Any]] = dict(cycle.gate.get("runs", {}))
     for path in datasets:
         for role, version_id in (
@@ -390,124 +533,260 @@ def _evaluate(services: Services, cycle: LoopCycle) -> str:
                 "n_samples": outcome.n_samples,
                 "metrics": outcome.metrics,
             }
-            _set(services, cycle.id, gate={**cycle.gate, "runs": runs})
+            _update(services, cycle.id, gate={**cycle.gate, "runs": runs})
     verdict = decide(runs, services.settings.loop, services.settings.evaluation.k)
     gate = {**cycle.gate, "runs": runs, "champion_index_version": serving.id, **verdict}
-    _set(services, cycle.id, gate=gate)
-    cycle = _get(services, cycle.id)
     if not verdict["passed"]:
-        _finish_rejected(services, cycle, "; ".join(verdict["reasons"]), "gate")
-        raise _Stop
+        move = _rejection("; ".join(verdict["reasons"]), "gate")
+        move.fields["gate"] = gate
+        return move
     if services.settings.loop.shadow_share > 0:
-        with transaction(services.sessions) as session:
-            set_alias(
-                session, CANDIDATE, session.get_one(IndexVersion, cycle.candidate_index_version_id)
-            )
-        _set(services, cycle.id, gate={**gate, "shadow_since": utcnow().isoformat()})
-        _audit(services, "gate", "loop.shadow", cycle.id, verdict)
-        return "shadow"
-    _after_gate(services, cycle, "gate")
-    raise _Stop
+        candidate_id = cycle.candidate_index_version_id
+
+        def shadow(session: Session, row: LoopCycle) -> dict[str, Any]:
+            set_alias(session, CANDIDATE, session.get_one(IndexVersion, candidate_id))
+            return {}
+
+        return Move(
+            S.SHADOW,
+            action="loop.shadow",
+            actor="gate",
+            details=verdict,
+            fields={"gate": {**gate, "shadow_since": utcnow().isoformat()}},
+            effects=shadow,
+        )
+    move = _after_gate(services, cycle, "gate")
+    move.fields["gate"] = gate
+    return move
 
 
-def _shadow(services: Services, cycle: LoopCycle) -> str:
+def _shadow(services: Services, cycle: LoopCycle) -> Move:
     """Decide once enough shadowed questions have feedback; until then the cycle waits
     here (the loop's tick looks again)."""
     settings = services.settings.loop
     since = datetime.fromisoformat(cycle.gate["shadow_since"])
     assert cycle.candidate_index_version_id is not None
     stats = shadow_stats(services, cycle.candidate_index_version_id, since)
-    _set(services, cycle.id, gate={**cycle.gate, "shadow": stats})
+    gate = {**cycle.gate, "shadow": stats}
     if stats["labelled"] < settings.shadow_min_labelled:
-        raise _Stop  # wait for more live traffic and feedback
-    cycle = _get(services, cycle.id)
+        return Move(None, fields={"gate": gate})  # wait for more live traffic and feedback
     drop = (stats["champion_precision"] or 0) - (stats["candidate_precision"] or 0)
     if drop > settings.shadow_max_precision_drop:
-        _finish_rejected(
-            services,
-            cycle,
+        move = _rejection(
             f"shadow: labelled precision {stats['candidate_precision']:.3f} vs the champion's "
             f"{stats['champion_precision']:.3f} on {stats['labelled']} questions "
             f"(allowed drop {settings.shadow_max_precision_drop})",
             "shadow",
         )
-        raise _Stop
-    _after_gate(services, cycle, "shadow")
-    raise _Stop
+    else:
+        move = _after_gate(services, cycle, "shadow")
+    move.fields["gate"] = gate
+    return move
 
 
-def _after_gate(services: Services, cycle: LoopCycle, actor: str) -> None:
-    _drop_candidate_alias(services)
+STEPS.update(
+    {
+        S.COLLECTING: _collect,
+        S.TRAINING: _train,
+        S.INDEXING: _index,
+        S.EVALUATING: _evaluate,
+        S.SHADOW: _shadow,
+    }
+)
+
+
+def _after_gate(services: Services, cycle: LoopCycle, actor: str) -> Move:
     if services.settings.loop.require_approval:
-        _set(services, cycle.id, state="awaiting_approval")
-        _audit(services, actor, "loop.awaiting_approval", cycle.id, {})
-        return
-    _promote(services, cycle, actor=actor)
 
+        def hold(session: Session, row: LoopCycle) -> dict[str, Any]:
+            drop_alias(session, CANDIDATE)
+            return {}
 
-def _drop_candidate_alias(services: Services) -> None:
-    with transaction(services.sessions) as session:
-        drop_alias(session, CANDIDATE)
+        return Move(S.AWAITING_APPROVAL, action="loop.awaiting_approval", actor=actor, effects=hold)
+    return _promotion(services, cycle, actor=actor)
 
 
 # promotion and endings -------------------------------------------------------------------
 
 
-def _promote(services: Services, cycle: LoopCycle, *, actor: str) -> None:
-    assert cycle.candidate_index_version_id is not None
+def _promotion(services: Services, cycle: LoopCycle, *, actor: str) -> Move:
+    """Catch the candidate up with ingests and corrections since it was built, then the
+    move that makes it serve: aliases, state and audit in one transaction."""
+    candidate_id = cycle.candidate_index_version_id
+    assert candidate_id is not None
     with services.sessions() as session:
-        candidate = session.get_one(IndexVersion, cycle.candidate_index_version_id)
+        candidate = session.get_one(IndexVersion, candidate_id)
         session.expunge(candidate)
     embedder = services.embedders.get(candidate.embedder_version)
-    # catch up with ingests and corrections since the candidate was built
     build_index(services, candidate.id, embedder, actor=actor)
-    with transaction(services.sessions) as session:
-        row = session.get_one(LoopCycle, cycle.id)
-        if row.state not in ("evaluating", "shadow", "awaiting_approval"):
-            raise Conflict(f"loop cycle {cycle.id} is {row.state}; it cannot be promoted")
+
+    def promote(session: Session, row: LoopCycle) -> dict[str, Any]:
         old = champion(session)
-        new = session.get_one(IndexVersion, candidate.id)
+        new = session.get_one(IndexVersion, candidate_id)
+        if old.id == new.id:
+            raise Conflict(f"index {new.id} serves already; loop cycle {row.id} is not promoted")
+        if new.status != "ready":
+            raise Conflict(f"index {new.id} is {new.status}; only a ready index serves")
         set_alias(session, PREVIOUS, old)
         set_alias(session, CHAMPION, new)  # the very next request retrieves from it
-        row.state = "promoted"
-        row.decided_by = actor
-        row.updated_at = row.finished_at = utcnow()
+        drop_alias(session, CANDIDATE)
         row.champion_index_version_id = old.id
-        session.add(
-            AuditEntry(
-                actor=actor,
-                action="loop.promote",
-                target=f"loop_cycle:{cycle.id}",
-                details={
-                    "from_index": old.id,
-                    "to_index": new.id,
-                    "embedder_version": new.embedder_version,
-                },
-            )
-        )
-    move_champion_alias(services, candidate.embedder_version)
+        outbox.sync_champion_alias(session, f"loop cycle {row.id} promoted index {new.id}")
+        return {"from_index": old.id, "to_index": new.id, "embedder_version": new.embedder_version}
 
-
-def _finish_rejected(services: Services, cycle: LoopCycle, reason: str, actor: str) -> None:
-    _drop_candidate_alias(services)
-    _set(
-        services,
-        cycle.id,
-        state="rejected",
-        error=reason,
-        decided_by=actor,
-        finished_at=utcnow(),
+    return Move(
+        S.PROMOTED,
+        action="loop.promote",
+        actor=actor,
+        fields={"decided_by": actor},
+        effects=promote,
     )
-    if cycle.candidate_index_version_id is not None:
-        with transaction(services.sessions) as session:
-            index = session.get_one(IndexVersion, cycle.candidate_index_version_id)
+
+
+def _reconcile_promoted(actor: str) -> Move:
+    def record(session: Session, row: LoopCycle) -> dict[str, Any]:
+        previous = session.get(IndexVersion, row.champion_index_version_id)
+        if previous is not None and previous.id != row.candidate_index_version_id:
+            set_alias(session, PREVIOUS, previous)
+        outbox.sync_champion_alias(session, f"loop cycle {row.id}'s candidate serves")
+        return {"to_index": row.candidate_index_version_id, "reconciled": True}
+
+    return Move(
+        S.PROMOTED,
+        action="loop.promote",
+        actor=actor,
+        fields={"error": None, "decided_by": actor},
+        effects=record,
+    )
+
+
+def _rejection(reason: str, actor: str) -> Move:
+    """The end of a cycle that will not serve: its candidate alias goes, its index is marked
+    rejected and its collection dropped (through the outbox, never a protected one); its
+    numbers stay in SQL and MLflow."""
+
+    def effects(session: Session, row: LoopCycle) -> dict[str, Any]:
+        drop_alias(session, CANDIDATE)
+        if row.candidate_index_version_id is not None:
+            index = session.get_one(IndexVersion, row.candidate_index_version_id)
+            protected = protected_collections(session)
+            if index.collection_name in protected:
+                raise Conflict(
+                    f"index {index.id} is the {protected[index.collection_name]} index; "
+                    f"loop cycle {row.id} cannot be rejected"
+                )
             index.status = "rejected"
-            collection = index.collection_name
-        services.store.drop(collection)  # its numbers stay in SQL and MLflow
-    _audit(services, actor, "loop.reject", cycle.id, {"reason": reason})
+            outbox.drop_collection(session, index.collection_name, f"loop cycle {row.id} rejected")
+        return {}
+
+    return Move(
+        S.REJECTED,
+        action="loop.reject",
+        actor=actor,
+        details={"reason": reason},
+        fields={"error": reason, "decided_by": actor},
+        effects=effects,
+    )
+
+
+def _fail(services: Services, cycle: LoopCycle, message: str, figures: dict[str, float]) -> None:
+    move = Move(
+        S.FAILED,
+        action="loop.failed",
+        details={"step": cycle.state, "error": message},
+        fields={"error": f"{cycle.state}: {message}"[:4000]},
+    )
+    try:
+        _move(services, cycle.id, move, stage=(cycle.state, figures), failed_in=cycle.state)
+    except Conflict as exc:  # decided meanwhile by someone else
+        log.warning("loop cycle %s: %s", cycle.id, exc.message)
 
 
 # bookkeeping ---------------------------------------------------------------------------
+
+
+def _figures(started: float, peak_mb: float) -> dict[str, float]:
+    return {"seconds": time.perf_counter() - started, "peak_rss_mb": peak_mb}
+
+
+def _move(
+    services: Services,
+    cycle_id: int,
+    move: Move,
+    *,
+    stage: tuple[str, dict[str, float]] | None = None,
+    failed_in: str | None = None,
+) -> None:
+    """One transaction: the state (checked against the declared moves), the columns, the
+    stage's figures, the effects, the audit entry and, when the cycle settles, its MLflow run
+    (through the outbox). The outbox is applied after the commit."""
+    with transaction(services.sessions) as session:
+        row = session.get_one(LoopCycle, cycle_id, with_for_update=True)
+        if move.to is not None:
+            check_move(cycle_id, row.state, move.to)
+        for key, value in move.fields.items():
+            setattr(row, key, value)
+        if stage is not None:
+            name, figures = stage
+            stages = dict(row.stages)
+            previous = stages.get(name, {})
+            stages[name] = {
+                "seconds": round(previous.get("seconds", 0) + figures["seconds"], 3),
+                "peak_rss_mb": round(
+                    max(previous.get("peak_rss_mb", 0), figures["peak_rss_mb"]), 1
+                ),
+            }
+            row.stages = stages
+        if failed_in is not None:
+            row.failed_in = failed_in
+        details = dict(move.details)
+        if move.effects is not None:
+            details.update(move.effects(session, row))
+        row.gate = Gate.stored(row.gate)  # one shape in the JSON columns
+        row.stages = stored_stages(row.stages)
+        now = utcnow()
+        row.updated_at = now
+        if move.to is not None:
+            row.state = move.to
+            if move.to in SETTLED or move.to == S.FAILED:
+                row.heartbeat_at = None  # nobody runs it any more
+                if move.to != S.AWAITING_APPROVAL:
+                    row.finished_at = now
+            elif row.heartbeat_at is not None:
+                row.heartbeat_at = now  # still ours
+        if move.action is not None:
+            session.add(
+                AuditEntry(
+                    actor=move.actor,
+                    action=move.action,
+                    target=f"loop_cycle:{cycle_id}",
+                    details=details,
+                )
+            )
+        if move.to in TERMINAL or move.to == S.AWAITING_APPROVAL:
+            session.flush()
+            _log_cycle(session, row)
+    services.outbox.flush_quietly()
+
+
+def _update(services: Services, cycle_id: int, **fields: Any) -> None:
+    """Columns a running step stores as it goes (not a move)."""
+    with transaction(services.sessions) as session:
+        row = session.get_one(LoopCycle, cycle_id)
+        for key, value in fields.items():
+            setattr(row, key, value)
+        row.gate = Gate.stored(row.gate)
+        row.updated_at = utcnow()
+        if row.heartbeat_at is not None:
+            row.heartbeat_at = utcnow()
+
+
+def _candidate_serves(services: Services, cycle: LoopCycle) -> bool:
+    if cycle.candidate_index_version_id is None:
+        return False
+    with services.sessions() as session:
+        serving = champion(session)
+    return serving.id == cycle.candidate_index_version_id
 
 
 def _get(services: Services, cycle_id: int) -> LoopCycle:
@@ -541,97 +820,49 @@ def _claim(services: Services, cycle_id: int, *, force: bool = False) -> None:
         )
 
 
-def _set(services: Services, cycle_id: int, **values: Any) -> None:
-    failed_in = values.pop("failed_in", None)
-    with transaction(services.sessions) as session:
-        cycle = session.get_one(LoopCycle, cycle_id)
-        for key, value in values.items():
-            setattr(cycle, key, value)
-        if failed_in is not None:
-            cycle.stages = {**cycle.stages, "failed_in": failed_in}
-        cycle.updated_at = utcnow()
-        if values.get("state") in TERMINAL or values.get("state") == "awaiting_approval":
-            cycle.heartbeat_at = None  # nobody runs it any more
-        elif cycle.heartbeat_at is not None:
-            cycle.heartbeat_at = utcnow()  # still ours
-
-
-def _record_stage(
-    services: Services, cycle_id: int, stage: str, started: float, peak_mb: float
-) -> None:
-    with transaction(services.sessions) as session:
-        cycle = session.get_one(LoopCycle, cycle_id)
-        stages = dict(cycle.stages)
-        previous = stages.get(stage, {})
-        stages[stage] = {
-            "seconds": round(previous.get("seconds", 0) + time.perf_counter() - started, 3),
-            "peak_rss_mb": round(max(previous.get("peak_rss_mb", 0), peak_mb), 1),
-        }
-        cycle.stages = stages
-
-
-def _audit(
-    services: Services, actor: str, action: str, cycle_id: int, details: dict[str, Any]
-) -> None:
-    with transaction(services.sessions) as session:
-        session.add(
-            AuditEntry(actor=actor, action=action, target=f"loop_cycle:{cycle_id}", details=details)
-        )
-
-
-def _log_cycle(services: Services, cycle_id: int) -> None:
-    """One MLflow run per cycle end state: the decision, the gate's numbers, the stages."""
-    view = cycle_view(services, cycle_id)
+def _log_cycle(session: Session, cycle: LoopCycle) -> None:
+    """One MLflow run per settled state (through the outbox): the decision, the gate's
+    numbers, the stages."""
+    view = _view(session, cycle)
     metrics: dict[str, float] = {}
     for name, value in (view["gate"].get("deltas") or {}).items():
         metrics[f"delta.{name}"] = float(value)
     for stage, figures in view["stages"].items():
-        if isinstance(figures, dict):
-            metrics[f"{stage}.seconds"] = float(figures["seconds"])
-            metrics[f"{stage}.peak_rss_mb"] = float(figures["peak_rss_mb"])
-    try:
-        run_id = services.tracker.log_run(
-            LOOP_EXPERIMENT,
-            f"cycle-{cycle_id}-{view['state']}",
-            params={
-                "cycle": cycle_id,
-                "state": view["state"],
-                "trigger": view["trigger"],
-                "champion_index_version": view["champion_index_version_id"],
-                "candidate_index_version": view["candidate_index_version_id"],
-                "embedder_version": (view["embedder"] or {}).get("version"),
-                "training_set": (view["training_set"] or {}).get("content_hash"),
-                "decided_by": view["decided_by"],
-            },
-            metrics=metrics,
-            tags={"rag_loop.kind": "loop_cycle", "rag_loop.loop_cycle": str(cycle_id)},
-            artifacts={"cycle.json": view},
-        )
-    except RagLoopError:
-        log.warning("could not log loop cycle %s to MLflow", cycle_id)
-        return
-    _set_quiet(services, cycle_id, run_id)
-
-
-def _set_quiet(services: Services, cycle_id: int, run_id: str | None) -> None:
-    with transaction(services.sessions) as session:
-        session.get_one(LoopCycle, cycle_id).mlflow_run_id = run_id
+        metrics[f"{stage}.seconds"] = float(figures["seconds"])
+        metrics[f"{stage}.peak_rss_mb"] = float(figures["peak_rss_mb"])
+    cycle.mlflow_run_id = None  # the run of this state replaces the last one
+    outbox.log_run(
+        session,
+        LOOP_EXPERIMENT,
+        f"cycle-{cycle.id}-{view['state']}",
+        params={
+            "cycle": cycle.id,
+            "state": view["state"],
+            "trigger": view["trigger"],
+            "champion_index_version": view["champion_index_version_id"],
+            "candidate_index_version": view["candidate_index_version_id"],
+            "embedder_version": (view["embedder"] or {}).get("version"),
+            "training_set": (view["training_set"] or {}).get("content_hash"),
+            "decided_by": view["decided_by"],
+        },
+        metrics=metrics,
+        tags={"rag_loop.kind": "loop_cycle", "rag_loop.loop_cycle": str(cycle.id)},
+        artifacts={"cycle.json": view},
+        record=("loop_cycles", cycle.id),
+    )
 
 
 def cycle_view(services: Services, cycle_id: int) -> dict[str, Any]:
+    """The cycle as the API and the CLI render it (`CycleView`, as JSON-ready values)."""
+    return cycle_model(services, cycle_id).model_dump(mode="json")
+
+
+def cycle_model(services: Services, cycle_id: int) -> CycleView:
     with services.sessions() as session:
         cycle = session.get(LoopCycle, cycle_id)
         if cycle is None:
             raise NotFound(f"no loop cycle {cycle_id}; `rag-loop loop list` shows them")
-        training = (
-            session.get(TrainingSet, cycle.training_set_id) if cycle.training_set_id else None
-        )
-        model = (
-            session.get(EmbedderVersion, cycle.embedder_version_id)
-            if cycle.embedder_version_id
-            else None
-        )
-        return _view(cycle, training, model)
+        return _model(session, cycle)
 
 
 def list_cycles(services: Services, limit: int = 50) -> list[dict[str, Any]]:
@@ -639,58 +870,58 @@ def list_cycles(services: Services, limit: int = 50) -> list[dict[str, Any]]:
         raise InvalidInput("limit must be between 1 and 1000")
     with services.sessions() as session:
         cycles = list(session.scalars(select(LoopCycle).order_by(LoopCycle.id.desc()).limit(limit)))
-        return [
-            _view(
-                c,
-                session.get(TrainingSet, c.training_set_id) if c.training_set_id else None,
-                session.get(EmbedderVersion, c.embedder_version_id)
-                if c.embedder_version_id
-                else None,
-            )
-            for c in cycles
-        ]
+        return [_model(session, c).model_dump(mode="json") for c in cycles]
 
 
-def _view(
-    cycle: LoopCycle, training: TrainingSet | None, model: EmbedderVersion | None
-) -> dict[str, Any]:
-    return {
-        "id": cycle.id,
-        "state": cycle.state,
-        "trigger": cycle.trigger,
-        "trigger_details": cycle.trigger_details,
-        "created_at": cycle.created_at.isoformat(),
-        "updated_at": cycle.updated_at.isoformat(),
-        "finished_at": cycle.finished_at.isoformat() if cycle.finished_at else None,
-        "feedback_until": cycle.feedback_until.isoformat(),
-        "champion_index_version_id": cycle.champion_index_version_id,
-        "candidate_index_version_id": cycle.candidate_index_version_id,
-        "training_set": None
+def _view(session: Session, cycle: LoopCycle) -> dict[str, Any]:
+    return _model(session, cycle).model_dump(mode="json")
+
+
+def _model(session: Session, cycle: LoopCycle) -> CycleView:
+    training = session.get(TrainingSet, cycle.training_set_id) if cycle.training_set_id else None
+    model = (
+        session.get(EmbedderVersion, cycle.embedder_version_id)
+        if cycle.embedder_version_id
+        else None
+    )
+    return CycleView(
+        id=cycle.id,
+        state=CycleState(cycle.state),
+        trigger=cycle.trigger,
+        trigger_details=cycle.trigger_details,
+        created_at=cycle.created_at.isoformat(),
+        updated_at=cycle.updated_at.isoformat(),
+        finished_at=cycle.finished_at.isoformat() if cycle.finished_at else None,
+        feedback_until=cycle.feedback_until.isoformat(),
+        champion_index_version_id=cycle.champion_index_version_id,
+        candidate_index_version_id=cycle.candidate_index_version_id,
+        training_set=None
         if training is None
-        else {
-            "id": training.id,
-            "content_hash": training.content_hash,
-            "n_examples": training.n_examples,
-            "n_queries": training.n_queries,
-            "n_heldout": training.n_heldout,
-            "stats": training.stats,
-            "mlflow_run_id": training.mlflow_run_id,
-        },
-        "embedder": None
+        else TrainingSetSummary(
+            id=training.id,
+            content_hash=training.content_hash,
+            n_examples=training.n_examples,
+            n_queries=training.n_queries,
+            n_heldout=training.n_heldout,
+            stats=training.stats,
+            mlflow_run_id=training.mlflow_run_id,
+        ),
+        embedder=None
         if model is None
-        else {
-            "id": model.id,
-            "version": model.version,
-            "parent_version": model.parent_version,
-            "base_version": model.base_version,
-            "mlflow_model": f"{model.mlflow_model_name}/{model.mlflow_model_version}"
+        else EmbedderSummary(
+            id=model.id,
+            version=model.version,
+            parent_version=model.parent_version,
+            base_version=model.base_version,
+            mlflow_model=f"{model.mlflow_model_name}/{model.mlflow_model_version}"
             if model.mlflow_model_name
             else None,
-            "mlflow_run_id": model.mlflow_run_id,
-        },
-        "gate": cycle.gate,
-        "stages": cycle.stages,
-        "error": cycle.error,
-        "decided_by": cycle.decided_by,
-        "mlflow_run_id": cycle.mlflow_run_id,
-    }
+            mlflow_run_id=model.mlflow_run_id,
+        ),
+        gate=Gate.model_validate(cycle.gate),
+        stages={k: StageFigures.model_validate(v) for k, v in cycle.stages.items()},
+        failed_in=CycleState(cycle.failed_in) if cycle.failed_in else None,
+        error=cycle.error,
+        decided_by=cycle.decided_by,
+        mlflow_run_id=cycle.mlflow_run_id,
+    )

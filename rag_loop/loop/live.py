@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from rag_loop.db.models import FeedbackEvent, Interaction, Retrieval, ShadowRetrieval
+from rag_loop.feedback.labels import fold_by_interaction
 from rag_loop.services import Services
 
 
@@ -29,17 +30,18 @@ def _labels(
     with services.sessions() as session:
         for start in range(0, len(interaction_ids), 500):
             batch = interaction_ids[start : start + 500]
-            for event in session.scalars(
-                select(FeedbackEvent)
-                .where(FeedbackEvent.interaction_id.in_(batch))
-                .order_by(FeedbackEvent.id)
-            ):
-                if event.kind == "chunk_label" and event.chunk_id:
-                    labels[event.interaction_id][event.chunk_id] = bool(event.relevant)
-                elif event.kind == "source_pointer" and event.document_id:
-                    pointed[event.interaction_id].add(event.document_id)
-                elif event.kind == "thumb" and event.thumb:
-                    thumbs[event.interaction_id] = event.thumb
+            folded = fold_by_interaction(
+                session.scalars(
+                    select(FeedbackEvent)
+                    .where(FeedbackEvent.interaction_id.in_(batch))
+                    .order_by(FeedbackEvent.id)
+                )
+            )
+            for interaction_id, found in folded.items():
+                labels[interaction_id] = found.chunks
+                pointed[interaction_id] = set(found.pointed_documents)
+                if found.thumb:
+                    thumbs[interaction_id] = found.thumb
     return labels, pointed, thumbs
 
 

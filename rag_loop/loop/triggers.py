@@ -29,6 +29,8 @@ from rag_loop.errors import Conflict
 from rag_loop.index.versions import champion
 from rag_loop.loop import cycle as cycles
 from rag_loop.loop.live import served_stats
+from rag_loop.loop.records import Gate
+from rag_loop.loop.states import ACTIVE, CycleState, values
 from rag_loop.services import Services
 
 log = logging.getLogger(__name__)
@@ -93,7 +95,7 @@ def watch(services: Services) -> dict[str, Any] | None:
     with services.sessions() as session:
         cycle = session.scalar(
             select(LoopCycle)
-            .where(LoopCycle.state == "promoted")
+            .where(LoopCycle.state == CycleState.PROMOTED)
             .order_by(LoopCycle.id.desc())
             .limit(1)
         )
@@ -148,7 +150,7 @@ def watch(services: Services) -> dict[str, Any] | None:
 def _store_watch(services: Services, cycle_id: int, seen: dict[str, Any]) -> None:
     with transaction(services.sessions) as session:
         row = session.get_one(LoopCycle, cycle_id)
-        row.gate = {**row.gate, "watch": seen}
+        row.gate = Gate.stored({**row.gate, "watch": seen})
 
 
 def _run(services: Services, cycle_id: int, actor: str = "loop") -> dict[str, Any]:
@@ -167,10 +169,10 @@ def tick(services: Services) -> dict[str, Any]:
     start a cycle when a trigger fires. Safe to call from several processes: a cycle is
     claimed before it runs, and only one cycle is active at a time."""
     with services.sessions() as session:
-        active = session.scalar(select(LoopCycle).where(LoopCycle.state.in_(cycles.ACTIVE)))
+        active = session.scalar(select(LoopCycle).where(LoopCycle.state.in_(values(ACTIVE))))
         active_id, active_state = (active.id, active.state) if active else (None, None)
     if active_id is not None:
-        if active_state == "shadow":
+        if active_state == CycleState.SHADOW:
             try:
                 return {"advanced": cycles.run_cycle(services, active_id)["state"]}
             except Conflict:

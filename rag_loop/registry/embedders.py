@@ -10,12 +10,12 @@ from sqlalchemy import select
 
 from rag_loop.db.engine import transaction
 from rag_loop.db.models import EmbedderVersion, TrainingSet
-from rag_loop.index.embedders import resolve_model_path
-from rag_loop.registry.tracking import TRAINING_EXPERIMENT
+from rag_loop.index.embedders import DEFAULT_MODEL, resolve_model_path
+from rag_loop.registry import outbox
 from rag_loop.services import Services
 from rag_loop.training.finetune import TrainedModel
 
-CHAMPION_ALIAS = "champion"
+CHAMPION_ALIAS = outbox.CHAMPION_ALIAS
 
 
 def model_name(services: Services) -> str:
@@ -31,28 +31,13 @@ def embedder_row(services: Services, version: str) -> EmbedderVersion | None:
 
 
 def ensure_base(services: Services) -> EmbedderVersion:
-    """The service's configured model as an embedder version (registered once)."""
+    """The service's configured model as an embedder version: its SQL row and, through the
+    outbox, its MLflow run and registered model version (once)."""
     embedder = services.embedder
     row = embedder_row(services, embedder.version)
     if row is not None:
         return row
     folder = resolve_model_path(services.settings.embedder.model)
-    run_id = services.tracker.log_run(
-        TRAINING_EXPERIMENT,
-        f"embedder-{embedder.name}",
-        params={"embedder_version": embedder.version, "path": str(folder), "kind": "base"},
-        metrics={},
-        tags={"rag_loop.kind": "embedder", "rag_loop.embedder_version": embedder.version},
-    )
-    mlflow_version = None
-    if run_id is not None:
-        mlflow_version = services.tracker.register_model(
-            model_name(services),
-            folder,
-            run_id=run_id,
-            tags={"rag_loop.embedder_version": embedder.version, "rag_loop.kind": "base"},
-            description=f"base model {embedder.name}",
-        )
     with transaction(services.sessions) as session:
         existing = session.scalar(
             select(EmbedderVersion).where(EmbedderVersion.version == embedder.version)
@@ -63,14 +48,23 @@ def ensure_base(services: Services) -> EmbedderVersion:
                 name=embedder.name,
                 path=str(folder),
                 base_version=embedder.version,
-                mlflow_run_id=run_id,
-                mlflow_model_name=model_name(services) if mlflow_version else None,
-                mlflow_model_version=mlflow_version,
             )
             session.add(existing)
+            outbox.register_embedder(
+                session,
+                existing,
+                run_name=f"embedder-{embedder.name}",
+                params={"embedder_version": embedder.version, "path": str(folder), "kind": "base"},
+                metrics={},
+                tags={"rag_loop.embedder_version": embedder.version, "rag_loop.kind": "base"},
+                folder=folder,
+                description=f"base model {embedder.name}",
+                packaged=services.settings.embedder.model == DEFAULT_MODEL,  # shipped by a package
+            )
             session.flush()
         session.expunge(existing)
-    return existing
+    services.outbox.flush_quietly()
+    return embedder_row(services, embedder.version) or existing
 
 
 def register_trained(
@@ -83,9 +77,10 @@ def register_trained(
     version: str,
     document_version: str | None,
 ) -> EmbedderVersion:
-    """Record a fine-tuned model: an MLflow run with its parameters, loss and training set
-    as a dataset input, the weights as the run's artifact, a new registered model version
-    tagged with its lineage, and the SQL row the service loads it by."""
+    """Record a fine-tuned model: the SQL row the service loads it by and, through the
+    outbox, an MLflow run with its parameters, loss and training set as a dataset input,
+    the weights as the run's artifact and a new registered model version tagged with its
+    lineage."""
     tags = {
         "rag_loop.kind": "embedder",
         "rag_loop.embedder_version": version,
@@ -104,31 +99,6 @@ def register_trained(
         "training_set": training_set.content_hash,
         "training_set_run": training_set.mlflow_run_id or "none",
     }
-    run_id = services.tracker.log_run(
-        TRAINING_EXPERIMENT,
-        f"embedder-{trained.folder.name}",
-        params=params,
-        metrics=trained.metrics,
-        tags=tags,
-    )
-    mlflow_version = None
-    if run_id is not None:
-        services.tracker.log_dataset(
-            run_id,
-            [{"path": training_set.path, "examples": training_set.n_examples}],
-            name=f"feedback-{training_set.content_hash[:12]}",
-            digest=training_set.content_hash[:36],
-            source=training_set.path,
-            context="training",
-        )
-        mlflow_version = services.tracker.register_model(
-            model_name(services),
-            trained.folder,
-            run_id=run_id,
-            tags=tags,
-            description=f"fine-tuned from {parent.version} on training set "
-            f"{training_set.content_hash[:12]} (loop cycle {cycle_id})",
-        )
     with transaction(services.sessions) as session:
         row = EmbedderVersion(
             version=version,
@@ -140,23 +110,33 @@ def register_trained(
             training_set_id=training_set.id,
             train_seconds=trained.seconds,
             params=params,
-            mlflow_run_id=run_id,
-            mlflow_model_name=model_name(services) if mlflow_version else None,
-            mlflow_model_version=mlflow_version,
         )
         session.add(row)
-        session.flush()
-        session.expunge(row)
-    return row
-
-
-def move_champion_alias(services: Services, embedder_version: str) -> None:
-    """Point the registered model's `champion` alias at the version that now serves."""
-    row = embedder_row(services, embedder_version)
-    if row is not None and row.mlflow_model_name and row.mlflow_model_version:
-        services.tracker.set_model_alias(
-            row.mlflow_model_name, CHAMPION_ALIAS, row.mlflow_model_version
+        outbox.register_embedder(
+            session,
+            row,
+            run_name=f"embedder-{trained.folder.name}",
+            params=params,
+            metrics=trained.metrics,
+            tags=tags,
+            folder=trained.folder,
+            description=f"fine-tuned from {parent.version} on training set "
+            f"{training_set.content_hash[:12]} (loop cycle {cycle_id})",
+            dataset={
+                "rows": [{"path": training_set.path, "examples": training_set.n_examples}],
+                "name": f"feedback-{training_set.content_hash[:12]}",
+                "digest": training_set.content_hash[:36],
+                "source": training_set.path,
+                "context": "training",
+            },
         )
+        session.flush()
+        row_id = row.id
+    services.outbox.flush_quietly()
+    with services.sessions() as session:
+        found = session.get_one(EmbedderVersion, row_id)
+        session.expunge(found)
+    return found
 
 
 def model_folder(services: Services, cycle_id: int) -> Path:

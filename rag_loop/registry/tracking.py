@@ -103,6 +103,40 @@ class MlflowTracker:
     def get_run(self, run_id: str) -> Any:
         return self.client.get_run(run_id)
 
+    def find_run(self, experiment: str, tag: str, value: str) -> str | None:
+        """The id of a finished run of `experiment` tagged `tag=value` (the outbox's way to
+        apply an entry twice without logging its run twice)."""
+        if not self.enabled:
+            return None
+        try:
+            runs = self.client.search_runs(
+                [self.experiment_id(experiment)],
+                filter_string=f"tags.`{tag}` = '{value}'",
+                max_results=10,
+            )
+            for run in runs:
+                if run.info.status != "RUNNING":
+                    return str(run.info.run_id)
+                self.client.delete_run(run.info.run_id)  # cut off half-way: log it again
+        except Exception as exc:
+            raise BackendUnavailable(f"cannot search MLflow runs: {exc}") from exc
+        return None
+
+    def model_version_of_run(self, name: str, run_id: str) -> str | None:
+        """The registered version of `name` created from `run_id`, if any."""
+        if not self.enabled:
+            return None
+        try:
+            found = self.client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
+        except Exception as exc:
+            raise BackendUnavailable(f"cannot search MLflow model versions: {exc}") from exc
+        return str(found[0].version) if found else None
+
+    def has_dataset(self, run_id: str, digest: str) -> bool:
+        run = self.get_run(run_id)
+        inputs = getattr(run, "inputs", None)
+        return any(d.dataset.digest == digest for d in (inputs.dataset_inputs if inputs else []))
+
     def log_dataset(
         self,
         run_id: str,
@@ -150,9 +184,13 @@ class MlflowTracker:
         run_id: str,
         tags: dict[str, str],
         description: str = "",
+        packaged: bool = False,
     ) -> str | None:
         """Store a model folder as the run's `model` artifact and register it as a new
-        version of `name` in the model registry; returns the version number."""
+        version of `name` in the model registry; returns the version number. A `packaged`
+        model (weights installed with a package, the same on every machine) is registered
+        by reference on a local tracking store instead of copied; a server needs the copy
+        (it accepts no local source)."""
         if not self.enabled:
             return None
         from mlflow.exceptions import MlflowException
@@ -164,8 +202,11 @@ class MlflowTracker:
                 self.client.create_registered_model(
                     name, description="Embedders of rag-loop: the base and fine-tuned ones."
                 )
-            self.client.log_artifacts(run_id, str(folder), "model")
-            source = f"{self.client.get_run(run_id).info.artifact_uri}/model"
+            if packaged and self.artifact_root is not None:
+                source = folder.resolve().as_uri()
+            else:
+                self.client.log_artifacts(run_id, str(folder), "model")
+                source = f"{self.client.get_run(run_id).info.artifact_uri}/model"
             version = self.client.create_model_version(
                 name, source=source, run_id=run_id, tags=tags, description=description
             )

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from rag_loop.corpus.chunking import embedding_input
 from rag_loop.db.engine import transaction
@@ -56,6 +57,8 @@ from rag_loop.db.models import (
     TrainingSet,
 )
 from rag_loop.evaluation.datasets import load_golden
+from rag_loop.feedback.labels import fold
+from rag_loop.registry import outbox
 from rag_loop.registry.tracking import TRAINING_EXPERIMENT
 from rag_loop.services import Services
 
@@ -233,7 +236,6 @@ def build_training_set(
         heldout_path = folder / "heldout.jsonl"
         _write_jsonl(heldout_path, heldout_rows)
     interaction_ids = sorted({i for q in queries.values() for i in q.interaction_ids})
-    run_id = _log_to_mlflow(services, content_hash, path, heldout_path, examples, stats, rules)
     with transaction(services.sessions) as session:
         row = TrainingSet(
             content_hash=content_hash,
@@ -245,11 +247,12 @@ def build_training_set(
             stats=dict(stats),
             rules=rules,
             interaction_ids=interaction_ids,
-            mlflow_run_id=run_id,
         )
         session.add(row)
         session.flush()
         set_id = row.id
+        _log_to_mlflow(session, set_id, content_hash, path, heldout_path, stats, rules)
+    services.outbox.flush_quietly()
     return BuiltSet(
         set_id,
         content_hash,
@@ -309,20 +312,13 @@ def _collect(
             continue
         query = queries.setdefault(key, _Query(interaction.query))
         query.interaction_ids.append(interaction_id)
-        latest: dict[str, bool] = {}
-        thumb = None
-        for event in events[interaction_id]:  # in id order: the latest wins
-            if event.kind == "thumb":
-                thumb = event.thumb
-            elif event.kind == "chunk_label" and event.chunk_id:
-                latest[event.chunk_id] = bool(event.relevant)
-            elif event.kind == "source_pointer":
-                if event.chunk_id:
-                    query.votes[event.chunk_id] += 1
-                    stats["pointer_votes"] += 1
-                elif event.document_id:
-                    pointed_docs.append((query, event.document_id))
-        for chunk_id, relevant in latest.items():
+        labels = fold(events[interaction_id])  # in id order: the latest label wins
+        thumb = labels.thumb
+        for chunk_id in labels.pointed_chunks:
+            query.votes[chunk_id] += 1
+            stats["pointer_votes"] += 1
+        pointed_docs.extend((query, document_id) for document_id in labels.pointed_documents)
+        for chunk_id, relevant in labels.chunks.items():
             query.votes[chunk_id] += 1 if relevant else -1
             stats["relevant_labels" if relevant else "not_relevant_labels"] += 1
             if not relevant:
@@ -418,32 +414,35 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def _log_to_mlflow(
-    services: Services,
+    session: Session,
+    set_id: int,
     content_hash: str,
     path: Path,
     heldout_path: Path | None,
-    examples: list[dict[str, Any]],
     stats: dict[str, Any],
     rules: dict[str, Any],
-) -> str | None:
-    artifacts: dict[str, Any] = {"train.jsonl": path.read_text(encoding="utf-8")}
+) -> None:
+    """The training set's MLflow run, through the outbox: its files as artifacts and its
+    (anchor, positive) pairs as a dataset input, read from the content-addressed files when
+    the entry is applied."""
+    files = {"train.jsonl": str(path)}
     if heldout_path is not None:
-        artifacts["heldout.jsonl"] = heldout_path.read_text(encoding="utf-8")
-    run_id = services.tracker.log_run(
+        files["heldout.jsonl"] = str(heldout_path)
+    outbox.log_run(
+        session,
         TRAINING_EXPERIMENT,
         f"training-set-{content_hash[:12]}",
         params={"content_hash": content_hash, **{f"rules.{k}": v for k, v in rules.items()}},
         metrics={k: float(v) for k, v in stats.items()},
         tags={"rag_loop.kind": "training_set", "rag_loop.training_set": content_hash},
-        artifacts=artifacts,
+        artifact_files=files,
+        record=("training_sets", set_id),
+        dataset={
+            "rows_from": str(path),
+            "fields": ["anchor", "positive"],
+            "name": f"feedback-{content_hash[:12]}",
+            "digest": content_hash[:36],
+            "source": str(path),
+            "context": "training",
+        },
     )
-    if run_id is not None:
-        services.tracker.log_dataset(
-            run_id,
-            [{"anchor": e["anchor"], "positive": e["positive"]} for e in examples],
-            name=f"feedback-{content_hash[:12]}",
-            digest=content_hash[:36],
-            source=str(path),
-            context="training",
-        )
-    return run_id

@@ -76,12 +76,23 @@ def test_schedule_jobs(loop_services: Callable[..., Services]) -> None:
     scheduler = start_schedule(services)
     try:
         assert scheduler is not None
-        assert {job.id for job in scheduler.get_jobs()} == {"loop-tick", "loop-cycle"}
+        # the registry outbox and (without a task queue) the sweep for cut-off jobs always run
+        assert {job.id for job in scheduler.get_jobs()} == {
+            "loop-tick",
+            "loop-cycle",
+            "registry-outbox",
+            "job-sweep",
+        }
         # standard cron weekdays: 1 is Monday (APScheduler alone would read Tuesday)
         assert scheduler.get_job("loop-cycle").next_run_time.weekday() == 0
     finally:
         scheduler.shutdown(wait=False)
-    assert start_schedule(loop_services(loop={"auto": False})) is None
+    quiet = start_schedule(loop_services(loop={"auto": False}))
+    assert quiet is not None
+    try:
+        assert {job.id for job in quiet.get_jobs()} == {"registry-outbox", "job-sweep"}
+    finally:
+        quiet.shutdown(wait=False)
 
 
 def test_cron_weekdays_are_standard() -> None:

@@ -67,6 +67,11 @@ def readiness(services: Services) -> dict[str, dict[str, Any]]:
     except Exception as exc:
         message = exc.message if isinstance(exc, RagLoopError) else f"{type(exc).__name__}: {exc}"
         checks["serving_index"] = {"ok": False, "error": message[:300]}
+    try:
+        # the registry follows SQL: a backlog delays MLflow, never serving (always ok)
+        checks["registry_outbox"] = {"ok": True, **services.outbox.backlog()}
+    except Exception as exc:
+        checks["registry_outbox"] = {"ok": True, "error": f"{type(exc).__name__}: {exc}"[:300]}
     return checks
 
 

@@ -4,7 +4,7 @@ and walk from an answer to what made its retriever."""
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, Path, Query
 from starlette.concurrency import run_in_threadpool
@@ -12,10 +12,16 @@ from starlette.concurrency import run_in_threadpool
 from rag_loop import jobs
 from rag_loop.api.deps import AdminDep, ServicesDep
 from rag_loop.api.errors import responses
-from rag_loop.api.schemas import DecisionIn, LoopCycleOut, RollbackIn
-from rag_loop.errors import Conflict
+from rag_loop.api.schemas import (
+    DecisionIn,
+    LoopCycleOut,
+    OutboxFlushOut,
+    OutboxOut,
+    RollbackIn,
+)
 from rag_loop.loop import cycle
 from rag_loop.loop.audit import trace
+from rag_loop.loop.states import Action, check_action
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["loop"])
@@ -83,8 +89,7 @@ async def resume_route(
     cycle_id: int = CyclePath,
 ) -> LoopCycleOut:
     view = await run_in_threadpool(cycle.cycle_view, services, cycle_id)
-    if view["state"] not in (*cycle.ACTIVE, "failed") or view["state"] == "awaiting_approval":
-        raise Conflict(f"loop cycle {cycle_id} is {view['state']}; there is nothing to resume")
+    check_action(Action.RESUME, cycle_id, view["state"])
     payload = {"cycle_id": cycle_id, "resume": True}
     await run_in_threadpool(
         jobs.submit, services, "loop_cycle", payload, actor=f"key:{principal.key_id}"
@@ -146,3 +151,54 @@ def trace_route(
     interaction_id: str = Path(min_length=1, max_length=36),
 ) -> dict[str, Any]:
     return trace(services, interaction_id)
+
+
+@router.get(
+    "/outbox",
+    operation_id="list_outbox",
+    response_model=OutboxOut,
+    responses=responses(401, 403, 422),
+    summary="The registry's backlog: MLflow runs, aliases and collection drops that follow "
+    "SQL changes, applied after commit with retries",
+)
+def outbox_route(
+    services: ServicesDep,
+    principal: AdminDep,
+    status: Literal["pending", "done", "all"] = Query(default="pending"),
+    limit: int = Query(default=50, ge=1, le=1000),
+) -> OutboxOut:
+    return OutboxOut.model_validate(
+        {
+            "backlog": services.outbox.backlog(),
+            "entries": services.outbox.entries(status=status, limit=limit),
+        }
+    )
+
+
+@router.post(
+    "/outbox/flush",
+    operation_id="flush_outbox",
+    response_model=OutboxFlushOut,
+    responses=responses(401, 403),
+    summary="Apply every pending outbox entry now, whatever its backoff says",
+)
+def outbox_flush_route(services: ServicesDep, principal: AdminDep) -> OutboxFlushOut:
+    return OutboxFlushOut.model_validate(services.outbox.flush(now_too=True).as_dict())
+
+
+@router.post(
+    "/index-versions/{version_id}/serve",
+    operation_id="serve_index_version",
+    responses=responses(400, 401, 403, 404, 409, 422, 503),
+    summary="Serve a ready index version now (the way back to a serving state from anywhere); "
+    "what served becomes the rollback target",
+)
+def serve_route(
+    body: DecisionIn,
+    services: ServicesDep,
+    principal: AdminDep,
+    version_id: int = Path(ge=1, le=2**31 - 1, description="The index version id."),
+) -> dict[str, Any]:
+    return cycle.serve_version(
+        services, version_id, actor=f"key:{principal.key_id}", reason=body.reason or "manual"
+    )
