@@ -46,6 +46,7 @@ lint: install
 	$(BIN)/ruff check rag_loop tests evals
 	$(BIN)/ruff format --check rag_loop tests evals
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 test: lint browser
 	$(BIN)/pytest $(PYTEST_ARGS)
