@@ -21,6 +21,11 @@ rules FastAPI applies: a JSON content type is required, and every problem is a
 by the app's handler. Anything else the endpoint needs (services, an `OptionalHeader`) it
 takes from the request, and declares in `openapi_extra` what FastAPI would have documented
 from the signature.
+
+Only public FastAPI is used: `APIRoute.get_route_handler` is FastAPI's documented extension
+point for custom route classes. A LeanRoute sees its own route's dependencies, not those an
+including router adds (FastAPI keeps those in private state while it builds an included
+route): include a router of LeanRoutes without dependencies, as `create_app` does.
 """
 
 from __future__ import annotations
@@ -30,7 +35,6 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from fastapi import Request, Response
-from fastapi import routing as fastapi_routing
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from pydantic import BaseModel, ValidationError
@@ -45,13 +49,8 @@ SIGNATURE = "(request: Request, principal: PrincipalDep, body: <a pydantic model
 class LeanRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         endpoint: LeanEndpoint = self.endpoint
-        # An included route is built again with the including router's settings merged in
-        # (FastAPI keeps them in a context variable while it builds): check those too.
-        context_var = getattr(fastapi_routing, "_effective_route_context_var", None)
-        context: Any = context_var.get() if context_var is not None else None
-        route: Any = context if getattr(context, "original_route", None) is self else self
         parameters = list(inspect.signature(endpoint, eval_str=True).parameters.values())
-        dependencies = [d.call for d in route.dependant.dependencies]
+        dependencies = [d.call for d in self.dependant.dependencies]
         if (
             [p.name for p in parameters] != ["request", "principal", "body"]
             or parameters[0].annotation is not Request
@@ -60,7 +59,7 @@ class LeanRoute(APIRoute):
                 and issubclass(parameters[2].annotation, BaseModel)
             )
             or dependencies != [optional_principal]
-            or route.dependencies
+            or self.dependencies
         ):
             raise TypeError(
                 f"{endpoint.__name__}: a LeanRoute endpoint takes exactly {SIGNATURE} "
