@@ -334,3 +334,43 @@ def test_time_ordered_ids_are_uuid7_and_sort_by_time() -> None:
     assert max(first) < later  # a later millisecond sorts after
     milliseconds = int(later[:12], 16)
     assert abs(milliseconds - time.time() * 1000) < 60_000
+
+
+def test_0007_moves_failed_in_from_the_stages_json_to_its_column_and_back(
+    services: Services, db_backend: str
+) -> None:
+    from datetime import UTC, datetime
+
+    from alembic import command
+    from sqlalchemy import insert, select
+
+    from rag_loop.db.engine import alembic_config
+    from rag_loop.db.models import Base
+
+    config = alembic_config(services.engine)
+    command.downgrade(config, "0006")
+    table = Base.metadata.tables["loop_cycles"]
+    now = datetime.now(UTC)
+    stages = {"collecting": {"seconds": 1.0, "peak_rss_mb": 200.0}, "failed_in": "training"}
+    with services.engine.begin() as conn:
+        conn.execute(
+            insert(table).values(
+                state="failed",
+                trigger="manual",
+                trigger_details={},
+                created_at=now,
+                updated_at=now,
+                feedback_until=now,
+                gate={},
+                stages=stages,
+            )
+        )
+    upgrade(services.engine)
+    with services.engine.connect() as conn:
+        row = conn.execute(select(table.c.stages, table.c.failed_in)).one()
+    assert row.failed_in == "training"
+    assert row.stages == {"collecting": {"seconds": 1.0, "peak_rss_mb": 200.0}}
+    command.downgrade(config, "0006")
+    with services.engine.connect() as conn:
+        assert conn.execute(select(table.c.stages)).scalar_one() == stages
+    upgrade(services.engine)
