@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 
-from rag_loop.generation.llm import default_gguf
+from rag_loop.generation.chat_models import default_gguf
 
 
 def _die_with_parent() -> None:

@@ -34,13 +34,9 @@ def make_generator(settings: GeneratorSettings) -> Generator:
         from rag_loop.generation.extractive import ExtractiveGenerator
 
         return ExtractiveGenerator(settings.max_sentences)
-    if settings.backend == "openai":
-        from rag_loop.generation.llm import openai_generator
+    from rag_loop.generation.llm import chat_generator
 
-        return openai_generator(settings)
-    from rag_loop.generation.llm import llamacpp_generator
-
-    return llamacpp_generator(settings)
+    return chat_generator(settings)
 
 
 def _embedder_path(sessions: sessionmaker[Session], version: str) -> tuple[Path, str | None] | None:

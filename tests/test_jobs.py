@@ -141,3 +141,39 @@ def test_unknown_job_kind(kestrel: Services) -> None:
 
     with pytest.raises(InvalidInput, match="unknown job kind"):
         jobs.submit(kestrel, "mining", {}, actor="test")
+
+
+def test_without_a_broker_the_schedule_takes_over_a_job_cut_off_by_a_restart(
+    make_settings: Any, embedder: Any
+) -> None:
+    """A job running on a thread of an API process that restarted stays `running` with a
+    stale heartbeat; the embedded schedule sweeps for it as queue workers do."""
+    from rag_loop.corpus.ingest import ingest
+    from rag_loop.scheduler import start_schedule
+
+    services = Services.from_settings(
+        make_settings(queue={"lease_seconds": 2}, mlflow={"outbox_interval_seconds": 0}),
+        embedder=embedder,
+    )
+    scheduler = None
+    try:
+        ingest(services, CORPUS, actor="test")
+        long_ago = utcnow() - timedelta(minutes=10)
+        job_id = add_job(
+            services,
+            kind="evaluation",
+            payload=EVAL,
+            status="running",
+            attempts=1,
+            worker="restarted:1",
+            heartbeat_at=long_ago,
+            started_at=long_ago,
+        )
+        scheduler = start_schedule(services)
+        assert scheduler is not None and scheduler.get_job("job-sweep") is not None
+        job = wait_job(services, job_id)
+        assert (job["status"], job["attempts"]) == ("done", 2)
+    finally:
+        if scheduler is not None:
+            scheduler.shutdown(wait=True)
+        services.close()

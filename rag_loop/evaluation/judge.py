@@ -21,14 +21,14 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 from ragas.embeddings.base import BaseRagasEmbedding
 from ragas.llms.base import InstructorBaseRagasLLM
 
-from rag_loop.errors import BackendUnavailable, InvalidInput
+from rag_loop.errors import BackendUnavailable
+from rag_loop.generation.chat_models import ChatModelSpec, make_chat_model
 from rag_loop.index.embedders import Embedder
 from rag_loop.settings import EvaluationSettings
 
@@ -141,58 +141,39 @@ def _classify(exc: Exception) -> JudgeFailure:
 
 
 def make_judge(settings: EvaluationSettings) -> LangChainJudge | None:
-    """The configured judge, or None (`judge=none`: non-LLM metrics only)."""
+    """The configured judge, or None (`judge=none`: non-LLM metrics only); its chat model
+    comes from the same factory as the generator's."""
     if settings.judge == "none":
         return None
-    if settings.judge == "openai":
-        from langchain_openai import ChatOpenAI
-
-        if not settings.judge_base_url:
-            raise InvalidInput(
-                "judge 'openai' needs RAG_LOOP_EVALUATION_JUDGE_BASE_URL, e.g. "
-                "http://127.0.0.1:8080/v1"
-            )
-        model = ChatOpenAI(
+    built = make_chat_model(
+        ChatModelSpec(
+            role="judge",
+            backend=settings.judge,
             model=settings.judge_model,
             base_url=settings.judge_base_url,
             api_key=settings.judge_api_key,
+            model_path=settings.judge_model_path,
             temperature=0.0,
-            # `max_tokens`, not `max_completion_tokens`: llama_cpp.server (and older
-            # OpenAI-compatible servers) ignore the newer name and generate unbounded
-            extra_body={"max_tokens": settings.judge_max_tokens},
-            timeout=settings.judge_timeout_seconds,
-            max_retries=0,
-        )
-        return LangChainJudge(
-            f"openai:{settings.judge_model}",
-            model,
+            max_tokens=settings.judge_max_tokens,
             timeout_seconds=settings.judge_timeout_seconds,
-            response_format=settings.judge_response_format,
+            env_prefix="RAG_LOOP_EVALUATION_JUDGE_",
         )
-    try:
-        from langchain_community.chat_models import ChatLlamaCpp
-    except ImportError as exc:  # pragma: no cover - the extra is installed by make
-        raise InvalidInput("judge 'llamacpp' needs: pip install 'rag-loop[llamacpp]'") from exc
-    from rag_loop.generation.llm import default_gguf
-
-    path: Path = settings.judge_model_path or default_gguf()
-    if not path.is_file():
-        raise InvalidInput(f"GGUF model file {path} for the judge does not exist")
-    local_model = ChatLlamaCpp(
-        model_path=str(path),
-        temperature=0.0,
-        max_tokens=settings.judge_max_tokens,
-        n_ctx=4096,
-        seed=0,
-        verbose=False,
     )
-    # one llama.cpp model in this process: it must not run two calls at once
+    if built.in_process:
+        # one llama.cpp model in this process: it must not run two calls at once, and
+        # llama.cpp turns Ragas' schema into a grammar
+        return LangChainJudge(
+            built.name,
+            built.model,
+            timeout_seconds=settings.judge_timeout_seconds,
+            max_concurrency=1,
+            response_format="json_object",
+        )
     return LangChainJudge(
-        f"llamacpp:{path.stem}",
-        local_model,
+        built.name,
+        built.model,
         timeout_seconds=settings.judge_timeout_seconds,
-        max_concurrency=1,
-        response_format="json_object",  # llama.cpp turns the schema into a grammar
+        response_format=settings.judge_response_format,
     )
 
 

