@@ -31,6 +31,7 @@ from typing import Any
 
 from sqlalchemy import or_, select, update
 
+from rag_loop.db import leases
 from rag_loop.db.engine import transaction
 from rag_loop.db.models import EvalRun, Job, utcnow
 from rag_loop.errors import InvalidInput, NotFound, RagLoopError
@@ -124,24 +125,22 @@ def _claim(services: Services, job_id: str, worker: str) -> Job | None:
     with transaction(services.sessions) as session:
         if session.get(Job, job_id) is None:
             raise NotFound(f"no job {job_id!r}")
-        claimed: Any = session.execute(
-            update(Job)
-            .where(
-                Job.id == job_id,
-                or_(
-                    Job.status == "queued",
-                    (Job.status == "running") & (Job.heartbeat_at < stale),
-                ),
-            )
-            .values(
-                status="running",
-                worker=worker,
-                attempts=Job.attempts + 1,
-                heartbeat_at=now,
-                started_at=now,
-            )
+        # queued jobs have no heartbeat; a running one whose heartbeat went stale lost its worker
+        claimed = leases.take(
+            session,
+            Job.heartbeat_at,
+            Job.id == job_id,
+            Job.status.in_(("queued", "running")),
+            stale_before=stale,
+            stamp=now,
+            values={
+                "status": "running",
+                "worker": worker,
+                "attempts": Job.attempts + 1,
+                "started_at": now,
+            },
         )
-        if not claimed.rowcount:
+        if not claimed:
             return None
         job = session.get_one(Job, job_id)
         session.refresh(job)
@@ -154,10 +153,13 @@ def _heartbeat(services: Services, job_id: str, worker: str, stop: threading.Eve
     while not stop.wait(every):
         try:
             with transaction(services.sessions) as session:
-                session.execute(
-                    update(Job)
-                    .where(Job.id == job_id, Job.worker == worker, Job.status == "running")
-                    .values(heartbeat_at=utcnow())
+                leases.renew(
+                    session,
+                    Job.heartbeat_at,
+                    Job.id == job_id,
+                    Job.worker == worker,
+                    Job.status == "running",
+                    stamp=utcnow(),
                 )
         except Exception:  # a database blip: the next beat tries again
             log.warning("job %s: heartbeat failed", job_id, exc_info=True)
@@ -195,10 +197,11 @@ def sweep(services: Services) -> list[str]:
     with services.sessions() as session:
         ids = session.scalars(
             select(Job.id).where(
+                Job.kind.in_(KINDS),  # not schedule firings: their process runs them itself
                 or_(
                     (Job.status == "running") & (Job.heartbeat_at < now - lease),
                     (Job.status == "queued") & (Job.created_at < now - lease),
-                )
+                ),
             )
         ).all()
     for job_id in ids:

@@ -12,9 +12,10 @@
   half `RAG_LOOP_QUEUE_LEASE_SECONDS`, as queue workers do.
 
 One run of a job at a time (a run still going when the next is due is skipped, not
-stacked). Several API processes may run the schedule: each cron firing is claimed as a row
-in `jobs` (kind `scheduled`, its id derived from the job name and the minute it fired), so
-exactly one process runs it and everyone can see it in `GET /v1/jobs`. The loop tick is safe
+stacked). Several API processes may run the schedule: each cron firing is a row in `jobs`
+(kind `scheduled`, its id derived from the job name and the minute it fired) that every
+process records and one takes, with the same lease as any job (`db.leases`), so exactly one
+process runs it and everyone can see it in `GET /v1/jobs`. The loop tick is safe
 to run everywhere (a cycle is claimed before it runs).
 """
 
@@ -48,11 +49,13 @@ def _once_per_firing(services: Services, name: str, fn: Callable[[], Any]) -> Ca
     """Run `fn` in the one process that claims this firing of the cron job `name`."""
 
     def claimed() -> Any:
+        import contextlib
         import hashlib
         from datetime import timedelta
 
         from sqlalchemy.exc import IntegrityError
 
+        from rag_loop.db import leases
         from rag_loop.db.engine import transaction
         from rag_loop.db.models import Job, utcnow
 
@@ -61,20 +64,28 @@ def _once_per_firing(services: Services, name: str, fn: Callable[[], Any]) -> Ca
         now = utcnow()
         fired = (now + timedelta(seconds=30)).replace(second=0, microsecond=0)
         job_id = hashlib.sha256(f"{name}@{fired.isoformat()}".encode()).hexdigest()[:32]
-        try:
-            with transaction(services.sessions) as session:
-                session.add(
-                    Job(
-                        id=job_id,
-                        kind="scheduled",
-                        payload={"name": name, "fired_at": fired.isoformat()},
-                        status="running",
-                        attempts=1,
-                        actor="schedule",
-                        started_at=utcnow(),
-                    )
+        # every process records the firing (the first insert wins)...
+        with contextlib.suppress(IntegrityError), transaction(services.sessions) as session:
+            session.add(
+                Job(
+                    id=job_id,
+                    kind="scheduled",
+                    payload={"name": name, "fired_at": fired.isoformat()},
+                    actor="schedule",
                 )
-        except IntegrityError:
+            )
+        with transaction(services.sessions) as session:  # ...and one takes its lease
+            stamp = utcnow()
+            taken = leases.take(
+                session,
+                Job.heartbeat_at,
+                Job.id == job_id,
+                Job.status == "queued",
+                stale_before=stamp,
+                stamp=stamp,
+                values={"status": "running", "attempts": 1, "started_at": stamp},
+            )
+        if not taken:
             return None  # another process runs this firing
         status, error, result = "failed", None, None
         try:
@@ -88,6 +99,7 @@ def _once_per_firing(services: Services, name: str, fn: Callable[[], Any]) -> Ca
             with transaction(services.sessions) as session:
                 job = session.get_one(Job, job_id)
                 job.status, job.error, job.finished_at = status, error, utcnow()
+                job.heartbeat_at = None  # released
                 job.result = result if isinstance(result, dict) else {}
 
     return claimed

@@ -38,9 +38,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from rag_loop.db import leases
 from rag_loop.db.engine import transaction
 from rag_loop.db.models import (
     Alias,
@@ -802,17 +803,15 @@ def _claim(services: Services, cycle_id: int, *, force: bool = False) -> None:
     """Take the cycle for this process; another process holding a fresh lease wins,
     unless `force` (its process is known to be gone, e.g. after a crash)."""
     now = utcnow()
-    lease_over = now + LEASE if force else now - LEASE
     with transaction(services.sessions) as session:
-        result: Any = session.execute(
-            update(LoopCycle)
-            .where(
-                LoopCycle.id == cycle_id,
-                (LoopCycle.heartbeat_at.is_(None)) | (LoopCycle.heartbeat_at < lease_over),
-            )
-            .values(heartbeat_at=now)
+        taken = leases.take(
+            session,
+            LoopCycle.heartbeat_at,
+            LoopCycle.id == cycle_id,
+            stale_before=now + LEASE if force else now - LEASE,
+            stamp=now,
         )
-    if not result.rowcount:
+    if not taken:
         _get(services, cycle_id)  # NotFound first
         raise Conflict(
             f"loop cycle {cycle_id} is being run by another process; if that process is "

@@ -36,6 +36,7 @@ from typing import Any
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
+from rag_loop.db import leases
 from rag_loop.db.engine import transaction
 from rag_loop.db.models import (
     EmbedderVersion,
@@ -299,13 +300,16 @@ class Outbox:
     def _claim(self, entry_id: int, *, now_too: bool) -> dict[str, Any] | None:
         now = utcnow()
         with transaction(self.sessions) as session:
-            query = update(OutboxEntry).where(
-                OutboxEntry.id == entry_id, OutboxEntry.done_at.is_(None)
+            # the lease is `next_attempt_at`: due once it passed, pushed ahead while applied
+            taken = leases.take(
+                session,
+                OutboxEntry.next_attempt_at,
+                OutboxEntry.id == entry_id,
+                OutboxEntry.done_at.is_(None),
+                stale_before=now + self.lease if now_too else now + timedelta(microseconds=1),
+                stamp=now + self.lease,
             )
-            if not now_too:
-                query = query.where(OutboxEntry.next_attempt_at <= now)
-            claimed: Any = session.execute(query.values(next_attempt_at=now + self.lease))
-            if not claimed.rowcount:
+            if not taken:
                 return None
             return dict(session.get_one(OutboxEntry, entry_id).payload)
 
