@@ -35,7 +35,6 @@ from rag_loop.index.embedders import Embedder
 from rag_loop.index.versions import CHAMPION, champion_or_none, set_alias
 from rag_loop.registry import outbox
 from rag_loop.registry.embedders import ensure_base
-from rag_loop.registry.tracking import INDEX_EXPERIMENT
 from rag_loop.retrieval.config import RetrievalConfig
 from rag_loop.services import Services
 
@@ -233,15 +232,13 @@ def ingest(
             row.n_chunks = len(all_specs)
             row.build_seconds = build_seconds
             set_alias(session, CHAMPION, row)
-            outbox.log_run(
+            outbox.log_index_version(
                 session,
-                INDEX_EXPERIMENT,
-                f"index-v{version_id}",
+                version_id,
+                collection=collection,
+                embedder_name=embedder.name,
+                embedder_version=embedder.version,
                 params={
-                    "index_version": version_id,
-                    "collection_name": collection,
-                    "embedder": embedder.name,
-                    "embedder_version": embedder.version,
                     **{f"chunking.{k}": v for k, v in chunker.config.items()},
                     "chunking_hash": chunker.config_hash,
                     "corpus_hash": corpus_hash,
@@ -250,8 +247,6 @@ def ingest(
                     "retrieval": RetrievalConfig.from_settings(services.settings.retrieval).label,
                 },
                 metrics=counts,
-                tags={"rag_loop.kind": "index_version", "rag_loop.index_version": str(version_id)},
-                record=("index_versions", version_id),
             )
             outbox.sync_champion_alias(session, f"index version {version_id} serves (ingest)")
             session.add(

@@ -26,7 +26,6 @@ from rag_loop.db.models import AuditEntry, Chunk, Document, IndexVersion
 from rag_loop.errors import InvalidInput
 from rag_loop.index.embedders import Embedder
 from rag_loop.registry import outbox
-from rag_loop.registry.tracking import INDEX_EXPERIMENT
 from rag_loop.retrieval.config import RetrievalConfig
 from rag_loop.services import Services
 
@@ -174,15 +173,13 @@ def build_index(
         row.n_documents = n_documents
         row.n_chunks = len(chunks)
         if first_build:
-            outbox.log_run(
+            outbox.log_index_version(
                 session,
-                INDEX_EXPERIMENT,
-                f"index-v{version_id}",
+                version_id,
+                collection=collection,
+                embedder_name=embedder.name,
+                embedder_version=embedder.version,
                 params={
-                    "index_version": version_id,
-                    "collection_name": collection,
-                    "embedder": embedder.name,
-                    "embedder_version": embedder.version,
                     "chunking_hash": version.chunking_hash,
                     "chunk_size": version.chunk_size,
                     "chunk_overlap": version.chunk_overlap,
@@ -198,8 +195,6 @@ def build_index(
                     "chunks_reused": reused,
                     "build_seconds": seconds,
                 },
-                tags={"rag_loop.kind": "index_version", "rag_loop.index_version": str(version_id)},
-                record=("index_versions", version_id),
             )
         if first_build:
             row.build_seconds = seconds

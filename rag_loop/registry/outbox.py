@@ -49,7 +49,7 @@ from rag_loop.db.models import (
 )
 from rag_loop.errors import BackendUnavailable, InvalidInput, RagLoopError
 from rag_loop.index.versions import champion_or_none, protected_collections
-from rag_loop.registry.tracking import TRAINING_EXPERIMENT, MlflowTracker
+from rag_loop.registry.tracking import INDEX_EXPERIMENT, TRAINING_EXPERIMENT, MlflowTracker
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,34 @@ def log_run(
             "record": list(record) if record else None,
             "dataset": dataset,
         },
+    )
+
+
+def log_index_version(
+    session: Session,
+    version_id: int,
+    *,
+    collection: str,
+    embedder_name: str,
+    embedder_version: str,
+    params: dict[str, Any],
+    metrics: dict[str, float],
+) -> None:
+    """An index version's MLflow run (experiment `index-versions`), its id written back."""
+    log_run(
+        session,
+        INDEX_EXPERIMENT,
+        f"index-v{version_id}",
+        params={
+            "index_version": version_id,
+            "collection_name": collection,
+            "embedder": embedder_name,
+            "embedder_version": embedder_version,
+            **params,
+        },
+        metrics=metrics,
+        tags={"rag_loop.kind": "index_version", "rag_loop.index_version": str(version_id)},
+        record=("index_versions", version_id),
     )
 
 
