@@ -36,11 +36,11 @@ from rag_loop.corpus.ingest import ingest  # noqa: E402
 from rag_loop.evaluation.metrics import ranking_metrics  # noqa: E402
 from rag_loop.feedback.service import submit_feedback  # noqa: E402
 from rag_loop.feedback.simulated import SimulatedUser  # noqa: E402
+from rag_loop.index.retrieval_config import DENSE, RetrievalConfig  # noqa: E402
 from rag_loop.index.versions import serving_index  # noqa: E402
 from rag_loop.interactions.ask import ask  # noqa: E402
 from rag_loop.loop.cycle import run_cycle, start_cycle  # noqa: E402
 from rag_loop.loop.resources import PeakMemory  # noqa: E402
-from rag_loop.retrieval.config import DENSE, RetrievalConfig  # noqa: E402
 from rag_loop.retrieval.search import search  # noqa: E402
 from rag_loop.services import Services  # noqa: E402
 from rag_loop.settings import Settings  # noqa: E402

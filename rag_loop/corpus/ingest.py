@@ -32,10 +32,10 @@ from rag_loop.db.models import (
     utcnow,
 )
 from rag_loop.index.embedders import Embedder
+from rag_loop.index.retrieval_config import RetrievalConfig
 from rag_loop.index.versions import CHAMPION, champion_or_none, set_alias
 from rag_loop.registry import outbox
 from rag_loop.registry.embedders import ensure_base
-from rag_loop.retrieval.config import RetrievalConfig
 from rag_loop.services import Services
 
 log = logging.getLogger(__name__)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from rag_loop.index.chroma import Hit
+from rag_loop.hits import Hit
 
 CITATION = re.compile(r"\[(\d{1,3})\]")
 

@@ -13,7 +13,7 @@ from functools import lru_cache
 
 from rag_loop.generation.base import Generation, cited_ranks
 from rag_loop.generation.prompts import template_version
-from rag_loop.index.chroma import Hit
+from rag_loop.hits import Hit
 
 SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
 WORD = re.compile(r"[a-z0-9]+")

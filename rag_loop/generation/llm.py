@@ -11,7 +11,7 @@ from rag_loop.errors import BackendUnavailable, UpstreamError
 from rag_loop.generation.base import Generation, cited_ranks
 from rag_loop.generation.chat_models import ChatModelSpec, make_chat_model
 from rag_loop.generation.prompts import ANSWER_PROMPT_VERSION, answer_prompt, format_sources
-from rag_loop.index.chroma import Hit
+from rag_loop.hits import Hit
 from rag_loop.settings import GeneratorSettings
 
 

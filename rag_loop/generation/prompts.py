@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 from langchain_core.prompts import ChatPromptTemplate
 
-from rag_loop.index.chroma import Hit
+from rag_loop.hits import Hit
 
 ANSWER_SYSTEM = (
     "You answer questions using only the numbered sources below. Cite the sources you use "

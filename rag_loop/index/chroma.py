@@ -9,22 +9,13 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rag_loop.errors import BackendUnavailable
-
-
-@dataclass(frozen=True)
-class Hit:
-    chunk_id: str
-    document_id: str
-    title: str
-    text: str
-    score: float  # cosine similarity; for a hybrid index the fused score (0..1)
+from rag_loop.hits import Hit
 
 
 def make_chroma_client(path: Path | None, host: str | None, port: int) -> Any:

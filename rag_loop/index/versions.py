@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from rag_loop.db.models import Alias, IndexVersion, utcnow
 from rag_loop.errors import NoServingIndex, NotFound
-from rag_loop.retrieval.config import RetrievalConfig
+from rag_loop.index.retrieval_config import RetrievalConfig
 
 CHAMPION = "champion"
 CANDIDATE = "candidate"  # set while a loop cycle runs the candidate in shadow mode

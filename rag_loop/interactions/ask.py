@@ -26,7 +26,7 @@ from rag_loop.db.models import (
 )
 from rag_loop.errors import InvalidInput, RagLoopError, UpstreamError
 from rag_loop.generation.base import cited_ranks
-from rag_loop.index.chroma import Hit
+from rag_loop.hits import Hit
 from rag_loop.index.versions import ServingIndex, serving_index
 from rag_loop.retrieval.search import retrieve
 from rag_loop.services import Services

@@ -16,7 +16,7 @@ from rag_loop.db.models import (
 from rag_loop.errors import NotFound
 from rag_loop.feedback.corrections import correction_view
 from rag_loop.feedback.labels import fold
-from rag_loop.retrieval.config import RetrievalConfig
+from rag_loop.index.retrieval_config import RetrievalConfig
 from rag_loop.services import Services
 
 

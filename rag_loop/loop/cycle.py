@@ -41,6 +41,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from rag_loop.corpus.build import build_index, create_index_version
 from rag_loop.db import leases
 from rag_loop.db.engine import transaction
 from rag_loop.db.models import (
@@ -60,7 +61,6 @@ from rag_loop.index.embedders import (
     SentenceTransformerEmbedder,
     document_side,
 )
-from rag_loop.index.rebuild import build_index, create_index_version
 from rag_loop.index.versions import (
     CANDIDATE,
     CHAMPION,

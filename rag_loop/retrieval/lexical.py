@@ -13,8 +13,9 @@ from collections import OrderedDict
 
 import numpy as np
 
-from rag_loop.index.chroma import ChromaStore, Hit
-from rag_loop.retrieval.config import RetrievalConfig
+from rag_loop.hits import Hit
+from rag_loop.index.chroma import ChromaStore
+from rag_loop.index.retrieval_config import RetrievalConfig
 
 
 class LexicalIndex:

@@ -16,9 +16,10 @@ from typing import Protocol
 
 import numpy as np
 
-from rag_loop.index.chroma import ChromaStore, Hit
+from rag_loop.hits import Hit
+from rag_loop.index.chroma import ChromaStore
 from rag_loop.index.embedders import Embedder
-from rag_loop.retrieval.config import RetrievalConfig
+from rag_loop.index.retrieval_config import RetrievalConfig
 from rag_loop.retrieval.lexical import LexicalIndexes
 
 

@@ -267,7 +267,7 @@ def _index_id(services: Services) -> int:
 
 def _new_version(services: Services, parent_id: int) -> int:
     """A second ready index version of the same corpus (as a loop cycle's candidate is)."""
-    from rag_loop.index.rebuild import build_index, create_index_version
+    from rag_loop.corpus.build import build_index, create_index_version
 
     with services.sessions() as session:
         parent = session.get_one(IndexVersion, parent_id)

@@ -10,10 +10,10 @@ from rag_loop.corpus.ingest import ingest
 from rag_loop.feedback.corrections import approve
 from rag_loop.feedback.schemas import FeedbackIn
 from rag_loop.feedback.service import submit_feedback
+from rag_loop.index.retrieval_config import DENSE, RetrievalConfig
 from rag_loop.index.versions import champion, retrieval_of, serving_index
 from rag_loop.interactions.ask import ask
 from rag_loop.interactions.lineage import show
-from rag_loop.retrieval.config import DENSE, RetrievalConfig
 from rag_loop.retrieval.search import search
 from rag_loop.services import Services
 from rag_loop.settings import Settings

@@ -25,8 +25,8 @@ from rag_loop.db.engine import transaction
 from rag_loop.db.models import AuditEntry, Chunk, Document, IndexVersion
 from rag_loop.errors import InvalidInput
 from rag_loop.index.embedders import Embedder
+from rag_loop.index.retrieval_config import RetrievalConfig
 from rag_loop.registry import outbox
-from rag_loop.retrieval.config import RetrievalConfig
 from rag_loop.services import Services
 
 
