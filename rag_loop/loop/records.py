@@ -80,8 +80,10 @@ class Gate(_Record):
 
     @classmethod
     def stored(cls, value: dict[str, Any]) -> dict[str, Any]:
-        """`value` checked against the model, as the `gate` column keeps it."""
-        return cls.model_validate(value).model_dump(mode="json", exclude_none=True)
+        """`value` checked against the model, as the `gate` column keeps it (parts not there
+        yet, such as `shadow` or `watch`, are left out; a None inside a part is kept)."""
+        dumped = cls.model_validate(value).model_dump(mode="json")
+        return {key: part for key, part in dumped.items() if part is not None}
 
 
 def stored_stages(value: dict[str, Any]) -> dict[str, Any]:
