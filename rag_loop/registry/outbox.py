@@ -29,7 +29,7 @@ import logging
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,7 @@ KINDS = (MLFLOW_RUN, MLFLOW_REGISTER, MLFLOW_ALIAS, DROP_COLLECTION)
 MLFLOW_KINDS = (MLFLOW_RUN, MLFLOW_REGISTER, MLFLOW_ALIAS)
 
 OUTBOX_TAG = "rag_loop.outbox"
+FOREVER = datetime(9999, 1, 1, tzinfo=UTC)
 CHAMPION_ALIAS = "champion"
 
 #: rows an MLflow run's id is written back to (column `mlflow_run_id`, when still empty)
@@ -328,13 +329,15 @@ class Outbox:
     def _claim(self, entry_id: int, *, now_too: bool) -> dict[str, Any] | None:
         now = utcnow()
         with transaction(self.sessions) as session:
-            # the lease is `next_attempt_at`: due once it passed, pushed ahead while applied
+            # the lease is `next_attempt_at`: due once it passed, pushed ahead while applied.
+            # An operator's flush takes every pending entry, however far its backoff (or a
+            # lease) put it: applying an entry twice does what applying it once does.
             taken = leases.take(
                 session,
                 OutboxEntry.next_attempt_at,
                 OutboxEntry.id == entry_id,
                 OutboxEntry.done_at.is_(None),
-                stale_before=now + self.lease if now_too else now + timedelta(microseconds=1),
+                stale_before=FOREVER if now_too else now + timedelta(microseconds=1),
                 stamp=now + self.lease,
             )
             if not taken:
