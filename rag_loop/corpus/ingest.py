@@ -2,9 +2,11 @@
 
 Unchanged input changes nothing. New and changed documents get new chunk versions, removed
 ones are tombstoned, and a new Chroma collection is built beside the serving one (reusing
-the embeddings of unchanged chunks). Only when it is complete, and logged to MLflow, does
-one SQL transaction record the new document and chunk versions and move the `champion`
-alias to it. A failure before that leaves the store and the serving index as they were.
+the embeddings of unchanged chunks). Only when it is complete does one SQL transaction
+record the new document and chunk versions, move the `champion` alias to it and write the
+outbox entries for its MLflow run and the MLflow alias (applied after commit; an MLflow
+outage delays them, never the ingest). A failure before that leaves the store and the
+serving index as they were.
 """
 
 from __future__ import annotations
