@@ -67,20 +67,20 @@ def main() -> None:
     try:
         rows = []
         for metrics in (ALL_JUDGED, ["faithfulness"]):
-            settings = services.settings.evaluation.model_copy(
+            judge = services.settings.judge.model_copy(
                 update={
-                    "judge": "openai",
-                    "judge_base_url": server.url,
-                    "judge_response_format": "json_object",
-                    "judge_concurrency": 1,
-                    "judge_metrics": metrics,
+                    "backend": "openai",
+                    "base_url": server.url,
+                    "response_format": "json_object",
+                    "concurrency": 1,
+                    "metrics": metrics,
                 }
             )
-            services.settings.evaluation = settings
+            services.settings.judge = judge
             judged = run_evaluation(
                 services,
                 EvalRequest(golden_path=QUESTIONS, limit=args.judged),
-                judge=make_judge(settings),
+                judge=make_judge(judge),
             )
             rows.append((metrics, judged))
     finally:

@@ -79,14 +79,14 @@ def main() -> None:
             data_dir=work / "data",
             retrieval={"top_k": args.top_k},
             generator={"backend": "llamacpp", "max_tokens": args.max_tokens},
-            evaluation={
-                "judge": "openai",
-                "judge_base_url": judge.url,
-                "judge_response_format": "json_object",
-                "judge_concurrency": 1,
-                "judge_metrics": ["faithfulness"],
-                "judge_timeout_seconds": 180,
-                "judge_max_tokens": args.judge_max_tokens,
+            judge={
+                "backend": "openai",
+                "base_url": judge.url,
+                "response_format": "json_object",
+                "concurrency": 1,
+                "metrics": ["faithfulness"],
+                "timeout_seconds": 180,
+                "max_tokens": args.judge_max_tokens,
             },
         )
         services = Services.from_settings(settings)

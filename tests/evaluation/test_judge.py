@@ -29,11 +29,11 @@ def judged_services(
     make_settings: Callable[..., Settings], embedder: Any, base_url: str, **judge: Any
 ) -> Services:
     settings = make_settings(
-        evaluation={
-            "judge": "openai",
-            "judge_base_url": base_url,
-            "judge_response_format": "json_object",
-            "judge_concurrency": 1,
+        judge={
+            "backend": "openai",
+            "base_url": base_url,
+            "response_format": "json_object",
+            "concurrency": 1,
             **judge,
         }
     )
@@ -47,7 +47,7 @@ def judged_services(
 def test_smollm2_judge_scores_land_in_sql_and_mlflow(
     make_settings: Callable[..., Settings], embedder: Any, llama_server: str
 ) -> None:
-    services = judged_services(make_settings, embedder, llama_server, judge_max_tokens=256)
+    services = judged_services(make_settings, embedder, llama_server, max_tokens=256)
     try:
         outcome = run_evaluation(services, EvalRequest(golden_path=QUESTIONS, limit=2))
     finally:
@@ -161,7 +161,7 @@ def test_in_process_llamacpp_judge_scores_faithfulness(
     make_settings: Callable[..., Settings], embedder: Any
 ) -> None:
     settings = make_settings(
-        evaluation={"judge": "llamacpp", "judge_metrics": ["faithfulness"], "judge_max_tokens": 256}
+        judge={"backend": "llamacpp", "metrics": ["faithfulness"], "max_tokens": 256}
     )
     services = Services.from_settings(settings, embedder=embedder)
     try:
