@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -16,8 +16,8 @@ except ImportError:  # Windows: writers in other processes meet busy_timeout onl
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Connection, Dialect, Engine, create_engine, event, insert
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy import Connection, Engine, create_engine, event, insert
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from rag_loop.errors import BackendUnavailable
@@ -156,151 +156,14 @@ def write_connection(engine: Engine) -> Iterator[Connection]:
 
 
 def insert_rows(engine: Engine, *inserts: tuple[type[Any], Sequence[Mapping[str, Any]]]) -> None:
-    """Insert rows into the tables of mapped classes in one write transaction, on a raw
-    pooled DBAPI connection: for the hottest write (an answer's interaction and its
-    retrievals). Each INSERT is compiled once per dialect and column set and each value goes
-    through its column type's own bind processor, so rows are stored exactly as SQLAlchemy
-    stores them; what is skipped is the Connection's per-statement bookkeeping (on SQLite
-    0.44 ms -> 0.20 ms for an interaction with five retrievals, measured in-process). Rows
-    of one table must all have the same keys, and every column SQLAlchemy would fill in by
-    default must be given (no Python-side defaults run here). Locks as `write_connection`."""
-    with _sqlite_write_lock(engine):
-        raw = engine.raw_connection()
-        try:
-            cursor = RawCursor(engine.dialect, raw.dbapi_connection)
-            try:
-                if engine.dialect.name == "sqlite":
-                    cursor.execute("BEGIN IMMEDIATE")  # the pool's connections autocommit
-                for model, rows in inserts:
-                    cursor.insert(model, rows)
-                with cursor._errors("COMMIT", ()):
-                    raw.commit()
-            except BaseException:
-                raw.rollback()
-                raise
-            finally:
-                cursor.close()
-        finally:
-            raw.close()
-
-
-class RawCursor:
-    """A DBAPI cursor for the hot write paths: `insert_rows` (an answer's interaction) and,
-    through `raw_cursor`, the group-committed feedback batch in the writer's transaction.
-    Through `Connection.execute` that batch cost the writer thread ~0.3 ms of CPU per item,
-    mostly SQLAlchemy's per-statement bookkeeping and an INSERT .. RETURNING that it runs row
-    by row to keep the ids in order. DBAPI errors are raised as SQLAlchemy raises them.
-    SELECTs here return plain tuples with no result processing: use them for strings and
-    integers only."""
-
-    def __init__(self, dialect: Dialect, dbapi_connection: Any) -> None:
-        self.dialect = dialect
-        self._dbapi_error = dialect.loaded_dbapi.Error
-        self._cursor: Any = dbapi_connection.cursor()
-        self._mark = "?" if dialect.paramstyle == "qmark" else "%s"
-
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> None:
-        with self._errors(sql, params):
-            self._cursor.execute(sql, params)
-
-    def marks(self, count: int) -> str:
-        """`count` positional placeholders for an IN list: `?, ?, ?` (or `%s, ...`)."""
-        return ", ".join([self._mark] * count)
-
-    def rows(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-        """Run a SELECT written with `marks()`; all its rows."""
-        with self._errors(sql, params):
-            self._cursor.execute(sql, params)
-            return list(self._cursor.fetchall())
-
-    def insert(self, model: type[Any], rows: Sequence[Mapping[str, Any]]) -> None:
-        """Rows of one table (all with the same keys), stored as `insert_rows` stores them."""
-        if not rows:
-            return
-        sql, params = _prepared_insert(self.dialect, model, rows)
-        with self._errors(sql, params):
-            if len(params) == 1:
-                self._cursor.execute(sql, params[0])
-            else:
-                self._cursor.executemany(sql, params)
-
-    def insert_returning_ids(
-        self, model: type[Any], rows: Sequence[Mapping[str, Any]]
-    ) -> list[int]:
-        """As `insert`, and the database's new `id` of each row, in the order of `rows`."""
-        if not rows:
-            return []
-        sql, params = _prepared_insert(self.dialect, model, rows, returning_id=True)
-        ids: list[int] = []
-        with self._errors(sql, params):
-            if self.dialect.name == "postgresql" and len(params) > 1:
-                # psycopg pipelines the statements and keeps one result set per row
-                self._cursor.executemany(sql, params, returning=True)
-                while True:
-                    ids.append(self._cursor.fetchone()[0])
-                    if not self._cursor.nextset():
-                        break
-            else:  # SQLite: each statement is a call into the library, no round trip
-                for values in params:
-                    self._cursor.execute(sql, values)
-                    ids.append(self._cursor.fetchone()[0])
-        return ids
-
-    def close(self) -> None:
-        self._cursor.close()
-
-    @contextmanager
-    def _errors(self, sql: str, params: Any) -> Iterator[None]:
-        try:
-            yield
-        except self._dbapi_error as exc:
-            raise DBAPIError.instance(
-                sql, params, exc, self._dbapi_error, dialect=self.dialect
-            ) from exc
-
-
-@contextmanager
-def raw_cursor(conn: Connection) -> Iterator[RawCursor]:
-    cursor = RawCursor(conn.dialect, conn.connection.dbapi_connection)
-    try:
-        yield cursor
-    finally:
-        cursor.close()
-
-
-_Processors = list[tuple[str, Callable[[Any], Any] | None]]
-_INSERTS: dict[tuple[str, str, tuple[str, ...], bool], tuple[str, bool, _Processors]] = {}
-
-
-def _prepared_insert(
-    dialect: Dialect,
-    model: type[Any],
-    rows: Sequence[Mapping[str, Any]],
-    *,
-    returning_id: bool = False,
-) -> tuple[str, list[Any]]:
-    keys = tuple(rows[0])
-    cache_key = (dialect.name, model.__tablename__, keys, returning_id)
-    found = _INSERTS.get(cache_key)
-    if found is None:
-        statement = insert(model)
-        if returning_id:
-            statement = statement.returning(model.id)
-        compiled = statement.compile(dialect=dialect, column_keys=list(keys))
-        names = list(compiled.positiontup or ()) if compiled.positional else list(compiled.binds)
-        processors: _Processors = [
-            (name, compiled.binds[name].type.dialect_impl(dialect).bind_processor(dialect))
-            for name in names
-        ]
-        found = _INSERTS[cache_key] = (str(compiled), bool(compiled.positional), processors)
-    sql, positional, processors = found
-    params: list[Any] = []
-    for row in rows:
-        values = [(process(row[name]) if process else row[name]) for name, process in processors]
-        params.append(
-            values if positional else dict(zip((n for n, _ in processors), values, strict=True))
-        )
-    return sql, params
+    """Insert rows into the tables of mapped classes in one write transaction, with Core
+    `INSERT`s (an executemany for several rows): the hottest write, an answer's interaction
+    and its retrievals, skips the ORM's unit of work. Every column SQLAlchemy would fill in
+    by default must be given by the rows' keys or the columns' own defaults."""
+    with write_connection(engine) as conn:
+        for model, rows in inserts:
+            if rows:
+                conn.execute(insert(model), list(rows))
 
 
 @contextmanager

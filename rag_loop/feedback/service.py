@@ -12,21 +12,32 @@ import hashlib
 import json
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import Connection, select
+from sqlalchemy import BindParameter, Connection, bindparam, insert, select
 
-from rag_loop.db.engine import RawCursor, raw_cursor
 from rag_loop.db.models import (
+    Chunk,
     Correction,
+    Document,
     FeedbackEvent,
     FeedbackSubmission,
+    Interaction,
+    Retrieval,
     time_ordered_id,
     utcnow,
 )
+from rag_loop.db.writer import BatchWriter
 from rag_loop.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, RagLoopError
 from rag_loop.feedback.schemas import FeedbackIn
-from rag_loop.services import Services
+from rag_loop.settings import Settings
+
+
+class FeedbackParts(Protocol):
+    """What taking feedback uses."""
+
+    settings: Settings
+    writer: BatchWriter
 
 
 @dataclass(frozen=True)
@@ -43,7 +54,7 @@ def request_hash(feedback: FeedbackIn) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def check(services: Services, feedback: FeedbackIn) -> str:
+def check(services: FeedbackParts, feedback: FeedbackIn) -> str:
     """Everything that can be checked without the database; returns the request hash."""
     limits = services.settings.limits
     if feedback.is_empty():
@@ -70,14 +81,16 @@ class Pending:
     actor: str
 
 
-def submit_feedback(services: Services, feedback: FeedbackIn, *, actor: str) -> FeedbackReceipt:
+def submit_feedback(
+    services: FeedbackParts, feedback: FeedbackIn, *, actor: str
+) -> FeedbackReceipt:
     pending = Pending(feedback, check(services, feedback), actor)
     receipt: FeedbackReceipt = services.writer.run(record_many, pending)
     return receipt
 
 
 async def submit_feedback_async(
-    services: Services, feedback: FeedbackIn, *, actor: str
+    services: FeedbackParts, feedback: FeedbackIn, *, actor: str
 ) -> FeedbackReceipt:
     """The API's path: the write is group-committed with concurrent ones (db/writer.py)."""
     pending = Pending(feedback, check(services, feedback), actor)
@@ -85,62 +98,67 @@ async def submit_feedback_async(
     return receipt
 
 
-class _Lookups:
-    """What the batch needs from the database, fetched with one query per kind (on the raw
-    cursor: these run for every batch of the hottest write path)."""
+def _in(name: str) -> BindParameter[Any]:
+    return bindparam(name, expanding=True)
 
-    def __init__(self, raw: RawCursor, batch: list[Pending]) -> None:
+
+# The batch's statements, built once (a statement built per batch costs more Python than
+# running it); each `IN` list is an expanding parameter.
+_INTERACTIONS = select(Interaction.id).where(Interaction.id.in_(_in("ids")))
+_STORED = select(
+    FeedbackSubmission.interaction_id,
+    FeedbackSubmission.idempotency_key,
+    FeedbackSubmission.id,
+    FeedbackSubmission.request_hash,
+).where(
+    # both columns, so the lookup uses the unique index (no scan)
+    FeedbackSubmission.interaction_id.in_(_in("ids")),
+    FeedbackSubmission.idempotency_key.in_(_in("keys")),
+)
+_SHOWN = select(Retrieval.interaction_id, Retrieval.chunk_id).where(
+    Retrieval.interaction_id.in_(_in("ids"))
+)
+_DOCUMENTS = select(Document.id).where(Document.id.in_(_in("ids")))
+_CHUNK_OWNERS = select(Chunk.id, Chunk.document_id).where(Chunk.id.in_(_in("ids")))
+_INSERT_SUBMISSIONS = insert(FeedbackSubmission)
+# RETURNING names each new row's owner: SQLAlchemy batches the rows of an executemany into
+# a few multi-row INSERTs ("insertmanyvalues"), whose RETURNING rows come in no set order
+# (asking SQLAlchemy to keep the order makes it insert row by row on SQLite)
+_INSERT_EVENTS = insert(FeedbackEvent).returning(
+    FeedbackEvent.id, FeedbackEvent.submission_id, FeedbackEvent.kind
+)
+_INSERT_CORRECTIONS = insert(Correction).returning(Correction.id, Correction.feedback_event_id)
+
+
+class _Lookups:
+    """What the batch needs from the database, fetched with one query per kind."""
+
+    def __init__(self, conn: Connection, batch: list[Pending]) -> None:
         feedbacks = [p.feedback for p in batch]
-        ids = sorted({fb.interaction_id for fb in feedbacks})
-        in_ids = raw.marks(len(ids))
-        self.interactions = {
-            row[0] for row in raw.rows(f"SELECT id FROM interactions WHERE id IN ({in_ids})", ids)
-        }
-        keys = sorted({fb.idempotency_key for fb in feedbacks if fb.idempotency_key})
+        ids = list({fb.interaction_id for fb in feedbacks})
+        self.interactions = set(conn.scalars(_INTERACTIONS, {"ids": ids}))
+        keys = list({fb.idempotency_key for fb in feedbacks if fb.idempotency_key})
         self.stored: dict[tuple[str, str], tuple[str, str]] = {}
         if keys:
-            stored = raw.rows(
-                "SELECT interaction_id, idempotency_key, id, request_hash "
-                f"FROM feedback_submissions WHERE interaction_id IN ({in_ids}) "
-                # both columns, so the lookup uses the unique index (no scan)
-                f"AND idempotency_key IN ({raw.marks(len(keys))})",
-                [*ids, *keys],
-            )
-            for interaction_id, key, submission_id, digest in stored:
+            for interaction_id, key, submission_id, digest in conn.execute(
+                _STORED, {"ids": ids, "keys": keys}
+            ):
                 self.stored[(interaction_id, key or "")] = (submission_id, digest)
-        labelled = sorted({fb.interaction_id for fb in feedbacks if fb.chunk_labels})
+        labelled = list({fb.interaction_id for fb in feedbacks if fb.chunk_labels})
         self.shown: dict[str, set[str]] = {}
         if labelled:
-            rows = raw.rows(
-                "SELECT interaction_id, chunk_id FROM retrievals "
-                f"WHERE interaction_id IN ({raw.marks(len(labelled))})",
-                labelled,
-            )
-            for interaction_id, chunk_id in rows:
+            for interaction_id, chunk_id in conn.execute(_SHOWN, {"ids": labelled}):
                 self.shown.setdefault(interaction_id, set()).add(chunk_id)
-        documents = sorted(
+        documents = list(
             {fb.source.document_id for fb in feedbacks if fb.source and fb.source.document_id}
         )
         self.documents: set[str] = set()
         if documents:
-            self.documents = {
-                row[0]
-                for row in raw.rows(
-                    f"SELECT id FROM documents WHERE id IN ({raw.marks(len(documents))})",
-                    documents,
-                )
-            }
-        chunks = sorted(
-            {fb.source.chunk_id for fb in feedbacks if fb.source and fb.source.chunk_id}
-        )
+            self.documents = set(conn.scalars(_DOCUMENTS, {"ids": documents}))
+        chunks = list({fb.source.chunk_id for fb in feedbacks if fb.source and fb.source.chunk_id})
         self.chunk_owner: dict[str, str] = {}
         if chunks:
-            self.chunk_owner = dict(
-                raw.rows(
-                    f"SELECT id, document_id FROM chunks WHERE id IN ({raw.marks(len(chunks))})",
-                    chunks,
-                )
-            )
+            self.chunk_owner = {c: d for c, d in conn.execute(_CHUNK_OWNERS, {"ids": chunks})}
 
 
 def _validate(fb: FeedbackIn, found: _Lookups) -> None:
@@ -214,19 +232,11 @@ def _events(fb: FeedbackIn, submission_id: str, now: datetime) -> list[dict[str,
 def record_many(conn: Connection, batch: list[Pending]) -> list[FeedbackReceipt | Exception]:
     """Validate and store a batch of feedback with a few set-based statements. Each item
     gets its receipt, or the error that refused it (a refused item writes nothing)."""
-    with raw_cursor(conn) as raw:
-        return _record_many(conn, raw, batch)
-
-
-def _record_many(
-    conn: Connection, raw: RawCursor, batch: list[Pending]
-) -> list[FeedbackReceipt | Exception]:
-    found = _Lookups(raw, batch)
+    found = _Lookups(conn, batch)
     now = utcnow()
     results: list[FeedbackReceipt | Exception | None] = [None] * len(batch)
     submissions: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []
-    owners: list[int] = []  # batch position of each event row
     stored_replays: dict[int, str] = {}  # batch position -> stored submission id
     batch_replays: dict[int, int] = {}  # batch position -> position of the first one
     first_with_key: dict[tuple[str, str], int] = {}
@@ -272,32 +282,11 @@ def _record_many(
                 "created_at": now,
             }
         )
-        for row in _events(fb, submission_id, now):
-            events.append(row)
-            owners.append(position)
+        events.extend(_events(fb, submission_id, now))
 
-    raw.insert(FeedbackSubmission, submissions)
-    event_ids = raw.insert_returning_ids(FeedbackEvent, events)
-    ids_of: dict[int, list[int]] = {}
-    corrections: list[dict[str, Any]] = []
-    correction_owner: list[int] = []
-    for row, owner, event_id in zip(events, owners, event_ids, strict=True):
-        ids_of.setdefault(owner, []).append(event_id)
-        if row["kind"] == "correction":
-            corrections.append(
-                {
-                    "interaction_id": row["interaction_id"],
-                    "feedback_event_id": event_id,
-                    "text": row["text"],
-                    "status": "pending",
-                    "created_at": now,
-                }
-            )
-            correction_owner.append(owner)
-    correction_of: dict[int, int] = {}
-    if corrections:
-        correction_ids = raw.insert_returning_ids(Correction, corrections)
-        correction_of = dict(zip(correction_owner, correction_ids, strict=True))
+    if submissions:
+        conn.execute(_INSERT_SUBMISSIONS, submissions)
+    ids_of, correction_of = _insert_events(conn, submissions, created, events, now)
     for position, submission in zip(created, submissions, strict=True):
         results[position] = FeedbackReceipt(
             submission_id=submission["id"],
@@ -317,6 +306,44 @@ def _record_many(
     answered = [r for r in results if r is not None]
     assert len(answered) == len(batch), "every feedback item gets a receipt or an error"
     return answered
+
+
+def _insert_events(
+    conn: Connection,
+    submissions: list[dict[str, Any]],
+    created: list[int],
+    events: list[dict[str, Any]],
+    now: datetime,
+) -> tuple[dict[int, list[int]], dict[int, int]]:
+    """Insert the events and the corrections they bring; the database's ids of the events
+    (by batch position, ascending, as a replay lists them) and of the corrections."""
+    ids_of: dict[int, list[int]] = {}
+    correction_of: dict[int, int] = {}
+    if not events:
+        return ids_of, correction_of
+    position_of = {s["id"]: p for p, s in zip(created, submissions, strict=True)}
+    interaction_of = {s["id"]: s["interaction_id"] for s in submissions}
+    text_of = {e["submission_id"]: e["text"] for e in events if e["kind"] == "correction"}
+    corrections: list[dict[str, Any]] = []
+    owner_of_event: dict[int, int] = {}
+    for event_id, submission_id, kind in sorted(conn.execute(_INSERT_EVENTS, events)):
+        owner = position_of[submission_id]
+        ids_of.setdefault(owner, []).append(event_id)
+        if kind == "correction":
+            owner_of_event[event_id] = owner
+            corrections.append(
+                {
+                    "interaction_id": interaction_of[submission_id],
+                    "feedback_event_id": event_id,
+                    "text": text_of[submission_id],
+                    "status": "pending",
+                    "created_at": now,
+                }
+            )
+    if corrections:
+        rows = conn.execute(_INSERT_CORRECTIONS, corrections)
+        correction_of = {owner_of_event[event_id]: cid for cid, event_id in rows}
+    return ids_of, correction_of
 
 
 def _stored_receipts(conn: Connection, submission_ids: set[str]) -> dict[str, FeedbackReceipt]:

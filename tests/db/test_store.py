@@ -68,7 +68,7 @@ def test_audit_log_is_append_only(services: Services, db_backend: str) -> None:
 
 
 def test_raw_inserts_store_what_the_orm_stores(services: Services, db_backend: str) -> None:
-    """`insert_rows` (the ask path's write) and a plain Core insert give identical rows,
+    """`insert_rows` (the ask path's write) and a one-row Core insert give identical rows,
     JSON, timestamps and NULLs included, and a failure leaves nothing behind."""
     row = {
         "created_at": utcnow(),
@@ -160,9 +160,9 @@ def test_concurrent_idempotent_retries_record_once(kestrel: Services, db_backend
 def test_one_batch_of_mixed_feedback_gives_each_item_its_own_result(
     kestrel: Services, db_backend: str
 ) -> None:
-    """The writer's batch path (raw cursor, ids returned in row order) on one batch that
-    holds every kind of item: each receipt names exactly its own events and correction, and
-    every refused item wrote nothing."""
+    """The writer's batch path (Core statements, ids matched by their RETURNING rows) on one
+    batch that holds every kind of item: each receipt names exactly its own events and
+    correction, and every refused item wrote nothing."""
     first = ask(kestrel, "How many backup codes do I get with 2FA?")
     second = ask(kestrel, "How much is the late payment fee?")
     shown = first.sources[0]["chunk_id"]
