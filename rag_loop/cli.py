@@ -16,7 +16,7 @@ import typer
 from pydantic import ValidationError
 
 from rag_loop.errors import InvalidInput, RagLoopError
-from rag_loop.settings import Settings
+from rag_loop.settings import Settings, pass_to_workers
 
 app = typer.Typer(
     name="rag-loop",
@@ -137,7 +137,6 @@ def serve(
     ] = 1,
 ) -> None:
     """Start the API (ingesting the sample corpus on first start)."""
-    import os
 
     import uvicorn
 
@@ -167,7 +166,7 @@ def serve(
     if config.chroma.host is None:
         raise InvalidInput("--workers > 1 needs a Chroma server: set RAG_LOOP_CHROMA_HOST")
     svc.close()
-    os.environ["RAG_LOOP_DATA_DIR"] = str(config.data_dir)
+    pass_to_workers(config)
     uvicorn.run(
         "rag_loop.api.app:app_from_environment",
         factory=True,
@@ -358,9 +357,9 @@ def interactions_show(
     interaction_id: Annotated[str, typer.Argument(help="The interaction id.")],
 ) -> None:
     """Everything about one answer: chunks and scores as served, versions, feedback."""
-    from rag_loop.interactions.lineage import show
+    from rag_loop.feedback.lineage import show
 
-    emit(show(services(), interaction_id))
+    emit(show(services().sessions, interaction_id))
 
 
 @keys_app.command("create")
@@ -424,7 +423,11 @@ def export_feedback_command(
     """Write the feedback dataset (interaction, query, shown chunks, labels, corrections)."""
     from rag_loop.feedback.export import export_feedback
 
-    emit(export_feedback(services(), out, formats=tuple(format), include_all=all_interactions))
+    emit(
+        export_feedback(
+            services().sessions, out, formats=tuple(format), include_all=all_interactions
+        )
+    )
 
 
 @index_app.command("list")
@@ -569,8 +572,11 @@ def report_command(
 ) -> None:
     """Write the evaluation report (HTML with plots, no network needed to view it)."""
     from rag_loop.evaluation import service
+    from rag_loop.evaluation.report import REPORT_CYCLES
+    from rag_loop.loop.cycle import list_cycles
 
-    summary = service.summary(services())
+    wired = services()
+    summary = service.summary(wired, list_cycles(wired, REPORT_CYCLES))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(service.html(summary), encoding="utf-8")
     written = {"html": str(out)}
@@ -599,7 +605,8 @@ def demo_replay(
 ) -> None:
     """Ask every question and send a simulated user's feedback (labels on the shown chunks
     from the file's document_ids, a thumb, pointers), through the real service."""
-    from rag_loop.feedback.simulated import SimulatedUser, replay
+    from rag_loop.evaluation.replay import replay
+    from rag_loop.feedback.simulated import SimulatedUser
 
     user = SimulatedUser(
         seed=seed, label_noise=noise, pointer_share=pointer_share, label_depth=label_depth
@@ -711,7 +718,7 @@ def loop_trace(
     the cycle and evaluations that promoted it."""
     from rag_loop.loop.audit import trace
 
-    emit(trace(services(), interaction_id))
+    emit(trace(services().sessions, interaction_id))
 
 
 @db_app.command("upgrade")

@@ -18,26 +18,35 @@ job is never dropped without a row saying what happened to it.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import socket
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import timedelta
-from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session, sessionmaker
 
 from rag_loop.db import leases
 from rag_loop.db.engine import transaction
-from rag_loop.db.models import EvalRun, Job, utcnow
+from rag_loop.db.models import Job, utcnow
 from rag_loop.errors import InvalidInput, NotFound, RagLoopError
-from rag_loop.services import Services
+from rag_loop.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class JobParts(Protocol):
+    """What running jobs uses; `job_handlers` says what each kind does (`rag_loop.tasks`)."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    queue: Any  # a DramatiqQueue, or None: a thread of this process runs the job
+    job_handlers: Mapping[str, Callable[[Job], dict[str, Any]]]
+
 
 KINDS = ("evaluation", "index_build", "loop_cycle")
 ACTOR_NAME = "rag_loop_job"
@@ -51,7 +60,7 @@ def worker_name() -> str:
 # -- submitting ------------------------------------------------------------------------------
 
 
-def submit(services: Services, kind: str, payload: dict[str, Any], *, actor: str) -> str:
+def submit(services: JobParts, kind: str, payload: dict[str, Any], *, actor: str) -> str:
     """Record a job and hand it to the queue (or to a thread when there is no broker)."""
     if kind not in KINDS:
         raise InvalidInput(f"unknown job kind {kind!r}; one of {', '.join(KINDS)}")
@@ -62,7 +71,7 @@ def submit(services: Services, kind: str, payload: dict[str, Any], *, actor: str
     return job_id
 
 
-def dispatch(services: Services, job_id: str) -> None:
+def dispatch(services: JobParts, job_id: str) -> None:
     queue = services.queue
     if queue is None:
         thread = threading.Thread(
@@ -73,7 +82,7 @@ def dispatch(services: Services, job_id: str) -> None:
         queue.send(job_id)
 
 
-def _run_quietly(services: Services, job_id: str) -> None:
+def _run_quietly(services: JobParts, job_id: str) -> None:
     try:
         execute(services, job_id)
     except Exception:  # execute records failures itself; this is a last resort
@@ -83,7 +92,7 @@ def _run_quietly(services: Services, job_id: str) -> None:
 # -- running ---------------------------------------------------------------------------------
 
 
-def execute(services: Services, job_id: str, *, worker: str | None = None) -> str:
+def execute(services: JobParts, job_id: str, *, worker: str | None = None) -> str:
     """Claim and run one job; returns its final status, or `skipped` when someone else has it
     (or had it). Failures are recorded on the job, not raised."""
     worker = worker or worker_name()
@@ -100,7 +109,7 @@ def execute(services: Services, job_id: str, *, worker: str | None = None) -> st
     )
     beat.start()
     try:
-        result = HANDLERS[job.kind](services, job)
+        result = services.job_handlers[job.kind](job)
     except RagLoopError as exc:
         _finish(services, job_id, worker, "failed", error=exc.message)
         return "failed"
@@ -119,7 +128,7 @@ def _lost(times: int) -> str:
     return f"the job lost its worker {times} time(s) (killed or gone); not retried again"
 
 
-def _claim(services: Services, job_id: str, worker: str) -> Job | None:
+def _claim(services: JobParts, job_id: str, worker: str) -> Job | None:
     now = utcnow()
     stale = now - timedelta(seconds=services.settings.queue.lease_seconds)
     with transaction(services.sessions) as session:
@@ -148,7 +157,7 @@ def _claim(services: Services, job_id: str, worker: str) -> Job | None:
         return job
 
 
-def _heartbeat(services: Services, job_id: str, worker: str, stop: threading.Event) -> None:
+def _heartbeat(services: JobParts, job_id: str, worker: str, stop: threading.Event) -> None:
     every = max(services.settings.queue.lease_seconds / 4, 0.5)
     while not stop.wait(every):
         try:
@@ -166,7 +175,7 @@ def _heartbeat(services: Services, job_id: str, worker: str, stop: threading.Eve
 
 
 def _finish(
-    services: Services,
+    services: JobParts,
     job_id: str,
     worker: str,
     status: str,
@@ -188,7 +197,7 @@ def _finish(
         )
 
 
-def sweep(services: Services) -> list[str]:
+def sweep(services: JobParts) -> list[str]:
     """Hand lost jobs to the queue again: running ones whose worker stopped checking in, and
     queued ones nobody took for a lease (a broker that lost its messages, say). Returns the
     ids sent; a job sent twice still runs once."""
@@ -208,64 +217,6 @@ def sweep(services: Services) -> list[str]:
         log.warning("job %s lost its worker or its message; sending it again", job_id)
         dispatch(services, job_id)
     return list(ids)
-
-
-# -- what each kind does ---------------------------------------------------------------------
-
-
-def _evaluation(services: Services, job: Job) -> dict[str, Any]:
-    from rag_loop.evaluation import service
-
-    run_id = _attempt_id(job.id, job.attempts)
-    if job.attempts > 1:  # the run of the lost attempt never finished: say so
-        previous = _attempt_id(job.id, job.attempts - 1)
-        with transaction(services.sessions) as session:
-            session.execute(
-                update(EvalRun)
-                .where(EvalRun.id == previous, EvalRun.status == "running")
-                .values(status="failed", error="its worker was lost; the job ran it again")
-            )
-    payload = dict(job.payload)
-    eval_id = service.run(services, run_id=run_id, trigger=payload.pop("trigger", "job"), **payload)
-    return {"eval_run_id": eval_id}
-
-
-def _attempt_id(job_id: str, attempt: int) -> str:
-    return hashlib.sha256(f"{job_id}:{attempt}".encode()).hexdigest()[:32]
-
-
-def _index_build(services: Services, job: Job) -> dict[str, Any]:
-    from rag_loop.corpus.ingest import ingest
-
-    path = Path(job.payload["path"])
-    if not path.exists():
-        raise InvalidInput(f"{path} does not exist on the worker's machine")
-    result = ingest(services, path, actor=job.actor)
-    return {
-        "index_version_id": result.index_version_id,
-        "chunks_total": result.chunks_total,
-    }
-
-
-def _loop_cycle(services: Services, job: Job) -> dict[str, Any]:
-    from rag_loop.loop import cycle
-
-    cycle_id = int(job.payload["cycle_id"])
-    if job.attempts > 1:
-        # the worker that ran it is gone (its job heartbeat went stale): take the cycle over
-        view = cycle.resume(services, cycle_id, actor=job.actor, force=True)
-    elif job.payload.get("resume"):
-        view = cycle.resume(services, cycle_id, actor=job.actor)
-    else:
-        view = cycle.run_cycle(services, cycle_id, actor=job.actor)
-    return {"cycle_id": cycle_id, "state": view["state"]}
-
-
-HANDLERS: dict[str, Callable[[Services, Job], dict[str, Any]]] = {
-    "evaluation": _evaluation,
-    "index_build": _index_build,
-    "loop_cycle": _loop_cycle,
-}
 
 
 # -- reading ---------------------------------------------------------------------------------
@@ -288,7 +239,7 @@ def view(job: Job) -> dict[str, Any]:
     }
 
 
-def get(services: Services, job_id: str) -> dict[str, Any]:
+def get(services: JobParts, job_id: str) -> dict[str, Any]:
     with services.sessions() as session:
         job = session.get(Job, job_id)
         if job is None:
@@ -297,7 +248,7 @@ def get(services: Services, job_id: str) -> dict[str, Any]:
 
 
 def list_jobs(
-    services: Services, limit: int = 50, status: str | None = None
+    services: JobParts, limit: int = 50, status: str | None = None
 ) -> list[dict[str, Any]]:
     with services.sessions() as session:
         query = select(Job).order_by(Job.created_at.desc()).limit(limit)

@@ -1,13 +1,19 @@
 """The one place where the service's resources are created and wired together.
 
 `Services.from_settings` opens the database (and migrates it), the Chroma client, the
-embedder, the generator and the MLflow tracker once; the API, the CLI and tests receive the
-same object. Any part can be passed in instead (a test's session-wide embedder, say).
+embedder, the generator and the MLflow tracker once; the API, the CLI, the scheduler, the
+worker and tests receive the same object. Any part can be passed in instead (a test's
+session-wide embedder, say).
+
+Only those interfaces import this module. A domain function takes the narrow things it
+uses: a session factory, or a `Protocol` of its own that names the parts it touches
+(`IngestParts`, `AskParts`, `CycleParts`, ...); `Services` satisfies them all.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -15,9 +21,11 @@ from typing import Any
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from rag_loop import tasks
 from rag_loop.auth.tokens import FeedbackTokens, load_or_create_secret
 from rag_loop.corpus.chunking import Chunker
 from rag_loop.db.engine import create_db_engine, create_session_factory, upgrade
+from rag_loop.db.models import EmbedderVersion, Job
 from rag_loop.db.writer import BatchWriter
 from rag_loop.generation.base import Generator
 from rag_loop.index.chroma import ChromaStore, make_chroma_client
@@ -42,8 +50,6 @@ def make_generator(settings: GeneratorSettings) -> Generator:
 def _embedder_path(sessions: sessionmaker[Session], version: str) -> tuple[Path, str | None] | None:
     """Where a registered embedder version's (query) model lives, and the version of its
     document encoder when it is asymmetric."""
-    from rag_loop.db.models import EmbedderVersion
-
     with sessions() as session:
         row = session.execute(
             select(EmbedderVersion.path, EmbedderVersion.document_version).where(
@@ -69,6 +75,7 @@ class Services:
     lexical: LexicalIndexes  # BM25 beside the collections of hybrid index versions
     outbox: Outbox  # effects on MLflow and Chroma that follow SQL changes
     queue: Any = None  # a DramatiqQueue when RAG_LOOP_QUEUE_BROKER_URL is set
+    job_handlers: Mapping[str, Callable[[Job], dict[str, Any]]] = field(default_factory=dict)
 
     @classmethod
     def from_settings(
@@ -107,7 +114,7 @@ class Services:
             enabled=settings.mlflow.enabled,
             artifact_root=settings.data_dir / "mlartifacts",
         )
-        return cls(
+        services = cls(
             queue=queue,
             settings=settings,
             engine=engine,
@@ -134,6 +141,8 @@ class Services:
                 device=settings.embedder.device,
             ),
         )
+        services.job_handlers = tasks.bind(services)
+        return services
 
     def serving_embedder(self, embedder_version: str) -> Embedder:
         """The embedder that built an index version (the base or a fine-tuned model)."""

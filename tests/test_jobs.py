@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import func, select
 
-from rag_loop import jobs
+from rag_loop import jobs, tasks
 from rag_loop.db.engine import transaction
 from rag_loop.db.models import EvalRun, IndexVersion, Job, utcnow
 from rag_loop.services import Services
@@ -73,7 +73,7 @@ def test_a_lost_worker_is_taken_over_and_its_run_marked(kestrel: Services) -> No
         heartbeat_at=long_ago,
         started_at=long_ago,
     )
-    lost_run = jobs._attempt_id(job_id, 1)
+    lost_run = tasks.attempt_run_id(job_id, 1)
     with transaction(kestrel.sessions) as session:  # what the dead worker had begun
         session.add(EvalRun(id=lost_run, source="golden", dataset="questions"))
     fresh = add_job(

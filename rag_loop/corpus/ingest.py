@@ -11,18 +11,24 @@ serving index as they were.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import numpy as np
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from rag_loop.corpus.chunking import ChunkSpec, embedding_input
+from rag_loop.corpus.build import (
+    BuildParts,
+    Entry,
+    corpus_hash,
+    create_index_version,
+    embed_into,
+    fill_collection,
+)
+from rag_loop.corpus.chunking import Chunker, ChunkSpec
 from rag_loop.corpus.loaders import LoadedDocument, load_path
 from rag_loop.db.engine import transaction
 from rag_loop.db.models import (
@@ -33,14 +39,20 @@ from rag_loop.db.models import (
     IndexVersion,
     utcnow,
 )
-from rag_loop.index.embedders import Embedder
+from rag_loop.index.embedders import Embedder, EmbedderPool
 from rag_loop.index.retrieval_config import RetrievalConfig
 from rag_loop.index.versions import CHAMPION, champion_or_none, set_alias
 from rag_loop.registry import outbox
-from rag_loop.registry.embedders import ensure_base
-from rag_loop.services import Services
+from rag_loop.registry.embedders import RegistryParts, ensure_base
 
 log = logging.getLogger(__name__)
+
+
+class IngestParts(BuildParts, RegistryParts, Protocol):
+    """What ingesting a corpus uses: an index build's parts, the registry's, the chunker."""
+
+    embedders: EmbedderPool  # by version: the base and the loop's fine-tuned models
+    chunker: Chunker
 
 
 @dataclass(frozen=True)
@@ -73,7 +85,7 @@ class _TargetDoc:
 
 
 def ingest(
-    services: Services, path: Path, *, actor: str = "cli", progress: bool = False
+    services: IngestParts, path: Path, *, actor: str = "cli", progress: bool = False
 ) -> IngestResult:
     started = time.perf_counter()
     root, loaded = load_path(path)
@@ -156,59 +168,34 @@ def ingest(
         )
 
     all_specs = [(t, spec) for t in targets.values() for spec in t.chunks]
-    corpus_hash = hashlib.sha256(
-        "\n".join([embedder.version, *sorted(s.id for _, s in all_specs)]).encode()
-    ).hexdigest()
-
-    with transaction(services.sessions) as session:
-        version_row = IndexVersion(
-            collection_name=f"pending-{time.time_ns()}",
-            status="building",
-            embedder=embedder.name,
-            embedder_version=embedder.version,
-            chunk_size=chunker.chunk_size,
-            chunk_overlap=chunker.chunk_overlap,
-            chunking_hash=chunker.config_hash,
-            corpus_hash=corpus_hash,
-            parent_id=serving.id if serving else None,
-            reason=f"ingest {root}",
-            retrieval=RetrievalConfig.from_settings(services.settings.retrieval).as_dict(),
-        )
-        session.add(version_row)
-        session.flush()
-        version_row.collection_name = (
-            f"{services.settings.chroma.collection_prefix}_v{version_row.id:05d}"
-        )
-        version_id, collection = version_row.id, version_row.collection_name
+    entries = [
+        Entry(spec.id, t.id, t.version, spec.ordinal, t.title, spec.text) for t, spec in all_specs
+    ]
+    corpus = corpus_hash(embedder.version, (e.id for e in entries))
+    version_id, collection = create_index_version(
+        services,
+        embedder,
+        serving,
+        f"ingest {root}",
+        chunking=(chunker.chunk_size, chunker.chunk_overlap, chunker.config_hash),
+        corpus=corpus,
+    )
 
     try:
-        reuse = {}
-        if serving is not None and serving.embedder_version == embedder.version:
-            reuse = services.store.get_embeddings(
-                serving.collection_name, [s.id for _, s in all_specs]
-            )
-        missing = [(t, s) for t, s in all_specs if s.id not in reuse]
-        fresh = embedder.embed_documents(
-            [embedding_input(t.title, s.text) for t, s in missing], progress=progress
-        )
-        vectors = dict(reuse)
-        vectors.update({s.id: fresh[i] for i, (_, s) in enumerate(missing)})
-        services.store.create(
+        same_embedder = serving is not None and serving.embedder_version == embedder.version
+        filled = fill_collection(
+            services.store,
             collection,
-            {
+            entries,
+            embedder,
+            metadata={
                 "index_version": version_id,
                 "embedder_version": embedder.version,
                 "chunking_hash": chunker.config_hash,
             },
+            reuse_from=serving.collection_name if serving is not None and same_embedder else None,
+            progress=progress,
         )
-        if all_specs:
-            services.store.add(
-                collection,
-                [s.id for _, s in all_specs],
-                np.stack([vectors[s.id] for _, s in all_specs]),
-                [s.text for _, s in all_specs],
-                [_metadata(t, s) for t, s in all_specs],
-            )
         build_seconds = time.perf_counter() - started
         counts = {
             "documents_added": len(added),
@@ -217,17 +204,15 @@ def ingest(
             "documents_deleted": len(removed),
             "n_documents": len(targets),
             "n_chunks": len(all_specs),
-            "chunks_embedded": len(missing),
-            "chunks_reused": len(all_specs) - len(missing),
+            "chunks_embedded": filled.embedded,
+            "chunks_reused": filled.reused,
             "build_seconds": build_seconds,
         }
         with transaction(services.sessions) as session:
             _record_documents(
                 session, targets, removed_ids, current_chunks, root, chunker.config_hash
             )
-            _add_late_corrections(
-                services, session, embedder, collection, {s.id for _, s in all_specs}
-            )
+            _add_late_corrections(services, session, embedder, collection, {e.id for e in entries})
             row = session.get_one(IndexVersion, version_id)
             row.status = "ready"
             row.n_documents = len(targets)
@@ -243,7 +228,7 @@ def ingest(
                 params={
                     **{f"chunking.{k}": v for k, v in chunker.config.items()},
                     "chunking_hash": chunker.config_hash,
-                    "corpus_hash": corpus_hash,
+                    "corpus_hash": corpus,
                     "source_root": root,
                     "parent_index_version": serving.id if serving else "none",
                     "retrieval": RetrievalConfig.from_settings(services.settings.retrieval).label,
@@ -278,23 +263,14 @@ def ingest(
         documents_unchanged=unchanged,
         documents_deleted=len(removed),
         chunks_total=len(all_specs),
-        chunks_embedded=len(missing),
-        chunks_reused=len(all_specs) - len(missing),
+        chunks_embedded=filled.embedded,
+        chunks_reused=filled.reused,
         seconds=time.perf_counter() - started,
     )
 
 
 def _spec(chunk: Chunk) -> ChunkSpec:
     return ChunkSpec(chunk.id, chunk.document_id, chunk.ordinal, chunk.text, chunk.content_hash)
-
-
-def _metadata(target: _TargetDoc, spec: ChunkSpec) -> dict[str, Any]:
-    return {
-        "document_id": target.id,
-        "document_version": target.version,
-        "title": target.title,
-        "ordinal": spec.ordinal,
-    }
 
 
 def _record_documents(
@@ -377,7 +353,7 @@ def _batches(items: list[str], size: int = 500) -> list[list[str]]:
 
 
 def _ingest_embedder(
-    services: Services, session: Session, serving: IndexVersion | None
+    services: IngestParts, session: Session, serving: IndexVersion | None
 ) -> Embedder:
     """New documents are embedded by the serving index's embedder when the loop fine-tuned
     it from the service's configured model; a different configured model rebuilds all."""
@@ -394,7 +370,7 @@ def _ingest_embedder(
 
 
 def _add_late_corrections(
-    services: Services, session: Session, embedder: Embedder, collection: str, included: set[str]
+    services: IngestParts, session: Session, embedder: Embedder, collection: str, included: set[str]
 ) -> None:
     """Corrections approved while this version was building must not be lost from it."""
     late = session.execute(
@@ -407,21 +383,5 @@ def _add_late_corrections(
             Chunk.id.not_in(included),
         )
     ).all()
-    if not late:
-        return
-    vectors = embedder.embed_documents([embedding_input(t, c.text) for c, t in late])
-    services.store.add(
-        collection,
-        [c.id for c, _ in late],
-        vectors,
-        [c.text for c, _ in late],
-        [
-            {
-                "document_id": c.document_id,
-                "document_version": c.document_version,
-                "title": t,
-                "ordinal": c.ordinal,
-            }
-            for c, t in late
-        ],
-    )
+    if late:
+        embed_into(services.store, collection, [Entry.of(c, t) for c, t in late], embedder)

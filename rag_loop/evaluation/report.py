@@ -31,9 +31,8 @@ from rag_loop.db.models import (
     Retrieval,
 )
 from rag_loop.evaluation.drift import recent_checks
-from rag_loop.evaluation.runner import compare_by_version, run_view
+from rag_loop.evaluation.runner import EvalParts, compare_by_version, run_view
 from rag_loop.feedback.labels import fold_by_interaction
-from rag_loop.services import Services
 
 TEMPLATE = Path(__file__).with_name("templates") / "report.html"
 TREND_METRICS = {
@@ -52,10 +51,18 @@ TREND_METRICS = {
     "golden": ("ndcg_at_10", "recall_at_10", "mrr_at_10"),
 }
 WORST = 10
+REPORT_CYCLES = 20  # the latest loop cycles the report lists
 
 
-def build_summary(services: Services, *, runs: int = 200, worst: int = WORST) -> dict[str, Any]:
-    """Everything the report shows, as JSON-able data."""
+def build_summary(
+    services: EvalParts,
+    cycles: list[dict[str, Any]],
+    *,
+    runs: int = 200,
+    worst: int = WORST,
+) -> dict[str, Any]:
+    """Everything the report shows, as JSON-able data; `cycles` are the latest loop cycles
+    as the loop's views (`rag_loop.loop.cycle.list_cycles`)."""
     k = services.settings.evaluation.k
     with services.sessions() as session:
         history = list(
@@ -94,15 +101,13 @@ def build_summary(services: Services, *, runs: int = 200, worst: int = WORST) ->
         "thumbs_by_day": thumbs_by_day(services),
         "versions": compare_by_version(services),
         "drift": recent_checks(services.engine, limit=20),
-        "loop_cycles": loop_cycles(services),
+        "loop_cycles": loop_cycles(cycles),
         "worst_interactions": worst_interactions(services, production, worst),
     }
 
 
-def loop_cycles(services: Services, limit: int = 20) -> list[dict[str, Any]]:
-    """The latest loop cycles: state, trigger, the gate's numbers, stage times."""
-    from rag_loop.loop.cycle import list_cycles
-
+def loop_cycles(cycles: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The loop cycles' lines: state, trigger, the gate's numbers, stage times."""
     return [
         {
             "id": c["id"],
@@ -123,11 +128,11 @@ def loop_cycles(services: Services, limit: int = 20) -> list[dict[str, Any]]:
                 sum(s["seconds"] for s in c["stages"].values() if isinstance(s, dict)), 1
             ),
         }
-        for c in list_cycles(services, limit)
+        for c in cycles
     ]
 
 
-def thumbs_by_day(services: Services) -> list[dict[str, Any]]:
+def thumbs_by_day(services: EvalParts) -> list[dict[str, Any]]:
     """Thumbs-up rate per day, counting each interaction's latest thumb."""
     latest: dict[str, tuple[str | None, datetime]] = {}
     with services.engine.connect() as conn:
@@ -148,7 +153,7 @@ def thumbs_by_day(services: Services) -> list[dict[str, Any]]:
 
 
 def worst_interactions(
-    services: Services, production: EvalRun | None, limit: int
+    services: EvalParts, production: EvalRun | None, limit: int
 ) -> list[dict[str, Any]]:
     """Recent answers ranked by how bad they look: a thumbs-down, corrections and chunks
     marked not relevant count against an answer, and so do low faithfulness (or its proxy)

@@ -9,12 +9,12 @@ from typing import Any, Literal
 from rag_loop.errors import NotFound, RagLoopError
 from rag_loop.evaluation import drift as drift_checks
 from rag_loop.evaluation import report, runner
-from rag_loop.services import Services
+from rag_loop.evaluation.runner import EvalParts
 
 log = logging.getLogger(__name__)
 
 
-def golden_path(services: Services, name: str | None) -> Path | None:
+def golden_path(services: EvalParts, name: str | None) -> Path | None:
     """A configured golden set by name (file stem or file name); None: the default."""
     if name is None:
         return None
@@ -27,7 +27,7 @@ def golden_path(services: Services, name: str | None) -> Path | None:
 
 
 def run(
-    services: Services,
+    services: EvalParts,
     *,
     source: Literal["golden", "production"] = "golden",
     golden_set: str | None = None,
@@ -53,37 +53,37 @@ def run(
     return runner.run_evaluation(services, request).run_id
 
 
-def get(services: Services, run_id: str) -> dict[str, Any]:
+def get(services: EvalParts, run_id: str) -> dict[str, Any]:
     return runner.get_run(services, run_id)
 
 
 def list_runs(
-    services: Services, limit: int = 50, dataset: str | None = None
+    services: EvalParts, limit: int = 50, dataset: str | None = None
 ) -> list[dict[str, Any]]:
     return runner.list_runs(services, limit=limit, dataset=dataset)
 
 
-def compare(services: Services, dataset: str | None = None) -> list[dict[str, Any]]:
+def compare(services: EvalParts, dataset: str | None = None) -> list[dict[str, Any]]:
     return runner.compare_by_version(services, dataset)
 
 
-def drift(services: Services, *, actor: str = "system") -> dict[str, Any]:
+def drift(services: EvalParts, *, actor: str = "system") -> dict[str, Any]:
     return drift_checks.check_drift(services, actor=actor).as_dict()
 
 
-def events(services: Services, kind: str, after: int = 0) -> list[dict[str, Any]]:
+def events(services: EvalParts, kind: str, after: int = 0) -> list[dict[str, Any]]:
     return drift_checks.events_since(services.engine, kind, after)
 
 
-def summary(services: Services) -> dict[str, Any]:
-    return report.build_summary(services)
+def summary(services: EvalParts, cycles: list[dict[str, Any]]) -> dict[str, Any]:
+    return report.build_summary(services, cycles)
 
 
 def html(summary: dict[str, Any]) -> str:
     return report.render_html(summary)
 
 
-def scheduled_round(services: Services) -> dict[str, Any]:
+def scheduled_round(services: EvalParts) -> dict[str, Any]:
     """What the schedule runs: every golden set, the production window, a drift check.
     One failing part does not stop the others; each failure is recorded and logged."""
     done: dict[str, Any] = {"runs": [], "failed": [], "drift": None}

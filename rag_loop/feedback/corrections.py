@@ -8,19 +8,29 @@ reworded question retrieves it. A rejected one never reaches any index.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
-from rag_loop.corpus.chunking import embedding_input
+from rag_loop.corpus.chunking import Chunker, embedding_input
 from rag_loop.db.engine import transaction
 from rag_loop.db.models import AuditEntry, Chunk, Correction, Document, Interaction, utcnow
 from rag_loop.errors import Conflict, InvalidInput, NotFound
+from rag_loop.index.chroma import ChromaStore
+from rag_loop.index.embedders import EmbedderPool
 from rag_loop.index.versions import champion
-from rag_loop.services import Services
 
 STATUSES = ("pending", "approved", "rejected")
+
+
+class CorrectionParts(Protocol):
+    """What reviewing corrections uses."""
+
+    sessions: sessionmaker[Session]
+    store: ChromaStore
+    embedders: EmbedderPool  # by version: the base and the loop's fine-tuned models
+    chunker: Chunker
 
 
 def correction_view(correction: Correction, interaction: Interaction | None) -> dict[str, Any]:
@@ -42,7 +52,7 @@ def correction_view(correction: Correction, interaction: Interaction | None) -> 
 
 
 def list_corrections(
-    services: Services, status: str | None = "pending", limit: int = 100
+    services: CorrectionParts, status: str | None = "pending", limit: int = 100
 ) -> list[dict[str, Any]]:
     if status is not None and status not in STATUSES:
         raise InvalidInput(f"status must be one of {', '.join(STATUSES)}, not {status!r}")
@@ -71,7 +81,7 @@ def _pending(session: Session, correction_id: int) -> Correction:
 
 
 def approve(
-    services: Services, correction_id: int, *, reviewer: str, note: str | None = None
+    services: CorrectionParts, correction_id: int, *, reviewer: str, note: str | None = None
 ) -> dict[str, Any]:
     added_to: tuple[str, list[str]] | None = None
     try:
@@ -158,7 +168,7 @@ def approve(
 
 
 def reject(
-    services: Services, correction_id: int, *, reviewer: str, note: str | None = None
+    services: CorrectionParts, correction_id: int, *, reviewer: str, note: str | None = None
 ) -> dict[str, Any]:
     with transaction(services.sessions) as session:
         correction = _pending(session, correction_id)

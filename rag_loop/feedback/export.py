@@ -8,17 +8,19 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from rag_loop.db.models import Correction, FeedbackEvent, Interaction, Retrieval
 from rag_loop.errors import InvalidInput
-from rag_loop.interactions.lineage import effective_labels
-from rag_loop.services import Services
+from rag_loop.feedback.lineage import effective_labels
 
 FORMATS = ("jsonl", "parquet")
 
 
-def feedback_records(services: Services, *, include_all: bool = False) -> list[dict[str, Any]]:
-    with services.sessions() as session:
+def feedback_records(
+    sessions: sessionmaker[Session], *, include_all: bool = False
+) -> list[dict[str, Any]]:
+    with sessions() as session:
         events: dict[str, list[FeedbackEvent]] = defaultdict(list)
         for event in session.scalars(select(FeedbackEvent).order_by(FeedbackEvent.id)):
             events[event.interaction_id].append(event)
@@ -79,7 +81,7 @@ def feedback_records(services: Services, *, include_all: bool = False) -> list[d
 
 
 def export_feedback(
-    services: Services,
+    sessions: sessionmaker[Session],
     out_dir: Path,
     *,
     formats: tuple[str, ...] = FORMATS,
@@ -88,7 +90,7 @@ def export_feedback(
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown or not formats:
         raise InvalidInput(f"formats must be among {', '.join(FORMATS)}; got {list(formats)}")
-    records = feedback_records(services, include_all=include_all)
+    records = feedback_records(sessions, include_all=include_all)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, str] = {}
     if "jsonl" in formats:

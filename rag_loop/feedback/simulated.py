@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from rag_loop.feedback.schemas import ChunkLabel, FeedbackIn, SourcePointer
@@ -59,29 +58,3 @@ class SimulatedUser:
             chunk_labels=labels,
             source=pointer,
         )
-
-
-def replay(services: Any, path: Path, user: SimulatedUser, *, actor: str = "simulated-user") -> int:
-    """Ask every question of a question file (the golden-set format, with `document_ids`)
-    and send the user's feedback through the real services; returns how many."""
-    from rag_loop.errors import InvalidInput
-    from rag_loop.evaluation.datasets import load_golden
-    from rag_loop.feedback.service import submit_feedback
-    from rag_loop.interactions.ask import ask
-
-    dataset = load_golden(path)
-    if dataset.id_level != "document":
-        raise InvalidInput(f"{path} must name document_ids for the simulated user")
-    for item in dataset.items:
-        answer = ask(services, item.query, client="simulated-user")
-        submit_feedback(
-            services,
-            user.feedback(
-                answer.interaction_id,
-                answer.feedback_token,
-                answer.sources,
-                set(item.reference_ids),
-            ),
-            actor=actor,
-        )
-    return len(dataset.items)

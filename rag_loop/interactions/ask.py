@@ -12,10 +12,11 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-from sqlalchemy import insert
+from sqlalchemy import Engine, insert
 
+from rag_loop.auth.tokens import FeedbackTokens
 from rag_loop.db.engine import insert_rows, write_connection
 from rag_loop.db.models import (
     Interaction,
@@ -25,13 +26,28 @@ from rag_loop.db.models import (
     utcnow,
 )
 from rag_loop.errors import InvalidInput, RagLoopError, UpstreamError
-from rag_loop.generation.base import cited_ranks
+from rag_loop.generation.base import Generator, cited_ranks
 from rag_loop.hits import Hit
+from rag_loop.index.chroma import ChromaStore
+from rag_loop.index.embedders import EmbedderPool
 from rag_loop.index.versions import ServingIndex, serving_index
+from rag_loop.retrieval.lexical import LexicalIndexes
 from rag_loop.retrieval.search import retrieve
-from rag_loop.services import Services
+from rag_loop.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class AskParts(Protocol):
+    """What answering a question uses."""
+
+    settings: Settings
+    engine: Engine
+    store: ChromaStore
+    lexical: LexicalIndexes
+    generator: Generator
+    embedders: EmbedderPool  # by version: the base and the loop's fine-tuned models
+    tokens: FeedbackTokens
 
 
 @dataclass(frozen=True)
@@ -46,7 +62,7 @@ class AskResult:
 
 
 def ask(
-    services: Services,
+    services: AskParts,
     query: str,
     *,
     top_k: int | None = None,
@@ -65,7 +81,7 @@ def ask(
     return result(services, prepared, generation.text, generation.cited_ranks)
 
 
-def ask_stream(services: Services, prepared: Prepared) -> Iterator[str]:
+def ask_stream(services: AskParts, prepared: Prepared) -> Iterator[str]:
     """Generate for a prepared question piece by piece (a generator with a `stream` method
     streams; others yield their whole answer once). The interaction is logged when the
     answer is complete (before this iterator ends), or, if the generator fails or the
@@ -121,7 +137,7 @@ class Prepared:
 
 
 def prepare(
-    services: Services,
+    services: AskParts,
     query: str,
     *,
     top_k: int | None = None,
@@ -173,7 +189,7 @@ def prepare(
 
 
 def record(
-    services: Services,
+    services: AskParts,
     prepared: Prepared,
     answer: str | None,
     cited: list[int],
@@ -257,7 +273,7 @@ def interaction_rows(
     return interaction, retrievals
 
 
-def result(services: Services, prepared: Prepared, answer: str, cited: list[int]) -> AskResult:
+def result(services: AskParts, prepared: Prepared, answer: str, cited: list[int]) -> AskResult:
     return AskResult(
         interaction_id=prepared.interaction_id,
         answer=answer,
@@ -280,7 +296,7 @@ def in_shadow_share(interaction_id: str, share: float) -> bool:
 
 
 def _shadow(
-    services: Services,
+    services: AskParts,
     candidate: ServingIndex,
     interaction_id: str,
     query: str,

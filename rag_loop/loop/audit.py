@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from rag_loop.db.models import (
     EmbedderVersion,
@@ -21,11 +22,10 @@ from rag_loop.db.models import (
     TrainingSet,
 )
 from rag_loop.errors import NotFound
-from rag_loop.services import Services
 
 
-def trace(services: Services, interaction_id: str) -> dict[str, Any]:
-    with services.sessions() as session:
+def trace(sessions: sessionmaker[Session], interaction_id: str) -> dict[str, Any]:
+    with sessions() as session:
         interaction = session.get(Interaction, interaction_id)
         if interaction is None:
             raise NotFound(f"no interaction {interaction_id!r}")

@@ -35,13 +35,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from rag_loop.corpus.build import build_index, create_index_version
+from rag_loop.corpus.build import BuildParts, build_index, create_index_version
 from rag_loop.db import leases
 from rag_loop.db.engine import transaction
 from rag_loop.db.models import (
@@ -54,7 +54,7 @@ from rag_loop.db.models import (
     utcnow,
 )
 from rag_loop.errors import BackendUnavailable, Conflict, InvalidInput, NotFound, RagLoopError
-from rag_loop.evaluation.runner import EvalRequest, run_evaluation
+from rag_loop.evaluation.runner import EvalParts, EvalRequest, run_evaluation
 from rag_loop.index.embedders import (
     AsymmetricEmbedder,
     Embedder,
@@ -94,17 +94,23 @@ from rag_loop.loop.states import (
 )
 from rag_loop.registry import outbox
 from rag_loop.registry.embedders import (
+    RegistryParts,
     embedder_row,
     ensure_base,
     model_folder,
     register_trained,
 )
 from rag_loop.registry.tracking import LOOP_EXPERIMENT
-from rag_loop.services import Services
-from rag_loop.training.dataset import build_training_set
+from rag_loop.training.dataset import DatasetParts, build_training_set
 from rag_loop.training.finetune import finetune, finetune_queries
 
 log = logging.getLogger(__name__)
+
+
+class CycleParts(BuildParts, EvalParts, DatasetParts, RegistryParts, Protocol):
+    """What a loop cycle uses: the parts of the stages it runs (training set, fine-tuning,
+    index build, evaluation, the registry)."""
+
 
 S = CycleState
 LEASE = timedelta(minutes=30)  # a running step refreshes its heartbeat more often than this
@@ -125,7 +131,7 @@ class Move:
 
 
 def start_cycle(
-    services: Services,
+    services: CycleParts,
     *,
     trigger: str = "manual",
     details: dict[str, Any] | None = None,
@@ -160,11 +166,11 @@ def start_cycle(
         return cycle.id
 
 
-STEPS: dict[CycleState, Callable[[Services, LoopCycle], Move]] = {}
+STEPS: dict[CycleState, Callable[[CycleParts, LoopCycle], Move]] = {}
 
 
 def run_cycle(
-    services: Services, cycle_id: int, *, actor: str = "loop", force: bool = False
+    services: CycleParts, cycle_id: int, *, actor: str = "loop", force: bool = False
 ) -> dict[str, Any]:
     """Run a cycle from its current state until it ends or waits (for approval, or in
     shadow mode for more live feedback)."""
@@ -202,7 +208,7 @@ def run_cycle(
 
 
 def resume(
-    services: Services, cycle_id: int, *, actor: str = "cli", force: bool = False
+    services: CycleParts, cycle_id: int, *, actor: str = "cli", force: bool = False
 ) -> dict[str, Any]:
     """Go on with a cycle that failed or was cut off, from the step it was in."""
     cycle = _get(services, cycle_id)
@@ -238,14 +244,14 @@ def resume(
     return run_cycle(services, cycle_id, actor=actor, force=force)
 
 
-def approve(services: Services, cycle_id: int, *, actor: str) -> dict[str, Any]:
+def approve(services: CycleParts, cycle_id: int, *, actor: str) -> dict[str, Any]:
     cycle = _get(services, cycle_id)
     check_action(Action.APPROVE, cycle_id, cycle.state)
     _move(services, cycle_id, _promotion(services, cycle, actor=actor))
     return cycle_view(services, cycle_id)
 
 
-def reject(services: Services, cycle_id: int, *, actor: str, reason: str = "") -> dict[str, Any]:
+def reject(services: CycleParts, cycle_id: int, *, actor: str, reason: str = "") -> dict[str, Any]:
     cycle = _get(services, cycle_id)
     check_action(Action.REJECT, cycle_id, cycle.state)
     if _candidate_serves(services, cycle):
@@ -259,7 +265,7 @@ def reject(services: Services, cycle_id: int, *, actor: str, reason: str = "") -
 
 
 def rollback(
-    services: Services, *, actor: str, reason: str = "manual", cycle_id: int | None = None
+    services: CycleParts, *, actor: str, reason: str = "manual", cycle_id: int | None = None
 ) -> dict[str, Any]:
     """Serve the index that served before the latest promotion (or before `cycle_id`'s)."""
     with services.sessions() as session:
@@ -314,7 +320,7 @@ def rollback(
 
 
 def serve_version(
-    services: Services, version_id: int, *, actor: str, reason: str = "manual"
+    services: CycleParts, version_id: int, *, actor: str, reason: str = "manual"
 ) -> dict[str, Any]:
     """The operator's way back to any serving state: make a ready index version the
     champion (its collection is rebuilt from the live chunks first if Chroma lost it). The
@@ -367,7 +373,7 @@ def _has_champion(session: Session) -> bool:
     return bool(session.scalar(select(Alias.name).where(Alias.name == CHAMPION)))
 
 
-def _collection_present(services: Services, name: str) -> bool:
+def _collection_present(services: CycleParts, name: str) -> bool:
     try:
         return bool(services.store.exists(name))
     except Exception as exc:
@@ -400,7 +406,7 @@ def _point_previous(session: Session, *, exclude: int) -> None:
 # the steps ---------------------------------------------------------------------------
 
 
-def _collect(services: Services, cycle: LoopCycle) -> Move:
+def _collect(services: CycleParts, cycle: LoopCycle) -> Move:
     ensure_base(services)
     with services.sessions() as session:
         index = session.get_one(IndexVersion, cycle.champion_index_version_id)
@@ -418,7 +424,7 @@ def _collect(services: Services, cycle: LoopCycle) -> Move:
     return Move(S.TRAINING, fields={"training_set_id": built.training_set_id})
 
 
-def _train(services: Services, cycle: LoopCycle) -> Move:
+def _train(services: CycleParts, cycle: LoopCycle) -> Move:
     if cycle.embedder_version_id is not None:
         return Move(S.INDEXING)
     settings = services.settings.training
@@ -468,7 +474,7 @@ def _train(services: Services, cycle: LoopCycle) -> Move:
     return Move(S.INDEXING, fields={"embedder_version_id": row.id})
 
 
-def _index(services: Services, cycle: LoopCycle) -> Move:
+def _index(services: CycleParts, cycle: LoopCycle) -> Move:
     with services.sessions() as session:
         model = session.get_one(EmbedderVersion, cycle.embedder_version_id)
         parent = session.get_one(IndexVersion, cycle.champion_index_version_id)
@@ -476,7 +482,7 @@ def _index(services: Services, cycle: LoopCycle) -> Move:
     embedder = services.embedders.get(model.version)
     version_id = cycle.candidate_index_version_id
     if version_id is None:
-        version_id = create_index_version(
+        version_id, _ = create_index_version(
             services, embedder, parent, f"loop cycle {cycle.id}: {model.version}"
         )
         _update(services, cycle.id, candidate_index_version_id=version_id)
@@ -491,7 +497,7 @@ def _index(services: Services, cycle: LoopCycle) -> Move:
     return Move(S.EVALUATING)
 
 
-def _evaluate(services: Services, cycle: LoopCycle) -> Move:
+def _evaluate(services: CycleParts, cycle: LoopCycle) -> Move:
     with services.sessions() as session:
         training_set = session.get_one(TrainingSet, cycle.training_set_id)
         serving = champion(session)
@@ -561,13 +567,13 @@ def _evaluate(services: Services, cycle: LoopCycle) -> Move:
     return move
 
 
-def _shadow(services: Services, cycle: LoopCycle) -> Move:
+def _shadow(services: CycleParts, cycle: LoopCycle) -> Move:
     """Decide once enough shadowed questions have feedback; until then the cycle waits
     here (the loop's tick looks again)."""
     settings = services.settings.loop
     since = datetime.fromisoformat(cycle.gate["shadow_since"])
     assert cycle.candidate_index_version_id is not None
-    stats = shadow_stats(services, cycle.candidate_index_version_id, since)
+    stats = shadow_stats(services.sessions, cycle.candidate_index_version_id, since)
     gate = {**cycle.gate, "shadow": stats}
     if stats["labelled"] < settings.shadow_min_labelled:
         return Move(None, fields={"gate": gate})  # wait for more live traffic and feedback
@@ -596,7 +602,7 @@ STEPS.update(
 )
 
 
-def _after_gate(services: Services, cycle: LoopCycle, actor: str) -> Move:
+def _after_gate(services: CycleParts, cycle: LoopCycle, actor: str) -> Move:
     if services.settings.loop.require_approval:
 
         def hold(session: Session, row: LoopCycle) -> dict[str, Any]:
@@ -610,7 +616,7 @@ def _after_gate(services: Services, cycle: LoopCycle, actor: str) -> Move:
 # promotion and endings -------------------------------------------------------------------
 
 
-def _promotion(services: Services, cycle: LoopCycle, *, actor: str) -> Move:
+def _promotion(services: CycleParts, cycle: LoopCycle, *, actor: str) -> Move:
     """Catch the candidate up with ingests and corrections since it was built, then the
     move that makes it serve: aliases, state and audit in one transaction."""
     candidate_id = cycle.candidate_index_version_id
@@ -690,7 +696,7 @@ def _rejection(reason: str, actor: str) -> Move:
     )
 
 
-def _fail(services: Services, cycle: LoopCycle, message: str, figures: dict[str, float]) -> None:
+def _fail(services: CycleParts, cycle: LoopCycle, message: str, figures: dict[str, float]) -> None:
     move = Move(
         S.FAILED,
         action="loop.failed",
@@ -711,7 +717,7 @@ def _figures(started: float, peak_mb: float) -> dict[str, float]:
 
 
 def _move(
-    services: Services,
+    services: CycleParts,
     cycle_id: int,
     move: Move,
     *,
@@ -770,7 +776,7 @@ def _move(
     services.outbox.flush_quietly()
 
 
-def _update(services: Services, cycle_id: int, **fields: Any) -> None:
+def _update(services: CycleParts, cycle_id: int, **fields: Any) -> None:
     """Columns a running step stores as it goes (not a move)."""
     with transaction(services.sessions) as session:
         row = session.get_one(LoopCycle, cycle_id)
@@ -782,7 +788,7 @@ def _update(services: Services, cycle_id: int, **fields: Any) -> None:
             row.heartbeat_at = utcnow()
 
 
-def _candidate_serves(services: Services, cycle: LoopCycle) -> bool:
+def _candidate_serves(services: CycleParts, cycle: LoopCycle) -> bool:
     if cycle.candidate_index_version_id is None:
         return False
     with services.sessions() as session:
@@ -790,7 +796,7 @@ def _candidate_serves(services: Services, cycle: LoopCycle) -> bool:
     return serving.id == cycle.candidate_index_version_id
 
 
-def _get(services: Services, cycle_id: int) -> LoopCycle:
+def _get(services: CycleParts, cycle_id: int) -> LoopCycle:
     with services.sessions() as session:
         cycle = session.get(LoopCycle, cycle_id)
         if cycle is None:
@@ -799,7 +805,7 @@ def _get(services: Services, cycle_id: int) -> LoopCycle:
         return cycle
 
 
-def _claim(services: Services, cycle_id: int, *, force: bool = False) -> None:
+def _claim(services: CycleParts, cycle_id: int, *, force: bool = False) -> None:
     """Take the cycle for this process; another process holding a fresh lease wins,
     unless `force` (its process is known to be gone, e.g. after a crash)."""
     now = utcnow()
@@ -851,12 +857,12 @@ def _log_cycle(session: Session, cycle: LoopCycle) -> None:
     )
 
 
-def cycle_view(services: Services, cycle_id: int) -> dict[str, Any]:
+def cycle_view(services: CycleParts, cycle_id: int) -> dict[str, Any]:
     """The cycle as the API and the CLI render it (`CycleView`, as JSON-ready values)."""
     return cycle_model(services, cycle_id).model_dump(mode="json")
 
 
-def cycle_model(services: Services, cycle_id: int) -> CycleView:
+def cycle_model(services: CycleParts, cycle_id: int) -> CycleView:
     with services.sessions() as session:
         cycle = session.get(LoopCycle, cycle_id)
         if cycle is None:
@@ -864,7 +870,7 @@ def cycle_model(services: Services, cycle_id: int) -> CycleView:
         return _model(session, cycle)
 
 
-def list_cycles(services: Services, limit: int = 50) -> list[dict[str, Any]]:
+def list_cycles(services: CycleParts, limit: int = 50) -> list[dict[str, Any]]:
     if not 1 <= limit <= 1000:
         raise InvalidInput("limit must be between 1 and 1000")
     with services.sessions() as session:

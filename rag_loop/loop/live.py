@@ -14,20 +14,20 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
 
 from rag_loop.db.models import FeedbackEvent, Interaction, Retrieval, ShadowRetrieval
 from rag_loop.feedback.labels import fold_by_interaction
-from rag_loop.services import Services
 
 
 def _labels(
-    services: Services, interaction_ids: list[str]
+    sessions: sessionmaker[Session], interaction_ids: list[str]
 ) -> tuple[dict[str, dict[str, bool]], dict[str, set[str]], dict[str, str]]:
     """Per interaction: latest chunk labels, pointed-at documents, latest thumb."""
     labels: dict[str, dict[str, bool]] = defaultdict(dict)
     pointed: dict[str, set[str]] = defaultdict(set)
     thumbs: dict[str, str] = {}
-    with services.sessions() as session:
+    with sessions() as session:
         for start in range(0, len(interaction_ids), 500):
             batch = interaction_ids[start : start + 500]
             folded = fold_by_interaction(
@@ -61,9 +61,11 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-def shadow_stats(services: Services, candidate_index_id: int, since: datetime) -> dict[str, Any]:
+def shadow_stats(
+    sessions: sessionmaker[Session], candidate_index_id: int, since: datetime
+) -> dict[str, Any]:
     """Champion (served) vs candidate (shadow) on the shadowed questions since `since`."""
-    with services.sessions() as session:
+    with sessions() as session:
         rows = list(
             session.scalars(
                 select(ShadowRetrieval).where(
@@ -81,7 +83,7 @@ def shadow_stats(services: Services, candidate_index_id: int, since: datetime) -
                 .order_by(Retrieval.interaction_id, Retrieval.rank)
             ):
                 served[r.interaction_id].append((r.chunk_id, r.document_id))
-    labels, pointed, _ = _labels(services, ids)
+    labels, pointed, _ = _labels(sessions, ids)
     champion, candidate = [], []
     for row in rows:
         mine = labels.get(row.interaction_id, {})
@@ -103,11 +105,15 @@ def shadow_stats(services: Services, candidate_index_id: int, since: datetime) -
 
 
 def served_stats(
-    services: Services, index_version_id: int, *, after: datetime | None = None, last: int
+    sessions: sessionmaker[Session],
+    index_version_id: int,
+    *,
+    after: datetime | None = None,
+    last: int,
 ) -> dict[str, Any]:
     """Thumbs-down rate and labelled precision of the latest `last` answers with a thumb
     served by one index version (optionally only those after a time)."""
-    with services.sessions() as session:
+    with sessions() as session:
         query = (
             select(Interaction.id)
             .join(FeedbackEvent, FeedbackEvent.interaction_id == Interaction.id)
@@ -125,7 +131,7 @@ def served_stats(
                 select(Retrieval).where(Retrieval.interaction_id.in_(ids[start : start + 500]))
             ):
                 served[r.interaction_id].append((r.chunk_id, r.document_id))
-    labels, pointed, thumbs = _labels(services, ids)
+    labels, pointed, thumbs = _labels(sessions, ids)
     rated = [thumbs[i] for i in ids if i in thumbs]
     precisions = [
         p

@@ -19,24 +19,30 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import func, select
 
+from rag_loop import jobs
 from rag_loop.db.engine import transaction
 from rag_loop.db.models import Event, FeedbackEvent, IndexVersion, LoopCycle
 from rag_loop.errors import Conflict
 from rag_loop.index.versions import champion
+from rag_loop.jobs import JobParts
 from rag_loop.loop import cycle as cycles
+from rag_loop.loop.cycle import CycleParts
 from rag_loop.loop.live import served_stats
 from rag_loop.loop.records import Gate
 from rag_loop.loop.states import ACTIVE, CycleState, values
-from rag_loop.services import Services
 
 log = logging.getLogger(__name__)
 
 
-def due_trigger(services: Services) -> tuple[str, dict[str, Any]] | None:
+class TriggerParts(CycleParts, JobParts, Protocol):
+    """What the loop's triggers use: a cycle's parts, and the jobs to hand a cycle to."""
+
+
+def due_trigger(services: TriggerParts) -> tuple[str, dict[str, Any]] | None:
     settings = services.settings.loop
     with services.sessions() as session:
         last = session.scalar(select(LoopCycle).order_by(LoopCycle.id.desc()).limit(1))
@@ -88,7 +94,7 @@ def due_trigger(services: Services) -> tuple[str, dict[str, Any]] | None:
     return None
 
 
-def watch(services: Services) -> dict[str, Any] | None:
+def watch(services: TriggerParts) -> dict[str, Any] | None:
     """Check the latest promotion still being watched; roll it back if live metrics
     regressed. Returns what it saw (None: nothing is watched)."""
     settings = services.settings.loop
@@ -108,8 +114,10 @@ def watch(services: Services) -> dict[str, Any] | None:
         cycle_id = cycle.id
         assert new_id is not None and old_id is not None and promoted_at is not None
         session.get_one(IndexVersion, old_id)
-    after = served_stats(services, new_id, after=promoted_at, last=settings.rollback_watch_samples)
-    before = served_stats(services, old_id, last=settings.rollback_watch_samples)
+    after = served_stats(
+        services.sessions, new_id, after=promoted_at, last=settings.rollback_watch_samples
+    )
+    before = served_stats(services.sessions, old_id, last=settings.rollback_watch_samples)
     seen: dict[str, Any] = {"before": before, "after": after, "status": "watching"}
     if after["thumbs"] >= settings.rollback_min_samples:
         reasons = []
@@ -147,24 +155,22 @@ def watch(services: Services) -> dict[str, Any] | None:
     return seen
 
 
-def _store_watch(services: Services, cycle_id: int, seen: dict[str, Any]) -> None:
+def _store_watch(services: TriggerParts, cycle_id: int, seen: dict[str, Any]) -> None:
     with transaction(services.sessions) as session:
         row = session.get_one(LoopCycle, cycle_id)
         row.gate = Gate.stored({**row.gate, "watch": seen})
 
 
-def _run(services: Services, cycle_id: int, actor: str = "loop") -> dict[str, Any]:
+def _run(services: TriggerParts, cycle_id: int, actor: str = "loop") -> dict[str, Any]:
     """Run the cycle here, or, with a task queue, hand it to a worker (the API process that
     ticks stays free to serve)."""
     if services.queue is not None:
-        from rag_loop import jobs
-
         job_id = jobs.submit(services, "loop_cycle", {"cycle_id": cycle_id}, actor=actor)
         return {"state": "queued", "job_id": job_id}
     return cycles.run_cycle(services, cycle_id, actor=actor)
 
 
-def tick(services: Services) -> dict[str, Any]:
+def tick(services: TriggerParts) -> dict[str, Any]:
     """One look at the loop: go on with a cycle in shadow, watch the latest promotion,
     start a cycle when a trigger fires. Safe to call from several processes: a cycle is
     claimed before it runs, and only one cycle is active at a time."""
@@ -194,7 +200,7 @@ def tick(services: Services) -> dict[str, Any]:
     return {"started": cycle_id, "trigger": name, "state": view["state"]}
 
 
-def scheduled_cycle(services: Services) -> dict[str, Any]:
+def scheduled_cycle(services: TriggerParts) -> dict[str, Any]:
     """The `loop.schedule` job: start a cycle unless one is active."""
     try:
         cycle_id = cycles.start_cycle(services, trigger="schedule", actor="loop")

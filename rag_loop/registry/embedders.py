@@ -3,26 +3,48 @@ model in MLflow (`<prefix>-embedder`), whose `champion` alias follows the servin
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from rag_loop.db.engine import transaction
 from rag_loop.db.models import EmbedderVersion, TrainingSet
-from rag_loop.index.embedders import DEFAULT_MODEL, resolve_model_path
+from rag_loop.index.embedders import DEFAULT_MODEL, Embedder, resolve_model_path
 from rag_loop.registry import outbox
-from rag_loop.services import Services
-from rag_loop.training.finetune import TrainedModel
+from rag_loop.registry.outbox import Outbox
+from rag_loop.settings import Settings
 
 CHAMPION_ALIAS = outbox.CHAMPION_ALIAS
 
 
-def model_name(services: Services) -> str:
+class RegistryParts(Protocol):
+    """What recording embedder versions uses."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    embedder: Embedder  # the service's configured (base) model
+    outbox: Outbox
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A fine-tuned model on disk, as the trainer hands it to the registry."""
+
+    folder: Path
+    version: str  # folder name @ weights hash, as SentenceTransformerEmbedder names it
+    seconds: float
+    params: dict[str, Any]
+    metrics: dict[str, float]
+
+
+def model_name(services: RegistryParts) -> str:
     return f"{services.settings.mlflow.experiment_prefix}-embedder"
 
 
-def embedder_row(services: Services, version: str) -> EmbedderVersion | None:
+def embedder_row(services: RegistryParts, version: str) -> EmbedderVersion | None:
     with services.sessions() as session:
         row = session.scalar(select(EmbedderVersion).where(EmbedderVersion.version == version))
         if row is not None:
@@ -30,7 +52,7 @@ def embedder_row(services: Services, version: str) -> EmbedderVersion | None:
         return row
 
 
-def ensure_base(services: Services) -> EmbedderVersion:
+def ensure_base(services: RegistryParts) -> EmbedderVersion:
     """The service's configured model as an embedder version: its SQL row and, through the
     outbox, its MLflow run and registered model version (once)."""
     embedder = services.embedder
@@ -68,7 +90,7 @@ def ensure_base(services: Services) -> EmbedderVersion:
 
 
 def register_trained(
-    services: Services,
+    services: RegistryParts,
     trained: TrainedModel,
     parent: EmbedderVersion,
     training_set: TrainingSet,
@@ -139,5 +161,5 @@ def register_trained(
     return found
 
 
-def model_folder(services: Services, cycle_id: int) -> Path:
+def model_folder(services: RegistryParts, cycle_id: int) -> Path:
     return services.settings.data_dir / "models" / f"embedder-c{cycle_id:04d}"

@@ -39,10 +39,10 @@ import unicodedata
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from rag_loop.corpus.chunking import embedding_input
 from rag_loop.db.engine import transaction
@@ -58,11 +58,24 @@ from rag_loop.db.models import (
 )
 from rag_loop.evaluation.datasets import load_golden
 from rag_loop.feedback.labels import fold
+from rag_loop.index.chroma import ChromaStore
+from rag_loop.index.embedders import EmbedderPool
 from rag_loop.registry import outbox
+from rag_loop.registry.outbox import Outbox
 from rag_loop.registry.tracking import TRAINING_EXPERIMENT
-from rag_loop.services import Services
+from rag_loop.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class DatasetParts(Protocol):
+    """What building a training set uses."""
+
+    settings: Settings
+    sessions: sessionmaker[Session]
+    store: ChromaStore
+    embedders: EmbedderPool  # by version: the base and the loop's fine-tuned models
+    outbox: Outbox
 
 
 STAT_KEYS = (
@@ -126,7 +139,7 @@ class BuiltSet:
 
 
 def build_training_set(
-    services: Services, index: IndexVersion, *, until: Any = None, actor: str = "loop"
+    services: DatasetParts, index: IndexVersion, *, until: Any = None, actor: str = "loop"
 ) -> BuiltSet:
     """Build (or find) the training set for the feedback so far, mining from `index`."""
     settings = services.settings.training
@@ -267,7 +280,7 @@ def build_training_set(
 
 
 def _collect(
-    services: Services, index: IndexVersion, until: Any
+    services: DatasetParts, index: IndexVersion, until: Any
 ) -> tuple[dict[str, _Query], defaultdict[str, int]]:
     """Votes per normalised query from every interaction with feedback."""
     stats: defaultdict[str, int] = defaultdict(int)
@@ -348,7 +361,7 @@ def _collect(
     return queries, stats
 
 
-def _chunk_texts(services: Services, queries: dict[str, _Query]) -> dict[str, dict[str, str]]:
+def _chunk_texts(services: DatasetParts, queries: dict[str, _Query]) -> dict[str, dict[str, str]]:
     """What the embedder sees for every chunk a vote names (title + text), and its document."""
     wanted = sorted({c for q in queries.values() for c in q.votes})
     out: dict[str, dict[str, str]] = {}
@@ -367,7 +380,7 @@ def _chunk_texts(services: Services, queries: dict[str, _Query]) -> dict[str, di
 
 
 def _mine(
-    services: Services,
+    services: DatasetParts,
     index: IndexVersion,
     queries: list[tuple[str, list[str]]],
     chunk_rows: dict[str, dict[str, str]],

@@ -15,7 +15,6 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,20 +22,12 @@ import numpy as np
 
 from rag_loop.errors import InvalidInput
 from rag_loop.index.embedders import weights_hash
+from rag_loop.registry.embedders import TrainedModel
 from rag_loop.settings import TrainingSettings
 
 log = logging.getLogger(__name__)
 
 NEGATIVE = re.compile(r"negative_\d+")  # the hard-negative columns
-
-
-@dataclass(frozen=True)
-class TrainedModel:
-    folder: Path
-    version: str  # folder name @ weights hash, as SentenceTransformerEmbedder names it
-    seconds: float
-    params: dict[str, Any]
-    metrics: dict[str, float]
 
 
 def read_examples(path: Path) -> list[dict[str, str]]:

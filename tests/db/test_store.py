@@ -21,6 +21,7 @@ from rag_loop.db.models import (
     utcnow,
 )
 from rag_loop.feedback import corrections
+from rag_loop.feedback.lineage import show
 from rag_loop.feedback.schemas import FeedbackIn
 from rag_loop.feedback.service import (
     FeedbackReceipt,
@@ -30,7 +31,6 @@ from rag_loop.feedback.service import (
     submit_feedback,
 )
 from rag_loop.interactions.ask import ask
-from rag_loop.interactions.lineage import show
 from rag_loop.services import Services
 from tests.conftest import CORPUS
 
@@ -123,7 +123,7 @@ def test_serve_feedback_review_round_trip(kestrel: Services, db_backend: str) ->
     )
     assert receipt.correction_id is not None
     corrections.approve(kestrel, receipt.correction_id, reviewer="alice")
-    view = show(kestrel, result.interaction_id)
+    view = show(kestrel.sessions, result.interaction_id)
     assert view["labels"] == {
         "thumb": "down",
         "chunk_labels": {result.sources[0]["chunk_id"]: True},

@@ -16,11 +16,11 @@ import pytest
 from rag_loop.evaluation.datasets import production_window
 from rag_loop.feedback.export import feedback_records
 from rag_loop.feedback.labels import fold
+from rag_loop.feedback.lineage import show
 from rag_loop.feedback.schemas import ChunkLabel, FeedbackIn
 from rag_loop.feedback.service import submit_feedback
 from rag_loop.index.versions import champion
 from rag_loop.interactions.ask import ask
-from rag_loop.interactions.lineage import show
 from rag_loop.loop.live import served_stats
 from rag_loop.services import Services
 from rag_loop.settings import Settings
@@ -72,11 +72,11 @@ def test_the_latest_label_wins_on_every_consumer(
 
         # lineage
         for interaction_id, labels in expected.items():
-            shown = show(services, interaction_id)["labels"]
+            shown = show(services.sessions, interaction_id)["labels"]
             assert shown == {"thumb": thumbs[interaction_id], "chunk_labels": labels}
 
         # export
-        records = {r["interaction_id"]: r for r in feedback_records(services)}
+        records = {r["interaction_id"]: r for r in feedback_records(services.sessions)}
         for interaction_id, labels in expected.items():
             record = records[interaction_id]
             assert record["thumb"] == thumbs[interaction_id]
@@ -94,7 +94,7 @@ def test_the_latest_label_wins_on_every_consumer(
         # live metrics: the labelled precision of each answer is 1/2 (one yes, one no)
         with services.sessions() as session:
             serving = champion(session).id
-        live = served_stats(services, serving, last=10)
+        live = served_stats(services.sessions, serving, last=10)
         assert live["thumbs"] == 2 and live["thumbs_down_rate"] == 0.5
         assert live["precision"] == pytest.approx(0.5)
 

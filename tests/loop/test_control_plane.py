@@ -272,7 +272,7 @@ def _new_version(services: Services, parent_id: int) -> int:
     with services.sessions() as session:
         parent = session.get_one(IndexVersion, parent_id)
         session.expunge(parent)
-    version = create_index_version(services, services.embedder, parent, "test candidate")
+    version, _ = create_index_version(services, services.embedder, parent, "test candidate")
     build_index(services, version, services.embedder, reuse_from=parent.collection_name)
     return version
 

@@ -95,7 +95,7 @@ def test_promotion_serves_the_new_versions_traces_and_rolls_back(
     assert version.tags["rag_loop.base_embedder"] == services.embedder.version
 
     # the audit walk from the answer to the feedback and the gate that promoted it
-    walk = trace(services, after.interaction_id)
+    walk = trace(services.sessions, after.interaction_id)
     assert walk["index_version"]["id"] == new
     assert walk["embedder"]["version"] == embedder["version"]
     assert walk["training_set"]["content_hash"] == view["training_set"]["content_hash"]

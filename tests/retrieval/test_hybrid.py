@@ -8,12 +8,12 @@ from typing import Any
 
 from rag_loop.corpus.ingest import ingest
 from rag_loop.feedback.corrections import approve
+from rag_loop.feedback.lineage import show
 from rag_loop.feedback.schemas import FeedbackIn
 from rag_loop.feedback.service import submit_feedback
 from rag_loop.index.retrieval_config import DENSE, RetrievalConfig
 from rag_loop.index.versions import champion, retrieval_of, serving_index
 from rag_loop.interactions.ask import ask
-from rag_loop.interactions.lineage import show
 from rag_loop.retrieval.search import search
 from rag_loop.services import Services
 from rag_loop.settings import Settings
@@ -44,7 +44,7 @@ def test_hybrid_is_stored_with_the_version_and_served(
         assert answer.sources[0]["document_id"] == "support/contacting-support"
         scores = [s["score"] for s in answer.sources]
         assert scores == sorted(scores, reverse=True) and 0.0 <= scores[-1] <= scores[0] <= 1.0
-        view = show(services, answer.interaction_id)
+        view = show(services.sessions, answer.interaction_id)
         assert view["versions"]["retrieval"] == "hybrid"
         assert view["index_version"]["retrieval"]["mode"] == "hybrid"
     finally:

@@ -10,8 +10,8 @@ from rag_loop.api.deps import AdminDep, ServicesDep
 from rag_loop.api.errors import responses
 from rag_loop.api.schemas import CorrectionOut, IndexVersionOut, InteractionOut, ReviewIn
 from rag_loop.feedback import corrections
+from rag_loop.feedback.lineage import show
 from rag_loop.index.versions import list_versions
-from rag_loop.interactions.lineage import show
 
 router = APIRouter(prefix="/v1", tags=["admin"])
 
@@ -79,7 +79,7 @@ def reject_route(
 def interaction_route(
     services: ServicesDep, principal: AdminDep, interaction_id: str = Path(max_length=36)
 ) -> InteractionOut:
-    return InteractionOut.model_validate(show(services, interaction_id))
+    return InteractionOut.model_validate(show(services.sessions, interaction_id))
 
 
 @router.get(

@@ -20,6 +20,8 @@ from rag_loop.api.schemas import (
     VersionComparisonOut,
 )
 from rag_loop.evaluation import service
+from rag_loop.evaluation.report import REPORT_CYCLES
+from rag_loop.loop.cycle import list_cycles
 
 router = APIRouter(prefix="/v1", tags=["evaluation"])
 
@@ -142,7 +144,7 @@ def report_route(
     principal: AdminDep,
     format: Literal["html", "json"] = Query(default="html"),
 ) -> HTMLResponse | JSONResponse:
-    summary = service.summary(services)
+    summary = service.summary(services, list_cycles(services, REPORT_CYCLES))
     if format == "json":
         return JSONResponse(summary)
     return HTMLResponse(service.html(summary))

@@ -150,7 +150,7 @@ def trace_route(
     principal: AdminDep,
     interaction_id: str = Path(min_length=1, max_length=36),
 ) -> dict[str, Any]:
-    return trace(services, interaction_id)
+    return trace(services.sessions, interaction_id)
 
 
 @router.get(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
 
 from rag_loop.db.models import (
     Correction,
@@ -17,7 +18,6 @@ from rag_loop.errors import NotFound
 from rag_loop.feedback.corrections import correction_view
 from rag_loop.feedback.labels import fold
 from rag_loop.index.retrieval_config import RetrievalConfig
-from rag_loop.services import Services
 
 
 def event_view(event: FeedbackEvent) -> dict[str, Any]:
@@ -40,8 +40,8 @@ def effective_labels(events: list[FeedbackEvent]) -> dict[str, Any]:
     return fold(ordered).as_dict()
 
 
-def show(services: Services, interaction_id: str) -> dict[str, Any]:
-    with services.sessions() as session:
+def show(sessions: sessionmaker[Session], interaction_id: str) -> dict[str, Any]:
+    with sessions() as session:
         interaction = session.get(Interaction, interaction_id)
         if interaction is None:
             raise NotFound(f"no interaction {interaction_id!r}")
