@@ -83,7 +83,8 @@ def fill_collection(
     entries: list[Entry],
     embedder: Embedder,
     *,
-    metadata: dict[str, Any],
+    index_version: int,
+    chunking_hash: str,
     reuse_from: str | None = None,
     batch_size: int = 512,
     progress: bool = False,
@@ -94,7 +95,14 @@ def fill_collection(
     document encoder made) are copied; the rest are embedded in batches. Resumable: a build
     that was cut off goes on from what the collection holds."""
     if not store.exists(collection):
-        store.create(collection, metadata)
+        store.create(
+            collection,
+            {
+                "index_version": index_version,
+                "embedder_version": embedder.version,
+                "chunking_hash": chunking_hash,
+            },
+        )
     present = store.ids(collection)
     wanted = {e.id for e in entries}
     stale = sorted(present - wanted)
@@ -241,11 +249,8 @@ def build_index(
         collection,
         [Entry.of(c, t) for c, t in chunks],
         embedder,
-        metadata={
-            "index_version": version_id,
-            "embedder_version": embedder.version,
-            "chunking_hash": version.chunking_hash,
-        },
+        index_version=version_id,
+        chunking_hash=version.chunking_hash,
         reuse_from=reuse_from,
         batch_size=batch_size,
         progress=progress,

@@ -182,18 +182,15 @@ def ingest(
     )
 
     try:
-        same_embedder = serving is not None and serving.embedder_version == embedder.version
+        reusable = serving is not None and serving.embedder_version == embedder.version
         filled = fill_collection(
             services.store,
             collection,
             entries,
             embedder,
-            metadata={
-                "index_version": version_id,
-                "embedder_version": embedder.version,
-                "chunking_hash": chunker.config_hash,
-            },
-            reuse_from=serving.collection_name if serving is not None and same_embedder else None,
+            index_version=version_id,
+            chunking_hash=chunker.config_hash,
+            reuse_from=serving.collection_name if serving is not None and reusable else None,
             progress=progress,
         )
         build_seconds = time.perf_counter() - started
