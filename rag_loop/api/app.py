@@ -11,7 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
 from rag_loop.api.deps import API_KEY_HEADER_SCHEME, BEARER_SCHEME, HEADER_SCHEME
-from rag_loop.api.errors import install_error_handlers
+from rag_loop.api.errors import install_error_handlers, is_openai_path
 from rag_loop.api.limits import BodyLimit
 from rag_loop.api.metrics import LatencyMiddleware, ServiceMetrics
 from rag_loop.api.openai_compat import EXPOSED_HEADERS
@@ -84,14 +84,28 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     # paths (feedback, ask, chat) come first.
     for module in (feedback, ask, chat, health, web, admin, evals, loop, jobs):
         app.include_router(module.router)
-    _document_header_keys(app)
+    _write_contract(app, settings)
     return app
 
 
-def _document_header_keys(app: FastAPI) -> None:
-    """FastAPI's schema, plus `X-API-Key` as a second way to present the key (the
-    `api_key_header` scheme) wherever the bearer scheme is accepted: both headers are read
-    by one dependency (deps.ApiKeyAuth), which FastAPI documents as one scheme."""
+# operations a caller may use without a key (each says what it checks instead)
+OPTIONAL_KEY = {
+    "submit_feedback",  # the answer's feedback token in the body
+    "create_chat_completion",  # a rag-loop key is checked; other bearer values are ignored
+}
+ANONYMOUS_ASKS = {"ask", "create_chat_completion"}  # unless auth.require_key_for_ask
+
+
+def _write_contract(app: FastAPI, settings: Settings) -> None:
+    """FastAPI's schema, completed where it cannot know what the service does:
+
+    - `X-API-Key` as a second way to present the key (the `api_key_header` scheme) wherever
+      the bearer scheme is accepted: both headers are read by one dependency
+      (deps.ApiKeyAuth), which FastAPI documents as one scheme;
+    - a key that is optional is documented as such (an empty security requirement), and the
+      chat route, which reads the key itself, declares the schemes;
+    - the OpenAI-compatible routes answer a request that does not match the schema with
+      OpenAI's 400, never with the 422 FastAPI documents for every route with parameters."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -99,11 +113,21 @@ def _document_header_keys(app: FastAPI) -> None:
             schema = generate()
             schemes = schema.setdefault("components", {}).setdefault("securitySchemes", {})
             schemes[HEADER_SCHEME] = API_KEY_HEADER_SCHEME
-            for operations in schema.get("paths", {}).values():
+            optional = set(OPTIONAL_KEY)
+            if not settings.auth.require_key_for_ask:
+                optional |= ANONYMOUS_ASKS
+            for path, operations in schema.get("paths", {}).items():
                 for operation in operations.values():
                     security = operation.get("security", [])
+                    if operation.get("operationId") == "create_chat_completion":
+                        security = [{BEARER_SCHEME: []}]
                     if {BEARER_SCHEME: []} in security:
                         security.append({HEADER_SCHEME: []})
+                        if operation.get("operationId") in optional:
+                            security.insert(0, {})
+                        operation["security"] = security
+                    if is_openai_path(path):
+                        operation.get("responses", {}).pop("422", None)
         return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]

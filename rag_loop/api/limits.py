@@ -16,6 +16,8 @@ import json
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from rag_loop.api.errors import error_body, is_openai_path
+
 
 class BodyLimit:
     def __init__(self, app: ASGIApp, max_bytes: int) -> None:
@@ -29,7 +31,7 @@ class BodyLimit:
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if not value.isdigit() or int(value) > self.max_bytes:
-                    await self._refuse(send)
+                    await self._refuse(send, openai=is_openai_path(scope["path"]))
                     return
                 break
         received = 0
@@ -51,10 +53,15 @@ class BodyLimit:
     def _message(self) -> str:
         return f"the body is larger than {self.max_bytes} bytes"
 
-    async def _refuse(self, send: Send) -> None:
-        body = json.dumps(
-            {"error": {"code": "payload_too_large", "message": self._message(), "details": []}}
-        ).encode()
+    async def _refuse(self, send: Send, *, openai: bool) -> None:
+        """413 in the protocol's error shape, as the app would have answered a chunked body."""
+        if openai:
+            error = error_body(413, "payload_too_large", self._message())
+        else:
+            error = {
+                "error": {"code": "payload_too_large", "message": self._message(), "details": []}
+            }
+        body = json.dumps(error).encode()
         await send(
             {
                 "type": "http.response.start",

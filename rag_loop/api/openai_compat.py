@@ -20,12 +20,14 @@ from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rag_loop.api.errors import HTTP_CODES
+from rag_loop.api.errors import HTTP_CODES, database_error, error_body, error_type
 from rag_loop.api.schemas import Source, Versions
 from rag_loop.errors import RagLoopError
+from rag_loop.inputs import Text, clean_text
 
 log = logging.getLogger(__name__)
 
@@ -37,17 +39,23 @@ EXPOSED_HEADERS = [INTERACTION_HEADER, TOKEN_HEADER, SOURCES_HEADER]
 
 
 class TextPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     type: str
-    text: str | None = None
+    text: Text | None = None
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")  # name, tool_calls, refusal, ...
+    model_config = ConfigDict(extra="allow", strict=True)  # name, tool_calls, refusal, ...
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[TextPart] | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _clean(cls, content: str | list[TextPart] | None) -> str | list[TextPart] | None:
+        # checked here, not with `Text` in the union: an error names `content`, not a branch
+        return clean_text(content) if isinstance(content, str) else content
 
     def text(self) -> str:
         if self.content is None or isinstance(self.content, str):
@@ -61,7 +69,7 @@ class ChatMessage(BaseModel):
 
 
 class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     include_usage: bool = False
 
@@ -70,9 +78,9 @@ class ChatCompletionIn(BaseModel):
     """OpenAI's request body. Sampling parameters are accepted and do not change the answer
     (the configured generator decides); `n` must be 1. `top_k` is rag-loop's extension."""
 
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
-    model: str = Field(min_length=1, description="The id from GET /v1/models.")
+    model: Text = Field(min_length=1, description="The id from GET /v1/models.")
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -81,7 +89,7 @@ class ChatCompletionIn(BaseModel):
     top_p: float | None = Field(default=None, ge=0, le=1)
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    user: str | None = Field(default=None, max_length=256)
+    user: Text | None = Field(default=None, max_length=256)
     top_k: int | None = Field(default=None, ge=1, le=100, description="Chunks to retrieve.")
 
 
@@ -142,24 +150,6 @@ class OpenAIErrorBody(BaseModel):
     error: OpenAIErrorDetail
 
 
-def error_type(status: int) -> str:
-    if status == 401:
-        return "authentication_error"
-    if status == 403:
-        return "permission_error"
-    if status == 429:
-        return "rate_limit_error"
-    if status >= 500:
-        return "server_error"
-    return "invalid_request_error"
-
-
-def error_body(
-    status: int, code: str, message: str, param: str | None = None
-) -> dict[str, dict[str, Any]]:
-    return {"error": {"message": message, "type": error_type(status), "param": param, "code": code}}
-
-
 def openai_error(exc: Exception) -> tuple[int, dict[str, dict[str, Any]]]:
     """Any exception -> (HTTP status, OpenAI error body)."""
     if isinstance(exc, RequestValidationError):
@@ -172,9 +162,15 @@ def openai_error(exc: Exception) -> tuple[int, dict[str, dict[str, Any]]]:
             for e in errors[:5]
         )
         return 400, error_body(400, "invalid_input", f"invalid request: {message}", param)
+    if isinstance(exc, DBAPIError):
+        exc = database_error(exc)
     if isinstance(exc, RagLoopError):
         status = 400 if exc.status_code == 422 else exc.status_code
-        return status, error_body(status, exc.code, exc.message)
+        message = exc.message
+        logged = next((d["interaction_id"] for d in exc.details if "interaction_id" in d), None)
+        if logged is not None:  # OpenAI's shape has no details: the message names it
+            message = f"{message} (logged as interaction {logged})"
+        return status, error_body(status, exc.code, message)
     if isinstance(exc, StarletteHTTPException):
         code = HTTP_CODES.get(exc.status_code, "http_error")
         return exc.status_code, error_body(exc.status_code, code, str(exc.detail))

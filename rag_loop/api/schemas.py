@@ -6,13 +6,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rag_loop.inputs import NotBlank, RowId, Text
 from rag_loop.loop.records import CycleView
 
 
 class AskIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    query: str = Field(min_length=1, description="The question.")
+    query: NotBlank = Field(description="The question.")
     top_k: int | None = Field(default=None, ge=1, le=100)
 
 
@@ -74,9 +75,9 @@ class CorrectionOut(BaseModel):
 
 
 class ReviewIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    note: str | None = Field(default=None, max_length=2000)
+    note: Text | None = Field(default=None, max_length=2000)
 
 
 class InteractionOut(BaseModel):
@@ -84,8 +85,9 @@ class InteractionOut(BaseModel):
     created_at: str
     query: str
     answer: str | None
-    status: str
+    status: str = Field(description="ok, or error: the ask failed and was logged")
     error: str | None
+    failed_stage: str | None = Field(description="With status error: retrieval or generation.")
     cited_ranks: list[int]
     top_k: int
     latency_ms: dict[str, float]
@@ -129,14 +131,14 @@ class Readiness(BaseModel):
 
 
 class EvalIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     source: Literal["golden", "production"] = Field(
         default="golden",
         description="golden: a configured golden set against an index version; production: "
         "the latest interactions as served, with their feedback.",
     )
-    golden_set: str | None = Field(
+    golden_set: Text | None = Field(
         default=None,
         max_length=256,
         description="Name (file stem) of a configured golden set. Default: the first one.",
@@ -144,8 +146,8 @@ class EvalIn(BaseModel):
     window: int | None = Field(
         default=None, ge=1, le=100_000, description="production: how many recent answers."
     )
-    index_version: int | None = Field(
-        default=None, ge=1, description="golden: the index version to score (default: champion)."
+    index_version: RowId | None = Field(
+        default=None, description="golden: the index version to score (default: champion)."
     )
     judge: bool = Field(default=True, description="Use the configured judge, if any.")
     limit: int | None = Field(
@@ -231,16 +233,16 @@ LoopCycleOut = CycleView
 
 
 class DecisionIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    reason: str = Field(default="", max_length=1000)
+    reason: Text = Field(default="", max_length=1000)
 
 
 class RollbackIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    cycle: int | None = Field(default=None, ge=1, description="Default: the latest promotion.")
-    reason: str = Field(default="manual", max_length=1000)
+    cycle: RowId | None = Field(default=None, description="Default: the latest promotion.")
+    reason: Text = Field(default="manual", max_length=1000)
 
 
 class JobOut(BaseModel):
@@ -259,9 +261,9 @@ class JobOut(BaseModel):
 
 
 class IndexBuildIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
-    path: str = Field(
+    path: Text = Field(
         min_length=1,
         max_length=4096,
         description="A folder or file as `rag-loop ingest` takes it, on the machine that runs "

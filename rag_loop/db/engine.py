@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
@@ -17,7 +18,7 @@ except ImportError:  # Windows: writers in other processes meet busy_timeout onl
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, Engine, create_engine, event, insert
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from rag_loop.errors import BackendUnavailable
@@ -155,15 +156,39 @@ def write_connection(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
+def unavailable(exc: DBAPIError) -> BackendUnavailable | None:
+    """A database that cannot be reached (connection refused or dropped, locked for too
+    long) as the 503 a client may retry; None for any other database error (a bug)."""
+    if isinstance(exc, OperationalError | InterfaceError) or exc.connection_invalidated:
+        return BackendUnavailable(f"the database is unavailable: {type(exc.orig).__name__}")
+    return None
+
+
+RETRY_AFTER_SECONDS = 0.25
+
+
 def insert_rows(engine: Engine, *inserts: tuple[type[Any], Sequence[Mapping[str, Any]]]) -> None:
     """Insert rows into the tables of mapped classes in one write transaction, with Core
     `INSERT`s (an executemany for several rows): the hottest write, an answer's interaction
     and its retrievals, skips the ORM's unit of work. Every column SQLAlchemy would fill in
-    by default must be given by the rows' keys or the columns' own defaults."""
-    with write_connection(engine) as conn:
-        for model, rows in inserts:
-            if rows:
-                conn.execute(insert(model), list(rows))
+    by default must be given by the rows' keys or the columns' own defaults.
+
+    A database that is unavailable for a moment (a dropped connection, which the pool
+    replaces) gets one more try; then the BackendUnavailable is raised."""
+    for attempt in (1, 2):
+        try:
+            with write_connection(engine) as conn:
+                for model, rows in inserts:
+                    if rows:
+                        conn.execute(insert(model), list(rows))
+            return
+        except DBAPIError as exc:
+            error = unavailable(exc)
+            if error is None:
+                raise
+            if attempt == 2:
+                raise error from exc
+            time.sleep(RETRY_AFTER_SECONDS)
 
 
 @contextmanager

@@ -157,6 +157,8 @@ class Interaction(Base):
     answer: Mapped[str | None] = mapped_column(Text, default=None)
     status: Mapped[str] = mapped_column(String(16), default="ok")  # ok | error
     error: Mapped[str | None] = mapped_column(Text, default=None)
+    # with status error: the stage that failed, retrieval or generation
+    failed_stage: Mapped[str | None] = mapped_column(String(16), default=None)
     index_version_id: Mapped[int | None] = mapped_column(
         ForeignKey("index_versions.id"), default=None
     )

@@ -68,6 +68,7 @@ def show(sessions: sessionmaker[Session], interaction_id: str) -> dict[str, Any]
             "answer": interaction.answer,
             "status": interaction.status,
             "error": interaction.error,
+            "failed_stage": interaction.failed_stage,
             "cited_ranks": interaction.cited_ranks,
             "top_k": interaction.top_k,
             "latency_ms": interaction.latency_ms,

@@ -57,10 +57,6 @@ def request_hash(feedback: FeedbackIn) -> str:
 def check(services: FeedbackParts, feedback: FeedbackIn) -> str:
     """Everything that can be checked without the database; returns the request hash."""
     limits = services.settings.limits
-    if feedback.is_empty():
-        raise InvalidInput(
-            "the feedback is empty; give a thumb, chunk_labels, a correction, a source or a comment"
-        )
     for field in ("correction", "comment"):
         value = getattr(feedback, field)
         if value is not None and len(value) > limits.max_text_chars:
@@ -164,24 +160,25 @@ class _Lookups:
 def _validate(fb: FeedbackIn, found: _Lookups) -> None:
     if fb.chunk_labels:
         labelled = [label.chunk_id for label in fb.chunk_labels]
-        duplicates = sorted({c for c in labelled if labelled.count(c) > 1})
-        if duplicates:
-            raise InvalidInput(f"chunk_labels name a chunk twice: {', '.join(duplicates)}")
+        # a chunk this answer did not show is, for this answer, one that does not exist
         not_shown = sorted(set(labelled) - found.shown.get(fb.interaction_id, set()))
         if not_shown:
-            raise InvalidInput(
+            raise NotFound(
                 f"chunk_labels may only label chunks shown with this answer; not shown: "
                 f"{', '.join(not_shown)}",
                 details=[{"field": "chunk_labels", "chunk_ids": not_shown}],
             )
+        duplicates = sorted({c for c in labelled if labelled.count(c) > 1})
+        if duplicates:
+            raise InvalidInput(f"chunk_labels name a chunk twice: {', '.join(duplicates)}")
     if fb.source is not None:
         document_id, chunk_id = fb.source.document_id, fb.source.chunk_id
         if document_id and document_id not in found.documents:
-            raise InvalidInput(f"source.document_id {document_id!r} does not exist")
+            raise NotFound(f"source.document_id {document_id!r} does not exist")
         if chunk_id:
             owner = found.chunk_owner.get(chunk_id)
             if owner is None:
-                raise InvalidInput(f"source.chunk_id {chunk_id!r} does not exist")
+                raise NotFound(f"source.chunk_id {chunk_id!r} does not exist")
             if document_id and owner != document_id:
                 raise InvalidInput(
                     f"source.chunk_id {chunk_id!r} belongs to {owner!r}, not {document_id!r}"

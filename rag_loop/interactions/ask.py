@@ -1,8 +1,10 @@
 """Answer a question from the serving index and log it as one interaction.
 
-Every call writes exactly one interaction row with its retrievals (rank, chunk id, score and
-the text as served), the versions used and a latency breakdown, also when the generator
-fails: then the row has status `error` and the caller gets a 502/503 naming it.
+Every call whose question passed its checks writes exactly one interaction row with its
+retrievals (rank, chunk id, score and the text as served), the versions used and a latency
+breakdown, also when retrieval or the generator fails: then the row has status `error`, the
+stage that failed (`failed_stage`), and the caller gets a 502/503 whose details name the
+interaction. Only a database that stays down through a retry leaves no row (503).
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from sqlalchemy import Engine, insert
+from sqlalchemy.exc import DBAPIError
 
 from rag_loop.auth.tokens import FeedbackTokens
-from rag_loop.db.engine import insert_rows, write_connection
+from rag_loop.db.engine import insert_rows, unavailable, write_connection
 from rag_loop.db.models import (
     Interaction,
     Retrieval,
@@ -25,7 +28,7 @@ from rag_loop.db.models import (
     time_ordered_id,
     utcnow,
 )
-from rag_loop.errors import InvalidInput, RagLoopError, UpstreamError
+from rag_loop.errors import InvalidInput, PayloadTooLarge, RagLoopError, UpstreamError
 from rag_loop.generation.base import Generator, cited_ranks
 from rag_loop.hits import Hit
 from rag_loop.index.chroma import ChromaStore
@@ -151,32 +154,38 @@ def prepare(
     if not query:
         raise InvalidInput("the question is empty")
     if len(query) > limits.max_query_chars:
-        raise InvalidInput(
+        raise PayloadTooLarge(
             f"the question has {len(query)} characters; the limit is {limits.max_query_chars}"
         )
     k = top_k or services.settings.retrieval.top_k
     if not 1 <= k <= 100:
         raise InvalidInput(f"top_k must be between 1 and 100, not {k}")
 
-    index = serving_index(services.engine)
-    versions = {
-        "index_version": index.id,
-        "collection": index.collection_name,
-        "embedder_version": index.embedder_version,
-        "prompt_version": services.generator.prompt_version,
-        "generator": services.generator.name,
-        "retrieval": index.retrieval.mode,
-    }
-    embedder = services.embedders.get(index.embedder_version)
-    retrieved = retrieve(
-        embedder, services.store, services.lexical, index, index.retrieval, query, k
-    )
+    interaction_id = time_ordered_id()
+    index: ServingIndex | None = None
+    try:
+        index = serving_index(services.engine)
+        embedder = services.embedders.get(index.embedder_version)
+        retrieved = retrieve(
+            embedder, services.store, services.lexical, index, index.retrieval, query, k
+        )
+    except (RagLoopError, DBAPIError) as exc:
+        error = exc if isinstance(exc, RagLoopError) else as_backend_error(exc)
+        record_failure(
+            services,
+            Failure(interaction_id, query, k, index, started, api_key_id, client),
+            "retrieval",
+            error,
+        )
+        if error is exc:
+            raise
+        raise error from exc
     return Prepared(
-        interaction_id=time_ordered_id(),
+        interaction_id=interaction_id,
         query=query,
         k=k,
         index=index,
-        versions=versions,
+        versions=versions_of(index, services.generator),
         hits=list(retrieved.hits),
         latency_ms={
             "embed": round(retrieved.embed_ms, 3),
@@ -186,6 +195,75 @@ def prepare(
         api_key_id=api_key_id,
         client=client,
     )
+
+
+def versions_of(index: ServingIndex, generator: Generator) -> dict[str, Any]:
+    return {
+        "index_version": index.id,
+        "collection": index.collection_name,
+        "embedder_version": index.embedder_version,
+        "prompt_version": generator.prompt_version,
+        "generator": generator.name,
+        "retrieval": index.retrieval.mode,
+    }
+
+
+def as_backend_error(exc: DBAPIError) -> RagLoopError:
+    error = unavailable(exc)
+    if error is None:
+        raise exc  # not an outage: a bug, for the server log
+    return error
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An ask that failed before there was anything to answer from."""
+
+    interaction_id: str
+    query: str
+    k: int
+    index: ServingIndex | None  # None when the serving index could not be read
+    started: float
+    api_key_id: str | None
+    client: str | None
+
+
+def record_failure(services: AskParts, failure: Failure, stage: str, error: RagLoopError) -> None:
+    """Log an ask that failed in `stage` as an interaction with status `error`, and name it
+    in the error. If even that cannot be written (the database is down), the error goes
+    out without an interaction id and the server log has the question."""
+    index = failure.index
+    latency = round((time.perf_counter() - failure.started) * 1000, 3)
+    row = {
+        "id": failure.interaction_id,
+        "created_at": utcnow(),
+        "query": failure.query,
+        "answer": None,
+        "status": "error",
+        "error": f"{error.code}: {error.message}",
+        "failed_stage": stage,
+        "index_version_id": index.id if index else None,
+        "collection_name": index.collection_name if index else None,
+        "embedder_version": index.embedder_version if index else None,
+        "prompt_version": services.generator.prompt_version,
+        "generator": services.generator.name,
+        "top_k": failure.k,
+        "cited_ranks": [],
+        "latency_ms": {"total": latency},
+        "api_key_id": failure.api_key_id,
+        "client": failure.client,
+    }
+    try:
+        insert_rows(services.engine, (Interaction, [row]))
+    except RagLoopError as exc:
+        log.warning(
+            "an ask that failed in %s could not be logged (%s); question: %r",
+            stage,
+            exc.message,
+            failure.query,
+        )
+        return
+    error.details.append({"interaction_id": failure.interaction_id, "failed_stage": stage})
 
 
 def record(
@@ -219,7 +297,9 @@ def record(
             prepared.latency_ms,
         )
     if error is not None and not any("interaction_id" in d for d in error.details):
-        error.details.append({"interaction_id": prepared.interaction_id})
+        error.details.append(
+            {"interaction_id": prepared.interaction_id, "failed_stage": "generation"}
+        )
 
 
 Rows = tuple[dict[str, Any], list[dict[str, Any]]]
@@ -247,6 +327,7 @@ def interaction_rows(
         "answer": answer,
         "status": "error" if error else "ok",
         "error": f"{error.code}: {error.message}" if error else None,
+        "failed_stage": "generation" if error else None,
         "index_version_id": index.id,
         "collection_name": index.collection_name,
         "embedder_version": index.embedder_version,

@@ -56,8 +56,8 @@ BAD_FEEDBACK = {
     ),
     "chunk not shown": (
         lambda a, s: feedback(a, chunk_labels=[{"chunk_id": "cdeadbeef", "relevant": True}]),
-        400,
-        "invalid_input",
+        404,
+        "not_found",
     ),
     "chunk labelled twice": (
         lambda a, s: feedback(
@@ -80,7 +80,13 @@ BAD_FEEDBACK = {
         "validation_failed",
     ),
     "unknown field": (lambda a, s: feedback(a, thumb="up", stars=5), 422, "validation_failed"),
-    "empty feedback": (lambda a, s: feedback(a), 400, "invalid_input"),
+    "empty feedback": (lambda a, s: feedback(a), 422, "validation_failed"),
+    "only white space": (
+        lambda a, s: feedback(a, comment=" \n", correction="\t"),
+        422,
+        "validation_failed",
+    ),
+    "NUL in a comment": (lambda a, s: feedback(a, comment="a\x00b"), 422, "validation_failed"),
     "oversize correction": (
         lambda a, s: feedback(a, correction="x" * 8001),
         413,
@@ -89,8 +95,8 @@ BAD_FEEDBACK = {
     "oversize comment": (lambda a, s: feedback(a, comment="y" * 8001), 413, "payload_too_large"),
     "unknown source document": (
         lambda a, s: feedback(a, source={"document_id": "nope"}),
-        400,
-        "invalid_input",
+        404,
+        "not_found",
     ),
     "empty source pointer": (lambda a, s: feedback(a, source={}), 422, "validation_failed"),
 }
@@ -188,8 +194,11 @@ def test_feedback_body_is_checked_as_fastapi_checks_bodies(
 
 BAD_ASKS = {
     "empty query": ({"query": ""}, 422),
-    "blank query": ({"query": "   "}, 400),
-    "oversize query": ({"query": "q" * 2001}, 400),
+    "blank query": ({"query": "   "}, 422),
+    "oversize query": ({"query": "q" * 2001}, 413),
+    "top_k a bool": ({"query": "hi", "top_k": True}, 422),
+    "top_k a string": ({"query": "hi", "top_k": "5"}, 422),
+    "NUL in the query": ({"query": "a\x00b"}, 422),
     "top_k zero": ({"query": "hi", "top_k": 0}, 422),
     "top_k huge": ({"query": "hi", "top_k": 1000}, 422),
     "query not a string": ({"query": 5}, 422),

@@ -222,8 +222,8 @@ def assert_openai_error(response: httpx.Response, status: int, code: str) -> dic
         ),
         (
             {"model": "rag-loop", "messages": [{"role": "user", "content": "x" * 5000}]},
-            400,
-            "invalid_input",
+            413,
+            "payload_too_large",
             None,
         ),
     ],

@@ -181,7 +181,7 @@ def test_one_batch_of_mixed_feedback_gives_each_item_its_own_result(
         keyed,  # a retry in the same batch: answered from the first
         keyed.model_copy(update={"thumb": "down"}),  # same key, other feedback: 409
         FeedbackIn(interaction_id="nope", thumb="up"),  # unknown interaction: 404
-        FeedbackIn(  # a chunk that was not shown: 400
+        FeedbackIn(  # a chunk that was not shown: 404
             interaction_id=second.interaction_id,
             chunk_labels=[{"chunk_id": "not-shown", "relevant": True}],
         ),
@@ -196,7 +196,7 @@ def test_one_batch_of_mixed_feedback_gives_each_item_its_own_result(
         "FeedbackReceipt",
         "Conflict",
         "NotFound",
-        "InvalidInput",
+        "NotFound",
         "FeedbackReceipt",
     ]
     receipts = [r for r in results if isinstance(r, FeedbackReceipt)]

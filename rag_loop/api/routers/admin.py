@@ -12,6 +12,7 @@ from rag_loop.api.schemas import CorrectionOut, IndexVersionOut, InteractionOut,
 from rag_loop.feedback import corrections
 from rag_loop.feedback.lineage import show
 from rag_loop.index.versions import list_versions
+from rag_loop.inputs import MAX_ROW_ID, Text
 
 router = APIRouter(prefix="/v1", tags=["admin"])
 
@@ -42,7 +43,7 @@ def list_corrections_route(
 def approve_route(
     services: ServicesDep,
     principal: AdminDep,
-    correction_id: int = Path(ge=1),
+    correction_id: int = Path(ge=1, le=MAX_ROW_ID),
     body: ReviewIn = Body(default_factory=ReviewIn),
 ) -> CorrectionOut:
     view = corrections.approve(
@@ -60,7 +61,7 @@ def approve_route(
 def reject_route(
     services: ServicesDep,
     principal: AdminDep,
-    correction_id: int = Path(ge=1),
+    correction_id: int = Path(ge=1, le=MAX_ROW_ID),
     body: ReviewIn = Body(default_factory=ReviewIn),
 ) -> CorrectionOut:
     view = corrections.reject(
@@ -77,7 +78,7 @@ def reject_route(
     summary="Everything needed to reconstruct an answer: chunks, versions, feedback",
 )
 def interaction_route(
-    services: ServicesDep, principal: AdminDep, interaction_id: str = Path(max_length=36)
+    services: ServicesDep, principal: AdminDep, interaction_id: Text = Path(max_length=36)
 ) -> InteractionOut:
     return InteractionOut.model_validate(show(services.sessions, interaction_id))
 

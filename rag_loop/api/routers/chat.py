@@ -78,7 +78,6 @@ def _model(services: Services) -> Model:
     "/models",
     operation_id="list_models",
     response_model=ModelList,
-    responses=openai_responses(401),
     summary="The one model rag-loop serves (OpenAI-compatible)",
 )
 async def list_models(services: ServicesDep) -> ModelList:

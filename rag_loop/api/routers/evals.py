@@ -21,6 +21,7 @@ from rag_loop.api.schemas import (
 )
 from rag_loop.evaluation import service
 from rag_loop.evaluation.report import REPORT_CYCLES
+from rag_loop.inputs import MAX_ROW_ID, Text
 from rag_loop.loop.cycle import list_cycles
 
 router = APIRouter(prefix="/v1", tags=["evaluation"])
@@ -65,7 +66,7 @@ def list_evals_route(
     services: ServicesDep,
     principal: AdminDep,
     limit: int = Query(default=50, ge=1, le=1000),
-    dataset: str | None = Query(default=None, max_length=256),
+    dataset: Text | None = Query(default=None, max_length=256),
 ) -> list[EvalRunOut]:
     return [EvalRunOut.model_validate(r) for r in service.list_runs(services, limit, dataset)]
 
@@ -80,7 +81,7 @@ def list_evals_route(
 def compare_route(
     services: ServicesDep,
     principal: AdminDep,
-    dataset: str | None = Query(default=None, max_length=256),
+    dataset: Text | None = Query(default=None, max_length=256),
 ) -> list[VersionComparisonOut]:
     return [VersionComparisonOut.model_validate(r) for r in service.compare(services, dataset)]
 
@@ -93,7 +94,7 @@ def compare_route(
     summary="One evaluation run with its per-sample scores and failures",
 )
 def get_eval_route(
-    services: ServicesDep, principal: AdminDep, run_id: str = Path(max_length=32)
+    services: ServicesDep, principal: AdminDep, run_id: Text = Path(max_length=32)
 ) -> EvalRunOut:
     return EvalRunOut.model_validate(service.get(services, run_id))
 
@@ -119,8 +120,8 @@ def drift_route(services: ServicesDep, principal: AdminDep) -> DriftOut:
 def events_route(
     services: ServicesDep,
     principal: AdminDep,
-    kind: str = Query(default="drift", max_length=32),
-    after: int = Query(default=0, ge=0),
+    kind: Text = Query(default="drift", max_length=32),
+    after: int = Query(default=0, ge=0, le=MAX_ROW_ID),
 ) -> list[EventOut]:
     return [EventOut.model_validate(e) for e in service.events(services, kind, after)]
 
@@ -135,7 +136,6 @@ def events_route(
         },
         **responses(401, 403, 422),
     },
-    response_class=HTMLResponse,
     response_model=None,
     summary="The evaluation report as of now: trends, versions, drift, worst interactions",
 )

@@ -11,6 +11,7 @@ from rag_loop import jobs
 from rag_loop.api.deps import AdminDep, ServicesDep
 from rag_loop.api.errors import responses
 from rag_loop.api.schemas import IndexBuildIn, JobOut
+from rag_loop.inputs import Text
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
@@ -55,6 +56,6 @@ def list_route(
     responses=responses(401, 403, 404, 422),
 )
 def get_route(
-    services: ServicesDep, principal: AdminDep, job_id: str = Path(max_length=32)
+    services: ServicesDep, principal: AdminDep, job_id: Text = Path(max_length=32)
 ) -> JobOut:
     return JobOut.model_validate(jobs.get(services, job_id))

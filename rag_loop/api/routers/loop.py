@@ -19,6 +19,7 @@ from rag_loop.api.schemas import (
     OutboxOut,
     RollbackIn,
 )
+from rag_loop.inputs import MAX_ROW_ID, Text
 from rag_loop.loop import cycle
 from rag_loop.loop.audit import trace
 from rag_loop.loop.states import Action, check_action
@@ -26,7 +27,7 @@ from rag_loop.loop.states import Action, check_action
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1", tags=["loop"])
 
-CyclePath = Path(ge=1, description="The loop cycle id.")
+CyclePath = Path(ge=1, le=MAX_ROW_ID, description="The loop cycle id.")
 
 
 @router.post(
@@ -128,7 +129,7 @@ def reject_route(
     "/loop/rollback",
     operation_id="rollback_loop",
     response_model=LoopCycleOut,
-    responses=responses(400, 401, 403, 409, 422),
+    responses=responses(400, 401, 403, 404, 409, 422),
     summary="Serve the index from before the latest (or a given) promotion again, at once",
 )
 def rollback_route(body: RollbackIn, services: ServicesDep, principal: AdminDep) -> LoopCycleOut:
@@ -148,7 +149,7 @@ def rollback_route(body: RollbackIn, services: ServicesDep, principal: AdminDep)
 def trace_route(
     services: ServicesDep,
     principal: AdminDep,
-    interaction_id: str = Path(min_length=1, max_length=36),
+    interaction_id: Text = Path(min_length=1, max_length=36),
 ) -> dict[str, Any]:
     return trace(services.sessions, interaction_id)
 
@@ -197,7 +198,7 @@ def serve_route(
     body: DecisionIn,
     services: ServicesDep,
     principal: AdminDep,
-    version_id: int = Path(ge=1, le=2**31 - 1, description="The index version id."),
+    version_id: int = Path(ge=1, le=MAX_ROW_ID, description="The index version id."),
 ) -> dict[str, Any]:
     return cycle.serve_version(
         services, version_id, actor=f"key:{principal.key_id}", reason=body.reason or "manual"
