@@ -223,3 +223,19 @@ def assert_error_shape(response: httpx.Response, status: int, code: str | None =
     if code is not None:
         assert body["error"]["code"] == code, body
     return dict(body["error"])
+
+
+def finished_job(
+    api: httpx.Client, queued: httpx.Response, headers: dict[str, str], timeout: float = 600
+) -> dict[str, Any]:
+    """Long work answers 202 with a job: poll the job's Location until it is done or failed."""
+    assert queued.status_code == 202, queued.text
+    location = queued.headers["location"]
+    assert location == f"/v1/jobs/{queued.json()['id']}"
+    deadline = time.monotonic() + timeout
+    while True:
+        job = dict(api.get(location, headers=headers).json())
+        if job["status"] in ("done", "failed"):
+            return job
+        assert time.monotonic() < deadline, f"job not finished: {job}"
+        time.sleep(0.2)

@@ -14,7 +14,8 @@ FastAPI still reads the signature to document the route (the API key schemes, th
 schema, operation id, responses), so the OpenAPI document is the one FastAPI would write.
 At run time the route calls the endpoint itself. First it resolves the caller's API key
 (`deps.optional_principal`, the one dependency allowed): a bad key is a 401 whatever the
-body (FastAPI answered malformed JSON with a 422 before it looked at the key). Then it
+body (FastAPI answered malformed JSON with a 422 before it looked at the key), unless the
+body carries its own credential (feedback's `token`), which the endpoint checks instead. Then it
 parses the body with pydantic-core in one step (`Model.model_validate_json`) under the
 rules FastAPI applies: a JSON content type is required, and every problem is a
 `RequestValidationError` with the `body.` location prefix, turned into the one error shape
@@ -41,6 +42,7 @@ from pydantic import BaseModel, ValidationError
 
 from rag_loop.api.deps import optional_principal
 from rag_loop.auth.keys import Principal
+from rag_loop.errors import Unauthorized
 
 LeanEndpoint = Callable[[Request, Principal | None, Any], Awaitable[Response]]
 SIGNATURE = "(request: Request, principal: PrincipalDep, body: <a pydantic model>)"
@@ -68,11 +70,28 @@ class LeanRoute(APIRoute):
         model: type[BaseModel] = parameters[2].annotation
 
         async def handler(request: Request) -> Response:
-            principal = await optional_principal(request)
-            body = await parse_json_body(request, model)
+            refused: Unauthorized | None = None
+            try:
+                principal = await optional_principal(request)
+            except Unauthorized as exc:
+                principal, refused = None, exc
+            try:
+                body = await parse_json_body(request, model)
+            except RequestValidationError:
+                if refused is not None:
+                    raise refused from None
+                raise
+            if refused is not None and not carries_credential(body):
+                raise refused
             return await endpoint(request, principal, body)
 
         return handler
+
+
+def carries_credential(body: BaseModel) -> bool:
+    """A body with its own credential (feedback's `token`): the headers' key is not needed,
+    so a key the service does not know there (a browser's or an SDK's) does not refuse it."""
+    return bool(getattr(body, "token", None))
 
 
 async def parse_json_body(request: Request, model: type[BaseModel]) -> Any:

@@ -6,10 +6,11 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-from rag_loop.errors import NotFound, RagLoopError
+from rag_loop.errors import InvalidInput, NotFound, RagLoopError
 from rag_loop.evaluation import drift as drift_checks
 from rag_loop.evaluation import report, runner
 from rag_loop.evaluation.runner import EvalParts
+from rag_loop.index.versions import get_version
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,19 @@ def golden_path(services: EvalParts, name: str | None) -> Path | None:
             return path
     known = ", ".join(p.stem for p in sets) or "none configured"
     raise NotFound(f"no golden set {name!r}; configured: {known}")
+
+
+def check_request(
+    services: EvalParts, *, golden_set: str | None, index_version: int | None
+) -> None:
+    """What can be refused before an evaluation is queued: an unknown golden set or index
+    version (404), or an index version that is not ready (400)."""
+    golden_path(services, golden_set)
+    if index_version is not None:
+        with services.sessions() as session:
+            version = get_version(session, index_version)
+            if version.status != "ready":
+                raise InvalidInput(f"index version {version.id} is {version.status}, not ready")
 
 
 def run(

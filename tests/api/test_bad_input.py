@@ -176,11 +176,11 @@ def test_feedback_body_is_checked_as_fastapi_checks_bodies(
         "validation_failed",
     )
     assert error["details"][0]["type"] == "json_invalid"
-    # a key presented the wrong way is refused here too, even with a valid token
-    response = api.post(
-        "/v1/feedback", json=feedback(asked, thumb="up"), headers={"Authorization": "Basic abc"}
-    )
-    assert_error_shape(response, 401, "unauthorized")
+    # without the token, a key presented the wrong way is refused, not ignored
+    no_token = {"interaction_id": asked["interaction_id"], "thumb": "up"}
+    for authorization in ("Basic abc", "Bearer sk-not-ours"):
+        response = api.post("/v1/feedback", json=no_token, headers={"Authorization": authorization})
+        assert_error_shape(response, 401, "unauthorized")
     assert row_counts(kestrel) == before
     # a JSON media type with parameters, or a +json one, is JSON
     for content_type in ("application/json; charset=utf-8", "application/merge-patch+json"):
@@ -266,3 +266,27 @@ def test_review_of_unknown_correction(
     assert_error_shape(api.get("/v1/interactions/unknown", headers=admin_headers), 404)
     assert_error_shape(api.get("/v1/corrections?status=odd", headers=admin_headers), 422)
     assert row_counts(kestrel) == before
+
+
+def test_a_valid_token_is_enough_whatever_key_comes_with_it(
+    api: httpx.Client, kestrel: Services
+) -> None:
+    """Browsers and SDKs add credentials of their own (an OpenAI client always sends
+    `Authorization: Bearer sk-...`; a page may hold an ask key): the token decides."""
+    from rag_loop.auth.keys import create_key
+    from rag_loop.db.engine import transaction
+
+    with transaction(kestrel.sessions) as session:
+        _, ask_key = create_key(session, "asker", ["ask"], actor="test")
+    for headers in (
+        {"Authorization": "Bearer sk-proj-not-a-rag-loop-key"},
+        {"Authorization": "Basic abc"},
+        {"Authorization": f"Bearer {ask_key}"},  # a valid key without the feedback scope
+        {"X-API-Key": "rl_nope_nope"},
+    ):
+        answer = api.post("/v1/ask", json={"query": "How long does a full charge take?"}).json()
+        response = api.post("/v1/feedback", json=feedback(answer, thumb="up"), headers=headers)
+        assert response.status_code == 201, (headers, response.text)
+        # a bad token is still refused, key or no key
+        bad = {**feedback(answer, thumb="up"), "token": "forged"}
+        assert_error_shape(api.post("/v1/feedback", json=bad, headers=headers), 401)

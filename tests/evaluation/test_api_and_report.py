@@ -12,14 +12,15 @@ import pytest
 
 from rag_loop.scheduler import start_schedule
 from rag_loop.services import Services
-from tests.conftest import ARTIFACTS, assert_error_shape
+from tests.conftest import ARTIFACTS, assert_error_shape, finished_job
 
 
 def test_evaluation_routes(api: httpx.Client, admin_headers: dict[str, str]) -> None:
     assert_error_shape(api.post("/v1/evals", json={}), 401, "unauthorized")
-    created = api.post("/v1/evals", json={"limit": 10}, headers=admin_headers)
-    assert created.status_code == 201, created.text
-    run = created.json()
+    queued = api.post("/v1/evals", json={"limit": 10}, headers=admin_headers)
+    job = finished_job(api, queued, admin_headers)  # 202 with a job, with or without a queue
+    assert job["kind"] == "evaluation" and job["status"] == "done", job
+    run = api.get(f"/v1/evals/{job['result']['eval_run_id']}", headers=admin_headers).json()
     assert run["status"] == "done" and run["trigger"] == "api" and run["n_samples"] == 10
     assert run["metrics"]["ndcg_at_10"] > 0.5 and len(run["samples"]) == 10
 
@@ -74,7 +75,8 @@ def test_report_renders_in_headless_chromium_with_plots_and_worst_answers(
         },
     ).raise_for_status()
     for body in ({"limit": 20}, {"source": "production"}):
-        api.post("/v1/evals", json=body, headers=admin_headers).raise_for_status()
+        queued = api.post("/v1/evals", json=body, headers=admin_headers)
+        assert finished_job(api, queued, admin_headers)["status"] == "done"
     api.post("/v1/drift", headers=admin_headers).raise_for_status()
 
     summary = api.get("/v1/reports/latest?format=json", headers=admin_headers).json()

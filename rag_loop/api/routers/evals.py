@@ -3,9 +3,9 @@ questions)."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Response
 from fastapi.responses import HTMLResponse, JSONResponse
 
 from rag_loop import jobs
@@ -30,15 +30,19 @@ router = APIRouter(prefix="/v1", tags=["evaluation"])
 @router.post(
     "/evals",
     operation_id="run_evaluation",
-    response_model=EvalRunOut,
-    status_code=201,
-    responses={
-        202: {"model": JobOut, "description": "with a task queue: the queued job"},
-        **responses(400, 401, 403, 404, 422, 503),
-    },
-    summary="Run an evaluation now and return its result (with a task queue: queue it, 202)",
+    response_model=JobOut,
+    status_code=202,
+    responses=responses(400, 401, 403, 404, 422, 503),
+    summary="Queue an evaluation: 202 with the job; GET /v1/jobs/{id} has its eval_run_id",
 )
-def run_eval_route(body: EvalIn, services: ServicesDep, principal: AdminDep) -> Any:
+def run_eval_route(
+    body: EvalIn, services: ServicesDep, principal: AdminDep, response: Response
+) -> JobOut:
+    """An evaluation takes longer than a request should (tens of seconds for a golden set,
+    minutes with a judge): it runs as a job, on a worker with a task queue or on a thread of
+    this process without one. What can be refused at once is refused here (404 for an
+    unknown golden set or index version)."""
+    service.check_request(services, golden_set=body.golden_set, index_version=body.index_version)
     arguments = {
         "source": body.source,
         "golden_set": body.golden_set,
@@ -48,12 +52,9 @@ def run_eval_route(body: EvalIn, services: ServicesDep, principal: AdminDep) -> 
         "limit": body.limit,
         "trigger": "api",
     }
-    if services.queue is not None:
-        service.golden_path(services, body.golden_set)  # an unknown set is a 404 now
-        job_id = jobs.submit(services, "evaluation", arguments, actor=f"key:{principal.key_id}")
-        return JSONResponse(JobOut.model_validate(jobs.get(services, job_id)).model_dump(), 202)
-    run_id = service.run(services, **arguments)  # type: ignore[arg-type]
-    return EvalRunOut.model_validate(service.get(services, run_id))
+    job_id = jobs.submit(services, "evaluation", arguments, actor=f"key:{principal.key_id}")
+    response.headers["Location"] = f"/v1/jobs/{job_id}"
+    return JobOut.model_validate(jobs.get(services, job_id))
 
 
 @router.get(

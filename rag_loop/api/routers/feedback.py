@@ -27,14 +27,16 @@ router = APIRouter(prefix="/v1", tags=["feedback"], route_class=LeanRoute)
     summary="Thumbs, chunk labels, a correction, a source pointer or a comment on an answer",
 )
 async def feedback_route(request: Request, principal: PrincipalDep, body: FeedbackIn) -> Response:
-    """Authorised by the answer's `token`, or by an API key with the feedback scope."""
+    """Authorised by the answer's `token`, or by an API key with the feedback scope. A token
+    is enough whatever key the client also sends (an ask key, or a bearer value a browser or
+    an OpenAI SDK adds): the token is checked, the key is not needed."""
     services: Services = request.app.state.services
-    if principal is not None:
-        principal.require("feedback")
-        actor = f"key:{principal.key_id}"
-    elif body.token:
+    if body.token:
         services.tokens.verify(body.token, body.interaction_id)
         actor = "token"
+    elif principal is not None:
+        principal.require("feedback")
+        actor = f"key:{principal.key_id}"
     else:
         raise Unauthorized(
             "feedback needs the answer's feedback_token in `token`, or an API key with the "
