@@ -4,6 +4,7 @@
   or encoded as UTF-8, and NUL ends strings in C libraries (tokenizers, PostgreSQL refuses
   it in text); both are refused with a field error, never stored.
 - `NotBlank`: `Text` that says something (not only white space), e.g. a question.
+- `INTEGRAL`: for an integer in a body, strict (no `"5"`, no `true`), 5.0 taken as 5.
 - `RowId`: an id of a database row (an integer primary key): 1 to 2**31 - 1, the range of
   an INTEGER column in PostgreSQL. A bigger number is a 4xx, not an overflow in the driver.
 
@@ -14,14 +15,15 @@ inputs check them the same way, and the OpenAPI document says what is accepted.
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import AfterValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 
 MAX_ROW_ID = 2**31 - 1
 
-# JSON Schema `pattern` (ECMA-262 and Python regex alike): no NUL, no UTF-16 surrogate
-TEXT_PATTERN = r"^[^\x00\ud800-\udfff]*$"
+# JSON Schema `pattern` (ECMA-262 and Python regex alike): no NUL. A JSON Schema string is
+# a string of Unicode characters, which a lone surrogate is not: the schema cannot say more.
+TEXT_PATTERN = r"^[^\x00]*$"
 _REFUSED = re.compile("[\x00\ud800-\udfff]")
 
 
@@ -39,7 +41,21 @@ def clean_text(value: str) -> str:
 Text = Annotated[
     str, AfterValidator(clean_text), Field(json_schema_extra={"pattern": TEXT_PATTERN})
 ]
-RowId = Annotated[int, Field(ge=1, le=MAX_ROW_ID)]
+
+
+def integral(value: Any) -> Any:
+    """JSON Schema's `integer` includes numbers like 5.0: take them as 5. Strings and
+    booleans stay what they are, for the strict check to refuse."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+# an integer in a body, strict (no "5", no true) but with 5.0 taken as 5. Bounds go before
+# it in the Annotated (`Annotated[int, Field(ge=1), INTEGRAL]`): after it, pydantic would
+# still check them but write them into the JSON schema under names no validator knows.
+INTEGRAL = BeforeValidator(integral)
+RowId = Annotated[int, Field(ge=1, le=MAX_ROW_ID), INTEGRAL]
 
 
 def not_blank(value: str) -> str:
@@ -49,7 +65,7 @@ def not_blank(value: str) -> str:
 
 
 # `Text` with at least one character that is not white space
-NOT_BLANK_PATTERN = r"^[^\x00\ud800-\udfff]*[^\s\x00\ud800-\udfff][^\x00\ud800-\udfff]*$"
+NOT_BLANK_PATTERN = r"^[^\x00]*[^\s\x00][^\x00]*$"
 NotBlank = Annotated[
     str,
     AfterValidator(clean_text),

@@ -205,6 +205,12 @@ class AuthSettings(BaseModel):
 
 
 class ApiSettings(BaseModel):
+    ingest_roots: list[Path] = Field(
+        default_factory=list,
+        description="Folders under which `POST /v1/index-versions` may read (an admin key "
+        "must not make the service index any file of its machine). Empty: the corpus "
+        "folder (`RAG_LOOP_CORPUS_PATH`) only. The CLI's `rag-loop ingest` is not limited.",
+    )
     cors_origins: list[str] = Field(
         default_factory=list,
         description="Origins whose pages may call the API from a browser (the feedback "

@@ -97,6 +97,7 @@ def make_settings(tmp_path: Path, mlflow_uri: str, db_url: str) -> Callable[...,
         values: dict[str, Any] = {
             "data_dir": tmp_path / "data",
             "corpus_path": CORPUS,
+            "api": {"ingest_roots": [CORPUS, tmp_path]},
             "database": {"url": db_url},
             "mlflow": {"tracking_uri": mlflow_uri},
         }

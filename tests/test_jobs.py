@@ -134,6 +134,13 @@ def test_index_build_job_over_http(
     ]
     assert_error_shape(api.get("/v1/jobs/unknown", headers=admin_headers), 404, "not_found")
     assert_error_shape(api.post("/v1/index-versions", json={"path": str(CORPUS)}), 401)
+    # an admin key cannot make the service index files outside the ingest roots
+    for outside in ("/etc", str(tmp_path / ".." / ".."), "relative/../../../etc"):
+        assert_error_shape(
+            api.post("/v1/index-versions", json={"path": outside}, headers=admin_headers),
+            403,
+            "forbidden",
+        )
 
 
 def test_unknown_job_kind(kestrel: Services) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Coroutine
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import Request, Response
 from fastapi.exceptions import RequestValidationError
@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from rag_loop.api.errors import HTTP_CODES, database_error, error_body, error_type
 from rag_loop.api.schemas import Source, Versions
 from rag_loop.errors import RagLoopError
-from rag_loop.inputs import Text, clean_text
+from rag_loop.inputs import INTEGRAL, Text, clean_text
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +84,17 @@ class ChatCompletionIn(BaseModel):
     messages: list[ChatMessage] = Field(min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
-    n: int = Field(default=1, ge=1, le=1, description="One answer per request.")
+    n: Annotated[int, Field(ge=1, le=1), INTEGRAL] = Field(
+        default=1, description="One answer per request."
+    )
     temperature: float | None = Field(default=None, ge=0, le=2)
     top_p: float | None = Field(default=None, ge=0, le=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
+    max_tokens: Annotated[int, Field(ge=1), INTEGRAL] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1), INTEGRAL] | None = None
     user: Text | None = Field(default=None, max_length=256)
-    top_k: int | None = Field(default=None, ge=1, le=100, description="Chunks to retrieve.")
+    top_k: Annotated[int, Field(ge=1, le=100), INTEGRAL] | None = Field(
+        default=None, description="Chunks to retrieve."
+    )
 
 
 class AssistantMessage(BaseModel):

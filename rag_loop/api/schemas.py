@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from rag_loop.inputs import NotBlank, RowId, Text
+from rag_loop.inputs import INTEGRAL, NotBlank, RowId, Text
 from rag_loop.loop.records import CycleView
 
 
@@ -14,7 +14,7 @@ class AskIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     query: NotBlank = Field(description="The question.")
-    top_k: int | None = Field(default=None, ge=1, le=100)
+    top_k: Annotated[int, Field(ge=1, le=100), INTEGRAL] | None = None
 
 
 class Source(BaseModel):
@@ -143,15 +143,15 @@ class EvalIn(BaseModel):
         max_length=256,
         description="Name (file stem) of a configured golden set. Default: the first one.",
     )
-    window: int | None = Field(
-        default=None, ge=1, le=100_000, description="production: how many recent answers."
+    window: Annotated[int, Field(ge=1, le=100_000), INTEGRAL] | None = Field(
+        default=None, description="production: how many recent answers."
     )
     index_version: RowId | None = Field(
         default=None, description="golden: the index version to score (default: champion)."
     )
     judge: bool = Field(default=True, description="Use the configured judge, if any.")
-    limit: int | None = Field(
-        default=None, ge=1, le=100_000, description="golden: only the first N questions."
+    limit: Annotated[int, Field(ge=1, le=100_000), INTEGRAL] | None = Field(
+        default=None, description="golden: only the first N questions."
     )
 
 

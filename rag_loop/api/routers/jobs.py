@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import PurePath
 from typing import Literal
 
-from fastapi import APIRouter, Path, Query
+from fastapi import APIRouter, Path, Query, Response
 from starlette.concurrency import run_in_threadpool
 
 from rag_loop import jobs
 from rag_loop.api.deps import AdminDep, ServicesDep
 from rag_loop.api.errors import responses
 from rag_loop.api.schemas import IndexBuildIn, JobOut
+from rag_loop.errors import Forbidden
 from rag_loop.inputs import Text
+from rag_loop.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["jobs"])
 
@@ -24,14 +28,35 @@ router = APIRouter(prefix="/v1", tags=["jobs"])
     responses=responses(401, 403, 422, 503),
     summary="Ingest a path into a new index version, as a job (poll GET /v1/jobs/{id})",
 )
-async def build_route(body: IndexBuildIn, services: ServicesDep, principal: AdminDep) -> JobOut:
+async def build_route(
+    body: IndexBuildIn, services: ServicesDep, principal: AdminDep, response: Response
+) -> JobOut:
+    """The path must lie under one of `api.ingest_roots` (403 otherwise). Whether it exists
+    is for the job to find out: with a task queue it is read on a worker's machine."""
     actor = f"key:{principal.key_id}"
+    path = allowed_ingest_path(services.settings, body.path)
 
     def start() -> JobOut:
-        job_id = jobs.submit(services, "index_build", {"path": body.path}, actor=actor)
+        job_id = jobs.submit(services, "index_build", {"path": str(path)}, actor=actor)
         return JobOut.model_validate(jobs.get(services, job_id))
 
-    return await run_in_threadpool(start)
+    job = await run_in_threadpool(start)
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    return job
+
+
+def allowed_ingest_path(settings: Settings, raw: str) -> PurePath:
+    """`raw` made absolute and normalised (no `..` left), if it lies under an ingest root."""
+    roots = settings.api.ingest_roots or ([settings.corpus_path] if settings.corpus_path else [])
+    path = PurePath(os.path.normpath(os.path.abspath(raw)))
+    for root in roots:
+        if path.is_relative_to(os.path.normpath(os.path.abspath(root))):
+            return path
+    allowed = ", ".join(str(r) for r in roots) or "nothing (no corpus folder is set)"
+    raise Forbidden(
+        f"index builds over the API may only read under {allowed}; "
+        "RAG_LOOP_API_INGEST_ROOTS lists the folders allowed"
+    )
 
 
 @router.get(
