@@ -136,6 +136,50 @@ def test_langchain_chat_openai_plain_and_streaming(live: LiveServer, kestrel: Se
     assert answers == [message.content, streamed.strip()]
 
 
+def test_langchain_users_get_the_interaction_its_sources_and_the_feedback_token(
+    live: LiveServer, kestrel: Services
+) -> None:
+    """ChatOpenAI drops the body's `rag_loop` object; with `include_response_headers=True`
+    the X-Rag-Loop-* headers reach the message, and rag_loop.langchain reads them."""
+    from langchain_openai import ChatOpenAI
+
+    from rag_loop.langchain import answer_details
+
+    chat = ChatOpenAI(
+        model="rag-loop",
+        base_url=f"{live.url}/v1",
+        api_key="sk-not-a-rag-loop-key",  # the OpenAI SDK always sends one
+        max_retries=0,
+        include_response_headers=True,
+    )
+    message = chat.invoke(QUESTION)
+    first_chunk, *_ = chat.stream(QUESTION)  # read to the end, so the stream closes
+    for details in (answer_details(message), answer_details(first_chunk)):
+        with kestrel.sessions() as session:
+            shown = session.scalars(
+                select(Retrieval.chunk_id)
+                .where(Retrieval.interaction_id == details.interaction_id)
+                .order_by(Retrieval.rank)
+            ).all()
+        assert shown and [s["chunk_id"] for s in details.sources] == shown
+        feedback = httpx.post(
+            f"{live.url}/v1/feedback",
+            json={
+                "interaction_id": details.interaction_id,
+                "token": details.feedback_token,
+                "thumb": "up",
+            },
+            headers={"Authorization": "Bearer sk-not-a-rag-loop-key"},
+        )
+        assert feedback.status_code == 201, feedback.text
+    with pytest.raises(ValueError, match="include_response_headers"):
+        answer_details(
+            ChatOpenAI(
+                model="rag-loop", base_url=f"{live.url}/v1", api_key="x", max_retries=0
+            ).invoke(QUESTION)
+        )
+
+
 def test_a_follow_up_is_retrieved_with_the_earlier_question(
     client: openai.OpenAI, kestrel: Services
 ) -> None:
