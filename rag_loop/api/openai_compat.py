@@ -26,15 +26,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rag_loop.api.errors import HTTP_CODES, database_error, error_body, error_type
 from rag_loop.api.schemas import Source, Versions
+from rag_loop.client import INTERACTION_HEADER, SOURCES_HEADER, TOKEN_HEADER
 from rag_loop.errors import RagLoopError
 from rag_loop.inputs import INTEGRAL, Text, clean_text
 
 log = logging.getLogger(__name__)
 
 # response headers that carry what a client needs to send feedback
-INTERACTION_HEADER = "X-Rag-Loop-Interaction-Id"
-TOKEN_HEADER = "X-Rag-Loop-Feedback-Token"
-SOURCES_HEADER = "X-Rag-Loop-Sources"
 EXPOSED_HEADERS = [INTERACTION_HEADER, TOKEN_HEADER, SOURCES_HEADER]
 
 

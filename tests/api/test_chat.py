@@ -140,10 +140,10 @@ def test_langchain_users_get_the_interaction_its_sources_and_the_feedback_token(
     live: LiveServer, kestrel: Services
 ) -> None:
     """ChatOpenAI drops the body's `rag_loop` object; with `include_response_headers=True`
-    the X-Rag-Loop-* headers reach the message, and rag_loop.langchain reads them."""
+    the X-Rag-Loop-* headers reach the message, and rag_loop.client reads them."""
     from langchain_openai import ChatOpenAI
 
-    from rag_loop.langchain import answer_details
+    from rag_loop.client import answer_details
 
     chat = ChatOpenAI(
         model="rag-loop",

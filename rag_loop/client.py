@@ -1,5 +1,6 @@
-"""rag-loop's details of an answer (interaction id, feedback token, sources) from a LangChain
-message.
+"""What a client of rag-loop reads besides the OpenAI body: the `X-Rag-Loop-*` headers of a
+chat completion, and the details of an answer (interaction id, feedback token, sources) from
+a LangChain message. It imports nothing of the server, so a client loads it cheaply.
 
 LangChain's `ChatOpenAI` keeps OpenAI's fields of a completion and drops the rest, so the
 `rag_loop` object of the response body never reaches the message. The same details come in
@@ -7,7 +8,7 @@ the `X-Rag-Loop-*` response headers, which `ChatOpenAI(include_response_headers=
 puts in `message.response_metadata["headers"]` (when streaming, on the first chunk):
 
     from langchain_openai import ChatOpenAI
-    from rag_loop.langchain import answer_details
+    from rag_loop.client import answer_details
 
     chat = ChatOpenAI(model="rag-loop", base_url="http://localhost:8000/v1",
                       api_key="-", include_response_headers=True)
@@ -25,7 +26,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from rag_loop.api.openai_compat import INTERACTION_HEADER, SOURCES_HEADER, TOKEN_HEADER
+INTERACTION_HEADER = "X-Rag-Loop-Interaction-Id"
+TOKEN_HEADER = "X-Rag-Loop-Feedback-Token"
+SOURCES_HEADER = "X-Rag-Loop-Sources"  # JSON: rank, chunk_id, document_id of each source
 
 
 @dataclass(frozen=True)
