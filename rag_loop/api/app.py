@@ -96,6 +96,48 @@ OPTIONAL_KEY = {
 ANONYMOUS_ASKS = {"ask", "create_chat_completion"}  # unless auth.require_key_for_ask
 
 
+def _link(operation_id: str, **parameters: str) -> dict[str, Any]:
+    return {"operationId": operation_id, "parameters": parameters}
+
+
+# OpenAPI links: where the ids one response returns are used next (SDK generators and the
+# contract test's stateful phase follow them)
+INTERACTION = "$response.body#/interaction_id"
+LINKS: dict[tuple[str, str], dict[str, Any]] = {
+    ("ask", "200"): {
+        "SendFeedback": {
+            "operationId": "submit_feedback",
+            "requestBody": {
+                "interaction_id": INTERACTION,
+                "token": "$response.body#/feedback_token",
+                "thumb": "down",
+            },
+        },
+        "GetInteraction": _link("get_interaction", interaction_id=INTERACTION),
+        "TraceInteraction": _link("trace_interaction", interaction_id=INTERACTION),
+    },
+    ("submit_feedback", "201"): {
+        "ApproveCorrection": _link(
+            "approve_correction", correction_id="$response.body#/correction_id"
+        ),
+        "RejectCorrection": _link(
+            "reject_correction", correction_id="$response.body#/correction_id"
+        ),
+    },
+    ("run_evaluation", "202"): {"GetJob": _link("get_job", job_id="$response.body#/id")},
+    ("build_index_version", "202"): {"GetJob": _link("get_job", job_id="$response.body#/id")},
+    ("start_loop_cycle", "202"): {
+        name: _link(operation, cycle_id="$response.body#/id")
+        for name, operation in (
+            ("GetCycle", "get_loop_cycle"),
+            ("ApproveCycle", "approve_loop_cycle"),
+            ("RejectCycle", "reject_loop_cycle"),
+            ("ResumeCycle", "resume_loop_cycle"),
+        )
+    },
+}
+
+
 def _write_contract(app: FastAPI, settings: Settings) -> None:
     """FastAPI's schema, completed where it cannot know what the service does:
 
@@ -105,7 +147,8 @@ def _write_contract(app: FastAPI, settings: Settings) -> None:
     - a key that is optional is documented as such (an empty security requirement), and the
       chat route, which reads the key itself, declares the schemes;
     - the OpenAI-compatible routes answer a request that does not match the schema with
-      OpenAI's 400, never with the 422 FastAPI documents for every route with parameters."""
+      OpenAI's 400, never with the 422 FastAPI documents for every route with parameters;
+    - links from the responses that return ids to the operations that take them."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -128,6 +171,9 @@ def _write_contract(app: FastAPI, settings: Settings) -> None:
                         operation["security"] = security
                     if is_openai_path(path):
                         operation.get("responses", {}).pop("422", None)
+                    for (operation_id, status), links in LINKS.items():
+                        if operation.get("operationId") == operation_id:
+                            operation["responses"][status]["links"] = links
         return app.openapi_schema  # type: ignore[return-value]
 
     app.openapi = openapi  # type: ignore[method-assign]

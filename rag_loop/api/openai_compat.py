@@ -28,7 +28,7 @@ from rag_loop.api.errors import HTTP_CODES, database_error, error_body, error_ty
 from rag_loop.api.schemas import Source, Versions
 from rag_loop.client import INTERACTION_HEADER, SOURCES_HEADER, TOKEN_HEADER
 from rag_loop.errors import RagLoopError
-from rag_loop.inputs import INTEGRAL, Text, clean_text
+from rag_loop.inputs import INTEGRAL, TEXT_PATTERN, Text, clean_text
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,10 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)  # name, tool_calls, refusal, ...
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[TextPart] | None = None
+    # the pattern documents the check `_clean` makes (no NUL); see rag_loop.inputs
+    content: (
+        Annotated[str, Field(json_schema_extra={"pattern": TEXT_PATTERN})] | list[TextPart] | None
+    ) = None
 
     @field_validator("content")
     @classmethod
