@@ -109,7 +109,8 @@ def test_every_route_keeps_the_openapi_contract(
         str(report),
         "--no-color",
     ]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=1800)
+    # in tmp_path: the fuzzer keeps a cache of what it found in its working folder
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1800, cwd=tmp_path)
     print(done.stdout[done.stdout.find("=== WARNINGS") :])  # the figures, in the test log
     assert done.returncode == 0, done.stdout[-20000:] + done.stderr[-5000:]
     ran = json.loads(report.read_text())
