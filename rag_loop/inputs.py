@@ -8,7 +8,7 @@
 - `RowId`: an id of a database row (an integer primary key): 1 to 2**31 - 1, the range of
   an INTEGER column in PostgreSQL. A bigger number is a 4xx, not an overflow in the driver.
 
-Both are pydantic annotations, so the API's bodies, path and query parameters and the CLI's
+All are pydantic annotations, so the API's bodies, path and query parameters and the CLI's
 inputs check them the same way, and the OpenAPI document says what is accepted.
 """
 

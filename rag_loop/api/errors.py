@@ -94,14 +94,18 @@ def error_response(
     *,
     path: str = "",
 ) -> JSONResponse:
-    """The error in the shape of the protocol `path` belongs to: OpenAI's on the
-    OpenAI-compatible routes, rag-loop's everywhere else."""
-    body: dict[str, Any]
-    if is_openai_path(path):
-        body = error_body(status, code, message)
-    else:
-        body = {"error": {"code": code, "message": message, "details": details or []}}
+    """The error as a response, in the shape of the protocol `path` belongs to."""
+    body = error_payload(status, code, message, details, path=path)
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def error_payload(
+    status: int, code: str, message: str, details: list[Any] | None = None, *, path: str = ""
+) -> dict[str, Any]:
+    """OpenAI's shape on the OpenAI-compatible routes, rag-loop's everywhere else."""
+    if is_openai_path(path):
+        return error_body(status, code, message)
+    return {"error": {"code": code, "message": message, "details": details or []}}
 
 
 def responses(*statuses: int) -> dict[int | str, dict[str, Any]]:

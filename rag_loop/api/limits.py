@@ -16,7 +16,7 @@ import json
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from rag_loop.api.errors import error_body, is_openai_path
+from rag_loop.api.errors import error_payload
 
 
 class BodyLimit:
@@ -31,7 +31,7 @@ class BodyLimit:
         for name, value in scope["headers"]:
             if name == b"content-length":
                 if not value.isdigit() or int(value) > self.max_bytes:
-                    await self._refuse(send, openai=is_openai_path(scope["path"]))
+                    await self._refuse(send, scope["path"])
                     return
                 break
         received = 0
@@ -53,15 +53,10 @@ class BodyLimit:
     def _message(self) -> str:
         return f"the body is larger than {self.max_bytes} bytes"
 
-    async def _refuse(self, send: Send, *, openai: bool) -> None:
+    async def _refuse(self, send: Send, path: str) -> None:
         """413 in the protocol's error shape, as the app would have answered a chunked body."""
-        if openai:
-            error = error_body(413, "payload_too_large", self._message())
-        else:
-            error = {
-                "error": {"code": "payload_too_large", "message": self._message(), "details": []}
-            }
-        body = json.dumps(error).encode()
+        payload = error_payload(413, "payload_too_large", self._message(), path=path)
+        body = json.dumps(payload).encode()
         await send(
             {
                 "type": "http.response.start",

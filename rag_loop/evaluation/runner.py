@@ -268,6 +268,21 @@ def _default_golden(services: EvalParts) -> Path:
     return sets[0]
 
 
+def version_to_score(services: EvalParts, index_version_id: int | None) -> IndexVersion:
+    """The index version a golden run scores: the one asked for (404 if unknown), or the
+    champion; it must be ready (400 otherwise)."""
+    with services.sessions() as session:
+        index = (
+            get_version(session, index_version_id)
+            if index_version_id is not None
+            else champion(session)
+        )
+        session.expunge(index)
+    if index.status != "ready":
+        raise InvalidInput(f"index version {index.id} is {index.status}, not ready")
+    return index
+
+
 def _load(
     services: EvalParts, request: EvalRequest, embedder: Embedder | None
 ) -> tuple[EvalDataset, IndexVersion | None, Embedder]:
@@ -281,15 +296,7 @@ def _load(
         if request.limit < 1:
             raise InvalidInput(f"limit must be at least 1, not {request.limit}")
         dataset.items = dataset.items[: request.limit]
-    with services.sessions() as session:
-        index = (
-            get_version(session, request.index_version_id)
-            if request.index_version_id is not None
-            else champion(session)
-        )
-        session.expunge(index)
-    if index.status != "ready":
-        raise InvalidInput(f"index version {index.id} is {index.status}, not ready")
+    index = version_to_score(services, request.index_version_id)
     if embedder is None:
         embedder = services.embedders.get(index.embedder_version)
     if index.embedder_version != embedder.version:

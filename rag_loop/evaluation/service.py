@@ -6,11 +6,10 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-from rag_loop.errors import InvalidInput, NotFound, RagLoopError
+from rag_loop.errors import NotFound, RagLoopError
 from rag_loop.evaluation import drift as drift_checks
 from rag_loop.evaluation import report, runner
 from rag_loop.evaluation.runner import EvalParts
-from rag_loop.index.versions import get_version
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +33,7 @@ def check_request(
     version (404), or an index version that is not ready (400)."""
     golden_path(services, golden_set)
     if index_version is not None:
-        with services.sessions() as session:
-            version = get_version(session, index_version)
-            if version.status != "ready":
-                raise InvalidInput(f"index version {version.id} is {version.status}, not ready")
+        runner.version_to_score(services, index_version)
 
 
 def run(

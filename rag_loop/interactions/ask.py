@@ -170,13 +170,11 @@ def prepare(
             embedder, services.store, services.lexical, index, index.retrieval, query, k
         )
     except (RagLoopError, DBAPIError) as exc:
-        error = exc if isinstance(exc, RagLoopError) else as_backend_error(exc)
-        record_failure(
-            services,
-            Failure(interaction_id, query, k, index, started, api_key_id, client),
-            "retrieval",
-            error,
-        )
+        error = exc if isinstance(exc, RagLoopError) else unavailable(exc)
+        if error is None:
+            raise  # a database error that is not an outage: a bug, for the server log
+        failure = Failure(interaction_id, query, k, index, started, api_key_id, client)
+        record_failure(services, failure, "retrieval", error)
         if error is exc:
             raise
         raise error from exc
@@ -208,13 +206,6 @@ def versions_of(index: ServingIndex, generator: Generator) -> dict[str, Any]:
     }
 
 
-def as_backend_error(exc: DBAPIError) -> RagLoopError:
-    error = unavailable(exc)
-    if error is None:
-        raise exc  # not an outage: a bug, for the server log
-    return error
-
-
 @dataclass(frozen=True)
 class Failure:
     """An ask that failed before there was anything to answer from."""
@@ -228,31 +219,54 @@ class Failure:
     client: str | None
 
 
-def record_failure(services: AskParts, failure: Failure, stage: str, error: RagLoopError) -> None:
-    """Log an ask that failed in `stage` as an interaction with status `error`, and name it
-    in the error. If even that cannot be written (the database is down), the error goes
-    out without an interaction id and the server log has the question."""
-    index = failure.index
-    latency = round((time.perf_counter() - failure.started) * 1000, 3)
-    row = {
-        "id": failure.interaction_id,
+def interaction_row(
+    asked: Failure | Prepared,
+    *,
+    prompt_version: str,
+    generator: str,
+    answer: str | None,
+    cited: list[int],
+    latency: dict[str, float],
+    error: RagLoopError | None,
+    stage: str | None,
+) -> dict[str, Any]:
+    """The `interactions` row of an ask, answered or failed (then `stage` says where)."""
+    index = asked.index
+    return {
+        "id": asked.interaction_id,
         "created_at": utcnow(),
-        "query": failure.query,
-        "answer": None,
-        "status": "error",
-        "error": f"{error.code}: {error.message}",
+        "query": asked.query,
+        "answer": answer,
+        "status": "error" if error else "ok",
+        "error": f"{error.code}: {error.message}" if error else None,
         "failed_stage": stage,
         "index_version_id": index.id if index else None,
         "collection_name": index.collection_name if index else None,
         "embedder_version": index.embedder_version if index else None,
-        "prompt_version": services.generator.prompt_version,
-        "generator": services.generator.name,
-        "top_k": failure.k,
-        "cited_ranks": [],
-        "latency_ms": {"total": latency},
-        "api_key_id": failure.api_key_id,
-        "client": failure.client,
+        "prompt_version": prompt_version,
+        "generator": generator,
+        "top_k": asked.k,
+        "cited_ranks": cited,
+        "latency_ms": latency,
+        "api_key_id": asked.api_key_id,
+        "client": asked.client,
     }
+
+
+def record_failure(services: AskParts, failure: Failure, stage: str, error: RagLoopError) -> None:
+    """Log an ask that failed in `stage` as an interaction with status `error`, and name it
+    in the error. If even that cannot be written (the database is down), the error goes
+    out without an interaction id and the server log has the question."""
+    row = interaction_row(
+        failure,
+        prompt_version=services.generator.prompt_version,
+        generator=services.generator.name,
+        answer=None,
+        cited=[],
+        latency={"total": round((time.perf_counter() - failure.started) * 1000, 3)},
+        error=error,
+        stage=stage,
+    )
     try:
         insert_rows(services.engine, (Interaction, [row]))
     except RagLoopError as exc:
@@ -319,26 +333,17 @@ def interaction_rows(
     latency = prepared.latency_ms
     latency["generate"] = round((now - generation_started) * 1000, 3)
     latency["total"] = round((now - prepared.started) * 1000, 3)
-    index, interaction_id = prepared.index, prepared.interaction_id
-    interaction = {
-        "id": interaction_id,
-        "created_at": utcnow(),
-        "query": prepared.query,
-        "answer": answer,
-        "status": "error" if error else "ok",
-        "error": f"{error.code}: {error.message}" if error else None,
-        "failed_stage": "generation" if error else None,
-        "index_version_id": index.id,
-        "collection_name": index.collection_name,
-        "embedder_version": index.embedder_version,
-        "prompt_version": prepared.versions["prompt_version"],
-        "generator": prepared.versions["generator"],
-        "top_k": prepared.k,
-        "cited_ranks": cited,
-        "latency_ms": dict(latency),
-        "api_key_id": prepared.api_key_id,
-        "client": prepared.client,
-    }
+    interaction_id = prepared.interaction_id
+    interaction = interaction_row(
+        prepared,
+        prompt_version=prepared.versions["prompt_version"],
+        generator=prepared.versions["generator"],
+        answer=answer,
+        cited=cited,
+        latency=dict(latency),
+        error=error,
+        stage="generation" if error else None,
+    )
     retrievals = [
         {
             "interaction_id": interaction_id,

@@ -5,13 +5,21 @@ from __future__ import annotations
 import threading
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import pytest
-from sqlalchemy import insert, inspect, select, text
+from sqlalchemy import event, insert, inspect, select, text
 from sqlalchemy.exc import DBAPIError
 
 from rag_loop.corpus.ingest import ingest
-from rag_loop.db.engine import insert_rows, transaction, upgrade, write_connection
+from rag_loop.db.engine import (
+    create_db_engine,
+    insert_rows,
+    transaction,
+    upgrade,
+    write_connection,
+)
 from rag_loop.db.models import (
     AuditEntry,
     Correction,
@@ -20,6 +28,7 @@ from rag_loop.db.models import (
     Interaction,
     utcnow,
 )
+from rag_loop.errors import BackendUnavailable
 from rag_loop.feedback import corrections
 from rag_loop.feedback.lineage import show
 from rag_loop.feedback.schemas import FeedbackIn
@@ -32,7 +41,7 @@ from rag_loop.feedback.service import (
 )
 from rag_loop.interactions.ask import ask
 from rag_loop.services import Services
-from tests.conftest import CORPUS
+from tests.conftest import CORPUS, PG_ADMIN
 
 
 def test_migrations_create_every_table_and_are_idempotent(
@@ -246,7 +255,9 @@ def test_generator_failure_still_records_the_interaction(
             row = session.get(Interaction, interaction_id)
             assert row is not None and row.status == "error" and row.answer is None
             assert "cannot be reached" in (row.error or "")
+            assert row.failed_stage == "generation"
             assert len(row.retrievals) == 5
+        assert caught.value.details[0]["failed_stage"] == "generation"
     finally:
         svc.close()
 
@@ -374,3 +385,41 @@ def test_0007_moves_failed_in_from_the_stages_json_to_its_column_and_back(
     with services.engine.connect() as conn:
         assert conn.execute(select(table.c.stages)).scalar_one() == stages
     upgrade(services.engine)
+
+
+def test_an_insert_is_retried_once_after_a_dropped_connection(postgres_url: str) -> None:
+    """A PostgreSQL connection killed under an insert (a restart, a failover): the insert
+    is tried once more on a fresh connection; killed twice, it is the 503 clients retry."""
+    engine = create_db_engine(postgres_url)
+    upgrade(engine)
+    kills = {"left": 1}
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def kill_before_insert(conn: Any, *args: Any) -> None:
+        if kills["left"] and args[1].lstrip().upper().startswith("INSERT"):
+            kills["left"] -= 1
+            pid = conn.connection.dbapi_connection.info.backend_pid
+            with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+                admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+
+    def row(interaction_id: str) -> dict[str, Any]:
+        return {
+            "id": interaction_id,
+            "created_at": utcnow(),
+            "query": "q",
+            "top_k": 5,
+            "cited_ranks": [],
+            "latency_ms": {},
+        }
+
+    try:
+        insert_rows(engine, (Interaction, [row("once")]))  # killed once: stored on the retry
+        assert kills["left"] == 0
+        kills["left"] = 2
+        with pytest.raises(BackendUnavailable):  # killed on both tries
+            insert_rows(engine, (Interaction, [row("twice")]))
+        with engine.connect() as conn:
+            stored = conn.scalars(select(Interaction.id)).all()
+        assert stored == ["once"]
+    finally:
+        engine.dispose()
