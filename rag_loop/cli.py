@@ -592,8 +592,15 @@ def demo_replay(
     questions: Annotated[
         Path, typer.Argument(help="Questions with document_ids (the golden-set format).")
     ],
+    user: Annotated[
+        str | None,
+        typer.Option(
+            help="A preset simulated user, generous or realistic (the loop benchmark's); "
+            "the options below then do not apply."
+        ),
+    ] = None,
     noise: Annotated[
-        float, typer.Option(help="Share of chunk labels flipped.", min=0.0, max=1.0)
+        float, typer.Option(help="Share of judgements flipped.", min=0.0, max=1.0)
     ] = 0.0,
     pointer_share: Annotated[
         float, typer.Option(help="Share of misses answered with a pointer.", min=0.0, max=1.0)
@@ -608,11 +615,17 @@ def demo_replay(
     from rag_loop.evaluation.replay import replay
     from rag_loop.feedback.simulated import SimulatedUser
 
-    user = SimulatedUser(
-        seed=seed, label_noise=noise, pointer_share=pointer_share, label_depth=label_depth
-    )
-    asked = replay(services(), questions, user, actor="cli-demo")
-    emit({"asked": asked, "feedback": user.counts})
+    if user is not None:
+        try:
+            simulated = SimulatedUser.preset(user, seed)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from exc
+    else:
+        simulated = SimulatedUser(
+            seed=seed, label_noise=noise, pointer_share=pointer_share, label_depth=label_depth
+        )
+    asked = replay(services(), questions, simulated, actor="cli-demo")
+    emit({"asked": asked, "user": simulated.name, "feedback": simulated.counts})
 
 
 CycleId = Annotated[int, typer.Argument(help="The loop cycle id (`rag-loop loop list`).")]

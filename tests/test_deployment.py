@@ -162,6 +162,7 @@ def test_end_to_end_through_two_apis_and_two_workers(stack: Stack) -> None:
             answer["sources"],
             set(item["document_ids"]),
         )
+        assert feedback is not None  # this user answers every time
         response = stack.api(n + 1).post(  # the other process checks the token
             "/v1/feedback", json=feedback.model_dump(exclude_none=True)
         )

@@ -21,20 +21,20 @@ def replay(
     services: ReplayParts, path: Path, user: SimulatedUser, *, actor: str = "simulated-user"
 ) -> int:
     """Ask every question of a question file (the golden-set format, with `document_ids`)
-    and send the user's feedback through the real services; returns how many."""
+    and send the user's feedback (when it gives any) through the real services; returns
+    how many questions were asked."""
     dataset = load_golden(path)
     if dataset.id_level != "document":
         raise InvalidInput(f"{path} must name document_ids for the simulated user")
     for item in dataset.items:
         answer = ask(services, item.query, client="simulated-user")
-        submit_feedback(
-            services,
-            user.feedback(
-                answer.interaction_id,
-                answer.feedback_token,
-                answer.sources,
-                set(item.reference_ids),
-            ),
-            actor=actor,
+        feedback = user.feedback(
+            answer.interaction_id,
+            answer.feedback_token,
+            answer.sources,
+            set(item.reference_ids),
+            answer.cited_ranks,
         )
+        if feedback is not None:
+            submit_feedback(services, feedback, actor=actor)
     return len(dataset.items)
