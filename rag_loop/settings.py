@@ -117,13 +117,17 @@ class ChunkingSettings(BaseModel):
 class RetrievalSettings(BaseModel):
     top_k: int = Field(default=5, ge=1, le=100, description="Chunks retrieved per question.")
     mode: Literal["dense", "hybrid"] = Field(
-        default="dense",
-        description="How new index versions (ingest, loop candidates) retrieve: dense "
-        "(embeddings in Chroma) or hybrid (BM25 over the same chunks fused with dense). "
+        default="hybrid",
+        description="How new index versions (ingest, loop candidates) retrieve: hybrid "
+        "(BM25 over the same chunks fused with dense) or dense (embeddings in Chroma only). "
         "Stored with the index version; a running version never changes.",
     )
     dense_weight: float = Field(
-        default=0.5, ge=0.0, le=1.0, description="hybrid: weight of the dense score."
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="hybrid: weight of the dense score in the first index version; each loop "
+        "cycle may move it by one step (0.1) when that ranks its validation feedback better.",
     )
     hybrid_candidates: int = Field(
         default=100, ge=10, le=1000, description="hybrid: dense and BM25 candidates fused."
@@ -373,7 +377,28 @@ class TrainingSettings(BaseModel):
         description="Fine-tune the serving embedder further (champion) or start again from "
         "the service's base model (base).",
     )
-    epochs: int = Field(default=3, ge=1, le=50)
+    validation_share: float = Field(
+        default=0.2,
+        ge=0.0,
+        lt=1.0,
+        description="Share of the training queries (never the gate's held-out ones) that "
+        "query-side training validates on: it keeps the epoch and the hybrid fusion weight "
+        "that rank them best, and keeps the champion's encoder when no epoch beats it. 0: "
+        "no validation; training runs `epochs` and always offers its encoder to the gate.",
+    )
+    epochs: int = Field(
+        default=8,
+        ge=1,
+        le=50,
+        description="query mode: at most this many epochs (early stopping on the validation "
+        "queries picks the best one); full mode: this many.",
+    )
+    patience: int = Field(
+        default=2,
+        ge=1,
+        le=50,
+        description="query mode: stop after this many epochs without a better validation nDCG@10.",
+    )
     batch_size: int = Field(default=32, ge=2, le=1024)
     learning_rate: float = Field(default=5e-5, gt=0, lt=1)
     warmup_ratio: float = Field(default=0.1, ge=0, lt=1)

@@ -180,9 +180,16 @@ def create_index_version(
     *,
     chunking: tuple[int, int, str] | None = None,
     corpus: str = "",
+    retrieval: RetrievalConfig | None = None,
 ) -> tuple[int, str]:
-    """A `building` index version row for `embedder` with the configured retrieval and
-    `chunking` (size, overlap, hash; the parent's when not given); its id and collection."""
+    """A `building` index version row for `embedder` with `retrieval` (by default the
+    configured one, keeping the parent's learned weight) and `chunking` (size, overlap,
+    hash; the parent's when not given); its id and collection."""
+    if retrieval is None:
+        retrieval = RetrievalConfig.for_new_version(
+            services.settings.retrieval,
+            RetrievalConfig.stored(parent.retrieval) if parent is not None else None,
+        )
     if chunking is None:
         assert parent is not None, "a first index version names its chunking"
         chunking = (parent.chunk_size, parent.chunk_overlap, parent.chunking_hash)
@@ -199,7 +206,7 @@ def create_index_version(
             corpus_hash=corpus,
             parent_id=parent.id if parent else None,
             reason=reason[:256],
-            retrieval=RetrievalConfig.from_settings(services.settings.retrieval).as_dict(),
+            retrieval=retrieval.as_dict(),
         )
         session.add(row)
         session.flush()

@@ -101,13 +101,14 @@ def ingest(
         serving = champion_or_none(session)
         embedder = _ingest_embedder(services, session, serving)
 
+    serving_retrieval = RetrievalConfig.stored(serving.retrieval) if serving else None
+    retrieval = RetrievalConfig.for_new_version(services.settings.retrieval, serving_retrieval)
     rebuild_all = (
         serving is None
         or serving.chunking_hash != chunker.config_hash
         or serving.embedder_version != embedder.version
         # a changed RAG_LOOP_RETRIEVAL_* makes a new version (the embeddings are reused)
-        or RetrievalConfig.stored(serving.retrieval)
-        != RetrievalConfig.from_settings(services.settings.retrieval)
+        or serving_retrieval != retrieval
     )
     loaded_ids = {d.id for d in loaded}
     added = [d for d in loaded if d.id not in existing or existing[d.id].deleted_at is not None]
@@ -179,6 +180,7 @@ def ingest(
         f"ingest {root}",
         chunking=(chunker.chunk_size, chunker.chunk_overlap, chunker.config_hash),
         corpus=corpus,
+        retrieval=retrieval,
     )
 
     try:
@@ -228,7 +230,7 @@ def ingest(
                     "corpus_hash": corpus,
                     "source_root": root,
                     "parent_index_version": serving.id if serving else "none",
-                    "retrieval": RetrievalConfig.from_settings(services.settings.retrieval).label,
+                    "retrieval": retrieval.label,
                 },
                 metrics=counts,
             )

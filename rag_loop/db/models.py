@@ -434,6 +434,8 @@ class LoopCycle(Base):
     )
     # written through loop.records (Gate, StageFigures): one shape
     gate: Mapped[dict[str, Any]] = mapped_column(default=dict)  # eval run ids, deltas, verdict
+    # what training chose on the validation feedback (epochs, encoder, dense weight)
+    recipe: Mapped[dict[str, Any]] = mapped_column(default=dict)
     stages: Mapped[dict[str, Any]] = mapped_column(default=dict)  # stage -> seconds, memory
     failed_in: Mapped[str | None] = mapped_column(String(32), default=None)  # resume goes on
     error: Mapped[str | None] = mapped_column(Text, default=None)

@@ -8,7 +8,7 @@ embedder: a loop candidate is gated with the configuration it will serve with, a
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from typing import Any, Literal
 
@@ -53,6 +53,25 @@ class RetrievalConfig:
             bm25_k1=settings.bm25_k1,
             bm25_b=settings.bm25_b,
         )
+
+    @classmethod
+    def for_new_version(
+        cls, settings: RetrievalSettings, serving: RetrievalConfig | None
+    ) -> RetrievalConfig:
+        """How a new index version retrieves: as the settings say, with the dense weight the
+        loop chose for the serving version when it fuses the same way otherwise (the
+        setting's weight is where the loop starts, not a value it must keep)."""
+        configured = cls.from_settings(settings)
+        if (
+            serving is not None
+            and configured.hybrid
+            and replace(serving, dense_weight=configured.dense_weight) == configured
+        ):
+            return serving
+        return configured
+
+    def with_weight(self, dense_weight: float | None) -> RetrievalConfig:
+        return self if dense_weight is None else replace(self, dense_weight=dense_weight)
 
     @classmethod
     def stored(cls, value: dict[str, Any] | str | None) -> RetrievalConfig:

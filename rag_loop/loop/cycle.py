@@ -61,6 +61,7 @@ from rag_loop.index.embedders import (
     SentenceTransformerEmbedder,
     document_side,
 )
+from rag_loop.index.retrieval_config import RetrievalConfig
 from rag_loop.index.versions import (
     CANDIDATE,
     CHAMPION,
@@ -95,6 +96,7 @@ from rag_loop.loop.states import (
 from rag_loop.registry import outbox
 from rag_loop.registry.embedders import (
     RegistryParts,
+    TrainedModel,
     embedder_row,
     ensure_base,
     model_folder,
@@ -103,6 +105,7 @@ from rag_loop.registry.embedders import (
 from rag_loop.registry.tracking import LOOP_EXPERIMENT
 from rag_loop.training.dataset import DatasetParts, build_training_set
 from rag_loop.training.finetune import finetune, finetune_queries
+from rag_loop.training.validation import FusionCheck
 
 log = logging.getLogger(__name__)
 
@@ -442,23 +445,87 @@ def _train(services: CycleParts, cycle: LoopCycle) -> Move:
         "device": services.settings.embedder.device,
     }
     embedder: Embedder
-    if settings.mode == "query":
-        # the documents keep the champion's vectors: the query encoder learns against them
-        documents_version = document_side(index.embedder_version)
-        ids = sorted(services.store.ids(index.collection_name))
-        found = services.store.get_embeddings(index.collection_name, ids)
-        bank = np.stack([found[i] for i in ids])
-        trained = finetune_queries(
-            Path(parent.path), Path(training_set.path), folder, settings, ids, bank
-        )
-        embedder = AsymmetricEmbedder(
-            SentenceTransformerEmbedder(str(folder), **options),  # type: ignore[arg-type]
-            services.embedders.get(documents_version),
-        )
-    else:
-        documents_version = None
+    if settings.mode == "full":
         trained = finetune(Path(parent.path), Path(training_set.path), folder, settings)
         embedder = SentenceTransformerEmbedder(str(folder), **options)  # type: ignore[arg-type]
+        return _trained_move(services, cycle, trained, embedder, parent, training_set, None, {})
+    # the documents keep the champion's vectors: the query encoder learns against them
+    documents_version = document_side(index.embedder_version)
+    ids = sorted(services.store.ids(index.collection_name))
+    found = services.store.get_embeddings(index.collection_name, ids)
+    bank = np.stack([found[i] for i in ids])
+    check = FusionCheck.from_examples(
+        Path(training_set.path),
+        ids,
+        bank,
+        *_fusion_inputs(services, index),
+    )
+    tuning = finetune_queries(
+        Path(parent.path), Path(training_set.path), folder, settings, ids, bank, check
+    )
+    champion_retrieval = RetrievalConfig.stored(index.retrieval)
+    recipe = {
+        "encoder": "trained" if tuning.trained is not None else "kept",
+        "epochs_run": tuning.epochs_run,
+        "best_epoch": tuning.best_epoch,
+        "dense_weight": tuning.dense_weight,
+        "champion_dense_weight": champion_retrieval.dense_weight
+        if champion_retrieval.hybrid
+        else None,
+        "validation_queries": tuning.validation_queries,
+        "validation": tuning.validation,
+    }
+    if tuning.trained is None:
+        if tuning.dense_weight in (None, recipe["champion_dense_weight"]):
+            move = _rejection(
+                "nothing learned: no epoch and no fusion weight ranked the "
+                f"{tuning.validation_queries} validation feedback queries better than the "
+                "champion",
+                "loop",
+            )
+            move.fields["recipe"] = recipe
+            return move
+        # only the fusion weight changes: the champion's encoder, a new index version
+        same = services.embedders.get(index.embedder_version)
+        row = embedder_row(services, same.version)
+        assert row is not None, "the serving embedder is registered"
+        return Move(S.INDEXING, fields={"embedder_version_id": row.id, "recipe": recipe})
+    embedder = AsymmetricEmbedder(
+        SentenceTransformerEmbedder(str(folder), **options),  # type: ignore[arg-type]
+        services.embedders.get(documents_version),
+    )
+    return _trained_move(
+        services, cycle, tuning.trained, embedder, parent, training_set, documents_version, recipe
+    )
+
+
+def _fusion_inputs(
+    services: CycleParts, index: IndexVersion
+) -> tuple[Callable[[str], dict[str, float]] | None, float | None, int]:
+    """How the champion fuses: BM25 scores by chunk id for a query (None: dense), its dense
+    weight and its candidate depth."""
+    config = RetrievalConfig.stored(index.retrieval)
+    if not config.hybrid:
+        return None, None, config.candidates
+    lexical = services.lexical.get(index.collection_name, index.revision, config)
+
+    def bm25_of(query: str) -> dict[str, float]:
+        scores = lexical.scores(query)
+        return {lexical.hits[i].chunk_id: float(scores[i]) for i in np.flatnonzero(scores)}
+
+    return bm25_of, config.dense_weight, config.candidates
+
+
+def _trained_move(
+    services: CycleParts,
+    cycle: LoopCycle,
+    trained: TrainedModel,
+    embedder: Embedder,
+    parent: EmbedderVersion,
+    training_set: TrainingSet,
+    documents_version: str | None,
+    recipe: dict[str, Any],
+) -> Move:
     row = embedder_row(services, embedder.version)  # trained before a crash: same weights
     if row is None:
         row = register_trained(
@@ -471,7 +538,7 @@ def _train(services: CycleParts, cycle: LoopCycle) -> Move:
             document_version=documents_version,
         )
     services.embedders.add(embedder)
-    return Move(S.INDEXING, fields={"embedder_version_id": row.id})
+    return Move(S.INDEXING, fields={"embedder_version_id": row.id, "recipe": recipe})
 
 
 def _index(services: CycleParts, cycle: LoopCycle) -> Move:
@@ -482,8 +549,15 @@ def _index(services: CycleParts, cycle: LoopCycle) -> Move:
     embedder = services.embedders.get(model.version)
     version_id = cycle.candidate_index_version_id
     if version_id is None:
+        retrieval = RetrievalConfig.for_new_version(
+            services.settings.retrieval, RetrievalConfig.stored(parent.retrieval)
+        ).with_weight((cycle.recipe or {}).get("dense_weight"))
         version_id, _ = create_index_version(
-            services, embedder, parent, f"loop cycle {cycle.id}: {model.version}"
+            services,
+            embedder,
+            parent,
+            f"loop cycle {cycle.id}: {model.version}, {retrieval.label}",
+            retrieval=retrieval,
         )
         _update(services, cycle.id, candidate_index_version_id=version_id)
     same_documents = document_side(parent.embedder_version) == document_side(model.version)
@@ -924,6 +998,7 @@ def _model(session: Session, cycle: LoopCycle) -> CycleView:
             mlflow_run_id=model.mlflow_run_id,
         ),
         gate=Gate.model_validate(cycle.gate),
+        recipe=cycle.recipe or {},
         stages={k: StageFigures.model_validate(v) for k, v in cycle.stages.items()},
         failed_in=CycleState(cycle.failed_in) if cycle.failed_in else None,
         error=cycle.error,

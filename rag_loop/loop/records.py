@@ -134,6 +134,12 @@ class CycleView(_Record):
         description="Evaluation runs of candidate and champion, deltas, verdict, shadow "
         "figures, the post-promotion watch and a rollback."
     )
+    recipe: dict[str, Any] = Field(
+        default_factory=dict,
+        description="What training chose on the validation feedback: the epochs run and the "
+        "one kept, whether the encoder was trained or the champion's kept, the hybrid dense "
+        "weight, and the validation nDCG@10 of every epoch (0: before training).",
+    )
     stages: dict[str, StageFigures] = Field(description="Seconds and peak memory per stage.")
     failed_in: CycleState | None = Field(
         default=None, description="The step a failed cycle failed in (resume goes on there)."

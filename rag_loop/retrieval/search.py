@@ -93,16 +93,22 @@ def search(
                     embedding @ query_unit / (np.linalg.norm(embedding) or 1.0)
                 )
     ids = list(pool)
-    dense_scores = _minmax(np.array([cosine[i] for i in ids], dtype=np.float64))
-    lexical_scores = _minmax(
+    fused = fuse(
+        np.array([cosine[i] for i in ids], dtype=np.float64),
         np.array(
             [bm25[index.position[i]] if i in index.position else 0.0 for i in ids],
             dtype=np.float64,
-        )
+        ),
+        config.dense_weight,
     )
-    fused = config.dense_weight * dense_scores + (1.0 - config.dense_weight) * lexical_scores
     order = np.argsort(-fused, kind="stable")[:k]
     return [_with_score(pool[ids[i]], round(float(fused[i]), 6)) for i in order]
+
+
+def fuse(cosine: np.ndarray, bm25: np.ndarray, dense_weight: float) -> np.ndarray:
+    """The hybrid score of a candidate pool: each side min-max normalised over the pool,
+    then dense_weight * dense + (1 - dense_weight) * BM25."""
+    return dense_weight * _minmax(cosine) + (1.0 - dense_weight) * _minmax(bm25)
 
 
 def _minmax(values: np.ndarray) -> np.ndarray:

@@ -19,7 +19,9 @@ chunk from both sides. A thumb agrees or disagrees with the label of the chunk t
 was built on first, so one mislabelled first chunk is outvoted or dropped, never trusted.
 
 The split: a query is held out for the gate when a hash of its normalised text falls below
-`holdout_share`, so repeated questions always land on the same side. The leak guard: a
+`holdout_share`, so repeated questions always land on the same side. Of the other queries,
+a second hash marks `validation_share` as validation (each example's `part`): training fits
+on the rest and chooses its own epochs and fusion weight on them. The leak guard: a
 query whose normalised text is a question of any configured golden set (or of the held-out
 split) never becomes a training example.
 
@@ -201,6 +203,7 @@ def build_training_set(
             examples.append(example)
     if settings.hard_negatives and any("negative_1" not in e for e in examples):
         examples = [e for e in examples if "negative_1" in e]
+    _mark_validation(examples, settings.validation_share)
 
     heldout_rows = []
     for key, query in sorted(heldout.items()):
@@ -277,6 +280,24 @@ def build_training_set(
         dict(stats),
         created=True,
     )
+
+
+def _mark_validation(examples: list[dict[str, Any]], share: float) -> None:
+    """Each example's `part`: "validation" for the queries a second hash puts below `share`
+    (at least one query once there are two), "fit" for the rest. Training fits on the fit
+    part and picks its epochs and fusion weight on the validation part; the gate's
+    held-out queries are never among either."""
+    keys = sorted({normalise(e["anchor"]) for e in examples}, key=_validation_draw)
+    chosen = {k for k in keys if _validation_draw(k) < share}
+    if not chosen and len(keys) >= 2 and share > 0:
+        chosen = {keys[0]}
+    for example in examples:
+        example["part"] = "validation" if normalise(example["anchor"]) in chosen else "fit"
+
+
+def _validation_draw(normalised_query: str) -> float:
+    digest = hashlib.sha256(f"validation\x00{normalised_query}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 def _collect(

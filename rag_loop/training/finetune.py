@@ -15,6 +15,7 @@ import re
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ from rag_loop.errors import InvalidInput
 from rag_loop.index.embedders import weights_hash
 from rag_loop.registry.embedders import TrainedModel
 from rag_loop.settings import TrainingSettings
+from rag_loop.training.validation import FusionCheck, Scored, evaluator
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,20 @@ def finetune(
     )
 
 
+@dataclass(frozen=True)
+class QueryTuning:
+    """What query-side training chose: a trained encoder (None: no epoch ranked the
+    validation queries better than the champion's encoder), the dense weight that ranks them
+    best with the chosen encoder, and the validation nDCG@10 of every epoch (0: before)."""
+
+    trained: TrainedModel | None
+    dense_weight: float | None
+    epochs_run: int
+    best_epoch: int
+    validation: list[dict[str, Any]]
+    validation_queries: int
+
+
 def finetune_queries(
     base_folder: Path,
     examples_path: Path,
@@ -93,65 +109,147 @@ def finetune_queries(
     settings: TrainingSettings,
     bank_ids: list[str],
     bank: np.ndarray,
-) -> TrainedModel:
+    check: FusionCheck | None = None,
+) -> QueryTuning:
     """Query-side training: only the query encoder learns, scored against `bank` (the
-    vectors of `bank_ids`, from the serving index) with `BankSoftmaxLoss`."""
-    import torch
+    vectors of `bank_ids`, from the serving index) with `BankSoftmaxLoss`.
 
-    index = {chunk_id: i for i, chunk_id in enumerate(bank_ids)}
-    anchors: list[str] = []
-    positives: list[int] = []
-    by_anchor: dict[str, set[int]] = {}
-    skipped = 0
-    with examples_path.open(encoding="utf-8") as handle:
-        for line in handle:
-            row = json.loads(line)
-            position = index.get(row["positive_chunk_id"])
-            if position is None:  # a chunk no longer in the index
-                skipped += 1
-                continue
-            anchors.append(row["anchor"])
-            positives.append(position)
-            by_anchor.setdefault(row["anchor"], set()).add(position)
-    if not anchors:
-        raise InvalidInput(f"no example of {examples_path} has its positive in the index")
-    masked = [sorted(by_anchor[a] - {p}) for a, p in zip(anchors, positives, strict=True)]
+    With `check` (the training set's validation part) it first fits on the other part,
+    scoring every epoch on the validation queries and stopping after `settings.patience`
+    epochs without a better one. When no epoch beats the encoder it started from, the
+    encoder is kept (nothing is saved). Otherwise it fits again on every example, for the
+    best epoch's count, so the validation feedback teaches too."""
+    fit = _bank_examples(examples_path, bank_ids, skip_validation=check is not None)
     started = time.perf_counter()
-
-    from datasets import Dataset
-    from sentence_transformers import SentenceTransformer
-
-    from rag_loop.training.losses import BankSoftmaxLoss
-
-    model = SentenceTransformer(str(base_folder), device="cpu")
-    model.max_seq_length = min(settings.max_seq_length, model.max_seq_length or 512)
-    loss = BankSoftmaxLoss(model, torch.from_numpy(np.asarray(bank)), positives, masked)
-    dataset = Dataset.from_dict({"anchor": anchors, "label": list(range(len(anchors)))})
-    batch_size = min(settings.batch_size, len(anchors))
-    result = _train(model, dataset, loss, settings, batch_size, no_duplicates=False)
+    model = _load(base_folder, settings)
+    history: list[dict[str, Any]] = []
+    validator = evaluator(check) if check is not None else None
+    if validator is not None:
+        validator(model)
+        assert validator.last is not None
+        history.append(_epoch_figures(0, validator.last))
+    result = _fit_queries(model, fit, bank, settings, validator)
+    epochs_run = round(result.epochs)
+    dense_weight, best_epoch, examples = None, epochs_run, fit
+    if check is not None and validator is not None:
+        for entry in result.log_history:
+            if "eval_validation_ndcg_at_10" in entry:
+                history.append(
+                    {
+                        "epoch": round(entry["epoch"]),
+                        "ndcg_at_10": round(entry["eval_validation_ndcg_at_10"], 6),
+                        "dense_weight": entry.get("eval_validation_dense_weight"),
+                    }
+                )
+        best = max(history, key=lambda h: (h["ndcg_at_10"], -h["epoch"]))
+        dense_weight, best_epoch = best["dense_weight"], best["epoch"]
+        if best_epoch == 0:  # no epoch ranked better than the encoder it started from
+            return QueryTuning(None, dense_weight, epochs_run, 0, history, len(check.queries))
+        examples = _bank_examples(examples_path, bank_ids, skip_validation=False)
+        model = _load(base_folder, settings)
+        result = _fit_queries(
+            model, examples, bank, settings.model_copy(update={"epochs": best_epoch}), None
+        )
     _save(model, out_folder)
-    return _trained(
+    trained = _trained(
         out_folder,
         started,
         result,
         settings,
         model,
         base_folder,
-        batch_size,
+        min(settings.batch_size, len(examples.anchors)),
         {
             "mode": "query",
             "loss": "BankSoftmaxLoss (query encoder vs the frozen index's vectors)",
             "bank_size": len(bank_ids),
-            "examples": len(anchors),
-            "examples_skipped": skipped,
+            "examples": len(examples.anchors),
+            "examples_skipped": examples.skipped,
+            "epochs_run": epochs_run,
+            "best_epoch": best_epoch,
+            "validation_queries": len(check.queries) if check else 0,
         },
     )
+    return QueryTuning(
+        trained, dense_weight, epochs_run, best_epoch, history, len(check.queries) if check else 0
+    )
+
+
+@dataclass(frozen=True)
+class _BankExamples:
+    anchors: list[str]
+    positives: list[int]  # bank rows
+    masked: list[list[int]]  # bank rows of the anchor's other positives
+    skipped: int  # positives no longer in the index
+
+
+def _bank_examples(path: Path, bank_ids: list[str], *, skip_validation: bool) -> _BankExamples:
+    index = {chunk_id: i for i, chunk_id in enumerate(bank_ids)}
+    anchors: list[str] = []
+    positives: list[int] = []
+    by_anchor: dict[str, set[int]] = {}
+    skipped = 0
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line)
+            if skip_validation and row.get("part") == "validation":
+                continue
+            position = index.get(row["positive_chunk_id"])
+            if position is None:
+                skipped += 1
+                continue
+            anchors.append(row["anchor"])
+            positives.append(position)
+            by_anchor.setdefault(row["anchor"], set()).add(position)
+    if not anchors:
+        raise InvalidInput(f"no example of {path} has its positive in the index")
+    masked = [sorted(by_anchor[a] - {p}) for a, p in zip(anchors, positives, strict=True)]
+    return _BankExamples(anchors, positives, masked, skipped)
+
+
+def _load(folder: Path, settings: TrainingSettings) -> Any:
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(folder), device="cpu")
+    model.max_seq_length = min(settings.max_seq_length, model.max_seq_length or 512)
+    return model
+
+
+def _fit_queries(
+    model: Any,
+    examples: _BankExamples,
+    bank: np.ndarray,
+    settings: TrainingSettings,
+    validator: Any,
+) -> _Run:
+    import torch
+    from datasets import Dataset
+
+    from rag_loop.training.losses import BankSoftmaxLoss
+
+    loss = BankSoftmaxLoss(
+        model, torch.from_numpy(np.asarray(bank)), examples.positives, examples.masked
+    )
+    rows = list(range(len(examples.anchors)))
+    dataset = Dataset.from_dict({"anchor": examples.anchors, "label": rows})
+    batch_size = min(settings.batch_size, len(rows))
+    return _train(
+        model, dataset, loss, settings, batch_size, no_duplicates=False, evaluator=validator
+    )
+
+
+def _epoch_figures(epoch: int, scored: Scored) -> dict[str, Any]:
+    return {
+        "epoch": epoch,
+        "ndcg_at_10": round(scored.ndcg_at_10, 6),
+        "dense_weight": scored.dense_weight,
+    }
 
 
 def _trained(
     out_folder: Path,
     started: float,
-    result: Any,
+    result: _Run,
     settings: TrainingSettings,
     model: Any,
     base_folder: Path,
@@ -171,13 +269,21 @@ def _trained(
         "base_folder": str(base_folder),
     }
     metrics = {
-        "train_loss": float(result.training_loss),
+        "train_loss": result.training_loss,
         "train_seconds": seconds,
         "train_steps": float(result.global_step),
     }
     return TrainedModel(
         out_folder, f"{out_folder.name}@{weights_hash(out_folder)}", seconds, params, metrics
     )
+
+
+@dataclass(frozen=True)
+class _Run:
+    training_loss: float
+    global_step: int
+    epochs: float
+    log_history: list[dict[str, Any]]
 
 
 def _train(
@@ -188,16 +294,21 @@ def _train(
     batch_size: int,
     *,
     no_duplicates: bool,
-) -> Any:
+    evaluator: Any = None,
+) -> _Run:
+    """sentence-transformers' trainer; with an `evaluator`, every epoch is scored, training
+    stops after `settings.patience` epochs without a better score (transformers'
+    EarlyStoppingCallback) and the best epoch's weights are loaded at the end."""
     from sentence_transformers import (
         SentenceTransformerTrainer,
         SentenceTransformerTrainingArguments,
     )
     from sentence_transformers.base.sampler import BatchSamplers
-    from transformers import PrinterCallback, ProgressCallback
+    from transformers import EarlyStoppingCallback, PrinterCallback, ProgressCallback
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.set_verbosity_error()
+    validated = evaluator is not None
     with tempfile.TemporaryDirectory(prefix="rag-loop-train-") as scratch:
         args = SentenceTransformerTrainingArguments(
             output_dir=scratch,
@@ -210,7 +321,13 @@ def _train(
             batch_sampler=BatchSamplers.NO_DUPLICATES
             if no_duplicates
             else BatchSamplers.BATCH_SAMPLER,
-            save_strategy="no",
+            eval_strategy="epoch" if validated else "no",
+            save_strategy="epoch" if validated else "no",
+            save_total_limit=2 if validated else None,  # the best and the latest
+            save_only_model=True,
+            load_best_model_at_end=validated,
+            metric_for_best_model="eval_validation_ndcg_at_10" if validated else None,
+            greater_is_better=True if validated else None,
             report_to="none",
             logging_strategy="epoch",
             disable_tqdm=True,
@@ -218,12 +335,25 @@ def _train(
             dataloader_num_workers=0,
         )
         trainer = SentenceTransformerTrainer(
-            model=model, args=args, train_dataset=dataset, loss=loss
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            loss=loss,
+            evaluator=evaluator,
+            callbacks=[EarlyStoppingCallback(early_stopping_patience=settings.patience)]
+            if validated
+            else None,
         )
         # the trainer prints its logs to stdout, which is the CLI's JSON output
         trainer.remove_callback(PrinterCallback)
         trainer.remove_callback(ProgressCallback)
-        return trainer.train()
+        result = trainer.train()
+        return _Run(
+            float(result.training_loss),
+            int(result.global_step),
+            float(trainer.state.epoch or 0),
+            list(trainer.state.log_history),
+        )
 
 
 def _save(model: Any, out_folder: Path) -> None:

@@ -167,6 +167,7 @@ def test_a_crash_mid_training_leaves_the_champion_serving_and_resumes(
             [str(p) for p in settings.evaluation.golden_sets]
         ),
         "RAG_LOOP_TRAINING_EPOCHS": "30",  # long enough to be killed in the middle
+        "RAG_LOOP_TRAINING_VALIDATION_SHARE": "0",
         "RAG_LOOP_TRAINING_HARD_NEGATIVES": "1",
         "RAG_LOOP_TRAINING_MAX_SEQ_LENGTH": "128",
         "RAG_LOOP_LOOP_MIN_IMPROVEMENT": "-1",

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from rag_loop.corpus.ingest import ingest
+from rag_loop.index.versions import serving_index
 from rag_loop.loop import cycle
 from rag_loop.services import Services
 from rag_loop.settings import Settings
@@ -42,6 +43,7 @@ def test_one_cycle_improves_retrieval_on_questions_it_never_saw(
         users = [json.loads(line) for line in USER_QUESTIONS.read_text().splitlines()]
         replay(services, users, seed=0)
         view = cycle.run_cycle(services, cycle.start_cycle(services, actor="test"), actor="test")
+        served = serving_index(services.engine)
     finally:
         services.close()
 
@@ -58,3 +60,14 @@ def test_one_cycle_improves_retrieval_on_questions_it_never_saw(
     # and the handbook's own wording still works
     assert gate["deltas"]["questions.ndcg_at_10"] >= -0.01
     assert view["training_set"]["stats"]["leak_excluded_queries"] == 0
+    # the recipe chose for itself on validation feedback, never on the gate's queries
+    recipe = view["recipe"]
+    assert recipe["encoder"] == "trained" and recipe["validation_queries"] > 0
+    validation = recipe["validation"]
+    assert [v["epoch"] for v in validation] == list(range(recipe["epochs_run"] + 1))
+    best = max(validation, key=lambda v: v["ndcg_at_10"])
+    assert recipe["best_epoch"] == best["epoch"] > 0
+    assert best["ndcg_at_10"] > validation[0]["ndcg_at_10"]
+    assert abs(recipe["dense_weight"] - 0.5) <= 0.1 + 1e-9
+    assert served.id == view["candidate_index_version_id"]
+    assert served.retrieval.dense_weight == recipe["dense_weight"]

@@ -39,7 +39,7 @@ def test_normalise_ignores_case_punctuation_and_spacing() -> None:
 def test_golden_and_heldout_queries_never_enter_training(
     loop_services: Callable[..., Services],
 ) -> None:
-    services = loop_services(training={"holdout_share": 0.3})
+    services = loop_services(training={"holdout_share": 0.3, "validation_share": 0.2})
     ingest(services, CORPUS, actor="test")
     golden = questions()[:GOLDEN_SHARE]
     users = questions()[GOLDEN_SHARE:]
@@ -68,6 +68,16 @@ def test_golden_and_heldout_queries_never_enter_training(
     by_question = {normalise(q["question"]): set(q["document_ids"]) for q in users}
     for row in heldout:
         assert set(row["document_ids"]) <= by_question[normalise(row["question"])]
+    # training validates on a share of its own queries, a stable function of the query,
+    # one query's examples always on one side
+    rows = [json.loads(line) for line in built.path.read_text().splitlines()]
+    parts: dict[str, set[str]] = {}
+    for row in rows:
+        parts.setdefault(normalise(row["anchor"]), set()).add(row["part"])
+    assert all(len(p) == 1 for p in parts.values())
+    validation = {q for q, p in parts.items() if p == {"validation"}}
+    assert 0 < len(validation) < len(parts)
+    assert not validation & held
 
 
 def test_same_feedback_gives_the_same_set_and_it_is_in_mlflow(

@@ -4,7 +4,10 @@ corpus, with the real embedder, real Chroma and SQLite and PostgreSQL."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
+
+import numpy as np
 
 from rag_loop.corpus.ingest import ingest
 from rag_loop.feedback.corrections import approve
@@ -16,7 +19,8 @@ from rag_loop.index.versions import champion, retrieval_of, serving_index
 from rag_loop.interactions.ask import ask
 from rag_loop.retrieval.search import search
 from rag_loop.services import Services
-from rag_loop.settings import Settings
+from rag_loop.settings import RetrievalSettings, Settings
+from rag_loop.training.validation import FusionCheck
 from tests.conftest import CORPUS
 
 HYBRID = {"mode": "hybrid", "dense_weight": 0.5, "hybrid_candidates": 50}
@@ -109,7 +113,7 @@ def test_an_approved_correction_reaches_the_bm25_side_in_every_process(
 def test_changing_the_retrieval_setting_makes_a_new_version_without_embedding(
     make_settings: Callable[..., Settings], embedder: Any
 ) -> None:
-    dense = Services.from_settings(make_settings(), embedder=embedder)
+    dense = Services.from_settings(make_settings(retrieval={"mode": "dense"}), embedder=embedder)
     try:
         first = ingest(dense, CORPUS, actor="test")
         assert serving_index(dense.engine).retrieval == DENSE
@@ -124,3 +128,52 @@ def test_changing_the_retrieval_setting_makes_a_new_version_without_embedding(
         assert not ingest(hybrid, CORPUS, actor="test").changed
     finally:
         hybrid.close()
+
+
+def test_a_new_version_keeps_the_weight_the_loop_chose() -> None:
+    settings = RetrievalSettings(mode="hybrid", dense_weight=0.5)
+    learned = RetrievalConfig(mode="hybrid", dense_weight=0.7)
+    assert RetrievalConfig.for_new_version(settings, learned) == learned
+    assert RetrievalConfig.for_new_version(settings, None).dense_weight == 0.5
+    # anything else changed in the settings: the settings win, weight included
+    other = RetrievalSettings(mode="hybrid", dense_weight=0.5, hybrid_candidates=50)
+    assert RetrievalConfig.for_new_version(other, learned) == RetrievalConfig.from_settings(other)
+    assert RetrievalConfig.for_new_version(settings, DENSE).dense_weight == 0.5
+    dense = RetrievalSettings(mode="dense")
+    assert RetrievalConfig.for_new_version(dense, learned) == DENSE
+
+
+def test_validation_ranks_the_way_the_index_version_retrieves(
+    make_settings: Callable[..., Settings], embedder: Any
+) -> None:
+    """Training chooses epochs and weights on `FusionCheck`'s rankings; they must be the
+    rankings the candidate index version will serve."""
+    services = Services.from_settings(make_settings(retrieval=HYBRID), embedder=embedder)
+    try:
+        ingest(services, CORPUS, actor="test")
+        served = serving_index(services.engine)
+        ids = sorted(services.store.ids(served.collection_name))
+        found = services.store.get_embeddings(served.collection_name, ids)
+        lexical = services.lexical.get(served.collection_name, served.revision, served.retrieval)
+        queries = ["how much is the theft excess", "555 0199", "my wheels got nicked"]
+        scores = [lexical.scores(q) for q in queries]
+        bm25 = [np.array([s[lexical.position[i]] for i in ids], dtype=np.float32) for s in scores]
+        check = FusionCheck.build(
+            queries,
+            [{0}] * len(queries),
+            np.stack([found[i] for i in ids]),
+            bm25,
+            incumbent=0.5,
+            candidates=50,
+        )
+        assert check.weights == [0.4, 0.5, 0.6]  # one step either side of the champion's
+        vectors = embedder.embed_queries(queries)
+        for row, (query, vector) in enumerate(zip(queries, vectors, strict=True)):
+            for weight in (0.4, 0.5, 0.6):
+                config = replace(served.retrieval, dense_weight=weight)
+                hits = search(services.store, services.lexical, served, config, query, vector, 10)
+                assert [ids[i] for i in check.rank(check.bank @ vector, row, weight)] == [
+                    h.chunk_id for h in hits
+                ]
+    finally:
+        services.close()

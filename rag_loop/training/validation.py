@@ -1,0 +1,166 @@
+"""How training chooses its own settings: ranking the validation feedback queries.
+
+A `FusionCheck` holds the training set's validation queries (never the gate's held-out
+ones), the bank positions of their positives, the serving index's document vectors (the
+bank) and each query's BM25 scores over the same chunks. Given a query encoder it ranks
+every query the way an index version retrieves (`rag_loop.retrieval.search.fuse`: the
+dense and BM25 top `candidates` pooled, each side min-max normalised, fused with the dense
+weight) and reports chunk-level nDCG@10 for each dense weight it may choose. Query-side
+training scores the champion's encoder this way before the first epoch and every epoch
+after it; it keeps the epoch, and the weight, that rank the validation queries best.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rag_loop.evaluation.metrics import ranking_metrics
+from rag_loop.retrieval.search import fuse
+
+K = 10
+# the dense weights a hybrid candidate may choose from: the champion's, or one step of the
+# grid from it (a few validation queries should not swing the fusion far in one cycle)
+WEIGHTS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+STEP = 0.1
+
+
+@dataclass(frozen=True)
+class Scored:
+    ndcg_at_10: float
+    dense_weight: float | None  # None: dense retrieval, no fusion
+    by_weight: dict[str, float]
+
+
+@dataclass
+class FusionCheck:
+    queries: list[str]
+    relevant: list[set[int]]  # bank positions of each query's positives
+    bank: np.ndarray  # the index version's document vectors, rows normalised
+    bm25: list[np.ndarray] | None  # each query's BM25 score of every bank row; None: dense
+    incumbent: float | None  # the champion's dense weight (None: dense)
+    candidates: int = 100
+
+    @classmethod
+    def build(
+        cls,
+        queries: list[str],
+        relevant: list[set[int]],
+        bank: np.ndarray,
+        bm25: list[np.ndarray] | None,
+        incumbent: float | None,
+        candidates: int,
+    ) -> FusionCheck:
+        norms = np.linalg.norm(bank, axis=1, keepdims=True)
+        unit = bank / np.where(norms == 0, 1.0, norms)
+        return cls(queries, relevant, unit.astype(np.float32), bm25, incumbent, candidates)
+
+    @classmethod
+    def from_examples(
+        cls,
+        examples_path: Path,
+        bank_ids: list[str],
+        bank: np.ndarray,
+        bm25_of: Callable[[str], dict[str, float]] | None,
+        incumbent: float | None,
+        candidates: int,
+    ) -> FusionCheck | None:
+        """The validation part of a training set (None when it has none in the bank);
+        `bm25_of(query)` gives the BM25 score by chunk id (None: the index is dense)."""
+        position = {chunk_id: i for i, chunk_id in enumerate(bank_ids)}
+        relevant: dict[str, set[int]] = {}
+        with examples_path.open(encoding="utf-8") as handle:
+            for line in handle:
+                row = json.loads(line)
+                at = position.get(row["positive_chunk_id"])
+                if row.get("part") == "validation" and at is not None:
+                    relevant.setdefault(row["anchor"], set()).add(at)
+        if not relevant:
+            return None
+        queries = sorted(relevant)
+        bm25 = None
+        if bm25_of is not None:
+            bm25 = []
+            for query in queries:
+                row_scores = np.zeros(len(bank_ids), dtype=np.float32)
+                for chunk_id, value in bm25_of(query).items():
+                    if chunk_id in position:
+                        row_scores[position[chunk_id]] = value
+                bm25.append(row_scores)
+        return cls.build(queries, [relevant[q] for q in queries], bank, bm25, incumbent, candidates)
+
+    @property
+    def weights(self) -> list[float | None]:
+        if self.bm25 is None or self.incumbent is None:
+            return [None]
+        near = [w for w in WEIGHTS if abs(w - self.incumbent) <= STEP + 1e-9]
+        return [*sorted({*near, self.incumbent})]
+
+    def score(self, vectors: np.ndarray) -> Scored:
+        """nDCG@10 of the queries embedded as `vectors`, for each dense weight; the best
+        weight wins, ties going to the champion's."""
+        unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        cosine = unit.astype(np.float32) @ self.bank.T
+        references = {str(i): [str(p) for p in r] for i, r in enumerate(self.relevant)}
+        by_weight: dict[str, float] = {}
+        for weight in self.weights:
+            rankings = {
+                str(i): [str(p) for p in self.rank(cosine[i], i, weight)]
+                for i in range(len(self.queries))
+            }
+            per_query = ranking_metrics(rankings, references, K)
+            by_weight[str(weight)] = float(np.mean([m[f"ndcg_at_{K}"] for m in per_query.values()]))
+        best = max(
+            self.weights,
+            key=lambda w: (by_weight[str(w)], w == self.incumbent),
+        )
+        return Scored(by_weight[str(best)], best, by_weight)
+
+    def rank(self, cosine: np.ndarray, row: int, weight: float | None) -> list[int]:
+        """The top 10 bank rows for query `row` whose cosines with the bank are `cosine`,
+        as `rag_loop.retrieval.search.search` ranks them with `weight`."""
+        depth = min(self.candidates, cosine.size)
+        dense_top = np.argpartition(-cosine, depth - 1)[:depth]
+        if weight is None or self.bm25 is None:
+            return [int(i) for i in dense_top[np.argsort(-cosine[dense_top])][:K]]
+        bm25 = self.bm25[row]
+        lexical_top = np.argpartition(-bm25, depth - 1)[:depth]
+        lexical_top = lexical_top[bm25[lexical_top] > 0]
+        pool = np.unique(np.concatenate([dense_top, lexical_top]))
+        fused = fuse(cosine[pool].astype(np.float64), bm25[pool].astype(np.float64), weight)
+        return [int(pool[i]) for i in np.argsort(-fused, kind="stable")[:K]]
+
+
+def evaluator(check: FusionCheck, batch_size: int = 64) -> Any:
+    """`check` as a sentence-transformers evaluator, so the trainer scores every epoch and
+    keeps the best (metric `eval_validation_ndcg_at_10`)."""
+    from sentence_transformers.base.evaluation import SentenceEvaluator
+
+    class FusedValidation(SentenceEvaluator):
+        def __init__(self) -> None:
+            super().__init__()
+            self.name = "validation"
+            self.primary_metric = "ndcg_at_10"
+            self.greater_is_better = True
+            self.last: Scored | None = None
+
+        def __call__(
+            self, model: Any, output_path: str | None = None, epoch: int = -1, steps: int = -1
+        ) -> dict[str, float]:
+            vectors = model.encode(
+                check.queries, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False
+            )
+            self.last = check.score(np.asarray(vectors))
+            metrics = {"ndcg_at_10": self.last.ndcg_at_10}
+            if self.last.dense_weight is not None:
+                metrics["dense_weight"] = self.last.dense_weight
+            metrics = self.prefix_name_to_metrics(metrics, self.name)
+            self.store_metrics_in_model_card_data(model, metrics, epoch, steps)
+            return metrics
+
+    return FusedValidation()
