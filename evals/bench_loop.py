@@ -1,20 +1,28 @@
-"""The loop benchmark: does feedback make the retriever better, and how fast?
+"""The loop benchmark: does feedback make retrieval better, on any domain, and how fast?
 
-Through the real service code, on a BEIR-layout data set (default ../shared/datasets/scifact,
-read by path, nothing of it committed):
+Through the real service code, with the service's default settings (hybrid retrieval,
+query-side training that picks its own epochs and fusion weight on validation feedback, the
+default gate), on data read by path from ../shared/datasets (nothing of it committed):
 
-1. ingest the corpus (the base model, all-MiniLM-L6-v2, builds the first index);
-2. replay the train split's queries as user asks, in `--batches` seeded batches; after each
-   ask a seeded simulated user (rag_loop/feedback/simulated.py) sends feedback from the train
-   qrels: labels on the first `--label-depth` shown chunks (a share flipped: noise), a
-   thumb, and for a share of the misses a pointer to a right document;
-3. after each batch, one full loop cycle (training set -> fine-tune -> candidate index ->
-   gate on the held-out feedback queries -> promotion or rejection);
-4. on the test split's queries only (never seen by the loop): nDCG@10, Recall@10,
-   Recall@100 and MRR@10 of the serving index, for the base and after every cycle, with
-   wall time and peak memory of every stage.
+- scifact: BEIR SciFact, 5,183 abstracts; the train split's 809 claims are replayed as
+  user asks, the test split's 300 are scored;
+- pubmedqa: PubMedQA-L as a retrieval set: every question against all 3,358 passages, a
+  question's own passages being its relevant ones; the 500 questions of the official
+  train/dev pool are replayed, the 500 of the official test split are scored;
+- any other folder in the BEIR layout (corpus.jsonl, queries.jsonl, qrels/train.tsv and
+  qrels/test.tsv).
 
-    python evals/bench_loop.py [--dataset ../shared/datasets/scifact] [--batches 3]
+For each seed: the corpus is ingested once per data set (the base model builds the first
+index; later seeds start from a copy), the replayed questions are asked in `--batches`
+seeded batches, a seeded simulated user (`--user`, rag_loop/feedback/simulated.py) sends
+feedback after each answer through the real feedback service, and a full loop cycle runs
+after each batch. The test questions, never seen by the loop, are scored on the serving
+index for the base (dense only and hybrid) and after every cycle: nDCG@10, Recall@10,
+Recall@100, MRR@10, and the learned gain (nDCG@10 over the hybrid base, the best
+configuration that learns nothing), with every stage's wall time and peak memory.
+
+    python evals/bench_loop.py [--dataset scifact|pubmedqa|PATH] [--user generous|realistic]
+                               [--seeds 0,1,2] [--batches 3]
 """
 
 from __future__ import annotations
@@ -23,9 +31,11 @@ import argparse
 import csv
 import json
 import random
+import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +55,17 @@ from rag_loop.retrieval.search import search  # noqa: E402
 from rag_loop.services import Services  # noqa: E402
 from rag_loop.settings import Settings  # noqa: E402
 
+DATASETS = ROOT.parent / "shared" / "datasets"
+
+
+@dataclass
+class Domain:
+    name: str
+    corpus: Path  # what `ingest` reads
+    queries: dict[str, str]
+    replay: dict[str, set[str]]  # query id -> relevant document ids, asked by the user
+    test: dict[str, set[str]]  # scored only
+
 
 def read_qrels(path: Path) -> dict[str, set[str]]:
     qrels: dict[str, set[str]] = {}
@@ -55,10 +76,53 @@ def read_qrels(path: Path) -> dict[str, set[str]]:
     return qrels
 
 
+def beir(folder: Path) -> Domain:
+    queries = {}
+    with (folder / "queries.jsonl").open() as handle:
+        for line in handle:
+            row = json.loads(line)
+            queries[str(row["_id"])] = row["text"]
+    return Domain(
+        folder.name,
+        folder,
+        queries,
+        read_qrels(folder / "qrels/train.tsv"),
+        read_qrels(folder / "qrels/test.tsv"),
+    )
+
+
+def pubmedqa(folder: Path, scratch: Path) -> Domain:
+    """PubMedQA-L as a retrieval set; its passages are written as a corpus under `scratch`."""
+    data = json.loads((folder / "ori_pqal.json").read_text())
+    test_ids = set(json.loads((folder / "test_ground_truth.json").read_text()))
+    corpus = scratch / "pubmedqa-corpus"
+    corpus.mkdir(parents=True, exist_ok=True)
+    queries: dict[str, str] = {}
+    replay: dict[str, set[str]] = {}
+    test: dict[str, set[str]] = {}
+    with (corpus / "corpus.jsonl").open("w") as out:
+        for pmid, item in sorted(data.items()):
+            ids = set()
+            for n, context in enumerate(item["CONTEXTS"]):
+                doc_id = f"{pmid}-{n}"
+                ids.add(doc_id)
+                out.write(json.dumps({"_id": doc_id, "title": "", "text": context}) + "\n")
+            queries[pmid] = item["QUESTION"]
+            (test if pmid in test_ids else replay)[pmid] = ids
+    return Domain("pubmedqa", corpus, queries, replay, test)
+
+
+def load_domain(name: str, scratch: Path) -> Domain:
+    if name == "pubmedqa":
+        return pubmedqa(DATASETS / "pubmedqa", scratch)
+    if name == "scifact":
+        return beir(DATASETS / "scifact")
+    return beir(Path(name))
+
+
 def test_metrics(
     services: Services,
-    queries: dict[str, str],
-    qrels: dict[str, set[str]],
+    domain: Domain,
     config: RetrievalConfig | None = None,
 ) -> dict[str, float]:
     """nDCG@10, Recall@10, MRR@10 and Recall@100 of the serving index, document level,
@@ -66,13 +130,14 @@ def test_metrics(
     index = serving_index(services.engine)
     config = config or index.retrieval
     embedder = services.embedders.get(index.embedder_version)
-    ids = sorted(qrels)
-    vectors = embedder.embed_queries([queries[i] for i in ids])
+    ids = sorted(domain.test)
+    texts = [domain.queries[i] for i in ids]
+    vectors = embedder.embed_queries(texts)
     rankings = {}
-    for qid, vector in zip(ids, vectors, strict=True):
-        hits = search(services.store, services.lexical, index, config, queries[qid], vector, 200)
+    for qid, text, vector in zip(ids, texts, vectors, strict=True):
+        hits = search(services.store, services.lexical, index, config, text, vector, 200)
         rankings[qid] = list(dict.fromkeys(h.document_id for h in hits))
-    refs = {q: sorted(d) for q, d in qrels.items()}
+    refs = {q: sorted(d) for q, d in domain.test.items()}
     at10 = ranking_metrics(rankings, refs, 10)
     at100 = ranking_metrics(rankings, refs, 100)
     n = len(ids)
@@ -84,162 +149,189 @@ def test_metrics(
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", type=Path, default=ROOT.parent / "shared/datasets/scifact")
-    parser.add_argument("--batches", type=int, default=3, help="ask batches = loop cycles")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--noise", type=float, default=0.1, help="share of labels flipped")
-    parser.add_argument("--pointer-share", type=float, default=0.5)
-    parser.add_argument("--shown", type=int, default=10, help="chunks shown per answer")
-    parser.add_argument("--label-depth", type=int, default=3, help="shown chunks labelled")
-    parser.add_argument("--chunk-size", type=int, default=4000)
-    parser.add_argument(
-        "--retrieval",
-        choices=["dense", "hybrid"],
-        default="hybrid",
-        help="how index versions retrieve (RAG_LOOP_RETRIEVAL_MODE)",
-    )
-    parser.add_argument("--dense-weight", type=float, default=0.5, help="hybrid fusion weight")
-    parser.add_argument("--mode", choices=["query", "full"], default="query")
-    parser.add_argument("--epochs", type=int, default=6)
-    parser.add_argument("--hard-negatives", type=int, default=3)
-    parser.add_argument("--init-from", choices=["champion", "base"], default="champion")
-    parser.add_argument("--train-limit", type=int, default=None, help="first N train queries")
-    parser.add_argument("--work", type=Path, default=None, help="keep the data dir here")
-    parser.add_argument("--out", type=Path, default=ROOT / "evals/results/loop.json")
-    args = parser.parse_args()
+class Stages:
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
 
-    queries = {}
-    with (args.dataset / "queries.jsonl").open() as handle:
-        for line in handle:
-            row = json.loads(line)
-            queries[str(row["_id"])] = row["text"]
-    train = read_qrels(args.dataset / "qrels/train.tsv")
-    test = read_qrels(args.dataset / "qrels/test.tsv")
-    train_ids = sorted(train)
-    random.Random(args.seed).shuffle(train_ids)
-    if args.train_limit:
-        train_ids = train_ids[: args.train_limit]
-    batches = [train_ids[i :: args.batches] for i in range(args.batches)]
-
-    work = args.work or Path(tempfile.mkdtemp(prefix="rag-loop-bench-loop-"))
-    settings = Settings(
-        data_dir=work / "data",
-        corpus_path=None,
-        chunking={"chunk_size": args.chunk_size, "chunk_overlap": 0},
-        retrieval={"top_k": args.shown, "mode": args.retrieval, "dense_weight": args.dense_weight},
-        evaluation={"golden_sets": []},  # the gate sees held-out feedback only, never test
-        training={
-            "mode": args.mode,
-            "epochs": args.epochs,
-            "hard_negatives": args.hard_negatives,
-            "init_from": args.init_from,
-            "batch_size": 32,
-        },
-    )
-    services = Services.from_settings(settings)
-    stages: list[dict[str, Any]] = []
-    results: list[dict[str, Any]] = []
-
-    def stage(name: str, fn: Any) -> Any:
+    def run(self, name: str, fn: Any) -> Any:
         started = time.perf_counter()
         with PeakMemory() as peak:
             value = fn()
-        stages.append(
+        self.rows.append(
             {"stage": name, "seconds": round(time.perf_counter() - started, 1), "peak_mb": peak.mb}
         )
-        print(f"  {name}: {stages[-1]['seconds']} s, peak {peak.mb:.0f} MB", flush=True)
+        print(f"  {name}: {self.rows[-1]['seconds']} s, peak {peak.mb:.0f} MB", flush=True)
         return value
 
-    print(f"data dir {work}; {len(train_ids)} train queries in {args.batches} batches", flush=True)
-    stage("ingest", lambda: ingest(services, args.dataset))
-    if args.retrieval == "hybrid":  # what BM25 fusion alone adds, before any feedback
-        dense = stage(
-            "test-eval base, dense only", lambda: test_metrics(services, queries, test, DENSE)
-        )
-        results.append({"after": "base, dense only", **dense})
-        print(json.dumps(results[-1]), flush=True)
-    base = stage("test-eval base", lambda: test_metrics(services, queries, test))
-    results.append({"after": f"base ({args.retrieval})", **base})
-    print(json.dumps(results[-1]), flush=True)
-    user = SimulatedUser(
-        seed=args.seed,
-        label_noise=args.noise,
-        pointer_share=args.pointer_share,
-        label_depth=args.label_depth,
+
+def settings_for(data_dir: Path, args: argparse.Namespace) -> Settings:
+    """The service's defaults; only where the data lives, and that the gate never sees a
+    golden set (the test split is the benchmark's, never the loop's), differ."""
+    return Settings(
+        data_dir=data_dir,
+        corpus_path=None,
+        chunking={"chunk_size": args.chunk_size, "chunk_overlap": 0},
+        retrieval={"top_k": args.shown},
+        evaluation={"golden_sets": []},
     )
 
-    for n, batch in enumerate(batches, start=1):
 
-        def replay(batch: list[str] = batch) -> None:
-            for qid in batch:
-                answer = ask(services, queries[qid], client="bench")
-                submit_feedback(
-                    services,
-                    user.feedback(
-                        answer.interaction_id, answer.feedback_token, answer.sources, train[qid]
-                    ),
-                    actor="simulated-user",
-                )
+def run_seed(
+    domain: Domain, template: Path, work: Path, seed: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    data_dir = work / f"seed-{seed}"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    shutil.copytree(template, data_dir)
+    services = Services.from_settings(settings_for(data_dir, args))
+    stages = Stages()
+    results: list[dict[str, Any]] = []
+    try:
+        dense = stages.run("test-eval base, dense", lambda: test_metrics(services, domain, DENSE))
+        results.append({"after": "base, dense", **dense})
+        base = stages.run("test-eval base, hybrid", lambda: test_metrics(services, domain))
+        results.append({"after": "base, hybrid", **base, "learned_gain": 0.0})
+        asked = sorted(domain.replay)
+        random.Random(seed).shuffle(asked)
+        if args.limit:
+            asked = asked[: args.limit]
+        batches = [asked[i :: args.batches] for i in range(args.batches)]
+        user = SimulatedUser.preset(args.user, seed)
+        for n, batch in enumerate(batches, start=1):
 
-        stage(f"batch {n}: asks + feedback", replay)
-        cycle_id = start_cycle(services, trigger="benchmark")
-        started = time.perf_counter()
-        view = run_cycle(services, cycle_id)
-        cycle_seconds = time.perf_counter() - started
-        for name, figures in view["stages"].items():
-            if isinstance(figures, dict):
-                stages.append(
-                    {
-                        "stage": f"cycle {n}: {name}",
-                        "seconds": figures["seconds"],
-                        "peak_mb": figures["peak_rss_mb"],
-                    }
-                )
-        print(
-            f"  cycle {n}: {view['state']} in {cycle_seconds:.0f} s; gate "
-            f"{view['gate'].get('deltas')}; {view['error'] or ''}",
-            flush=True,
-        )
-        metrics = stage(f"test-eval after cycle {n}", lambda: test_metrics(services, queries, test))
-        if args.retrieval == "hybrid":  # the serving embedder's own share, without BM25
-            dense = test_metrics(services, queries, test, DENSE)
-            metrics["dense_only_ndcg_at_10"] = dense["ndcg_at_10"]
-        results.append(
-            {
-                "after": f"cycle {n}",
-                "state": view["state"],
-                "cycle_seconds": round(cycle_seconds, 1),
-                "examples": (view["training_set"] or {}).get("n_examples"),
-                **metrics,
+            def replay(batch: list[str] = batch) -> None:
+                for qid in batch:
+                    answer = ask(services, domain.queries[qid], client="bench")
+                    feedback = user.feedback(
+                        answer.interaction_id,
+                        answer.feedback_token,
+                        answer.sources,
+                        domain.replay[qid],
+                        answer.cited_ranks,
+                    )
+                    if feedback is not None:
+                        submit_feedback(services, feedback, actor="simulated-user")
+
+            stages.run(f"batch {n}: asks + feedback", replay)
+            started = time.perf_counter()
+            with PeakMemory() as peak:
+                view = run_cycle(services, start_cycle(services, trigger="benchmark"))
+            cycle_seconds = time.perf_counter() - started
+            cycle_stages = {
+                name: figures["seconds"]
+                for name, figures in view["stages"].items()
+                if isinstance(figures, dict)
             }
-        )
-        print(json.dumps(results[-1]), flush=True)
+            recipe = view.get("recipe") or {}
+            print(
+                f"  cycle {n}: {view['state']} in {cycle_seconds:.0f} s; recipe "
+                f"{ {k: recipe.get(k) for k in ('encoder', 'best_epoch', 'dense_weight')} }; "
+                f"gate {(view['gate'].get('deltas') or {}).get('primary')}; "
+                f"{view['error'] or ''}",
+                flush=True,
+            )
+            metrics = stages.run(
+                f"test-eval after cycle {n}", lambda: test_metrics(services, domain)
+            )
+            results.append(
+                {
+                    "after": f"cycle {n}",
+                    "state": view["state"],
+                    "feedback_queries": len({q for b in batches[:n] for q in b}),
+                    "examples": (view["training_set"] or {}).get("n_examples"),
+                    "heldout_queries": (view["training_set"] or {}).get("n_heldout"),
+                    "gate_delta": (view["gate"].get("deltas") or {}).get("primary"),
+                    "recipe": {k: v for k, v in recipe.items() if k != "validation"},
+                    "cycle_seconds": round(cycle_seconds, 1),
+                    "cycle_stages": cycle_stages,
+                    "cycle_peak_mb": round(peak.mb),
+                    **metrics,
+                    "learned_gain": metrics["ndcg_at_10"] - base["ndcg_at_10"],
+                }
+            )
+            print(json.dumps(results[-1]), flush=True)
+    finally:
+        services.close()
+    return {"seed": seed, "simulated_user": user.counts, "results": results, "stages": stages.rows}
 
-    report = {
-        "dataset": str(args.dataset),
-        "args": {k: str(v) for k, v in vars(args).items()},
-        "simulated_user": user.counts,
-        "results": results,
-        "stages": stages,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
-    print(
-        "\n| after | state | nDCG@10 | Recall@10 | Recall@100 | MRR@10 | cycle s "
-        "| nDCG@10 of its embedder, dense only |"
-    )
-    print("|---|---|---|---|---|---|---|---|")
-    for r in results:
-        dense_only = r.get("dense_only_ndcg_at_10")
-        print(
-            f"| {r['after']} | {r.get('state', '')} | {r['ndcg_at_10']:.3f} | "
-            f"{r['recall_at_10']:.3f} | {r['recall_at_100']:.3f} | {r['mrr_at_10']:.3f} | "
-            f"{r.get('cycle_seconds', '')} | {'' if dense_only is None else f'{dense_only:.3f}'} |"
+
+def table(runs: list[dict[str, Any]]) -> str:
+    """One row per step, the seeds' figures side by side and their mean."""
+    lines = [
+        "| after | state (per seed) | nDCG@10 | Recall@10 | Recall@100 | MRR@10 "
+        "| learned gain (per seed) | cycle s (per seed) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for step in range(len(runs[0]["results"])):
+        rows = [run["results"][step] for run in runs]
+
+        def mean(key: str, rows: list[dict[str, Any]] = rows) -> str:
+            return f"{sum(r[key] for r in rows) / len(rows):.3f}"
+
+        gains = " / ".join(f"{r['learned_gain']:+.3f}" for r in rows if "learned_gain" in r)
+        lines.append(
+            f"| {rows[0]['after']} | {' / '.join(r.get('state', '') for r in rows)} "
+            f"| {mean('ndcg_at_10')} | {mean('recall_at_10')} | {mean('recall_at_100')} "
+            f"| {mean('mrr_at_10')} | {gains} "
+            f"| {' / '.join(str(r.get('cycle_seconds', '')) for r in rows)} |"
         )
-    print(f"\nwritten to {args.out}")
-    services.close()
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", default="scifact", help="scifact, pubmedqa or a BEIR folder")
+    parser.add_argument("--user", choices=["generous", "realistic"], default="generous")
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated")
+    parser.add_argument("--batches", type=int, default=3, help="ask batches = loop cycles")
+    parser.add_argument("--shown", type=int, default=10, help="chunks shown per answer")
+    parser.add_argument("--chunk-size", type=int, default=4000, help="one chunk per abstract")
+    parser.add_argument("--limit", type=int, default=None, help="replay the first N questions")
+    parser.add_argument("--work", type=Path, default=None, help="keep the data dirs here")
+    parser.add_argument("--out", type=Path, default=None, help="JSON report")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="rag-loop-bench-loop-"))
+    work.mkdir(parents=True, exist_ok=True)
+    domain = load_domain(args.dataset, work)
+    print(
+        f"{domain.name}: {len(domain.replay)} replayed and {len(domain.test)} test questions; "
+        f"{args.user} user; seeds {seeds}; data in {work}",
+        flush=True,
+    )
+    template = work / "ingested"
+    ingest_stages = Stages()
+    if not (template / "ingested.ok").exists():
+        shutil.rmtree(template, ignore_errors=True)
+        services = Services.from_settings(settings_for(template, args))
+        try:
+            ingest_stages.run("ingest", lambda: ingest(services, domain.corpus))
+        finally:
+            services.close()
+        (template / "ingested.ok").write_text("")
+    runs = []
+    with PeakMemory() as peak:
+        for seed in seeds:
+            print(f"seed {seed}", flush=True)
+            runs.append(run_seed(domain, template, work, seed, args))
+    report = {
+        "dataset": domain.name,
+        "user": args.user,
+        "seeds": seeds,
+        "args": {k: str(v) for k, v in vars(args).items()},
+        "settings": settings_for(work, args).model_dump(
+            mode="json", include={"retrieval", "training", "loop"}
+        ),
+        "ingest": ingest_stages.rows,
+        "peak_mb": round(peak.mb),
+        "runs": runs,
+    }
+    out = args.out or ROOT / f"evals/results/loop-{domain.name}-{args.user}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1, default=str))
+    print(f"\n{domain.name}, {args.user} user, seeds {seeds} (mean; per seed where marked)\n")
+    print(table(runs))
+    print(f"\npeak RSS {peak.mb:.0f} MB; written to {out}")
 
 
 if __name__ == "__main__":
