@@ -476,7 +476,8 @@ def _train(services: CycleParts, cycle: LoopCycle) -> Move:
         "validation": tuning.validation,
     }
     if tuning.trained is None:
-        if tuning.dense_weight in (None, recipe["champion_dense_weight"]):
+        weight_only = settings.init_from == "champion"  # validated with the champion's encoder
+        if not weight_only or tuning.dense_weight in (None, recipe["champion_dense_weight"]):
             move = _rejection(
                 "nothing learned: no epoch and no fusion weight ranked the "
                 f"{tuning.validation_queries} validation feedback queries better than the "

@@ -60,12 +60,10 @@ def finetune(
     started = time.perf_counter()
 
     from datasets import Dataset
-    from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
     dataset = Dataset.from_dict({c: [r[c] for r in rows] for c in columns})
-    model = SentenceTransformer(str(base_folder), device="cpu")
-    model.max_seq_length = min(settings.max_seq_length, model.max_seq_length or 512)
+    model = _load(base_folder, settings)
     loss = MultipleNegativesRankingLoss(model)
     batch_size = min(settings.batch_size, len(rows))
     result = _train(model, dataset, loss, settings, batch_size, no_duplicates=True)

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from rag_loop.corpus.ingest import ingest
 from rag_loop.db.models import Alias, AuditEntry, IndexVersion, ShadowRetrieval
 from rag_loop.errors import Conflict
 from rag_loop.feedback.schemas import ChunkLabel, FeedbackIn
@@ -27,10 +28,12 @@ from rag_loop.loop.audit import trace
 from rag_loop.loop.triggers import tick
 from rag_loop.registry.embedders import model_name
 from rag_loop.services import Services
+from tests.conftest import CORPUS, ROOT
 from tests.loop.conftest import GOLDEN_SHARE, questions, replay
 
 pytestmark = pytest.mark.slow
 
+USER_QUESTIONS = ROOT / "corpora" / "kestrel" / "user_questions.jsonl"
 ALWAYS_PASS = {"min_improvement": -1.0, "max_regression": 1.0}  # mechanics, not quality
 
 
@@ -317,3 +320,47 @@ def test_full_mode_trains_one_model_and_re_embeds_the_corpus(
     assert built.details["chunks_embedded"] > 0 and built.details["chunks_reused"] == 0
     answer = ask(services, "How do I report a stolen bike?")
     assert answer.versions["embedder_version"] == version
+
+
+# a learning rate too small to move any weight: no epoch can rank better than the start
+STANDSTILL = {"validation_share": 0.3, "epochs": 2, "learning_rate": 1e-12}
+
+
+def test_a_cycle_that_learns_nothing_is_rejected_before_indexing(
+    with_feedback: Callable[..., Services],
+) -> None:
+    services = with_feedback(training=STANDSTILL, retrieval={"mode": "dense"}, loop=ALWAYS_PASS)
+    before = _aliases(services)
+    view = cycle.run_cycle(services, cycle.start_cycle(services, actor="test"), actor="test")
+    assert view["state"] == "rejected"
+    assert view["error"].startswith("nothing learned")
+    recipe = view["recipe"]
+    assert recipe["encoder"] == "kept" and recipe["best_epoch"] == 0
+    assert recipe["validation_queries"] > 0
+    assert [v["epoch"] for v in recipe["validation"]] == list(range(recipe["epochs_run"] + 1))
+    assert view["candidate_index_version_id"] is None and view["embedder"] is None
+    assert _aliases(services) == before
+    assert not (services.settings.data_dir / "models" / f"embedder-c{view['id']:04d}").exists()
+
+
+def test_a_better_fusion_weight_alone_makes_a_candidate_with_the_same_encoder(
+    loop_services: Callable[..., Services],
+) -> None:
+    # users' own words rank better on the dense side than the handbook's wording does
+    # (README: 0.766 dense, 0.626 hybrid nDCG@10), so the validation asks for more of it
+    services = loop_services(
+        training={**STANDSTILL, "holdout_share": 0.3, "validation_share": 0.2}, loop=ALWAYS_PASS
+    )
+    ingest(services, CORPUS, actor="test")
+    replay(services, [json.loads(line) for line in USER_QUESTIONS.read_text().splitlines()])
+    view = cycle.run_cycle(services, cycle.start_cycle(services, actor="test"), actor="test")
+    recipe = view["recipe"]
+    assert recipe["encoder"] == "kept" and recipe["champion_dense_weight"] == 0.5, recipe
+    assert recipe["dense_weight"] == 0.6  # one step, towards dense
+    assert view["state"] == "promoted", view["error"]
+    served = serving_index(services.engine)
+    assert served.id == view["candidate_index_version_id"]
+    assert served.embedder_version == services.embedder.version  # the same encoder
+    assert served.retrieval.dense_weight == 0.6
+    # the next ingest keeps what the loop chose
+    assert not ingest(services, CORPUS, actor="test").changed
