@@ -27,10 +27,13 @@ app = typer.Typer(
     add_completion=False,
 )
 corrections_app = typer.Typer(
-    help="Review corrections: list, approve, reject.", no_args_is_help=True
+    help="Review corrections: list, show, approve (add or amend), reject; amendments.",
+    no_args_is_help=True,
 )
 interactions_app = typer.Typer(help="Look at logged interactions.", no_args_is_help=True)
-keys_app = typer.Typer(help="API keys with scopes (ask, feedback, admin).", no_args_is_help=True)
+keys_app = typer.Typer(
+    help="API keys with scopes (ask, feedback, review, admin).", no_args_is_help=True
+)
 export_app = typer.Typer(help="Export datasets.", no_args_is_help=True)
 index_app = typer.Typer(help="Index versions.", no_args_is_help=True)
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
@@ -319,7 +322,9 @@ def feedback_command(
 
 @corrections_app.command("list")
 def corrections_list(
-    status: Annotated[str, typer.Option(help="pending, approved, rejected or all.")] = "pending",
+    status: Annotated[
+        str, typer.Option(help="pending, approved, rejected, disputed or all.")
+    ] = "pending",
     limit: Annotated[int, typer.Option(help="At most this many.")] = 100,
 ) -> None:
     """List corrections waiting for review (or in another state)."""
@@ -328,16 +333,56 @@ def corrections_list(
     emit(list_corrections(services(), None if status == "all" else status, limit))
 
 
+@corrections_app.command("show")
+def corrections_show(
+    correction_id: Annotated[int, typer.Argument(help="The correction id.")],
+) -> None:
+    """One correction: its answer's chunks, the proposed amendment and its diff, decisions."""
+    from rag_loop.feedback.corrections import get_correction
+
+    emit(get_correction(services(), correction_id))
+
+
 @corrections_app.command("approve")
 def corrections_approve(
     correction_id: Annotated[int, typer.Argument(help="The correction id.")],
     reviewer: Annotated[str, typer.Option(help="Who approves it.")] = CLI_ACTOR,
     note: Annotated[str | None, typer.Option(help="Why.")] = None,
+    amend: Annotated[
+        bool,
+        typer.Option(
+            "--amend",
+            help="Amend the passage the answer came from instead of adding the text as new "
+            "knowledge (by default the drafted amendment `corrections show` gives).",
+        ),
+    ] = False,
+    chunk: Annotated[str | None, typer.Option(help="With --amend: the chunk id to amend.")] = None,
+    text: Annotated[
+        str | None, typer.Option(help="With --amend: the passage's amended text.")
+    ] = None,
 ) -> None:
-    """Approve a correction: it is indexed into the serving index at once."""
-    from rag_loop.feedback.corrections import approve
+    """Approve a correction; with enough approvals (RAG_LOOP_REVIEW_APPROVALS) it serves at
+    once, added as a document or, with --amend, in place of the passage it contradicts."""
+    from rag_loop.feedback.corrections import approve, get_correction
 
-    emit(approve(services(), correction_id, reviewer=reviewer, note=note))
+    parts = services()
+    if (chunk or text) and not amend:
+        raise InvalidInput("--chunk and --text go with --amend")
+    if amend and (chunk is None or text is None):
+        drafted = get_correction(parts, correction_id)["proposal"] or {}
+        chunk = chunk or drafted.get("chunk_id")
+        text = text or drafted.get("text")
+    emit(
+        approve(
+            parts,
+            correction_id,
+            reviewer=reviewer,
+            note=note,
+            mode="amend" if amend else None,
+            chunk_id=chunk,
+            text=text,
+        )
+    )
 
 
 @corrections_app.command("reject")
@@ -346,10 +391,48 @@ def corrections_reject(
     reviewer: Annotated[str, typer.Option(help="Who rejects it.")] = CLI_ACTOR,
     note: Annotated[str | None, typer.Option(help="Why.")] = None,
 ) -> None:
-    """Reject a correction: it never reaches the index."""
+    """Reject a correction: it never reaches the index (after an approval: it is disputed;
+    the CLI, like an admin key, settles a dispute)."""
     from rag_loop.feedback.corrections import reject
 
     emit(reject(services(), correction_id, reviewer=reviewer, note=note))
+
+
+@corrections_app.command("amendments")
+def corrections_amendments(
+    status: Annotated[
+        str, typer.Option(help="active, flagged, reverted, replaced or all.")
+    ] = "all",
+) -> None:
+    """Passages replaced by approved corrections (flagged: the source passage changed)."""
+    from rag_loop.feedback.corrections import list_amendment_views
+
+    emit(list_amendment_views(services(), None if status == "all" else status))
+
+
+@corrections_app.command("revert")
+def corrections_revert(
+    amendment_id: Annotated[int, typer.Argument(help="The amendment id.")],
+    actor: Annotated[str, typer.Option(help="Who reverts it.")] = CLI_ACTOR,
+    note: Annotated[str | None, typer.Option(help="Why.")] = None,
+) -> None:
+    """Serve the passage's own text again (or dismiss a flagged amendment)."""
+    from rag_loop.feedback.corrections import revert_amendment
+
+    emit(revert_amendment(services(), amendment_id, actor=actor, note=note))
+
+
+@corrections_app.command("reapply")
+def corrections_reapply(
+    amendment_id: Annotated[int, typer.Argument(help="The flagged amendment id.")],
+    chunk: Annotated[str, typer.Option(help="The passage of the document that serves now.")],
+    text: Annotated[str, typer.Option(help="Its amended text.")],
+    actor: Annotated[str, typer.Option(help="Who applies it.")] = CLI_ACTOR,
+) -> None:
+    """Apply a flagged amendment to the passage that serves now."""
+    from rag_loop.feedback.corrections import reapply_amendment
+
+    emit(reapply_amendment(services(), amendment_id, chunk_id=chunk, text=text, actor=actor))
 
 
 @interactions_app.command("show")
@@ -366,7 +449,7 @@ def interactions_show(
 def keys_create(
     name: Annotated[str, typer.Argument(help="Who or what the key is for.")],
     scope: Annotated[
-        list[str], typer.Option(help="ask, feedback or admin (repeatable).")
+        list[str], typer.Option(help="ask, feedback, review or admin (repeatable).")
     ] = DEFAULT_SCOPES,
 ) -> None:
     """Create an API key. The key is printed once; only its hash is stored."""

@@ -206,6 +206,23 @@ class AuthSettings(BaseModel):
     require_key_for_ask: bool = Field(
         default=False, description="Require an API key with the `ask` scope for /v1/ask."
     )
+    console_session_ttl_seconds: int = Field(
+        default=8 * 3600,
+        ge=60,
+        description="How long an operator console sign-in lasts (the key is checked on every "
+        "page, so revoking it ends its sessions at once).",
+    )
+
+
+class ReviewSettings(BaseModel):
+    approvals: int = Field(
+        default=1,
+        ge=1,
+        le=10,
+        description="How many reviewers (API keys with the `review` or `admin` scope) must "
+        "approve a correction before it serves; a rejection after an approval disputes it, "
+        "and an admin settles the dispute.",
+    )
 
 
 class ApiSettings(BaseModel):
@@ -524,6 +541,7 @@ class Settings(BaseSettings):
     generator: GeneratorSettings = GeneratorSettings()
     judge: JudgeSettings = JudgeSettings()
     auth: AuthSettings = AuthSettings()
+    review: ReviewSettings = ReviewSettings()
     api: ApiSettings = ApiSettings()
     chat: ChatSettings = ChatSettings()
     queue: QueueSettings = QueueSettings()

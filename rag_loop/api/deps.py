@@ -89,3 +89,5 @@ def require(scope: str) -> Callable[[Principal | None], Awaitable[Principal]]:
 
 
 AdminDep = Annotated[Principal, Depends(require("admin"))]
+# the corrections queue: a `review` key, or an admin one
+ReviewDep = Annotated[Principal, Depends(require("review"))]

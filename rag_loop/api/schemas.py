@@ -58,26 +58,97 @@ class FeedbackOut(BaseModel):
     correction_id: int | None
 
 
+class ReviewOut(BaseModel):
+    reviewer: str
+    decision: Literal["approve", "reject"]
+    note: str | None
+    at: str
+
+
 class CorrectionOut(BaseModel):
     id: int
-    status: str
+    status: Literal["pending", "approved", "rejected", "disputed"]
     text: str
     interaction_id: str
     query: str | None
     answer: str | None
     created_at: str
-    reviewer: str | None
+    reviewer: str | None = Field(description="Who decided last.")
     reviewed_at: str | None
     review_note: str | None
+    mode: Literal["add", "amend"] | None = Field(
+        description="What approving does, set by the first approval: add the text as a new "
+        "document, or amend one passage the answer was given."
+    )
+    proposal: dict[str, Any] | None = Field(
+        description="For `amend`: the passage (`chunk_id`) and its amended `text`; in the "
+        "detail view, a `diff` too, and a `drafted` one before anyone approved."
+    )
+    applied: bool = Field(description="Whether the correction's change serves now.")
+    reviews: list[ReviewOut]
     document_id: str | None
     chunk_id: str | None
     index_version_id: int | None
+
+
+class CorrectionChunkOut(BaseModel):
+    rank: int
+    chunk_id: str
+    document_id: str
+    title: str
+    score: float
+    text: str
+    cited: bool
+    label: bool | None = Field(description="The user's latest label on it, if any.")
+    live: bool = Field(description="Whether it still serves (amendable).")
+    selected: bool = Field(description="The passage an amendment would replace by default.")
+
+
+class AmendmentOut(BaseModel):
+    id: int
+    correction_id: int | None
+    document_id: str
+    source_chunk_id: str
+    source_text: str
+    chunk_id: str
+    text: str
+    status: Literal["active", "flagged", "reverted", "replaced"]
+    created_by: str
+    created_at: str
+    closed_by: str | None
+    closed_at: str | None
+    flag: dict[str, Any] | None
+
+
+class CorrectionDetailOut(CorrectionOut):
+    chunks: list[CorrectionChunkOut]
+    amendments: list[AmendmentOut]
 
 
 class ReviewIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 
     note: Text | None = Field(default=None, max_length=2000)
+
+
+class ApproveIn(ReviewIn):
+    mode: Literal["add", "amend"] | None = Field(
+        default=None,
+        description="The first approval chooses (default `add`); later ones may repeat it.",
+    )
+    chunk_id: Text | None = Field(
+        default=None, max_length=64, description="`amend`: one of the answer's chunks."
+    )
+    text: Text | None = Field(
+        default=None, max_length=8000, description="`amend`: the passage's amended text."
+    )
+
+
+class ReapplyIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    chunk_id: Text = Field(max_length=64, description="The passage that serves now.")
+    text: NotBlank = Field(max_length=8000, description="The amended text for it.")
 
 
 class InteractionOut(BaseModel):

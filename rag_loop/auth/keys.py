@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 from rag_loop.db.models import ApiKey, AuditEntry, utcnow
 from rag_loop.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 
-SCOPES = ("ask", "feedback", "admin")
+# review: the corrections queue (and the console's review pages); admin: everything
+SCOPES = ("ask", "feedback", "review", "admin")
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,15 @@ class Principal:
     key_id: str
     name: str
     scopes: frozenset[str]
+
+    @property
+    def actor(self) -> str:
+        """How audit entries and reviews name this caller: the key's name and id."""
+        return f"{self.name[:100]} (key:{self.key_id})"
+
+    @property
+    def admin(self) -> bool:
+        return "admin" in self.scopes
 
     def require(self, scope: str) -> None:
         if scope not in self.scopes and "admin" not in self.scopes:
@@ -80,4 +90,12 @@ def authenticate(session: Session, presented: str) -> Principal:
         raise Unauthorized("unknown API key")
     if key.revoked_at is not None:
         raise Unauthorized("this API key has been revoked")
+    return Principal(key_id=key.id, name=key.name, scopes=frozenset(key.scopes))
+
+
+def principal_of(session: Session, key_id: str) -> Principal:
+    """The principal of a key id a console session holds; revoked or deleted keys end it."""
+    key = session.get(ApiKey, key_id)
+    if key is None or key.revoked_at is not None:
+        raise Unauthorized("this session's API key is no longer valid; sign in again")
     return Principal(key_id=key.id, name=key.name, scopes=frozenset(key.scopes))

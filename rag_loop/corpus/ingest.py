@@ -20,6 +20,12 @@ from typing import Any, Protocol
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from rag_loop.corpus.amendments import (
+    CarriedOver,
+    carry_over,
+    list_amendments,
+    record_carry_over,
+)
 from rag_loop.corpus.build import (
     BuildParts,
     Entry,
@@ -93,6 +99,7 @@ def ingest(
 
     with services.sessions() as session:
         existing = {d.id: d for d in session.scalars(select(Document))}
+        amendments = list_amendments(session, "active")
         current_chunks: dict[str, list[Chunk]] = {}
         for chunk in session.scalars(
             select(Chunk).where(Chunk.superseded_at.is_(None)).order_by(Chunk.ordinal)
@@ -146,14 +153,23 @@ def ingest(
 
     if embedder.version == services.embedder.version:
         ensure_base(services)  # the registered model has a version for `champion` to name
-    # the document set of the new version
+    # the document set of the new version; a document chunked anew keeps its amendments
+    # where the amended passage is still there (corpus/amendments.py)
     targets: dict[str, _TargetDoc] = {}
+    carried: list[tuple[CarriedOver, int]] = []
+
+    def rechunk(doc_id: str, version: int, content: str, text: str) -> list[ChunkSpec]:
+        result = carry_over(amendments, doc_id, chunker.split(doc_id, version, content, text))
+        if result.kept or result.flagged:
+            carried.append((result, version))
+        return result.specs
+
     removed_ids = {d.id for d in removed}
     for doc in existing.values():
         if doc.deleted_at is not None or doc.id in removed_ids:
             continue
         chunks = (
-            chunker.split(doc.id, doc.version, doc.content_hash, doc.text)
+            rechunk(doc.id, doc.version, doc.content_hash, doc.text)
             if rebuild_all or doc.id not in current_chunks
             else [_spec(c) for c in current_chunks[doc.id]]
         )
@@ -164,7 +180,7 @@ def ingest(
             new.id,
             new.title,
             version,
-            chunker.split(new.id, version, new.content_hash, new.text),
+            rechunk(new.id, version, new.content_hash, new.text),
             loaded=new,
         )
 
@@ -211,6 +227,8 @@ def ingest(
             _record_documents(
                 session, targets, removed_ids, current_chunks, root, chunker.config_hash
             )
+            for result, document_version in carried:
+                record_carry_over(session, result, document_version, chunker.config_hash, actor)
             _add_late_corrections(services, session, embedder, collection, {e.id for e in entries})
             row = session.get_one(IndexVersion, version_id)
             row.status = "ready"

@@ -5,7 +5,9 @@ index_versions ─ aliases                one Chroma collection per index versio
                                         `champion` alias names the one that serves
 interactions ──< retrievals             every answer with the chunks as served
              ──< feedback_submissions ──< feedback_events
-             ──< corrections            pending -> approved (indexed) | rejected
+             ──< corrections            pending -> approved (indexed) | rejected | disputed
+                    ──< correction_reviews  one decision per reviewer
+                    ──< amendments          a passage's text replaced, revertible
 api_keys                                hashed, scoped
 training_sets ─< embedder_versions       the loop: feedback -> examples -> fine-tuned model
 loop_cycles                             one persisted state machine per cycle
@@ -251,6 +253,51 @@ class Correction(Base):
     index_version_id: Mapped[int | None] = mapped_column(
         ForeignKey("index_versions.id"), default=None
     )
+    # what approving does: `add` the text as a new document, or `amend` one cited passage
+    # (the proposal: {"chunk_id", "text"}); set by the first approval
+    mode: Mapped[str | None] = mapped_column(String(8), default=None)
+    proposal: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
+    # True once the correction's change serves (it may be disputed after)
+    applied: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+
+
+class CorrectionReview(Base):
+    """One reviewer's decision on a correction. A correction is applied after
+    `RAG_LOOP_REVIEW_APPROVALS` approvals by different reviewers and no rejection; a rejection
+    after an approval disputes it, and an admin's decision settles a dispute."""
+
+    __tablename__ = "correction_reviews"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    correction_id: Mapped[int] = mapped_column(ForeignKey("corrections.id"), index=True)
+    reviewer: Mapped[str] = mapped_column(String(128))
+    decision: Mapped[str] = mapped_column(String(8))  # approve | reject
+    note: Mapped[str | None] = mapped_column(Text, default=None)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Amendment(Base):
+    """A passage's text replaced by a reviewer's: the amended chunk serves in place of the
+    source chunk. The old text stays (here and in the superseded chunk row)."""
+
+    __tablename__ = "amendments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    correction_id: Mapped[int | None] = mapped_column(ForeignKey("corrections.id"), index=True)
+    document_id: Mapped[str] = mapped_column(String(512), index=True)
+    # the passage amended, as the document has it now (moved along by re-ingests)
+    source_chunk_id: Mapped[str] = mapped_column(String(64))
+    source_hash: Mapped[str] = mapped_column(String(64))
+    source_text: Mapped[str] = mapped_column(Text)
+    chunk_id: Mapped[str] = mapped_column(String(64))  # the amended chunk
+    text: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16), default="active", index=True)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # reverted (by whom, when), or flagged: the source passage changed under it
+    closed_by: Mapped[str | None] = mapped_column(String(128), default=None)
+    closed_at: Mapped[datetime | None] = mapped_column(default=None)
+    flag: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
 
 
 class ApiKey(Base):

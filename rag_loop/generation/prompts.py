@@ -11,7 +11,9 @@ from rag_loop.hits import Hit
 
 ANSWER_SYSTEM = (
     "You answer questions using only the numbered sources below. Cite the sources you use "
-    "as [1], [2]. If the sources do not contain the answer, say you do not know.\n\n"
+    "as [1], [2]. If the sources do not contain the answer, say you do not know. A source "
+    'whose title begins with "Correction:" was approved by a reviewer: when it contradicts '
+    "another source, the correction is right and the other source is out of date.\n\n"
     "Sources:\n{sources}"
 )
 ANSWER_HUMAN = "{question}"

@@ -288,6 +288,7 @@ def rollback(
                 f"the rollback target, index {target.id}, has no collection in Chroma "
                 f"({target.collection_name}); serve another version: rag-loop index serve ID"
             )
+    synced = _catch_up(services, target, actor) if target is not None else None
 
     def effects(session: Session, row: LoopCycle) -> dict[str, Any]:
         serving = champion(session)
@@ -304,7 +305,7 @@ def rollback(
             )
         set_alias(session, CHAMPION, previous)
         _point_previous(session, exclude=row.id)
-        row.gate = {**row.gate, "rollback": {"reason": reason, "by": actor}}
+        row.gate = {**row.gate, "rollback": {"reason": reason, "by": actor, "synced": synced}}
         outbox.sync_champion_alias(session, f"loop cycle {row.id} rolled back")
         return {"from_index": serving.id, "to_index": previous.id, "reason": reason}
 
@@ -320,6 +321,20 @@ def rollback(
         ),
     )
     return cycle_view(services, cycle.id)
+
+
+def _catch_up(services: CycleParts, target: IndexVersion, actor: str) -> str:
+    """Sync a rollback target with the live chunks, so that corrections and amendments
+    approved since it served serve after the rollback. Best effort: a rollback must not
+    wait on the embedder's registry; `rag-loop index serve ID` syncs it later."""
+    try:
+        embedder = services.embedders.get(target.embedder_version)
+        result = build_index(services, target.id, embedder, actor=actor)
+    except Exception as exc:  # an outage of any part it needs
+        log.warning("rollback target %s not synced with the live chunks: %s", target.id, exc)
+        return f"not synced: {exc}"[:300]
+    added = result.chunks_embedded + result.chunks_reused
+    return f"synced: {added} added, {result.chunks_removed} removed"
 
 
 def serve_version(
@@ -338,10 +353,12 @@ def serve_version(
             f"index version {version_id} is {version.status}; only a ready version serves",
             details=[{"index_version": version_id, "status": version.status}],
         )
-    rebuilt = None
-    if not _collection_present(services, version.collection_name):
-        embedder = services.embedders.get(version.embedder_version)
-        rebuilt = build_index(services, version_id, embedder, actor=actor).chunks_embedded
+    # rebuilt from the live chunks if Chroma lost it; otherwise synced with them, so that
+    # corrections and amendments approved since it last served serve with it
+    present = _collection_present(services, version.collection_name)
+    embedder = services.embedders.get(version.embedder_version)
+    built = build_index(services, version_id, embedder, actor=actor).chunks_embedded
+    rebuilt = None if present else built
     with transaction(services.sessions) as session:
         serving = champion(session) if _has_champion(session) else None
         if serving is not None and serving.id == version_id:

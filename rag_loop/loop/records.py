@@ -60,6 +60,11 @@ class WatchRecord(_Record):
 class RollbackRecord(_Record):
     reason: str
     by: str
+    synced: str | None = Field(
+        default=None,
+        description="How the rollback target caught up with the live chunks (corrections "
+        "and amendments approved since it served), or why it could not.",
+    )
 
 
 class Gate(_Record):

@@ -52,7 +52,7 @@ def run_eval_route(
         "limit": body.limit,
         "trigger": "api",
     }
-    job_id = jobs.submit(services, "evaluation", arguments, actor=f"key:{principal.key_id}")
+    job_id = jobs.submit(services, "evaluation", arguments, actor=principal.actor)
     response.headers["Location"] = f"/v1/jobs/{job_id}"
     return JobOut.model_validate(jobs.get(services, job_id))
 
@@ -108,7 +108,7 @@ def get_eval_route(
     summary="Run the data and concept drift checks now; a drift raises a `drift` event",
 )
 def drift_route(services: ServicesDep, principal: AdminDep) -> DriftOut:
-    return DriftOut.model_validate(service.drift(services, actor=f"key:{principal.key_id}"))
+    return DriftOut.model_validate(service.drift(services, actor=principal.actor))
 
 
 @router.get(

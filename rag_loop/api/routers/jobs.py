@@ -33,7 +33,7 @@ async def build_route(
 ) -> JobOut:
     """The path must lie under one of `api.ingest_roots` (403 otherwise). Whether it exists
     is for the job to find out: with a task queue it is read on a worker's machine."""
-    actor = f"key:{principal.key_id}"
+    actor = principal.actor
     path = allowed_ingest_path(services.settings, body.path)
 
     def start() -> JobOut:

@@ -39,7 +39,7 @@ CyclePath = Path(ge=1, le=MAX_ROW_ID, description="The loop cycle id.")
     summary="Start a loop cycle; it runs in the background (poll GET /v1/loop/cycles/{id})",
 )
 async def start_route(services: ServicesDep, principal: AdminDep) -> LoopCycleOut:
-    actor = f"key:{principal.key_id}"
+    actor = principal.actor
 
     def start() -> int:
         cycle_id = cycle.start_cycle(services, trigger="api", actor=actor)
@@ -92,9 +92,7 @@ async def resume_route(
     view = await run_in_threadpool(cycle.cycle_view, services, cycle_id)
     check_action(Action.RESUME, cycle_id, view["state"])
     payload = {"cycle_id": cycle_id, "resume": True}
-    await run_in_threadpool(
-        jobs.submit, services, "loop_cycle", payload, actor=f"key:{principal.key_id}"
-    )
+    await run_in_threadpool(jobs.submit, services, "loop_cycle", payload, actor=principal.actor)
     return LoopCycleOut.model_validate(view)
 
 
@@ -108,7 +106,7 @@ async def resume_route(
 def approve_route(
     services: ServicesDep, principal: AdminDep, cycle_id: int = CyclePath
 ) -> LoopCycleOut:
-    view = cycle.approve(services, cycle_id, actor=f"key:{principal.key_id}")
+    view = cycle.approve(services, cycle_id, actor=principal.actor)
     return LoopCycleOut.model_validate(view)
 
 
@@ -121,7 +119,7 @@ def approve_route(
 def reject_route(
     body: DecisionIn, services: ServicesDep, principal: AdminDep, cycle_id: int = CyclePath
 ) -> LoopCycleOut:
-    view = cycle.reject(services, cycle_id, actor=f"key:{principal.key_id}", reason=body.reason)
+    view = cycle.reject(services, cycle_id, actor=principal.actor, reason=body.reason)
     return LoopCycleOut.model_validate(view)
 
 
@@ -133,9 +131,7 @@ def reject_route(
     summary="Serve the index from before the latest (or a given) promotion again, at once",
 )
 def rollback_route(body: RollbackIn, services: ServicesDep, principal: AdminDep) -> LoopCycleOut:
-    view = cycle.rollback(
-        services, actor=f"key:{principal.key_id}", reason=body.reason, cycle_id=body.cycle
-    )
+    view = cycle.rollback(services, actor=principal.actor, reason=body.reason, cycle_id=body.cycle)
     return LoopCycleOut.model_validate(view)
 
 
@@ -201,5 +197,5 @@ def serve_route(
     version_id: int = Path(ge=1, le=MAX_ROW_ID, description="The index version id."),
 ) -> dict[str, Any]:
     return cycle.serve_version(
-        services, version_id, actor=f"key:{principal.key_id}", reason=body.reason or "manual"
+        services, version_id, actor=principal.actor, reason=body.reason or "manual"
     )
