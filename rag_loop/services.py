@@ -22,6 +22,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from rag_loop import tasks
+from rag_loop.auth.sessions import ConsoleSessions
 from rag_loop.auth.tokens import FeedbackTokens, load_or_create_secret
 from rag_loop.corpus.chunking import Chunker
 from rag_loop.db.engine import create_db_engine, create_session_factory, upgrade
@@ -68,6 +69,7 @@ class Services:
     embedder: Embedder
     generator: Generator
     tokens: FeedbackTokens
+    console_sessions: ConsoleSessions
     tracker: MlflowTracker
     chunker: Chunker
     writer: BatchWriter
@@ -124,6 +126,7 @@ class Services:
             embedder=embedder,
             generator=generator or make_generator(settings.generator),
             tokens=FeedbackTokens(secret, settings.auth.feedback_token_ttl_seconds),
+            console_sessions=ConsoleSessions(secret, settings.auth.console_session_ttl_seconds),
             tracker=tracker,
             outbox=Outbox(
                 sessions,

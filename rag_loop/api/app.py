@@ -15,7 +15,18 @@ from rag_loop.api.errors import install_error_handlers, is_openai_path
 from rag_loop.api.limits import BodyLimit
 from rag_loop.api.metrics import LatencyMiddleware, ServiceMetrics
 from rag_loop.api.openai_compat import EXPOSED_HEADERS
-from rag_loop.api.routers import admin, ask, chat, evals, feedback, health, jobs, loop, web
+from rag_loop.api.routers import (
+    admin,
+    ask,
+    chat,
+    console,
+    evals,
+    feedback,
+    health,
+    jobs,
+    loop,
+    web,
+)
 from rag_loop.services import Services
 from rag_loop.settings import Settings
 
@@ -82,7 +93,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
 
     # Routes are matched in order, each candidate costing a few µs per request: the hot
     # paths (feedback, ask, chat) come first.
-    for module in (feedback, ask, chat, health, web, admin, evals, loop, jobs):
+    for module in (feedback, ask, chat, health, web, admin, evals, loop, jobs, console):
         app.include_router(module.router)
     _write_contract(app, settings)
     return app

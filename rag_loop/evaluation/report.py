@@ -263,13 +263,13 @@ def _png(figure: Any) -> str:
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
-def _plots(summary: dict[str, Any]) -> list[dict[str, str]]:
+def plots(summary: dict[str, Any]) -> list[dict[str, str]]:
     import matplotlib
 
     matplotlib.use("Agg")  # no display; must precede pyplot
     import matplotlib.pyplot as plt
 
-    plots: list[dict[str, str]] = []
+    out: list[dict[str, str]] = []
     k = summary["k"]
     panels = [
         ("Answers over time (production)", "production", TREND_METRICS["answers"]),
@@ -291,7 +291,7 @@ def _plots(summary: dict[str, Any]) -> list[dict[str, str]]:
     axis.set_ylim(-0.05, 1.05)
     axis.set_title("Thumbs-up rate per day")
     axis.tick_params(axis="x", labelrotation=30)
-    plots.append({"title": "Thumbs-up rate per day", "src": _png(figure), "empty": str(not thumbs)})
+    out.append({"title": "Thumbs-up rate per day", "src": _png(figure), "empty": str(not thumbs)})
     plt.close(figure)
     for title, source, metrics in panels:
         figure, axis = plt.subplots(figsize=(7, 2.8))
@@ -311,7 +311,7 @@ def _plots(summary: dict[str, Any]) -> list[dict[str, str]]:
         axis.tick_params(axis="x", labelrotation=30)
         if drawn:
             axis.legend(fontsize=7, loc="lower left")
-        plots.append({"title": title, "src": _png(figure), "empty": str(not drawn)})
+        out.append({"title": title, "src": _png(figure), "empty": str(not drawn)})
         plt.close(figure)
     versions = summary["versions"]
     figure, axis = plt.subplots(figsize=(7, 2.8))
@@ -331,11 +331,11 @@ def _plots(summary: dict[str, Any]) -> list[dict[str, str]]:
         axis.legend(fontsize=7)
     axis.set_ylim(0, 1.05)
     axis.set_title("Index versions on the golden sets")
-    plots.append(
+    out.append(
         {"title": "Index versions side by side", "src": _png(figure), "empty": str(not golden)}
     )
     plt.close(figure)
-    return plots
+    return out
 
 
 def render_html(summary: dict[str, Any]) -> str:
@@ -343,4 +343,4 @@ def render_html(summary: dict[str, Any]) -> str:
 
     environment = Environment(autoescape=select_autoescape(default=True))
     template = environment.from_string(TEMPLATE.read_text(encoding="utf-8"))
-    return template.render(summary=summary, plots=_plots(summary))
+    return template.render(summary=summary, plots=plots(summary))

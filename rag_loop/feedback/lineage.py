@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -14,9 +15,9 @@ from rag_loop.db.models import (
     IndexVersion,
     Interaction,
 )
-from rag_loop.errors import NotFound
+from rag_loop.errors import InvalidInput, NotFound
 from rag_loop.feedback.corrections import correction_view
-from rag_loop.feedback.labels import fold
+from rag_loop.feedback.labels import fold, fold_by_interaction
 from rag_loop.index.retrieval_config import RetrievalConfig
 
 
@@ -122,3 +123,87 @@ def show(sessions: sessionmaker[Session], interaction_id: str) -> dict[str, Any]
             "labels": effective_labels(events),
             "corrections": [correction_view(c, interaction) for c in corrections],
         }
+
+
+def search(
+    sessions: sessionmaker[Session],
+    *,
+    text: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    thumb: str | None = None,
+    index_version: int | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """Interactions, newest first, by words of the question or answer, date, the latest
+    thumb (`feedback.labels.fold`: "none" for answers without one) and index version."""
+    if thumb not in (None, "up", "down", "none"):
+        raise InvalidInput("thumb must be up, down or none")
+    if not 1 <= limit <= 500:
+        raise InvalidInput("limit must be between 1 and 500")
+    query = select(Interaction).order_by(Interaction.created_at.desc())
+    if text:
+        words = text.strip()
+        query = query.where(
+            Interaction.query.icontains(words, autoescape=True)
+            | Interaction.answer.icontains(words, autoescape=True)
+        )
+    if since is not None:
+        query = query.where(Interaction.created_at >= since)
+    if until is not None:
+        query = query.where(Interaction.created_at < until)
+    if index_version is not None:
+        query = query.where(Interaction.index_version_id == index_version)
+    if thumb in ("up", "down"):  # a thumb of that kind was given; the fold below decides
+        query = query.where(
+            select(FeedbackEvent.id)
+            .where(
+                FeedbackEvent.interaction_id == Interaction.id,
+                FeedbackEvent.kind == "thumb",
+                FeedbackEvent.thumb == thumb,
+            )
+            .exists()
+        )
+    found: list[dict[str, Any]] = []
+    offset = 0
+    with sessions() as session:
+        while len(found) < limit:
+            page = list(session.scalars(query.offset(offset).limit(limit * 2)))
+            if not page:
+                break
+            offset += len(page)
+            events = session.execute(
+                select(
+                    FeedbackEvent.interaction_id,
+                    FeedbackEvent.kind,
+                    FeedbackEvent.thumb,
+                    FeedbackEvent.chunk_id,
+                    FeedbackEvent.relevant,
+                    FeedbackEvent.document_id,
+                )
+                .where(FeedbackEvent.interaction_id.in_([i.id for i in page]))
+                .order_by(FeedbackEvent.id)
+            ).all()
+            labels = fold_by_interaction(events)
+            for interaction in page:
+                folded = labels.get(interaction.id)
+                latest = folded.thumb if folded else None
+                if thumb is not None and (latest or "none") != thumb:
+                    continue
+                found.append(
+                    {
+                        "interaction_id": interaction.id,
+                        "created_at": interaction.created_at.isoformat(),
+                        "query": interaction.query,
+                        "answer": interaction.answer,
+                        "status": interaction.status,
+                        "index_version": interaction.index_version_id,
+                        "thumb": latest,
+                        "feedback_events": len(
+                            [e for e in events if e.interaction_id == interaction.id]
+                        ),
+                    }
+                )
+                if len(found) == limit:
+                    break
+    return found

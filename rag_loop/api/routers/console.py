@@ -1,0 +1,642 @@
+"""The operator console at `/console`: server-rendered pages for reviewers and operators.
+
+    sign-in (an API key with the review or admin scope) -> a session cookie
+    reviews       pending and disputed corrections; one correction: its answer's chunks,
+                  the drafted amendment as a diff; approve (amend or add), reject; amendments
+    interactions  search; one answer's lineage                              (admin)
+    loop          cycles, gate figures, stage times, shadow; approve, reject, resume, roll
+                  back, start (each confirmed first); the registry backlog  (admin)
+    evaluations   the report's plots and tables, per index version          (admin)
+
+Every action calls the same service function as the API and the CLI, with the signed-in
+key as the actor (its name is in the audit log). The session cookie holds the key's id and
+a CSRF token, signed, HttpOnly, SameSite=Strict; every form carries the token and a POST
+without it changes nothing (403). The key is looked up on every request: revoking it ends
+its sessions. No JavaScript and nothing from a CDN: it works offline.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from datetime import UTC, datetime, timedelta
+from functools import cache
+from importlib.resources import files
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Form, Request, Response
+from fastapi.responses import HTMLResponse, RedirectResponse
+from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.templating import Jinja2Templates
+
+from rag_loop import jobs
+from rag_loop.auth.keys import Principal, authenticate, principal_of
+from rag_loop.auth.sessions import ConsoleSession, new_csrf
+from rag_loop.db.engine import transaction
+from rag_loop.db.models import AuditEntry
+from rag_loop.errors import RagLoopError, Unauthorized
+from rag_loop.evaluation import service as evaluation
+from rag_loop.evaluation.report import REPORT_CYCLES, plots
+from rag_loop.feedback import corrections
+from rag_loop.feedback.lineage import search, show
+from rag_loop.index.versions import list_versions
+from rag_loop.loop import cycle
+from rag_loop.loop.audit import trace
+from rag_loop.loop.states import Action, allows, check_action
+from rag_loop.services import Services
+
+router = APIRouter(prefix="/console", include_in_schema=False)
+
+SESSION_COOKIE = "rag_loop_console"
+CSRF_COOKIE = "rag_loop_console_csrf"  # the sign-in form's (double submit)
+FLASH_COOKIE = "rag_loop_console_flash"
+CONSOLE_SCOPES = frozenset({"review", "admin"})
+LOOP_ACTIONS = {
+    "approve": "Approve and promote cycle {cycle}'s held candidate",
+    "reject": "Reject cycle {cycle}'s candidate",
+    "resume": "Resume cycle {cycle} from the step it stopped in",
+    "rollback": "Roll back cycle {cycle}: serve the index that served before it",
+    "start": "Start a new loop cycle now",
+}
+
+
+@cache
+def _templates() -> Jinja2Templates:
+    environment = Environment(
+        loader=PackageLoader("rag_loop.api", "templates/console"),
+        autoescape=select_autoescape(default=True),
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    return Jinja2Templates(env=environment)
+
+
+class Visitor:
+    """Who is looking at a page: the signed-in key and its session, or nobody."""
+
+    def __init__(self, principal: Principal, session: ConsoleSession) -> None:
+        self.principal = principal
+        self.session = session
+
+    @property
+    def admin(self) -> bool:
+        return self.principal.admin
+
+    @property
+    def actor(self) -> str:
+        return self.principal.actor
+
+
+def _services(request: Request) -> Services:
+    services: Services = request.app.state.services
+    return services
+
+
+def _visitor(request: Request) -> Visitor | None:
+    services = _services(request)
+    session = services.console_sessions.read(request.cookies.get(SESSION_COOKIE))
+    if session is None:
+        return None
+    with services.sessions() as db:
+        try:
+            principal = principal_of(db, session.key_id)
+        except Unauthorized:
+            return None
+    if not CONSOLE_SCOPES & principal.scopes:
+        return None
+    return Visitor(principal, session)
+
+
+def _secure(request: Request) -> bool:
+    return request.url.scheme == "https"
+
+
+def _redirect(request: Request, to: str, flash: str | None = None, *, ok: bool = True) -> Response:
+    response = RedirectResponse(to, status_code=303)
+    if flash:
+        response.set_cookie(
+            FLASH_COOKIE,
+            urllib.parse.quote(("ok:" if ok else "error:") + flash[:600]),
+            max_age=60,
+            path="/console",
+            httponly=True,
+            samesite="strict",
+            secure=_secure(request),
+        )
+    return response
+
+
+def _render(
+    request: Request,
+    template: str,
+    visitor: Visitor | None,
+    status_code: int = 200,
+    **context: Any,
+) -> HTMLResponse:
+    flash = urllib.parse.unquote(request.cookies.get(FLASH_COOKIE, ""))
+    kind, _, message = flash.partition(":")
+    nav = [("Reviews", "/console/reviews")]
+    if visitor is not None and visitor.admin:
+        nav += [
+            ("Interactions", "/console/interactions"),
+            ("Loop", "/console/loop"),
+            ("Evaluations", "/console/evaluations"),
+        ]
+    response = _templates().TemplateResponse(
+        request,
+        template,
+        {
+            "visitor": visitor,
+            "csrf": visitor.session.csrf if visitor else "",
+            "nav": [
+                {"label": label, "href": href, "current": request.url.path.startswith(href)}
+                for label, href in nav
+            ],
+            "flash": message,
+            "flash_kind": "error" if kind == "error" else "ok",
+            **context,
+        },
+        status_code=status_code,
+    )
+    if flash:
+        response.delete_cookie(FLASH_COOKIE, path="/console")
+    return response
+
+
+def _gate(request: Request, *, admin: bool = False) -> Visitor | Response:
+    """The signed-in visitor, or the response that stands in for the page: the sign-in
+    page, or a 403 for a reviewer on an admin page."""
+    visitor = _visitor(request)
+    if visitor is None:
+        target = urllib.parse.quote(request.url.path)
+        return RedirectResponse(f"/console/sign-in?next={target}", status_code=303)
+    if admin and not visitor.admin:
+        return _render(
+            request,
+            "forbidden.html",
+            visitor,
+            status_code=403,
+            title="Not allowed",
+            message="This page needs an API key with the admin scope; yours can review "
+            "corrections.",
+        )
+    return visitor
+
+
+def _checked(request: Request, csrf_token: str | None, *, admin: bool = False) -> Visitor:
+    """A POST's visitor, with its form's CSRF token checked; anything else is a 403 error
+    page (`_Refused`)."""
+    visitor = _visitor(request)
+    if visitor is None:
+        raise _Refused(401, "Your session has ended; sign in again.")
+    if not visitor.session.check(csrf_token):
+        raise _Refused(403, "The form's security token is missing or wrong; reload the page.")
+    if admin and not visitor.admin:
+        raise _Refused(403, "This action needs an API key with the admin scope.")
+    return visitor
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _refused(request: Request, refused: _Refused) -> HTMLResponse:
+    return _render(
+        request,
+        "forbidden.html",
+        _visitor(request),
+        status_code=refused.status,
+        title="Refused",
+        message=refused.message,
+    )
+
+
+def _safe_next(target: str | None) -> str:
+    if target and target.startswith("/console") and "//" not in target:
+        return target
+    return "/console/reviews"
+
+
+# -- static -------------------------------------------------------------------------------
+
+
+@cache
+def _stylesheet() -> bytes:
+    return files("rag_loop.api").joinpath("static", "console.css").read_bytes()
+
+
+@router.get("/static/console.css")
+async def stylesheet() -> Response:
+    return Response(
+        _stylesheet(),
+        media_type="text/css; charset=utf-8",
+        headers={"Cache-Control": "public, max-age=300"},
+    )
+
+
+# -- sign-in ------------------------------------------------------------------------------
+
+
+@router.get("")
+def home(request: Request) -> Response:
+    return RedirectResponse("/console/reviews", status_code=303)
+
+
+@router.get("/sign-in")
+def sign_in_page(request: Request, next: str | None = None) -> Response:
+    token = request.cookies.get(CSRF_COOKIE) or new_csrf()
+    response = _render(
+        request, "sign_in.html", None, title="Sign in", sign_in_csrf=token, next=_safe_next(next)
+    )
+    response.set_cookie(
+        CSRF_COOKIE,
+        token,
+        max_age=3600,
+        path="/console",
+        httponly=True,
+        samesite="strict",
+        secure=_secure(request),
+    )
+    return response
+
+
+@router.post("/sign-in")
+def sign_in(
+    request: Request,
+    api_key: Annotated[str, Form(max_length=200)] = "",
+    csrf_token: Annotated[str, Form(max_length=200)] = "",
+    next: Annotated[str, Form(max_length=500)] = "/console/reviews",
+) -> Response:
+    services = _services(request)
+    expected = request.cookies.get(CSRF_COOKIE)
+    if not expected or not ConsoleSession("", expected).check(csrf_token):
+        return _refused(request, _Refused(403, "The sign-in form expired; reload the page."))
+    try:
+        with transaction(services.sessions) as db:
+            principal = authenticate(db, api_key.strip())
+            if not CONSOLE_SCOPES & principal.scopes:
+                raise Unauthorized(
+                    "the console needs a key with the review or admin scope; create one "
+                    "with `rag-loop keys create NAME --scope review`"
+                )
+            db.add(AuditEntry(actor=principal.actor, action="console.sign_in", target="console"))
+    except RagLoopError as exc:
+        return _render(
+            request,
+            "sign_in.html",
+            None,
+            status_code=401,
+            title="Sign in",
+            sign_in_csrf=expected,
+            next=_safe_next(next),
+            error=exc.message,
+        )
+    response = _redirect(request, _safe_next(next), f"Signed in as {principal.name}.")
+    response.set_cookie(
+        SESSION_COOKIE,
+        services.console_sessions.issue(principal.key_id),
+        max_age=services.console_sessions.ttl_seconds,
+        path="/console",
+        httponly=True,
+        samesite="strict",
+        secure=_secure(request),
+    )
+    response.delete_cookie(CSRF_COOKIE, path="/console")
+    return response
+
+
+@router.post("/sign-out")
+def sign_out(request: Request, csrf_token: Annotated[str, Form(max_length=200)] = "") -> Response:
+    try:
+        visitor = _checked(request, csrf_token)
+    except _Refused as refused:
+        return _refused(request, refused)
+    with transaction(_services(request).sessions) as db:
+        db.add(AuditEntry(actor=visitor.actor, action="console.sign_out", target="console"))
+    response = _redirect(request, "/console/sign-in", "Signed out.")
+    response.delete_cookie(SESSION_COOKIE, path="/console")
+    return response
+
+
+# -- reviews ------------------------------------------------------------------------------
+
+
+@router.get("/reviews")
+def reviews_page(request: Request, status: str = "open") -> Response:
+    visitor = _gate(request)
+    if isinstance(visitor, Response):
+        return visitor
+    services = _services(request)
+    statuses = ("pending", "disputed") if status == "open" else (status,)
+    try:
+        rows = [r for s in statuses for r in corrections.list_corrections(services, s, 200)]
+        amendments = corrections.list_amendment_views(services, None)
+    except RagLoopError as exc:
+        return _render(
+            request, "forbidden.html", visitor, 400, title="Bad filter", message=exc.message
+        )
+    return _render(
+        request,
+        "reviews.html",
+        visitor,
+        title="Review queue",
+        status=status,
+        rows=sorted(rows, key=lambda r: r["id"]),
+        amendments=[a for a in amendments if a["status"] in ("active", "flagged")],
+        approvals=services.settings.review.approvals,
+    )
+
+
+@router.get("/reviews/{correction_id}")
+def review_page(request: Request, correction_id: int) -> Response:
+    visitor = _gate(request)
+    if isinstance(visitor, Response):
+        return visitor
+    services = _services(request)
+    try:
+        view = corrections.get_correction(services, correction_id)
+    except RagLoopError as exc:
+        return _render(
+            request,
+            "forbidden.html",
+            visitor,
+            exc.status_code,
+            title="Not found",
+            message=exc.message,
+        )
+    return _render(
+        request,
+        "review.html",
+        visitor,
+        title=f"Correction {correction_id}",
+        c=view,
+        approvals=services.settings.review.approvals,
+        open=view["status"] in ("pending", "disputed"),
+    )
+
+
+@router.post("/reviews/{correction_id}")
+def review_action(
+    request: Request,
+    correction_id: int,
+    decision: Annotated[str, Form(max_length=16)] = "",
+    csrf_token: Annotated[str, Form(max_length=200)] = "",
+    chunk_id: Annotated[str | None, Form(max_length=64)] = None,
+    text: Annotated[str | None, Form(max_length=8000)] = None,
+    note: Annotated[str | None, Form(max_length=2000)] = None,
+) -> Response:
+    try:
+        visitor = _checked(request, csrf_token)
+    except _Refused as refused:
+        return _refused(request, refused)
+    services = _services(request)
+    back = f"/console/reviews/{correction_id}"
+    note = (note or "").strip() or None
+    try:
+        if decision == "reject":
+            view = corrections.reject(
+                services, correction_id, reviewer=visitor.actor, note=note, admin=visitor.admin
+            )
+        elif decision in ("amend", "add", "approve"):
+            view = corrections.approve(
+                services,
+                correction_id,
+                reviewer=visitor.actor,
+                note=note,
+                mode="amend" if decision == "amend" else "add" if decision == "add" else None,
+                chunk_id=chunk_id if decision == "amend" else None,
+                text=text if decision == "amend" else None,
+                admin=visitor.admin,
+            )
+        else:
+            return _redirect(request, back, "Choose approve or reject.", ok=False)
+    except RagLoopError as exc:
+        return _redirect(request, back, exc.message, ok=False)
+    return _redirect(
+        request,
+        back,
+        f"Correction {correction_id} is {view['status']}"
+        + (" and serves now." if view["applied"] else "."),
+    )
+
+
+@router.post("/amendments/{amendment_id}/revert")
+def revert_action(
+    request: Request,
+    amendment_id: int,
+    csrf_token: Annotated[str, Form(max_length=200)] = "",
+    note: Annotated[str | None, Form(max_length=2000)] = None,
+    back: Annotated[str, Form(max_length=500)] = "/console/reviews",
+) -> Response:
+    try:
+        visitor = _checked(request, csrf_token)
+    except _Refused as refused:
+        return _refused(request, refused)
+    try:
+        corrections.revert_amendment(
+            _services(request), amendment_id, actor=visitor.actor, note=(note or None)
+        )
+    except RagLoopError as exc:
+        return _redirect(request, _safe_next(back), exc.message, ok=False)
+    return _redirect(
+        request, _safe_next(back), f"Amendment {amendment_id} reverted: the old text serves."
+    )
+
+
+# -- interactions -------------------------------------------------------------------------
+
+
+def _day(value: str | None, field: str) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value).replace(tzinfo=UTC)
+    except ValueError as exc:
+        raise _Refused(400, f"{field}: give a date as YYYY-MM-DD") from exc
+
+
+@router.get("/interactions")
+def interactions_page(
+    request: Request,
+    q: str = "",
+    since: str = "",
+    until: str = "",
+    thumb: str = "",
+    index_version: str = "",
+) -> Response:
+    visitor = _gate(request, admin=True)
+    if isinstance(visitor, Response):
+        return visitor
+    services = _services(request)
+    try:
+        end = _day(until, "until")
+        rows = search(
+            services.sessions,
+            text=q[:200] or None,
+            since=_day(since, "since"),
+            until=end + timedelta(days=1) if end else None,
+            thumb=thumb or None,
+            index_version=int(index_version) if index_version.isdigit() else None,
+            limit=100,
+        )
+        with services.sessions() as db:
+            versions = [v.id for v, _ in list_versions(db)]
+    except _Refused as refused:
+        return _refused(request, refused)
+    except RagLoopError as exc:
+        return _render(
+            request, "forbidden.html", visitor, 400, title="Bad filter", message=exc.message
+        )
+    return _render(
+        request,
+        "interactions.html",
+        visitor,
+        title="Interactions",
+        rows=rows,
+        versions=versions,
+        filters={
+            "q": q,
+            "since": since,
+            "until": until,
+            "thumb": thumb,
+            "index_version": index_version,
+        },
+    )
+
+
+@router.get("/interactions/{interaction_id}")
+def interaction_page(request: Request, interaction_id: str) -> Response:
+    visitor = _gate(request, admin=True)
+    if isinstance(visitor, Response):
+        return visitor
+    services = _services(request)
+    try:
+        view = show(services.sessions, interaction_id[:36])
+        walk = trace(services.sessions, interaction_id[:36])
+    except RagLoopError as exc:
+        return _render(
+            request,
+            "forbidden.html",
+            visitor,
+            exc.status_code,
+            title="Not found",
+            message=exc.message,
+        )
+    return _render(request, "interaction.html", visitor, title="Interaction", i=view, trace=walk)
+
+
+# -- the loop -----------------------------------------------------------------------------
+
+
+@router.get("/loop")
+def loop_page(request: Request) -> Response:
+    visitor = _gate(request, admin=True)
+    if isinstance(visitor, Response):
+        return visitor
+    services = _services(request)
+    cycles = cycle.list_cycles(services, 30)
+    for view in cycles:
+        view["actions"] = [
+            a.value
+            for a in (Action.APPROVE, Action.REJECT, Action.RESUME, Action.ROLLBACK)
+            if allows(a, view["state"])
+        ]
+    with services.sessions() as db:
+        versions = [
+            {"id": v.id, "aliases": aliases, "status": v.status, "reason": v.reason}
+            for v, aliases in list_versions(db)
+        ][:10]
+    return _render(
+        request,
+        "loop.html",
+        visitor,
+        title="Loop",
+        cycles=cycles,
+        backlog=services.outbox.backlog(),
+        versions=versions,
+    )
+
+
+@router.get("/loop/confirm")
+def confirm_page(request: Request, action: str = "", cycle_id: int = 0) -> Response:
+    visitor = _gate(request, admin=True)
+    if isinstance(visitor, Response):
+        return visitor
+    if action not in LOOP_ACTIONS:
+        return _redirect(request, "/console/loop", f"Unknown action {action!r}.", ok=False)
+    return _render(
+        request,
+        "confirm.html",
+        visitor,
+        title="Confirm",
+        action=action,
+        cycle_id=cycle_id,
+        question=LOOP_ACTIONS[action].format(cycle=cycle_id),
+        needs_reason=action in ("reject", "rollback"),
+    )
+
+
+@router.post("/loop/{action}")
+def loop_action(
+    request: Request,
+    action: str,
+    csrf_token: Annotated[str, Form(max_length=200)] = "",
+    cycle_id: Annotated[int, Form(ge=0)] = 0,
+    confirmed: Annotated[str, Form(max_length=8)] = "",
+    reason: Annotated[str, Form(max_length=500)] = "",
+) -> Response:
+    try:
+        visitor = _checked(request, csrf_token, admin=True)
+    except _Refused as refused:
+        return _refused(request, refused)
+    if action not in LOOP_ACTIONS or confirmed != "yes":
+        return _redirect(request, "/console/loop", "Nothing done: confirm first.", ok=False)
+    services = _services(request)
+    actor = visitor.actor
+    try:
+        if action == "approve":
+            cycle.approve(services, cycle_id, actor=actor)
+            done = f"Cycle {cycle_id}'s candidate was promoted."
+        elif action == "reject":
+            cycle.reject(services, cycle_id, actor=actor, reason=reason)
+            done = f"Cycle {cycle_id}'s candidate was rejected."
+        elif action == "resume":
+            check_action(Action.RESUME, cycle_id, cycle.cycle_view(services, cycle_id)["state"])
+            jobs.submit(services, "loop_cycle", {"cycle_id": cycle_id, "resume": True}, actor=actor)
+            done = f"Cycle {cycle_id} resumes in the background."
+        elif action == "rollback":
+            view = cycle.rollback(
+                services, actor=actor, reason=reason or "console", cycle_id=cycle_id or None
+            )
+            done = (
+                f"Rolled back cycle {view['id']}: index {view['champion_index_version_id']} serves."
+            )
+        else:
+            started = cycle.start_cycle(services, trigger="console", actor=actor)
+            jobs.submit(services, "loop_cycle", {"cycle_id": started}, actor=actor)
+            done = f"Cycle {started} started; it runs in the background."
+    except RagLoopError as exc:
+        return _redirect(request, "/console/loop", exc.message, ok=False)
+    return _redirect(request, "/console/loop", done)
+
+
+# -- evaluations --------------------------------------------------------------------------
+
+
+@router.get("/evaluations")
+def evaluations_page(request: Request) -> Response:
+    visitor = _gate(request, admin=True)
+    if isinstance(visitor, Response):
+        return visitor
+    services = _services(request)
+    summary = evaluation.summary(services, cycle.list_cycles(services, REPORT_CYCLES))
+    return _render(
+        request,
+        "evaluations.html",
+        visitor,
+        title="Evaluations and drift",
+        s=summary,
+        plots=plots(summary),
+    )
