@@ -1,4 +1,5 @@
-"""The browser side: the feedback widget (`/widget.js`) and a small demo chat page (`/`)."""
+"""The browser side: the feedback widget (`/widget.js`), a small demo chat page (`/`) and
+its icon. The operator console is `console.py`."""
 
 from __future__ import annotations
 
@@ -42,3 +43,18 @@ async def widget() -> Response:
 )
 async def demo_page() -> HTMLResponse:
     return HTMLResponse(_static("index.html"))
+
+
+@router.get(
+    "/favicon.svg",
+    operation_id="favicon",
+    response_class=Response,
+    responses={200: {"content": {"image/svg+xml": {}}}, **responses(500)},
+    summary="The icon of the demo page and the console",
+)
+async def favicon() -> Response:
+    return Response(
+        _static("favicon.svg"),
+        media_type="image/svg+xml",
+        headers={"Cache-Control": "public, max-age=86400"},
+    )

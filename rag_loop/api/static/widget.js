@@ -6,7 +6,7 @@
  *
  *   <script src="https://rag.example.com/widget.js"></script>
  *   <div data-rag-loop-interaction="ID" data-rag-loop-token="TOKEN"
- *        data-rag-loop-sources='[{"rank":1,"chunk_id":"...","title":"..."}]'></div>
+ *        data-rag-loop-sources='[{"rank":1,"chunk_id":"...","title":"...","text":"..."}]'></div>
  *
  * or from code: RagLoopFeedback.attach(element, {interactionId, token, sources, apiBase}).
  * `apiBase` defaults to the origin the script was loaded from; a page on another origin
@@ -94,13 +94,11 @@
       });
     }
 
-    // the emoji is decoration (aria-hidden); the label is the text
+    // words, not emoji: a page without an emoji font would show empty boxes
     var up = el("button", { type: "button", class: "rag-loop-thumb", "aria-pressed": "false",
-      "aria-label": "Helpful answer", "data-thumb": "up" },
-      [el("span", { "aria-hidden": "true", text: "👍 " }), el("span", { text: "Helpful" })]);
+      "aria-label": "Helpful answer", "data-thumb": "up", text: "Helpful" });
     var down = el("button", { type: "button", class: "rag-loop-thumb", "aria-pressed": "false",
-      "aria-label": "Not a helpful answer", "data-thumb": "down" },
-      [el("span", { "aria-hidden": "true", text: "👎 " }), el("span", { text: "Not helpful" })]);
+      "aria-label": "Not a helpful answer", "data-thumb": "down", text: "Not helpful" });
     [up, down].forEach(function (button) {
       button.addEventListener("click", function () {
         post({ thumb: button.getAttribute("data-thumb") }, function () {
@@ -124,7 +122,15 @@
           });
         });
       });
-      sourceList.appendChild(el("li", {}, [el("span", { text: label + " " }), yes, no]));
+      // each source once: its title, a snippet of its text, and its two buttons beside it
+      var item = [el("span", { class: "rag-loop-source-title", text: label })];
+      if (source.text) {
+        var snippet = source.text.replace(/\s+/g, " ").trim();
+        if (snippet.length > 180) snippet = snippet.slice(0, 177).replace(/\s+\S*$/, "") + "...";
+        item.push(el("span", { class: "rag-loop-snippet", text: snippet }));
+      }
+      item.push(el("span", { class: "rag-loop-source-buttons" }, [yes, no]));
+      sourceList.appendChild(el("li", {}, item));
     });
 
     var textId = id + "-correction";
