@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import select
 
 from rag_loop.api import create_app
-from rag_loop.db.models import Correction, FeedbackEvent
+from rag_loop.db.models import Correction, FeedbackEvent, Retrieval
 from rag_loop.services import Services
 from tests.conftest import ARTIFACTS, LiveServer
 
@@ -63,6 +63,16 @@ def test_ask_thumbs_down_and_correct_in_the_demo_page(
     assert down.get_attribute("aria-pressed") == "true"
     sources = turn.find_elements(By.CSS_SELECTOR, ".rag-loop-sources li")
     assert sources and sources[0].find_element(By.TAG_NAME, "button").accessible_name
+    # each source once (the widget's list is the only one), with a snippet of its text
+    with kestrel.sessions() as session:
+        served = session.scalars(
+            select(Retrieval.title).where(Retrieval.interaction_id == interaction_id)
+        ).all()
+    assert len(sources) == len(served) and len(turn.find_elements(By.CSS_SELECTOR, "ol, ul")) == 1
+    assert all(li.find_element(By.CSS_SELECTOR, ".rag-loop-snippet").text for li in sources)
+    # no glyph that needs an emoji font (an empty box without one), and an icon
+    assert not [c for c in browser.find_element(By.TAG_NAME, "body").text if ord(c) > 0x2FFF]
+    assert browser.find_element(By.CSS_SELECTOR, "link[rel=icon]").get_attribute("href")
 
     turn.find_element(By.TAG_NAME, "summary").click()
     box = turn.find_element(By.CSS_SELECTOR, ".rag-loop-correction textarea")
