@@ -52,8 +52,12 @@ def test_readme_quickstart(tmp_path: Path, mlflow_uri: str) -> None:
         json.loads(m) for m in re.findall(r"^\{\n.*?^\}|^\[\n.*?^\]", cli.stdout, re.S | re.M)
     ]
     final_answer = next(o for o in reversed(outputs) if isinstance(o, dict) and "answer" in o)
-    assert final_answer["sources"][0]["document_id"] == "correction-1"
-    assert "120 euros" in final_answer["answer"]
+    # the correction amended the passage the answer came from: the old fact is retired
+    assert final_answer["sources"][0]["document_id"] == "insurance/theft"
+    assert "120 euros" in final_answer["answer"] and "150 euros" not in final_answer["answer"]
+    assert not any("150 euros" in s["text"] for s in final_answer["sources"])
+    approved = next(o for o in outputs if isinstance(o, dict) and o.get("status") == "approved")
+    assert approved["mode"] == "amend" and approved["applied"]
     assert (tmp_path / "export" / "feedback.jsonl").exists()
     assert (tmp_path / "export" / "feedback.parquet").exists()
     runs = [o for o in outputs if isinstance(o, dict) and o.get("primary_metric")]

@@ -132,16 +132,21 @@ class ReviewIn(BaseModel):
 
 
 class ApproveIn(ReviewIn):
-    mode: Literal["add", "amend"] | None = Field(
-        default=None,
-        description="The first approval chooses (default `add`); later ones may repeat it.",
+    """Approve as new knowledge (the default for a first approval), or as the first
+    approval proposed."""
+
+    mode: Literal["add"] | None = Field(
+        default=None, description="`add`, or nothing: as the first approval proposed."
     )
-    chunk_id: Text | None = Field(
-        default=None, max_length=64, description="`amend`: one of the answer's chunks."
-    )
-    text: Text | None = Field(
-        default=None, max_length=8000, description="`amend`: the passage's amended text."
-    )
+
+
+class AmendIn(ReviewIn):
+    """Approve as an amendment: the passage (one of the chunks the answer was given) and
+    its amended text. A later approval repeats the first one's proposal, or leaves it out."""
+
+    mode: Literal["amend"]
+    chunk_id: Text = Field(min_length=1, max_length=64)
+    text: NotBlank = Field(max_length=8000, description="The passage's amended text.")
 
 
 class ReapplyIn(BaseModel):

@@ -150,7 +150,7 @@ def amend(
         raise InvalidInput(f"an amended text has 1 to {MAX_TEXT} characters")
     source, document = live_chunk(session, chunk_id)
     if text == source.text.strip():
-        raise InvalidInput("the amended text is the passage as it is; change something")
+        raise Conflict("the amended text is the passage as it is; change something")
     existing = session.scalar(
         select(Amendment).where(Amendment.chunk_id == chunk_id, Amendment.status == "active")
     )

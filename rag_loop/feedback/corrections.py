@@ -414,7 +414,7 @@ def _settle_proposal(
                     "its amended text"
                 )
             if chunk_id not in {r.chunk_id for r in interaction.retrievals}:
-                raise InvalidInput(
+                raise NotFound(
                     f"chunk {chunk_id} was not among the chunks this answer was given; amend "
                     "one of those (GET /v1/corrections/{id} lists them)"
                 )
@@ -642,7 +642,7 @@ def reapply_amendment(
                 raise Conflict(f"amendment {amendment_id} is {flagged.status}, not flagged")
             chunk, _ = amendments.live_chunk(session, chunk_id)
             if chunk.document_id != flagged.document_id:
-                raise InvalidInput(
+                raise Conflict(
                     f"chunk {chunk_id} is not a passage of {flagged.document_id}, the "
                     "document this amendment belongs to"
                 )

@@ -20,7 +20,7 @@ from rag_loop.corpus.build import live_chunks
 from rag_loop.corpus.ingest import ingest
 from rag_loop.db.engine import transaction
 from rag_loop.db.models import Amendment, AuditEntry, Chunk
-from rag_loop.errors import Conflict, InvalidInput
+from rag_loop.errors import Conflict, NotFound
 from rag_loop.feedback.corrections import (
     approve,
     get_correction,
@@ -106,7 +106,7 @@ def test_an_amendment_replaces_the_passage_at_once_and_a_revert_brings_it_back(
     amended_text = selected["text"].replace(RETIRED, "120 euros")
 
     # an amendment names one of the answer's passages
-    with pytest.raises(InvalidInput):
+    with pytest.raises(NotFound):
         approve(kestrel, correction_id, reviewer="r", mode="amend", chunk_id="c0", text="x")
     view = approve(
         kestrel,

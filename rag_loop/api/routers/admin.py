@@ -10,6 +10,7 @@ from fastapi import APIRouter, Body, Path, Query
 from rag_loop.api.deps import AdminDep, ReviewDep, ServicesDep
 from rag_loop.api.errors import responses
 from rag_loop.api.schemas import (
+    AmendIn,
     AmendmentOut,
     ApproveIn,
     CorrectionDetailOut,
@@ -72,16 +73,17 @@ def approve_route(
     services: ServicesDep,
     principal: ReviewDep,
     correction_id: int = Path(ge=1, le=MAX_ROW_ID),
-    body: ApproveIn = Body(default_factory=ApproveIn),
+    body: ApproveIn | AmendIn = Body(default_factory=ApproveIn),
 ) -> CorrectionOut:
+    amend = body if isinstance(body, AmendIn) else None
     view = corrections.approve(
         services,
         correction_id,
         reviewer=principal.actor,
         note=body.note,
         mode=body.mode,
-        chunk_id=body.chunk_id,
-        text=body.text,
+        chunk_id=amend.chunk_id if amend else None,
+        text=amend.text if amend else None,
         admin=principal.admin,
     )
     return CorrectionOut.model_validate(view)
