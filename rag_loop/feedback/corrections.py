@@ -23,6 +23,8 @@ from __future__ import annotations
 import difflib
 import hashlib
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Literal, Protocol
 
 from sqlalchemy import select
@@ -259,8 +261,8 @@ def _check_reviewer(
             f"correction {correction.id} was already approved by {correction.reviewer} at "
             f"{correction.reviewed_at}; reject it to dispute it"
         )
-    if correction.status == "disputed" and admin:
-        return  # an admin settles a dispute, whoever decided before
+    if admin:
+        return  # an admin may decide again: to dispute its own approval, or to settle one
     if any(r.reviewer == reviewer for r in reviews):
         raise Conflict(
             f"{reviewer} already reviewed correction {correction.id}; each reviewer decides "
@@ -286,57 +288,51 @@ def approve(
         raise InvalidInput(f"mode must be one of {', '.join(MODES)}, not {mode!r}")
     if (chunk_id is not None or text is not None) and mode != "amend":
         raise InvalidInput("chunk_id and text belong to an amendment: pass mode=amend")
-    change: ServingChange | None = None
-    try:
-        with transaction(services.sessions) as session:
-            correction = _locked(session, correction_id)
-            reviews = _reviews(session, [correction.id])[correction.id]
-            _check_reviewer(correction, reviews, reviewer, admin, "approve")
-            interaction = session.get_one(Interaction, correction.interaction_id)
-            _settle_proposal(session, correction, interaction, mode, chunk_id, text)
-            review = CorrectionReview(
-                correction_id=correction.id,
-                reviewer=reviewer,
-                decision="approve",
-                note=note,
-                created_at=utcnow(),
+    with _serving(services) as (session, changes):
+        correction = _locked(session, correction_id)
+        reviews = _reviews(session, [correction.id])[correction.id]
+        _check_reviewer(correction, reviews, reviewer, admin, "approve")
+        interaction = session.get_one(Interaction, correction.interaction_id)
+        _settle_proposal(session, correction, interaction, mode, chunk_id, text)
+        review = CorrectionReview(
+            correction_id=correction.id,
+            reviewer=reviewer,
+            decision="approve",
+            note=note,
+            created_at=utcnow(),
+        )
+        session.add(review)
+        reviews.append(review)
+        approvals = len({r.reviewer for r in reviews if r.decision == "approve"})
+        needed = services.settings.review.approvals
+        settles = correction.status == "disputed" and admin
+        if correction.status == "disputed" and not settles:
+            pass  # the approval is recorded; an admin settles the dispute
+        elif settles or approvals >= needed:
+            correction.status = "approved"
+            if not correction.applied:
+                changes.append(_apply(services, session, correction, interaction, reviewer))
+        _decided(correction, reviewer, note)
+        session.add(
+            AuditEntry(
+                actor=reviewer,
+                action="correction.approve",
+                target=f"correction:{correction.id}",
+                details={
+                    "interaction_id": interaction.id,
+                    "mode": correction.mode,
+                    "approvals": approvals,
+                    "needed": needed,
+                    "status": correction.status,
+                    "applied": correction.applied,
+                    "document_id": correction.document_id,
+                    "chunk_id": correction.chunk_id,
+                    "index_version_id": correction.index_version_id,
+                    "note": note,
+                },
             )
-            session.add(review)
-            reviews.append(review)
-            approvals = len({r.reviewer for r in reviews if r.decision == "approve"})
-            needed = services.settings.review.approvals
-            settles = correction.status == "disputed" and admin
-            if correction.status == "disputed" and not settles:
-                pass  # the approval is recorded; an admin settles the dispute
-            elif settles or approvals >= needed:
-                correction.status = "approved"
-                if not correction.applied:
-                    change = _apply(services, session, correction, interaction, reviewer)
-            _decided(correction, reviewer, note)
-            session.add(
-                AuditEntry(
-                    actor=reviewer,
-                    action="correction.approve",
-                    target=f"correction:{correction.id}",
-                    details={
-                        "interaction_id": interaction.id,
-                        "mode": correction.mode,
-                        "approvals": approvals,
-                        "needed": needed,
-                        "status": correction.status,
-                        "applied": correction.applied,
-                        "document_id": correction.document_id,
-                        "chunk_id": correction.chunk_id,
-                        "index_version_id": correction.index_version_id,
-                        "note": note,
-                    },
-                )
-            )
-            view = correction_view(correction, interaction, reviews)
-    except BaseException:
-        if change is not None:  # the SQL side failed after Chroma took the change
-            change.undo(services.store)
-        raise
+        )
+        view = correction_view(correction, interaction, reviews)
     return view
 
 
@@ -351,43 +347,51 @@ def reject(
     """A rejection before any approval rejects; after one it disputes (an applied
     correction keeps serving); an admin's rejection of a disputed correction settles it and
     takes it out of the serving index."""
-    change: ServingChange | None = None
+    with _serving(services) as (session, changes):
+        correction = _locked(session, correction_id)
+        reviews = _reviews(session, [correction.id])[correction.id]
+        _check_reviewer(correction, reviews, reviewer, admin, "reject")
+        approved_before = any(r.decision == "approve" for r in reviews)
+        settles = correction.status == "disputed" and admin
+        session.add(
+            CorrectionReview(
+                correction_id=correction.id, reviewer=reviewer, decision="reject", note=note
+            )
+        )
+        if settles or not approved_before:
+            correction.status = "rejected"
+            if correction.applied:
+                changes.extend(_unapply(services, session, correction, reviewer, note))
+        else:
+            correction.status = "disputed"
+        session.flush()
+        reviews = _reviews(session, [correction.id])[correction.id]
+        _decided(correction, reviewer, note)
+        session.add(
+            AuditEntry(
+                actor=reviewer,
+                action="correction.reject",
+                target=f"correction:{correction.id}",
+                details={"note": note, "status": correction.status},
+            )
+        )
+        interaction = session.get(Interaction, correction.interaction_id)
+        view = correction_view(correction, interaction, reviews)
+    return view
+
+
+@contextmanager
+def _serving(services: CorrectionParts) -> Iterator[tuple[Session, list[ServingChange]]]:
+    """A transaction whose changes to the serving collection are undone when it fails:
+    Chroma takes a change before the SQL side commits, and has no transactions."""
+    changes: list[ServingChange] = []
     try:
         with transaction(services.sessions) as session:
-            correction = _locked(session, correction_id)
-            reviews = _reviews(session, [correction.id])[correction.id]
-            _check_reviewer(correction, reviews, reviewer, admin, "reject")
-            approved_before = any(r.decision == "approve" for r in reviews)
-            settles = correction.status == "disputed" and admin
-            session.add(
-                CorrectionReview(
-                    correction_id=correction.id, reviewer=reviewer, decision="reject", note=note
-                )
-            )
-            if settles or not approved_before:
-                correction.status = "rejected"
-                if correction.applied:
-                    change = _unapply(services, session, correction, reviewer, note)
-            else:
-                correction.status = "disputed"
-            session.flush()
-            reviews = _reviews(session, [correction.id])[correction.id]
-            _decided(correction, reviewer, note)
-            session.add(
-                AuditEntry(
-                    actor=reviewer,
-                    action="correction.reject",
-                    target=f"correction:{correction.id}",
-                    details={"note": note, "status": correction.status},
-                )
-            )
-            interaction = session.get(Interaction, correction.interaction_id)
-            view = correction_view(correction, interaction, reviews)
+            yield session, changes
     except BaseException:
-        if change is not None:
+        for change in reversed(changes):
             change.undo(services.store)
         raise
-    return view
 
 
 def _locked(session: Session, correction_id: int) -> Correction:
@@ -534,9 +538,11 @@ def _unapply(
     correction: Correction,
     actor: str,
     note: str | None,
-) -> ServingChange | None:
+) -> list[ServingChange]:
+    """Take an applied correction out of the serving index: revert its amendments, or
+    retire its added document."""
     index = champion(session)
-    change: ServingChange | None = None
+    changes: list[ServingChange] = []
     if correction.mode == "amend":
         active = [
             a
@@ -544,7 +550,7 @@ def _unapply(
             if a.status in ("active", "flagged")
         ]
         for amendment in active:
-            _, change = amendments.revert(
+            _, reverted = amendments.revert(
                 session,
                 services.store,
                 services.embedders.get(index.embedder_version),
@@ -553,6 +559,8 @@ def _unapply(
                 actor=actor,
                 note=note,
             )
+            if reverted is not None:
+                changes.append(reverted)
     elif correction.document_id is not None:
         document = session.get_one(Document, correction.document_id)
         document.deleted_at = utcnow()
@@ -563,7 +571,7 @@ def _unapply(
             chunk.superseded_at = utcnow()
         kept = services.store.get_embeddings(index.collection_name, [c.id for c in chunks])
         services.store.delete(index.collection_name, [c.id for c in chunks])
-        change = ServingChange(
+        removed = ServingChange(
             index.collection_name,
             [],
             {
@@ -581,11 +589,12 @@ def _unapply(
                 if c.id in kept
             },
         )
+        changes.append(removed)
         index.n_chunks -= len(chunks)
         index.n_documents -= 1
         index.revision += 1
     correction.applied = False
-    return change
+    return changes
 
 
 def revert_amendment(
@@ -593,32 +602,28 @@ def revert_amendment(
 ) -> dict[str, Any]:
     """Serve the passage's own text again (or dismiss a flagged amendment). Its correction,
     if every amendment of it is gone, no longer serves."""
-    change: ServingChange | None = None
-    try:
-        with transaction(services.sessions) as session:
-            index = champion(session)
-            amendment, change = amendments.revert(
-                session,
-                services.store,
-                services.embedders.get(index.embedder_version),
-                index,
-                amendment_id,
-                actor=actor,
-                note=note,
-            )
-            if amendment.correction_id is not None:
-                correction = session.get_one(Correction, amendment.correction_id)
-                others = [
-                    a
-                    for a in amendments.list_amendments(session, correction_id=correction.id)
-                    if a.status == "active" and a.id != amendment.id
-                ]
-                correction.applied = bool(others)
-            view = amendment_view(amendment)
-    except BaseException:
-        if change is not None:
-            change.undo(services.store)
-        raise
+    with _serving(services) as (session, changes):
+        index = champion(session)
+        amendment, reverted = amendments.revert(
+            session,
+            services.store,
+            services.embedders.get(index.embedder_version),
+            index,
+            amendment_id,
+            actor=actor,
+            note=note,
+        )
+        if reverted is not None:
+            changes.append(reverted)
+        if amendment.correction_id is not None:
+            correction = session.get_one(Correction, amendment.correction_id)
+            others = [
+                a
+                for a in amendments.list_amendments(session, correction_id=correction.id)
+                if a.status == "active" and a.id != amendment.id
+            ]
+            correction.applied = bool(others)
+        view = amendment_view(amendment)
     return view
 
 
@@ -632,39 +637,34 @@ def reapply_amendment(
 ) -> dict[str, Any]:
     """A flagged amendment (its passage changed in the source) applied to the passage that
     serves now, with a text the reviewer checked against it."""
-    change: ServingChange | None = None
-    try:
-        with transaction(services.sessions) as session:
-            flagged = session.get(Amendment, amendment_id, with_for_update=True)
-            if flagged is None:
-                raise NotFound(f"no amendment {amendment_id}")
-            if flagged.status != "flagged":
-                raise Conflict(f"amendment {amendment_id} is {flagged.status}, not flagged")
-            chunk, _ = amendments.live_chunk(session, chunk_id)
-            if chunk.document_id != flagged.document_id:
-                raise Conflict(
-                    f"chunk {chunk_id} is not a passage of {flagged.document_id}, the "
-                    "document this amendment belongs to"
-                )
-            index = champion(session)
-            amendment, change = amendments.amend(
-                session,
-                services.store,
-                services.embedders.get(index.embedder_version),
-                index,
-                chunk_id,
-                text,
-                actor=actor,
-                correction_id=flagged.correction_id,
+    with _serving(services) as (session, changes):
+        flagged = session.get(Amendment, amendment_id, with_for_update=True)
+        if flagged is None:
+            raise NotFound(f"no amendment {amendment_id}")
+        if flagged.status != "flagged":
+            raise Conflict(f"amendment {amendment_id} is {flagged.status}, not flagged")
+        chunk, _ = amendments.live_chunk(session, chunk_id)
+        if chunk.document_id != flagged.document_id:
+            raise Conflict(
+                f"chunk {chunk_id} is not a passage of {flagged.document_id}, the "
+                "document this amendment belongs to"
             )
-            flagged.status, flagged.closed_by, flagged.closed_at = "replaced", actor, utcnow()
-            if flagged.correction_id is not None:
-                session.get_one(Correction, flagged.correction_id).applied = True
-            view = amendment_view(amendment)
-    except BaseException:
-        if change is not None:
-            change.undo(services.store)
-        raise
+        index = champion(session)
+        amendment, change = amendments.amend(
+            session,
+            services.store,
+            services.embedders.get(index.embedder_version),
+            index,
+            chunk_id,
+            text,
+            actor=actor,
+            correction_id=flagged.correction_id,
+        )
+        changes.append(change)
+        flagged.status, flagged.closed_by, flagged.closed_at = "replaced", actor, utcnow()
+        if flagged.correction_id is not None:
+            session.get_one(Correction, flagged.correction_id).applied = True
+        view = amendment_view(amendment)
     return view
 
 
