@@ -19,15 +19,30 @@ def make_key(services: Services, name: str, scopes: list[str]) -> str:
     return secret
 
 
+def click_through(browser: Any, element: Any) -> str:
+    """Click a link or a form's button and wait for the next page; its flash message."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = browser.find_element(By.TAG_NAME, "html")
+    element.click()
+    WebDriverWait(browser, 30).until(expected_conditions.staleness_of(page))
+    WebDriverWait(browser, 30).until(
+        lambda b: b.execute_script("return document.readyState") == "complete"
+    )
+    flashes = browser.find_elements(By.CSS_SELECTOR, ".flash")
+    return str(flashes[0].text) if flashes else ""
+
+
 def sign_in(browser: Any, url: str, key: str) -> None:
     from selenium.webdriver.common.by import By
 
     browser.get(f"{url}/console")
     assert "/console/sign-in" in browser.current_url
     browser.find_element(By.ID, "api_key").send_keys(key)
-    browser.find_element(By.CSS_SELECTOR, "form button[type=submit]").click()
-    flash = browser.find_element(By.CSS_SELECTOR, ".flash")
-    assert "Signed in as" in flash.text, flash.text
+    flash = click_through(browser, browser.find_element(By.CSS_SELECTOR, "form button"))
+    assert "Signed in as" in flash, flash
 
 
 def check_page(browser: Any, name: str) -> None:

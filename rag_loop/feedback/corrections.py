@@ -550,17 +550,7 @@ def _unapply(
             if a.status in ("active", "flagged")
         ]
         for amendment in active:
-            _, reverted = amendments.revert(
-                session,
-                services.store,
-                services.embedders.get(index.embedder_version),
-                index,
-                amendment.id,
-                actor=actor,
-                note=note,
-            )
-            if reverted is not None:
-                changes.append(reverted)
+            _revert(services, session, index, amendment.id, actor, note, changes)
     elif correction.document_id is not None:
         document = session.get_one(Document, correction.document_id)
         document.deleted_at = utcnow()
@@ -597,6 +587,29 @@ def _unapply(
     return changes
 
 
+def _revert(
+    services: CorrectionParts,
+    session: Session,
+    index: IndexVersion,
+    amendment_id: int,
+    actor: str,
+    note: str | None,
+    changes: list[ServingChange],
+) -> Amendment:
+    amendment, reverted = amendments.revert(
+        session,
+        services.store,
+        services.embedders.get(index.embedder_version),
+        index,
+        amendment_id,
+        actor=actor,
+        note=note,
+    )
+    if reverted is not None:
+        changes.append(reverted)
+    return amendment
+
+
 def revert_amendment(
     services: CorrectionParts, amendment_id: int, *, actor: str, note: str | None = None
 ) -> dict[str, Any]:
@@ -604,17 +617,7 @@ def revert_amendment(
     if every amendment of it is gone, no longer serves."""
     with _serving(services) as (session, changes):
         index = champion(session)
-        amendment, reverted = amendments.revert(
-            session,
-            services.store,
-            services.embedders.get(index.embedder_version),
-            index,
-            amendment_id,
-            actor=actor,
-            note=note,
-        )
-        if reverted is not None:
-            changes.append(reverted)
+        amendment = _revert(services, session, index, amendment_id, actor, note, changes)
         if amendment.correction_id is not None:
             correction = session.get_one(Correction, amendment.correction_id)
             others = [

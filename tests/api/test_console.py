@@ -19,7 +19,7 @@ from rag_loop.feedback.service import submit_feedback
 from rag_loop.interactions.ask import ask
 from rag_loop.services import Services
 from tests.conftest import LiveServer
-from tests.console import check_page, make_key, sign_in
+from tests.console import check_page, click_through, make_key, sign_in
 
 THEFT = "How much is the theft excess?"
 
@@ -59,7 +59,7 @@ def test_sign_in_amend_a_correction_and_the_next_answer_changes(
     nav = [a.text for a in browser.find_elements(By.CSS_SELECTOR, "nav a")]
     assert nav == ["Reviews"]  # a reviewer sees no loop, interactions or evaluations
 
-    browser.find_element(By.LINK_TEXT, f"Correction {correction_id}").click()
+    click_through(browser, browser.find_element(By.LINK_TEXT, f"Correction {correction_id}"))
     check_page(browser, "review")
     selected = browser.find_element(By.CSS_SELECTOR, "input[name=chunk_id]:checked")
     passage = selected.find_element(By.XPATH, "..").find_element(By.TAG_NAME, "blockquote").text
@@ -69,9 +69,8 @@ def test_sign_in_amend_a_correction_and_the_next_answer_changes(
     text.clear()
     text.send_keys(passage.replace("150 euros", "120 euros"))
     browser.find_element(By.ID, "note").send_keys("new policy")
-    browser.find_element(By.CSS_SELECTOR, "button[value=amend]").click()
-    flash = browser.find_element(By.CSS_SELECTOR, ".flash")
-    assert "approved and serves now" in flash.text, flash.text
+    flash = click_through(browser, browser.find_element(By.CSS_SELECTOR, "button[value=amend]"))
+    assert "approved and serves now" in flash, flash
     check_page(browser, "review-approved")
 
     again = ask(kestrel, THEFT)
@@ -86,11 +85,11 @@ def test_sign_in_amend_a_correction_and_the_next_answer_changes(
 
     # the amendment is listed and can be reverted from the queue
     browser.get(f"{live.url}/console/reviews")
-    browser.find_element(By.XPATH, "//button[starts-with(text(), 'Revert amendment')]").click()
-    assert "old text serves" in browser.find_element(By.CSS_SELECTOR, ".flash").text
+    revert = browser.find_element(By.XPATH, "//button[starts-with(text(), 'Revert amendment')]")
+    assert "old text serves" in click_through(browser, revert)
     assert "150 euros" in " ".join(s["text"] for s in ask(kestrel, THEFT).sources)
 
-    browser.find_element(By.CSS_SELECTOR, ".signout button").click()
+    click_through(browser, browser.find_element(By.CSS_SELECTOR, ".signout button"))
     assert "/console/sign-in" in browser.current_url
     browser.get(f"{live.url}/console/reviews")
     assert "/console/sign-in" in browser.current_url
@@ -111,10 +110,10 @@ def test_an_admin_reads_interactions_lineage_and_evaluations(
     assert len(browser.find_elements(By.CSS_SELECTOR, "tbody tr")) == 2
     browser.find_element(By.ID, "q").send_keys("theft")
     Select(browser.find_element(By.ID, "thumb")).select_by_value("down")
-    browser.find_element(By.CSS_SELECTOR, ".filters button").click()
+    click_through(browser, browser.find_element(By.CSS_SELECTOR, ".filters button"))
     rows = browser.find_elements(By.CSS_SELECTOR, "tbody tr")
     assert len(rows) == 1 and "theft" in rows[0].text
-    rows[0].find_element(By.TAG_NAME, "a").click()
+    click_through(browser, rows[0].find_element(By.TAG_NAME, "a"))
     check_page(browser, "interaction")
     body = browser.find_element(By.TAG_NAME, "main").text
     assert THEFT in body and "Chunks as served" in body and "correction" in body

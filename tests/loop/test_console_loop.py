@@ -14,7 +14,7 @@ from rag_loop.db.models import Alias, AuditEntry
 from rag_loop.loop import cycle
 from rag_loop.services import Services
 from tests.conftest import LiveServer
-from tests.console import check_page, make_key, sign_in
+from tests.console import check_page, click_through, make_key, sign_in
 
 ALWAYS_PASS = {"min_improvement": -1.0, "max_regression": 1.0}  # mechanics, not quality
 
@@ -40,21 +40,19 @@ def test_approve_a_held_candidate_and_roll_it_back_from_the_console(
         check_page(browser, "loop")
         row = browser.find_element(By.ID, f"cycle-{held['id']}")
         assert "awaiting_approval" in row.text and "examples" in row.text
-        row.find_element(By.LINK_TEXT, f"Approve cycle {held['id']}").click()
+        click_through(browser, row.find_element(By.LINK_TEXT, f"Approve cycle {held['id']}"))
         check_page(browser, "confirm")
         assert champion_id(services) == before  # nothing happens before the confirmation
-        browser.find_element(By.XPATH, "//button[text()='Confirm']").click()
-        flash = browser.find_element(By.CSS_SELECTOR, ".flash")
-        assert "promoted" in flash.text, flash.text
+        flash = click_through(browser, browser.find_element(By.XPATH, "//button[text()='Confirm']"))
+        assert "promoted" in flash, flash
         assert champion_id(services) == held["candidate_index_version_id"]
         row = browser.find_element(By.ID, f"cycle-{held['id']}")
         assert "promoted" in row.text
 
-        browser.find_element(By.LINK_TEXT, "Roll back the latest promotion").click()
+        click_through(browser, browser.find_element(By.LINK_TEXT, "Roll back the latest promotion"))
         browser.find_element(By.ID, "reason").send_keys("answers got worse")
-        browser.find_element(By.XPATH, "//button[text()='Confirm']").click()
-        flash = browser.find_element(By.CSS_SELECTOR, ".flash")
-        assert "Rolled back" in flash.text, flash.text
+        flash = click_through(browser, browser.find_element(By.XPATH, "//button[text()='Confirm']"))
+        assert "Rolled back" in flash, flash
         assert champion_id(services) == before
         check_page(browser, "loop-rolled-back")
     with services.sessions() as session:

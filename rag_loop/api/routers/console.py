@@ -111,18 +111,24 @@ def _secure(request: Request) -> bool:
     return request.url.scheme == "https"
 
 
+def _set_cookie(response: Response, request: Request, name: str, value: str, max_age: int) -> None:
+    """Every console cookie: HttpOnly, SameSite=Strict, the console's path, Secure on HTTPS."""
+    response.set_cookie(
+        name,
+        value,
+        max_age=max_age,
+        path="/console",
+        httponly=True,
+        samesite="strict",
+        secure=_secure(request),
+    )
+
+
 def _redirect(request: Request, to: str, flash: str | None = None, *, ok: bool = True) -> Response:
     response = RedirectResponse(to, status_code=303)
     if flash:
-        response.set_cookie(
-            FLASH_COOKIE,
-            urllib.parse.quote(("ok:" if ok else "error:") + flash[:600]),
-            max_age=60,
-            path="/console",
-            httponly=True,
-            samesite="strict",
-            secure=_secure(request),
-        )
+        message = urllib.parse.quote(("ok:" if ok else "error:") + flash[:600])
+        _set_cookie(response, request, FLASH_COOKIE, message, 60)
     return response
 
 
@@ -171,14 +177,12 @@ def _gate(request: Request, *, admin: bool = False) -> Visitor | Response:
         target = urllib.parse.quote(request.url.path)
         return RedirectResponse(f"/console/sign-in?next={target}", status_code=303)
     if admin and not visitor.admin:
-        return _render(
+        return _refused(
             request,
-            "forbidden.html",
-            visitor,
-            status_code=403,
-            title="Not allowed",
-            message="This page needs an API key with the admin scope; yours can review "
-            "corrections.",
+            _Refused(
+                403,
+                "This page needs an API key with the admin scope; yours can review corrections.",
+            ),
         )
     return visitor
 
@@ -209,8 +213,20 @@ def _refused(request: Request, refused: _Refused) -> HTMLResponse:
         "forbidden.html",
         _visitor(request),
         status_code=refused.status,
-        title="Refused",
+        title="Not allowed" if refused.status == 403 else "Refused",
         message=refused.message,
+    )
+
+
+def _problem(request: Request, visitor: Visitor, error: RagLoopError) -> HTMLResponse:
+    """A service's refusal (a bad filter, an unknown id) as a page with its status."""
+    return _render(
+        request,
+        "forbidden.html",
+        visitor,
+        status_code=error.status_code,
+        title="Not found" if error.status_code == 404 else "Cannot show this",
+        message=error.message,
     )
 
 
@@ -251,15 +267,7 @@ def sign_in_page(request: Request, next: str | None = None) -> Response:
     response = _render(
         request, "sign_in.html", None, title="Sign in", sign_in_csrf=token, next=_safe_next(next)
     )
-    response.set_cookie(
-        CSRF_COOKIE,
-        token,
-        max_age=3600,
-        path="/console",
-        httponly=True,
-        samesite="strict",
-        secure=_secure(request),
-    )
+    _set_cookie(response, request, CSRF_COOKIE, token, 3600)
     return response
 
 
@@ -295,15 +303,8 @@ def sign_in(
             error=exc.message,
         )
     response = _redirect(request, _safe_next(next), f"Signed in as {principal.name}.")
-    response.set_cookie(
-        SESSION_COOKIE,
-        services.console_sessions.issue(principal.key_id),
-        max_age=services.console_sessions.ttl_seconds,
-        path="/console",
-        httponly=True,
-        samesite="strict",
-        secure=_secure(request),
-    )
+    session = services.console_sessions.issue(principal.key_id)
+    _set_cookie(response, request, SESSION_COOKIE, session, services.console_sessions.ttl_seconds)
     response.delete_cookie(CSRF_COOKIE, path="/console")
     return response
 
@@ -335,9 +336,7 @@ def reviews_page(request: Request, status: str = "open") -> Response:
         rows = [r for s in statuses for r in corrections.list_corrections(services, s, 200)]
         amendments = corrections.list_amendment_views(services, None)
     except RagLoopError as exc:
-        return _render(
-            request, "forbidden.html", visitor, 400, title="Bad filter", message=exc.message
-        )
+        return _problem(request, visitor, exc)
     return _render(
         request,
         "reviews.html",
@@ -359,14 +358,7 @@ def review_page(request: Request, correction_id: int) -> Response:
     try:
         view = corrections.get_correction(services, correction_id)
     except RagLoopError as exc:
-        return _render(
-            request,
-            "forbidden.html",
-            visitor,
-            exc.status_code,
-            title="Not found",
-            message=exc.message,
-        )
+        return _problem(request, visitor, exc)
     return _render(
         request,
         "review.html",
@@ -487,9 +479,7 @@ def interactions_page(
     except _Refused as refused:
         return _refused(request, refused)
     except RagLoopError as exc:
-        return _render(
-            request, "forbidden.html", visitor, 400, title="Bad filter", message=exc.message
-        )
+        return _problem(request, visitor, exc)
     return _render(
         request,
         "interactions.html",
@@ -517,14 +507,7 @@ def interaction_page(request: Request, interaction_id: str) -> Response:
         view = show(services.sessions, interaction_id[:36])
         walk = trace(services.sessions, interaction_id[:36])
     except RagLoopError as exc:
-        return _render(
-            request,
-            "forbidden.html",
-            visitor,
-            exc.status_code,
-            title="Not found",
-            message=exc.message,
-        )
+        return _problem(request, visitor, exc)
     return _render(request, "interaction.html", visitor, title="Interaction", i=view, trace=walk)
 
 
