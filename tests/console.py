@@ -12,6 +12,48 @@ from tests.conftest import ARTIFACTS
 
 SHOTS = ARTIFACTS / "console"
 
+# WCAG 2 contrast of every element's own text against the first opaque background behind
+# it: at least 4.5:1 (3:1 for large text). Elements on an image or a gradient are skipped.
+CONTRAST = """
+function rgb(value) {
+  const m = value.match(/rgba?\\(([^)]+)\\)/);
+  if (!m) return null;
+  const p = m[1].split(",").map(Number);
+  return {r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1};
+}
+function luminance(c) {
+  const f = v => {
+    v /= 255;
+    return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4);
+  };
+  return 0.2126 * f(c.r) + 0.7152 * f(c.g) + 0.0722 * f(c.b);
+}
+function background(el) {
+  for (let e = el; e; e = e.parentElement) {
+    const c = rgb(getComputedStyle(e).backgroundColor);
+    if (c && c.a >= 1) return c;
+    if (getComputedStyle(e).backgroundImage !== "none") return null;
+  }
+  return {r: 255, g: 255, b: 255, a: 1};
+}
+const low = [];
+for (const el of document.querySelectorAll("body *")) {
+  const own = Array.from(el.childNodes).some(n => n.nodeType === 3 && n.textContent.trim());
+  if (!own || el.offsetParent === null) continue;
+  const style = getComputedStyle(el);
+  const fg = rgb(style.color), bg = background(el);
+  if (!fg || !bg) continue;
+  const [a, b] = [luminance(fg), luminance(bg)].sort((x, y) => y - x);
+  const ratio = (a + 0.05) / (b + 0.05);
+  const size = parseFloat(style.fontSize), bold = parseInt(style.fontWeight) >= 700;
+  const large = size >= 24 || (bold && size >= 18.66);
+  if (ratio < (large ? 3 : 4.5)) {
+    low.push(el.tagName + " " + ratio.toFixed(2) + " " + el.textContent.trim().slice(0, 40));
+  }
+}
+return low;
+"""
+
 
 def make_key(services: Services, name: str, scopes: list[str]) -> str:
     with transaction(services.sessions) as session:
@@ -22,14 +64,14 @@ def make_key(services: Services, name: str, scopes: list[str]) -> str:
 def click_through(browser: Any, element: Any) -> str:
     """Click a link or a form's button and wait for the next page; its flash message."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
-    page = browser.find_element(By.TAG_NAME, "html")
+    browser.execute_script("window.consoleTestOldPage = true;")  # gone with the page
     element.click()
-    WebDriverWait(browser, 30).until(expected_conditions.staleness_of(page))
     WebDriverWait(browser, 30).until(
-        lambda b: b.execute_script("return document.readyState") == "complete"
+        lambda b: b.execute_script(
+            "return !window.consoleTestOldPage && document.readyState === 'complete';"
+        )
     )
     flashes = browser.find_elements(By.CSS_SELECTOR, ".flash")
     return str(flashes[0].text) if flashes else ""
@@ -62,6 +104,16 @@ def check_page(browser: Any, name: str) -> None:
     )
     assert nameless == [], nameless
     assert browser.execute_script("return document.querySelector('h1') !== null")
+    # focus follows the page's order: no positive tabindex
+    assert (
+        browser.execute_script(
+            "return Array.from(document.querySelectorAll('[tabindex]'))"
+            ".filter(e => e.tabIndex > 0).length"
+        )
+        == 0
+    )
+    low = browser.execute_script(CONTRAST)
+    assert low == [], f"text below WCAG AA contrast on {name}: {low[:5]}"
     browser.set_window_size(1280, 900)
     browser.save_screenshot(str(SHOTS / f"{name}.png"))
     browser.set_window_size(400, 900)
