@@ -155,9 +155,11 @@ def thumbs_by_day(services: EvalParts) -> list[dict[str, Any]]:
 def worst_interactions(
     services: EvalParts, production: EvalRun | None, limit: int
 ) -> list[dict[str, Any]]:
-    """Recent answers ranked by how bad they look: a thumbs-down, corrections and chunks
-    marked not relevant count against an answer, and so do low faithfulness (or its proxy)
-    and ID-based precision in the latest production evaluation."""
+    """Recent answers ranked by how bad they look: a thumbs-down (2) and a correction (2: the
+    user wrote down that the answer is wrong) count most, each chunk marked not relevant
+    0.25, and low faithfulness (or its proxy) and ID-based precision in the latest
+    production evaluation up to 1 each. A corrected answer outranks an uncorrected
+    thumbs-down whose every chunk missed (2 + 5 x 0.25)."""
     badness: dict[str, float] = defaultdict(float)
     reasons: dict[str, list[str]] = defaultdict(list)
     scores: dict[str, dict[str, Any]] = {}
@@ -204,7 +206,7 @@ def worst_interactions(
                 }
             )
             if event.kind == "correction":
-                badness[event.interaction_id] += 1
+                badness[event.interaction_id] += 2
                 reasons[event.interaction_id].append("corrected")
         for interaction_id, thumb in latest_thumb.items():
             if thumb == "down":
