@@ -187,3 +187,30 @@ def test_a_reviewer_key_cannot_reach_loop_actions_and_forms_need_their_token(
         assert done.status_code == 303
         with kestrel.sessions() as session:
             assert session.get_one(Correction, correction_id).status == "approved"
+
+
+def test_console_refuses_input_the_database_cannot_take(
+    live: LiveServer, kestrel: Services
+) -> None:
+    """Ids beyond what a row id holds, NUL characters and non-numbers are refused before
+    any SQL runs (PostgreSQL would fail on each), as the API's error shape."""
+    admin = make_key(kestrel, "olga", ["admin"])
+    with httpx.Client(base_url=live.url, follow_redirects=False, timeout=60) as client:
+        page = client.get("/console/sign-in")
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page.text)
+        assert token is not None
+        signed = client.post("/console/sign-in", data={"api_key": admin, "csrf_token": token[1]})
+        assert signed.status_code == 303
+        for path in (
+            "/console/reviews/99999999999999999999",
+            "/console/interactions?q=a%00b",
+            "/console/interactions?index_version=12abc",
+            "/console/interactions?index_version=99999999999",
+            "/console/interactions/a%00b",
+            "/console/loop/confirm?action=approve&cycle_id=99999999999999",
+        ):
+            response = client.get(path)
+            assert response.status_code == 422, (path, response.text)
+            assert response.json()["error"]["code"] == "validation_failed"
+        assert client.get("/console/reviews/12345").status_code == 404
+        assert client.get("/console/interactions?q=theft&thumb=down").status_code == 200

@@ -2,7 +2,8 @@
 contradicts stops serving at once; the old text stays in history and a revert brings it
 back; re-ingesting keeps the amendment while the passage is unchanged and flags it when the
 passage changes; later index versions have it like any live chunk. And the review queue
-with more than one reviewer: approvals, disputes, the `review` scope."""
+with more than one reviewer: approvals, disputes, the `review` scope. The store's part
+runs on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
@@ -94,7 +95,7 @@ def test_the_correction_suite_retires_every_fact_with_smollm2(
 
 
 def test_an_amendment_replaces_the_passage_at_once_and_a_revert_brings_it_back(
-    kestrel: Services,
+    db_backend: str, kestrel: Services
 ) -> None:
     correction_id, view = corrected(kestrel, THEFT, "The theft excess is 120 euros since 2026.")
     selected = next(c for c in view["chunks"] if c["selected"])
@@ -148,7 +149,7 @@ def test_an_amendment_replaces_the_passage_at_once_and_a_revert_brings_it_back(
 
 
 def test_reingesting_keeps_an_amendment_while_its_passage_is_unchanged_and_flags_it_after(
-    make_settings: Callable[..., Settings], embedder: Any, tmp_path: Path
+    db_backend: str, make_settings: Callable[..., Settings], embedder: Any, tmp_path: Path
 ) -> None:
     # paragraph-sized chunks: the theft document is three passages
     settings = make_settings(chunking={"chunk_size": 200, "chunk_overlap": 0})
@@ -217,7 +218,7 @@ def _reingest(services: Services, tmp_path: Path) -> None:
 
 
 def test_two_approvals_needed_a_rejection_after_one_disputes_and_an_admin_settles(
-    make_settings: Callable[..., Settings], embedder: Any
+    db_backend: str, make_settings: Callable[..., Settings], embedder: Any
 ) -> None:
     services = Services.from_settings(make_settings(review={"approvals": 2}), embedder=embedder)
     try:

@@ -22,9 +22,9 @@ import urllib.parse
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from importlib.resources import files
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Form, Request, Response
+from fastapi import APIRouter, Form, Path, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, PackageLoader, select_autoescape
 from starlette.templating import Jinja2Templates
@@ -40,12 +40,14 @@ from rag_loop.evaluation.report import REPORT_CYCLES, plots
 from rag_loop.feedback import corrections
 from rag_loop.feedback.lineage import search, show
 from rag_loop.index.versions import list_versions
+from rag_loop.inputs import MAX_ROW_ID, Text
 from rag_loop.loop import cycle
 from rag_loop.loop.audit import trace
 from rag_loop.loop.states import Action, allows, check_action
 from rag_loop.services import Services
 
 router = APIRouter(prefix="/console", include_in_schema=False)
+RowIdPath = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]  # what the database can hold
 
 SESSION_COOKIE = "rag_loop_console"
 CSRF_COOKIE = "rag_loop_console_csrf"  # the sign-in form's (double submit)
@@ -350,7 +352,7 @@ def reviews_page(request: Request, status: str = "open") -> Response:
 
 
 @router.get("/reviews/{correction_id}")
-def review_page(request: Request, correction_id: int) -> Response:
+def review_page(request: Request, correction_id: RowIdPath) -> Response:
     visitor = _gate(request)
     if isinstance(visitor, Response):
         return visitor
@@ -373,7 +375,7 @@ def review_page(request: Request, correction_id: int) -> Response:
 @router.post("/reviews/{correction_id}")
 def review_action(
     request: Request,
-    correction_id: int,
+    correction_id: RowIdPath,
     decision: Annotated[str, Form(max_length=16)] = "",
     csrf_token: Annotated[str, Form(max_length=200)] = "",
     chunk_id: Annotated[str | None, Form(max_length=64)] = None,
@@ -418,7 +420,7 @@ def review_action(
 @router.post("/amendments/{amendment_id}/revert")
 def revert_action(
     request: Request,
-    amendment_id: int,
+    amendment_id: RowIdPath,
     csrf_token: Annotated[str, Form(max_length=200)] = "",
     note: Annotated[str | None, Form(max_length=2000)] = None,
     back: Annotated[str, Form(max_length=500)] = "/console/reviews",
@@ -453,11 +455,11 @@ def _day(value: str | None, field: str) -> datetime | None:
 @router.get("/interactions")
 def interactions_page(
     request: Request,
-    q: str = "",
-    since: str = "",
-    until: str = "",
-    thumb: str = "",
-    index_version: str = "",
+    q: Annotated[Text, Query(max_length=200)] = "",
+    since: Annotated[str, Query(max_length=10)] = "",
+    until: Annotated[str, Query(max_length=10)] = "",
+    thumb: Literal["", "up", "down", "none"] = "",
+    index_version: Annotated[str, Query(max_length=9, pattern="^[0-9]*$")] = "",
 ) -> Response:
     visitor = _gate(request, admin=True)
     if isinstance(visitor, Response):
@@ -467,11 +469,11 @@ def interactions_page(
         end = _day(until, "until")
         rows = search(
             services.sessions,
-            text=q[:200] or None,
+            text=q or None,
             since=_day(since, "since"),
             until=end + timedelta(days=1) if end else None,
             thumb=thumb or None,
-            index_version=int(index_version) if index_version.isdigit() else None,
+            index_version=int(index_version) if index_version else None,
             limit=100,
         )
         with services.sessions() as db:
@@ -498,14 +500,16 @@ def interactions_page(
 
 
 @router.get("/interactions/{interaction_id}")
-def interaction_page(request: Request, interaction_id: str) -> Response:
+def interaction_page(
+    request: Request, interaction_id: Annotated[Text, Path(max_length=36)]
+) -> Response:
     visitor = _gate(request, admin=True)
     if isinstance(visitor, Response):
         return visitor
     services = _services(request)
     try:
-        view = show(services.sessions, interaction_id[:36])
-        walk = trace(services.sessions, interaction_id[:36])
+        view = show(services.sessions, interaction_id)
+        walk = trace(services.sessions, interaction_id)
     except RagLoopError as exc:
         return _problem(request, visitor, exc)
     return _render(request, "interaction.html", visitor, title="Interaction", i=view, trace=walk)
@@ -544,7 +548,11 @@ def loop_page(request: Request) -> Response:
 
 
 @router.get("/loop/confirm")
-def confirm_page(request: Request, action: str = "", cycle_id: int = 0) -> Response:
+def confirm_page(
+    request: Request,
+    action: Annotated[str, Query(max_length=16)] = "",
+    cycle_id: Annotated[int, Query(ge=0, le=MAX_ROW_ID)] = 0,
+) -> Response:
     visitor = _gate(request, admin=True)
     if isinstance(visitor, Response):
         return visitor
@@ -567,7 +575,7 @@ def loop_action(
     request: Request,
     action: str,
     csrf_token: Annotated[str, Form(max_length=200)] = "",
-    cycle_id: Annotated[int, Form(ge=0)] = 0,
+    cycle_id: Annotated[int, Form(ge=0, le=MAX_ROW_ID)] = 0,
     confirmed: Annotated[str, Form(max_length=8)] = "",
     reason: Annotated[str, Form(max_length=500)] = "",
 ) -> Response:
