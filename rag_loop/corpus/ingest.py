@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,6 +39,7 @@ from rag_loop.corpus.chunking import Chunker, ChunkSpec
 from rag_loop.corpus.loaders import LoadedDocument, load_path
 from rag_loop.db.engine import transaction
 from rag_loop.db.models import (
+    Amendment,
     AuditEntry,
     Chunk,
     Document,
@@ -94,6 +96,7 @@ def ingest(
     services: IngestParts, path: Path, *, actor: str = "cli", progress: bool = False
 ) -> IngestResult:
     started = time.perf_counter()
+    began = utcnow()  # corrections and amendments approved from now on are "late"
     root, loaded = load_path(path)
     chunker = services.chunker
 
@@ -229,7 +232,8 @@ def ingest(
             )
             for result, document_version in carried:
                 record_carry_over(session, result, document_version, chunker.config_hash, actor)
-            _add_late_corrections(services, session, embedder, collection, {e.id for e in entries})
+            rechunked = {t.id for t in targets.values() if t.loaded is not None or rebuild_all}
+            _catch_up(services, session, embedder, collection, entries, rechunked, began, actor)
             row = session.get_one(IndexVersion, version_id)
             row.status = "ready"
             row.n_documents = len(targets)
@@ -386,19 +390,62 @@ def _ingest_embedder(
     return services.embedder
 
 
-def _add_late_corrections(
-    services: IngestParts, session: Session, embedder: Embedder, collection: str, included: set[str]
+def _catch_up(
+    services: IngestParts,
+    session: Session,
+    embedder: Embedder,
+    collection: str,
+    entries: list[Entry],
+    rechunked: set[str],
+    began: datetime,
+    actor: str,
 ) -> None:
-    """Corrections approved while this version was building must not be lost from it."""
-    late = session.execute(
-        select(Chunk, Document.title)
-        .join(Document, Document.id == Chunk.document_id)
-        .where(
-            Document.kind == "correction",
-            Document.deleted_at.is_(None),
-            Chunk.superseded_at.is_(None),
-            Chunk.id.not_in(included),
+    """Corrections and amendments approved while this version was building must not be
+    lost from it: live chunks made since `began` that it lacks are embedded into it, and
+    chunks it holds that an amendment superseded since leave it. An amendment made
+    meanwhile on a document this ingest chunked anew is flagged: its passage belongs to the
+    document's old version (the new version's serves)."""
+    included = {e.id for e in entries}
+    late = [
+        (chunk, title, amendment)
+        for chunk, title, amendment in session.execute(
+            select(Chunk, Document.title, Amendment)
+            .join(Document, Document.id == Chunk.document_id)
+            .outerjoin(Amendment, (Amendment.chunk_id == Chunk.id) & (Amendment.status == "active"))
+            .where(
+                Chunk.created_at >= began,
+                Chunk.superseded_at.is_(None),
+                Document.deleted_at.is_(None),
+            )
+        ).all()
+        if chunk.id not in included
+    ]
+    added = []
+    for chunk, title, amendment in late:
+        if amendment is not None and chunk.document_id in rechunked:
+            chunk.superseded_at = utcnow()
+            amendment.status = "flagged"
+            amendment.flag = {
+                "reason": "the document was re-ingested while the amendment was approved",
+                "at": utcnow().isoformat(),
+            }
+            session.add(
+                AuditEntry(
+                    actor=actor,
+                    action="amendment.flag",
+                    target=f"amendment:{amendment.id}",
+                    details={"document_id": chunk.document_id, "reason": amendment.flag["reason"]},
+                )
+            )
+        else:
+            added.append(Entry.of(chunk, title))
+    if added:
+        embed_into(services.store, collection, added, embedder)
+    gone = [
+        chunk_id
+        for chunk_id in session.scalars(
+            select(Chunk.id).where(Chunk.superseded_at.is_not(None), Chunk.superseded_at >= began)
         )
-    ).all()
-    if late:
-        embed_into(services.store, collection, [Entry.of(c, t) for c, t in late], embedder)
+        if chunk_id in included
+    ]
+    services.store.delete(collection, gone)

@@ -7,6 +7,7 @@ runs on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -215,6 +216,99 @@ def _reingest(services: Services, tmp_path: Path) -> None:
     assert reapplied["status"] == "active" and reapplied["correction_id"] == correction_id
     texts = serving_texts(services)
     assert again in texts and new_passage.text not in texts
+
+
+class ReviewerDuringTheBuild:
+    """The real embedder, and a reviewer who acts while an ingest embeds its new chunks
+    (once): an implementation of the Embedder protocol, delegating to the real one."""
+
+    def __init__(self, inner: Any, act: Callable[[], object]) -> None:
+        self.inner = inner
+        self.act: Callable[[], object] | None = act
+
+    @property
+    def name(self) -> str:
+        return str(self.inner.name)
+
+    @property
+    def version(self) -> str:
+        return str(self.inner.version)
+
+    @property
+    def dimension(self) -> int:
+        return int(self.inner.dimension)
+
+    def embed_documents(self, texts: list[str], *, progress: bool = False) -> Any:
+        if self.act is not None:
+            act, self.act = self.act, None
+            act()
+        return self.inner.embed_documents(texts, progress=progress)
+
+    def embed_queries(self, texts: list[str]) -> Any:
+        return self.inner.embed_queries(texts)
+
+    def embed_query(self, text: str) -> Any:
+        return self.inner.embed_query(text)
+
+
+def test_an_amendment_approved_while_an_ingest_builds_serves_after_it(
+    services: Services, tmp_path: Path
+) -> None:
+    corpus = tmp_path / "docs"
+    shutil.copytree(CORPUS, corpus)
+    ingest(services, corpus, actor="test")
+    correction_id, view = corrected(services, THEFT, "It is 120 euros now.")
+    selected = next(c for c in view["chunks"] if c["selected"])
+    amended = selected["text"].replace(RETIRED, "120 euros")
+
+    def approve_now() -> None:
+        approve(
+            services,
+            correction_id,
+            reviewer="alice",
+            mode="amend",
+            chunk_id=selected["chunk_id"],
+            text=amended,
+        )
+
+    # another document changes; the amendment is approved while its chunks are embedded
+    refunds = corpus / "billing" / "refunds.md"
+    refunds.write_text(refunds.read_text() + "\n\nRefunds are confirmed by email.\n")
+    building = dataclasses.replace(
+        services, embedder=ReviewerDuringTheBuild(services.embedder, approve_now)
+    )
+    result = ingest(building, corpus, actor="test")
+    assert result.changed and get_correction(services, correction_id)["applied"]
+    texts = serving_texts(services)
+    assert amended in texts and selected["text"] not in texts
+
+    # the amended document itself is re-ingested while a second amendment is approved
+    other, view = corrected(services, "What is the excess for accidental damage?", "90 euros.")
+    passage = next(c for c in view["chunks"] if c["selected"])
+    damage = corpus / "insurance" / "accidental-damage.md"
+    damage.write_text(damage.read_text() + "\n\nPhotos help us decide faster.\n")
+
+    def amend_damage() -> None:
+        approve(
+            services,
+            other,
+            reviewer="alice",
+            mode="amend",
+            chunk_id=passage["chunk_id"],
+            text=passage["text"].replace("75 euros", "90 euros"),
+        )
+
+    building = dataclasses.replace(
+        services, embedder=ReviewerDuringTheBuild(services.embedder, amend_damage)
+    )
+    ingest(building, corpus, actor="test")
+    with services.sessions() as session:
+        late = session.scalars(select(Amendment).where(Amendment.correction_id == other)).one()
+        assert late.status == "flagged" and "re-ingested" in late.flag["reason"]
+    texts = serving_texts(services)
+    assert any("Photos help us decide faster." in t for t in texts)
+    assert not any("90 euros" in t for t in texts)  # flagged: the new version serves
+    assert amended in texts  # the first amendment still serves
 
 
 def test_two_approvals_needed_a_rejection_after_one_disputes_and_an_admin_settles(
