@@ -78,6 +78,7 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     app.state.services = services
     app.state.metrics = ServiceMetrics(lambda: app.state.services)
     install_error_handlers(app)
+    app.add_exception_handler(console.Refused, console.refused_page)  # HTML, not JSON
 
     app.add_middleware(BodyLimit, max_bytes=MAX_BODY_BYTES)
     if settings.api.cors_origins:

@@ -11,8 +11,10 @@
 Every action calls the same service function as the API and the CLI, with the signed-in
 key as the actor (its name is in the audit log). The session cookie holds the key's id and
 a CSRF token, signed, HttpOnly, SameSite=Strict; every form carries the token and a POST
-without it changes nothing (403). The key is looked up on every request: revoking it ends
-its sessions. No JavaScript and nothing from a CDN: it works offline.
+without it changes nothing (403). A page or action that cannot go on raises `Refused`,
+which `create_app` turns into an HTML page (or the sign-in redirect). The key is looked
+up on every request: revoking it ends its sessions. No JavaScript and nothing from a CDN:
+it works offline.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Form, Path, Query, Request, Response
 from fastapi.responses import HTMLResponse, RedirectResponse
 from jinja2 import Environment, PackageLoader, select_autoescape
+from starlette.concurrency import run_in_threadpool
 from starlette.templating import Jinja2Templates
 
 from rag_loop import jobs
@@ -171,65 +174,66 @@ def _render(
     return response
 
 
-def _gate(request: Request, *, admin: bool = False) -> Visitor | Response:
-    """The signed-in visitor, or the response that stands in for the page: the sign-in
-    page, or a 403 for a reviewer on an admin page."""
+class Refused(Exception):
+    """Why a console page or action cannot go on: a page with the status and the message
+    (`refused_page`, installed by `create_app`), or, with `location`, a redirect (a visitor
+    who is not signed in goes to the sign-in page)."""
+
+    def __init__(self, status: int, message: str, location: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.location = location
+
+    @classmethod
+    def of(cls, error: RagLoopError) -> Refused:
+        """A service's refusal (an unknown id, a bad filter) as a console page."""
+        return cls(error.status_code, error.message)
+
+
+TITLES = {401: "Signed out", 403: "Not allowed", 404: "Not found"}
+
+
+async def refused_page(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, Refused)
+    if exc.location is not None:
+        return RedirectResponse(exc.location, status_code=303)
+    visitor = await run_in_threadpool(_visitor, request)
+    return _render(
+        request,
+        "forbidden.html",
+        visitor,
+        status_code=exc.status,
+        title=TITLES.get(exc.status, "Cannot do this"),
+        message=exc.message,
+    )
+
+
+def _gate(request: Request, *, admin: bool = False) -> Visitor:
+    """A page's signed-in visitor; otherwise the sign-in page, or a 403 for a reviewer on
+    an admin page."""
     visitor = _visitor(request)
     if visitor is None:
         target = urllib.parse.quote(request.url.path)
-        return RedirectResponse(f"/console/sign-in?next={target}", status_code=303)
+        raise Refused(401, "Sign in first.", location=f"/console/sign-in?next={target}")
     if admin and not visitor.admin:
-        return _refused(
-            request,
-            _Refused(
-                403,
-                "This page needs an API key with the admin scope; yours can review corrections.",
-            ),
+        raise Refused(
+            403, "This page needs an API key with the admin scope; yours can review corrections."
         )
     return visitor
 
 
 def _checked(request: Request, csrf_token: str | None, *, admin: bool = False) -> Visitor:
-    """A POST's visitor, with its form's CSRF token checked; anything else is a 403 error
-    page (`_Refused`)."""
+    """A POST's visitor, with its form's CSRF token checked; anything else is refused with
+    nothing changed."""
     visitor = _visitor(request)
     if visitor is None:
-        raise _Refused(401, "Your session has ended; sign in again.")
+        raise Refused(401, "Your session has ended; sign in again.")
     if not visitor.session.check(csrf_token):
-        raise _Refused(403, "The form's security token is missing or wrong; reload the page.")
+        raise Refused(403, "The form's security token is missing or wrong; reload the page.")
     if admin and not visitor.admin:
-        raise _Refused(403, "This action needs an API key with the admin scope.")
+        raise Refused(403, "This action needs an API key with the admin scope.")
     return visitor
-
-
-class _Refused(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-def _refused(request: Request, refused: _Refused) -> HTMLResponse:
-    return _render(
-        request,
-        "forbidden.html",
-        _visitor(request),
-        status_code=refused.status,
-        title="Not allowed" if refused.status == 403 else "Refused",
-        message=refused.message,
-    )
-
-
-def _problem(request: Request, visitor: Visitor, error: RagLoopError) -> HTMLResponse:
-    """A service's refusal (a bad filter, an unknown id) as a page with its status."""
-    return _render(
-        request,
-        "forbidden.html",
-        visitor,
-        status_code=error.status_code,
-        title="Not found" if error.status_code == 404 else "Cannot show this",
-        message=error.message,
-    )
 
 
 def _safe_next(target: str | None) -> str:
@@ -283,7 +287,7 @@ def sign_in(
     services = _services(request)
     expected = request.cookies.get(CSRF_COOKIE)
     if not expected or not hmac.compare_digest(expected, csrf_token):
-        return _refused(request, _Refused(403, "The sign-in form expired; reload the page."))
+        raise Refused(403, "The sign-in form expired; reload the page.")
     try:
         with transaction(services.sessions) as db:
             principal = authenticate(db, api_key.strip())
@@ -313,10 +317,7 @@ def sign_in(
 
 @router.post("/sign-out")
 def sign_out(request: Request, csrf_token: Annotated[str, Form(max_length=200)] = "") -> Response:
-    try:
-        visitor = _checked(request, csrf_token)
-    except _Refused as refused:
-        return _refused(request, refused)
+    visitor = _checked(request, csrf_token)
     with transaction(_services(request).sessions) as db:
         db.add(AuditEntry(actor=visitor.actor, action="console.sign_out", target="console"))
     response = _redirect(request, "/console/sign-in", "Signed out.")
@@ -330,15 +331,13 @@ def sign_out(request: Request, csrf_token: Annotated[str, Form(max_length=200)] 
 @router.get("/reviews")
 def reviews_page(request: Request, status: str = "open") -> Response:
     visitor = _gate(request)
-    if isinstance(visitor, Response):
-        return visitor
     services = _services(request)
     statuses = ("pending", "disputed") if status == "open" else (status,)
     try:
         rows = [r for s in statuses for r in corrections.list_corrections(services, s, 200)]
         amendments = corrections.list_amendment_views(services, None)
     except RagLoopError as exc:
-        return _problem(request, visitor, exc)
+        raise Refused.of(exc) from exc
     return _render(
         request,
         "reviews.html",
@@ -354,13 +353,11 @@ def reviews_page(request: Request, status: str = "open") -> Response:
 @router.get("/reviews/{correction_id}")
 def review_page(request: Request, correction_id: RowIdPath) -> Response:
     visitor = _gate(request)
-    if isinstance(visitor, Response):
-        return visitor
     services = _services(request)
     try:
         view = corrections.get_correction(services, correction_id)
     except RagLoopError as exc:
-        return _problem(request, visitor, exc)
+        raise Refused.of(exc) from exc
     return _render(
         request,
         "review.html",
@@ -382,10 +379,7 @@ def review_action(
     text: Annotated[str | None, Form(max_length=8000)] = None,
     note: Annotated[str | None, Form(max_length=2000)] = None,
 ) -> Response:
-    try:
-        visitor = _checked(request, csrf_token)
-    except _Refused as refused:
-        return _refused(request, refused)
+    visitor = _checked(request, csrf_token)
     services = _services(request)
     back = f"/console/reviews/{correction_id}"
     note = (note or "").strip() or None
@@ -425,10 +419,7 @@ def revert_action(
     note: Annotated[str | None, Form(max_length=2000)] = None,
     back: Annotated[str, Form(max_length=500)] = "/console/reviews",
 ) -> Response:
-    try:
-        visitor = _checked(request, csrf_token)
-    except _Refused as refused:
-        return _refused(request, refused)
+    visitor = _checked(request, csrf_token)
     try:
         corrections.revert_amendment(
             _services(request), amendment_id, actor=visitor.actor, note=(note or None)
@@ -449,7 +440,7 @@ def _day(value: str | None, field: str) -> datetime | None:
     try:
         return datetime.fromisoformat(value).replace(tzinfo=UTC)
     except ValueError as exc:
-        raise _Refused(400, f"{field}: give a date as YYYY-MM-DD") from exc
+        raise Refused(400, f"{field}: give a date as YYYY-MM-DD") from exc
 
 
 @router.get("/interactions")
@@ -462,8 +453,6 @@ def interactions_page(
     index_version: Annotated[str, Query(max_length=9, pattern="^[0-9]*$")] = "",
 ) -> Response:
     visitor = _gate(request, admin=True)
-    if isinstance(visitor, Response):
-        return visitor
     services = _services(request)
     try:
         end = _day(until, "until")
@@ -478,10 +467,8 @@ def interactions_page(
         )
         with services.sessions() as db:
             versions = [v.id for v, _ in list_versions(db)]
-    except _Refused as refused:
-        return _refused(request, refused)
     except RagLoopError as exc:
-        return _problem(request, visitor, exc)
+        raise Refused.of(exc) from exc
     return _render(
         request,
         "interactions.html",
@@ -504,14 +491,12 @@ def interaction_page(
     request: Request, interaction_id: Annotated[Text, Path(max_length=36)]
 ) -> Response:
     visitor = _gate(request, admin=True)
-    if isinstance(visitor, Response):
-        return visitor
     services = _services(request)
     try:
         view = show(services.sessions, interaction_id)
         walk = trace(services.sessions, interaction_id)
     except RagLoopError as exc:
-        return _problem(request, visitor, exc)
+        raise Refused.of(exc) from exc
     return _render(request, "interaction.html", visitor, title="Interaction", i=view, trace=walk)
 
 
@@ -521,8 +506,6 @@ def interaction_page(
 @router.get("/loop")
 def loop_page(request: Request) -> Response:
     visitor = _gate(request, admin=True)
-    if isinstance(visitor, Response):
-        return visitor
     services = _services(request)
     cycles = cycle.list_cycles(services, 30)
     for view in cycles:
@@ -554,8 +537,6 @@ def confirm_page(
     cycle_id: Annotated[int, Query(ge=0, le=MAX_ROW_ID)] = 0,
 ) -> Response:
     visitor = _gate(request, admin=True)
-    if isinstance(visitor, Response):
-        return visitor
     if action not in LOOP_ACTIONS:
         return _redirect(request, "/console/loop", f"Unknown action {action!r}.", ok=False)
     return _render(
@@ -579,10 +560,7 @@ def loop_action(
     confirmed: Annotated[str, Form(max_length=8)] = "",
     reason: Annotated[str, Form(max_length=500)] = "",
 ) -> Response:
-    try:
-        visitor = _checked(request, csrf_token, admin=True)
-    except _Refused as refused:
-        return _refused(request, refused)
+    visitor = _checked(request, csrf_token, admin=True)
     if action not in LOOP_ACTIONS or confirmed != "yes":
         return _redirect(request, "/console/loop", "Nothing done: confirm first.", ok=False)
     services = _services(request)
@@ -620,8 +598,6 @@ def loop_action(
 @router.get("/evaluations")
 def evaluations_page(request: Request) -> Response:
     visitor = _gate(request, admin=True)
-    if isinstance(visitor, Response):
-        return visitor
     services = _services(request)
     summary = evaluation.summary(services, cycle.list_cycles(services, REPORT_CYCLES))
     return _render(
