@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, Literal, Protocol
@@ -48,6 +47,7 @@ from rag_loop.db.models import (
 )
 from rag_loop.errors import Conflict, InvalidInput, NotFound
 from rag_loop.feedback.labels import fold
+from rag_loop.generation.extractive import SENTENCE, WORD  # how the answerer quotes
 from rag_loop.index.chroma import ChromaStore
 from rag_loop.index.embedders import EmbedderPool
 from rag_loop.index.versions import champion
@@ -130,10 +130,6 @@ def list_corrections(
         rows = session.execute(query.order_by(Correction.id).limit(limit)).all()
         reviews = _reviews(session, [c.id for c, _ in rows])
         return [correction_view(c, i, reviews[c.id]) for c, i in rows]
-
-
-SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
-WORD = re.compile(r"[a-z0-9]+")
 
 
 def _words(text: str) -> set[str]:
@@ -238,10 +234,23 @@ def get_correction(services: CorrectionParts, correction_id: int) -> dict[str, A
         return view
 
 
-def _decided(correction: Correction, reviewer: str, note: str | None) -> None:
-    correction.reviewer = reviewer
-    correction.reviewed_at = utcnow()
-    correction.review_note = note
+def _decide(
+    session: Session,
+    correction: Correction,
+    reviews: list[CorrectionReview],
+    reviewer: str,
+    decision: str,
+    note: str | None,
+) -> None:
+    """Record one reviewer's decision (added to `reviews` too); the correction keeps the
+    latest decision's reviewer, time and note."""
+    now = utcnow()
+    review = CorrectionReview(
+        correction_id=correction.id, reviewer=reviewer, decision=decision, note=note, created_at=now
+    )
+    session.add(review)
+    reviews.append(review)
+    correction.reviewer, correction.reviewed_at, correction.review_note = reviewer, now, note
 
 
 def _check_reviewer(
@@ -294,15 +303,7 @@ def approve(
         _check_reviewer(correction, reviews, reviewer, admin, "approve")
         interaction = session.get_one(Interaction, correction.interaction_id)
         _settle_proposal(session, correction, interaction, mode, chunk_id, text)
-        review = CorrectionReview(
-            correction_id=correction.id,
-            reviewer=reviewer,
-            decision="approve",
-            note=note,
-            created_at=utcnow(),
-        )
-        session.add(review)
-        reviews.append(review)
+        _decide(session, correction, reviews, reviewer, "approve", note)
         approvals = len({r.reviewer for r in reviews if r.decision == "approve"})
         needed = services.settings.review.approvals
         settles = correction.status == "disputed" and admin
@@ -312,7 +313,6 @@ def approve(
             correction.status = "approved"
             if not correction.applied:
                 changes.append(_apply(services, session, correction, interaction, reviewer))
-        _decided(correction, reviewer, note)
         session.add(
             AuditEntry(
                 actor=reviewer,
@@ -353,20 +353,13 @@ def reject(
         _check_reviewer(correction, reviews, reviewer, admin, "reject")
         approved_before = any(r.decision == "approve" for r in reviews)
         settles = correction.status == "disputed" and admin
-        session.add(
-            CorrectionReview(
-                correction_id=correction.id, reviewer=reviewer, decision="reject", note=note
-            )
-        )
+        _decide(session, correction, reviews, reviewer, "reject", note)
         if settles or not approved_before:
             correction.status = "rejected"
             if correction.applied:
                 changes.extend(_unapply(services, session, correction, reviewer, note))
         else:
             correction.status = "disputed"
-        session.flush()
-        reviews = _reviews(session, [correction.id])[correction.id]
-        _decided(correction, reviewer, note)
         session.add(
             AuditEntry(
                 actor=reviewer,

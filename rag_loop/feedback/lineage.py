@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime
 from typing import Any
 
@@ -185,6 +186,7 @@ def search(
                 .order_by(FeedbackEvent.id)
             ).all()
             labels = fold_by_interaction(events)
+            counts = Counter(e.interaction_id for e in events)
             for interaction in page:
                 folded = labels.get(interaction.id)
                 latest = folded.thumb if folded else None
@@ -199,9 +201,7 @@ def search(
                         "status": interaction.status,
                         "index_version": interaction.index_version_id,
                         "thumb": latest,
-                        "feedback_events": len(
-                            [e for e in events if e.interaction_id == interaction.id]
-                        ),
+                        "feedback_events": counts[interaction.id],
                     }
                 )
                 if len(found) == limit:
