@@ -364,3 +364,34 @@ def test_a_better_fusion_weight_alone_makes_a_candidate_with_the_same_encoder(
     assert served.retrieval.dense_weight == 0.6
     # the next ingest keeps what the loop chose
     assert not ingest(services, CORPUS, actor="test").changed
+
+
+def test_a_rollback_serves_the_corrections_approved_since_its_target_served(
+    with_feedback: Callable[..., Services],
+) -> None:
+    """A correction approved while the candidate serves goes into the candidate's
+    collection; rolling back syncs the old index with the live chunks first, so the
+    correction keeps serving."""
+    from rag_loop.feedback.corrections import approve
+
+    services = with_feedback(loop=ALWAYS_PASS)
+    promoted = cycle.run_cycle(services, cycle.start_cycle(services, actor="test"), actor="test")
+    assert promoted["state"] == "promoted"
+    answer = ask(services, "How much is the theft excess?")
+    text = "The theft excess is 120 euros since 2026 (zebra-rollback-42)."
+    receipt = submit_feedback(
+        services,
+        FeedbackIn(interaction_id=answer.interaction_id, thumb="down", correction=text),
+        actor="test",
+    )
+    assert receipt.correction_id is not None
+    approve(services, receipt.correction_id, reviewer="alice")
+
+    rolled = cycle.rollback(services, actor="test", reason="test")
+    assert rolled["gate"]["rollback"]["synced"].startswith("synced: 1 added"), rolled["gate"]
+    with services.sessions() as session:
+        serving = champion(session)
+        assert serving.id == promoted["champion_index_version_id"]
+        collection = serving.collection_name
+    assert text in services.store.texts(collection)
+    assert ask(services, "How much is the theft excess?").sources[0]["text"] == text
