@@ -29,6 +29,7 @@ from rag_loop.db.engine import create_db_engine, create_session_factory, upgrade
 from rag_loop.db.models import EmbedderVersion, Job
 from rag_loop.db.writer import BatchWriter
 from rag_loop.generation.base import Generator
+from rag_loop.index import expansions
 from rag_loop.index.chroma import ChromaStore, make_chroma_client
 from rag_loop.index.embedders import Embedder, EmbedderPool, LazyEmbedder
 from rag_loop.registry.outbox import Outbox
@@ -122,7 +123,7 @@ class Services:
             engine=engine,
             sessions=sessions,
             store=store,
-            lexical=LexicalIndexes(store),
+            lexical=LexicalIndexes(store, partial(expansions.of_collection, sessions)),
             embedder=embedder,
             generator=generator or make_generator(settings.generator),
             tokens=FeedbackTokens(secret, settings.auth.feedback_token_ttl_seconds),

@@ -403,6 +403,12 @@ class TrainingSettings(BaseModel):
         "that rank them best, and keeps the champion's encoder when no epoch beats it. 0: "
         "no validation; training runs `epochs` and always offers its encoder to the gate.",
     )
+    expand_documents: bool = Field(
+        default=True,
+        description="hybrid index versions: index the questions users confirmed a chunk "
+        "answers with its text on the BM25 side (document expansion). A cycle keeps them "
+        "unless they rank its validation queries worse; the gate decides the candidate.",
+    )
     epochs: int = Field(
         default=8,
         ge=1,

@@ -47,6 +47,7 @@ from rag_loop.db.models import (
     IndexVersion,
     utcnow,
 )
+from rag_loop.index import expansions
 from rag_loop.index.embedders import Embedder, EmbedderPool
 from rag_loop.index.retrieval_config import RetrievalConfig
 from rag_loop.index.versions import CHAMPION, champion_or_none, set_alias
@@ -234,6 +235,8 @@ def ingest(
                 record_carry_over(session, result, document_version, chunker.config_hash, actor)
             rechunked = {t.id for t in targets.values() if t.loaded is not None or rebuild_all}
             _catch_up(services, session, embedder, collection, entries, rechunked, began, actor)
+            if serving is not None and retrieval.hybrid:
+                expansions.carry_over(session, serving.id, version_id, {e.id for e in entries})
             row = session.get_one(IndexVersion, version_id)
             row.status = "ready"
             row.n_documents = len(targets)

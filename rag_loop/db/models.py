@@ -140,6 +140,19 @@ class IndexVersion(Base):
     revision: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
+class IndexExpansion(Base):
+    """A question users confirmed a chunk answers, indexed with the chunk's text on the BM25
+    side of one index version (document expansion): part of the version, like its embedder
+    and its fusion weight, so the gate decides it and a rollback takes it back."""
+
+    __tablename__ = "index_expansions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    index_version_id: Mapped[int] = mapped_column(ForeignKey("index_versions.id"), index=True)
+    chunk_id: Mapped[str] = mapped_column(String(64))
+    question: Mapped[str] = mapped_column(Text)
+
+
 class Alias(Base):
     """A named pointer to an index version; `champion` is the one that serves."""
 

@@ -55,6 +55,7 @@ from rag_loop.db.models import (
 )
 from rag_loop.errors import BackendUnavailable, Conflict, InvalidInput, NotFound, RagLoopError
 from rag_loop.evaluation.runner import EvalParts, EvalRequest, run_evaluation
+from rag_loop.index import expansions
 from rag_loop.index.embedders import (
     AsymmetricEmbedder,
     Embedder,
@@ -103,6 +104,7 @@ from rag_loop.registry.embedders import (
     register_trained,
 )
 from rag_loop.registry.tracking import LOOP_EXPERIMENT
+from rag_loop.retrieval.lexical import LexicalIndex
 from rag_loop.training.dataset import DatasetParts, build_training_set
 from rag_loop.training.finetune import finetune, finetune_queries
 from rag_loop.training.validation import FusionCheck
@@ -471,11 +473,8 @@ def _train(services: CycleParts, cycle: LoopCycle) -> Move:
     ids = sorted(services.store.ids(index.collection_name))
     found = services.store.get_embeddings(index.collection_name, ids)
     bank = np.stack([found[i] for i in ids])
-    check = FusionCheck.from_examples(
-        Path(training_set.path),
-        ids,
-        bank,
-        *_fusion_inputs(services, index),
+    check, expanded, expansion_check = _validation(
+        services, index, Path(training_set.path), ids, bank
     )
     tuning = finetune_queries(
         Path(parent.path), Path(training_set.path), folder, settings, ids, bank, check
@@ -491,19 +490,26 @@ def _train(services: CycleParts, cycle: LoopCycle) -> Move:
         else None,
         "validation_queries": tuning.validation_queries,
         "validation": tuning.validation,
+        "expansions": len(expanded),
+        "expansion_check": expansion_check,
     }
     if tuning.trained is None:
+        with services.sessions() as session:
+            new_expansions = bool(expanded) and set(expanded) != set(
+                expansions.of_version(session, index.id)
+            )
         weight_only = settings.init_from == "champion"  # validated with the champion's encoder
-        if not weight_only or tuning.dense_weight in (None, recipe["champion_dense_weight"]):
+        new_weight = tuning.dense_weight not in (None, recipe["champion_dense_weight"])
+        if not weight_only or not (new_weight or new_expansions):
             move = _rejection(
-                "nothing learned: no epoch and no fusion weight ranked the "
-                f"{tuning.validation_queries} validation feedback queries better than the "
+                "nothing learned: no epoch, no fusion weight and no document expansion ranked "
+                f"the {tuning.validation_queries} validation feedback queries better than the "
                 "champion",
                 "loop",
             )
             move.fields["recipe"] = recipe
             return move
-        # only the fusion weight changes: the champion's encoder, a new index version
+        # the champion's encoder with a new fusion weight or expansions: a new index version
         same = services.embedders.get(index.embedder_version)
         row = embedder_row(services, same.version)
         assert row is not None, "the serving embedder is registered"
@@ -517,21 +523,52 @@ def _train(services: CycleParts, cycle: LoopCycle) -> Move:
     )
 
 
-def _fusion_inputs(
-    services: CycleParts, index: IndexVersion
-) -> tuple[Callable[[str], dict[str, float]] | None, float | None, int]:
-    """How the champion fuses: BM25 scores by chunk id for a query (None: dense), its dense
-    weight and its candidate depth."""
+def _validation(
+    services: CycleParts, index: IndexVersion, examples: Path, ids: list[str], bank: np.ndarray
+) -> tuple[FusionCheck | None, expansions.Pairs, dict[str, Any]]:
+    """What query-side training validates on, and the document expansions the candidate
+    gets (rag_loop.index.expansions).
+
+    A hybrid champion's validation queries are ranked with BM25 over its chunks' own text
+    (not its expansions: those may hold the validation queries themselves, from earlier
+    cycles) and again with the chunks expanded by the fit part's questions. The candidate
+    gets every training question as expansions (fit and validation, as training refits on
+    both) unless they rank the validation queries worse with the champion's encoder; when
+    they are kept, the encoder is validated with them too."""
     config = RetrievalConfig.stored(index.retrieval)
     if not config.hybrid:
-        return None, None, config.candidates
-    lexical = services.lexical.get(index.collection_name, index.revision, config)
+        return FusionCheck.from_examples(examples, ids, bank, None, None, config.candidates), [], {}
+    hits = services.store.hits(index.collection_name)
 
-    def bm25_of(query: str) -> dict[str, float]:
-        scores = lexical.scores(query)
-        return {lexical.hits[i].chunk_id: float(scores[i]) for i in np.flatnonzero(scores)}
+    def check_with(expanded: dict[str, list[str]] | None) -> FusionCheck | None:
+        lexical = LexicalIndex(hits, config, expanded)
 
-    return bm25_of, config.dense_weight, config.candidates
+        def bm25_of(query: str) -> dict[str, float]:
+            scores = lexical.scores(query)
+            return {lexical.hits[i].chunk_id: float(scores[i]) for i in np.flatnonzero(scores)}
+
+        return FusionCheck.from_examples(
+            examples, ids, bank, bm25_of, config.dense_weight, config.candidates
+        )
+
+    plain = check_with(None)
+    if not services.settings.training.expand_documents:
+        return plain, [], {}
+    every = expansions.from_training_set(examples)
+    if plain is None:  # no validation queries: the gate alone decides
+        return None, every, {}
+    fit = expansions.grouped(expansions.from_training_set(examples, parts=("fit",)))
+    expanded = check_with(fit)
+    assert expanded is not None, "the same validation queries"
+    vectors = services.embedders.get(index.embedder_version).embed_queries(plain.queries)
+    without, with_ = plain.score(vectors), expanded.score(vectors)
+    figures = {
+        "validation_ndcg_at_10_without": round(without.ndcg_at_10, 6),
+        "validation_ndcg_at_10_with": round(with_.ndcg_at_10, 6),
+    }
+    if with_.ndcg_at_10 < without.ndcg_at_10:
+        return plain, [], figures
+    return expanded, every, figures
 
 
 def _trained_move(
@@ -578,6 +615,14 @@ def _index(services: CycleParts, cycle: LoopCycle) -> Move:
             retrieval=retrieval,
         )
         _update(services, cycle.id, candidate_index_version_id=version_id)
+    if (cycle.recipe or {}).get("expansions"):
+        with services.sessions() as session:
+            training_set = session.get_one(TrainingSet, cycle.training_set_id)
+            session.expunge(training_set)
+        with transaction(services.sessions) as session:  # again on a resume: the same rows
+            expansions.record(
+                session, version_id, expansions.from_training_set(Path(training_set.path))
+            )
     same_documents = document_side(parent.embedder_version) == document_side(model.version)
     build_index(
         services,

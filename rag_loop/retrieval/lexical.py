@@ -3,13 +3,16 @@
 Built from the collection itself (title and text of every chunk), so it holds exactly what
 the dense side can return. Keyed by (collection, revision): a correction approved in any
 process bumps the version's revision, and the next query here rebuilds (once, under a lock).
-Uses bm25s with a Snowball stemmer and English stopwords.
+Uses bm25s with a Snowball stemmer and English stopwords. A chunk's document for BM25 is its
+title and text, followed by the questions users confirmed it answers when the version has
+such expansions (rag_loop.index.expansions).
 """
 
 from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -19,7 +22,12 @@ from rag_loop.index.retrieval_config import RetrievalConfig
 
 
 class LexicalIndex:
-    def __init__(self, hits: list[Hit], config: RetrievalConfig) -> None:
+    def __init__(
+        self,
+        hits: list[Hit],
+        config: RetrievalConfig,
+        expansions: Mapping[str, list[str]] | None = None,
+    ) -> None:
         import bm25s
         import Stemmer
         from bm25s.tokenization import Tokenizer
@@ -31,10 +39,12 @@ class LexicalIndex:
         )
         self._lock = threading.Lock()
         self._bm25 = bm25s.BM25(k1=config.bm25_k1, b=config.bm25_b)
+        expansions = expansions or {}
         if hits:
-            tokens = self._tokenizer.tokenize(
-                [f"{h.title}\n{h.text}" for h in hits], return_as="tuple", show_progress=False
-            )
+            documents = [
+                "\n".join([h.title, h.text, *expansions.get(h.chunk_id, ())]) for h in hits
+            ]
+            tokens = self._tokenizer.tokenize(documents, return_as="tuple", show_progress=False)
             self._bm25.index(tokens, show_progress=False)
 
     def scores(self, query: str) -> np.ndarray:
@@ -52,10 +62,17 @@ class LexicalIndex:
 
 
 class LexicalIndexes:
-    """Per-process cache of lexical indexes by (collection, revision)."""
+    """Per-process cache of lexical indexes by (collection, revision). `expansions(collection)`
+    gives the expansions of the version whose collection it is, by chunk id."""
 
-    def __init__(self, store: ChromaStore, keep: int = 4) -> None:
+    def __init__(
+        self,
+        store: ChromaStore,
+        expansions: Callable[[str], Mapping[str, list[str]]] | None = None,
+        keep: int = 4,
+    ) -> None:
         self.store = store
+        self.expansions = expansions
         self.keep = keep
         self._cache: OrderedDict[tuple[str, int], LexicalIndex] = OrderedDict()
         self._lock = threading.Lock()
@@ -68,7 +85,8 @@ class LexicalIndexes:
         with self._lock:
             index = self._cache.get(key)
             if index is None:
-                index = LexicalIndex(self.store.hits(collection), config)
+                expanded = self.expansions(collection) if self.expansions else None
+                index = LexicalIndex(self.store.hits(collection), config, expanded)
                 for stale in [k for k in self._cache if k[0] == collection]:
                     del self._cache[stale]
                 self._cache[key] = index

@@ -17,10 +17,11 @@ import pytest
 from sqlalchemy import select
 
 from rag_loop.corpus.ingest import ingest
-from rag_loop.db.models import Alias, AuditEntry, IndexVersion, ShadowRetrieval
+from rag_loop.db.models import Alias, AuditEntry, IndexVersion, ShadowRetrieval, TrainingSet
 from rag_loop.errors import Conflict
 from rag_loop.feedback.schemas import ChunkLabel, FeedbackIn
 from rag_loop.feedback.service import submit_feedback
+from rag_loop.index import expansions
 from rag_loop.index.versions import champion, serving_index
 from rag_loop.interactions.ask import ask
 from rag_loop.loop import cycle
@@ -349,7 +350,13 @@ def test_a_better_fusion_weight_alone_makes_a_candidate_with_the_same_encoder(
     # users' own words rank better on the dense side than the handbook's wording does
     # (README: 0.766 dense, 0.626 hybrid nDCG@10), so the validation asks for more of it
     services = loop_services(
-        training={**STANDSTILL, "holdout_share": 0.3, "validation_share": 0.2}, loop=ALWAYS_PASS
+        training={
+            **STANDSTILL,
+            "holdout_share": 0.3,
+            "validation_share": 0.2,
+            "expand_documents": False,
+        },
+        loop=ALWAYS_PASS,
     )
     ingest(services, CORPUS, actor="test")
     replay(services, [json.loads(line) for line in USER_QUESTIONS.read_text().splitlines()])
@@ -364,6 +371,50 @@ def test_a_better_fusion_weight_alone_makes_a_candidate_with_the_same_encoder(
     assert served.retrieval.dense_weight == 0.6
     # the next ingest keeps what the loop chose
     assert not ingest(services, CORPUS, actor="test").changed
+
+
+def test_document_expansion_alone_makes_a_candidate_from_training_questions_only(
+    loop_services: Callable[..., Services],
+) -> None:
+    services = loop_services(
+        training={**STANDSTILL, "holdout_share": 0.3, "validation_share": 0.2}, loop=ALWAYS_PASS
+    )
+    base = ingest(services, CORPUS, actor="test")
+    replay(services, [json.loads(line) for line in USER_QUESTIONS.read_text().splitlines()])
+    view = cycle.run_cycle(services, cycle.start_cycle(services, actor="test"), actor="test")
+    recipe = view["recipe"]
+    assert recipe["encoder"] == "kept" and recipe["expansions"] > 0, recipe
+    check = recipe["expansion_check"]
+    assert check["validation_ndcg_at_10_with"] >= check["validation_ndcg_at_10_without"]
+    assert view["state"] == "promoted", view["error"]
+    candidate = view["candidate_index_version_id"]
+    with services.sessions() as session:
+        training_set = session.get_one(TrainingSet, view["training_set"]["id"])
+        stored = expansions.of_version(session, candidate)
+        assert expansions.of_version(session, base.index_version_id) == []
+    assert stored == expansions.from_training_set(Path(training_set.path))
+    assert len(stored) == recipe["expansions"]
+    heldout = {
+        json.loads(line)["question"]
+        for line in Path(training_set.heldout_path).read_text().splitlines()
+    }
+    assert heldout and not heldout & {question for _, question in stored}
+    # the BM25 side of the candidate finds a chunk by the words users asked it with
+    served = serving_index(services.engine)
+    assert served.id == candidate
+    chunk_id, question = stored[0]
+    before = services.lexical.get(base.collection_name, 0, served.retrieval)
+    after = services.lexical.get(served.collection_name, served.revision, served.retrieval)
+    assert (
+        after.scores(question)[after.position[chunk_id]]
+        > (before.scores(question)[before.position[chunk_id]])
+    )
+    # a new version of the same chunks (another BM25 setting) keeps them
+    services.settings.retrieval.bm25_k1 = 1.5
+    again = ingest(services, CORPUS, actor="test")
+    assert again.changed and again.chunks_embedded == 0
+    with services.sessions() as session:
+        assert expansions.of_version(session, again.index_version_id) == stored
 
 
 def test_a_rollback_serves_the_corrections_approved_since_its_target_served(
