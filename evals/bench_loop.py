@@ -120,6 +120,25 @@ def load_domain(name: str, scratch: Path) -> Domain:
     return beir(Path(name))
 
 
+def add_title_queries(domain: Domain, n: int) -> None:
+    """Replay `n` seeded document titles as questions, each relevant to its own document:
+    feedback volume for timing a cycle, never a test question."""
+    titles: dict[str, str] = {}
+    with (domain.corpus / "corpus.jsonl").open() as handle:
+        for line in handle:
+            row = json.loads(line)
+            if row.get("title"):
+                titles[str(row["_id"])] = row["title"]
+    tested = {q.strip().lower() for q in (domain.queries[i] for i in domain.test)}
+    picked = [d for d in sorted(titles) if titles[d].strip().lower() not in tested]
+    random.Random(0).shuffle(picked)
+    if len(picked) < n:
+        raise SystemExit(f"{domain.name} has {len(picked)} titles to replay, not {n}")
+    for doc_id in picked[:n]:
+        domain.queries[f"title-{doc_id}"] = titles[doc_id]
+        domain.replay[f"title-{doc_id}"] = {doc_id}
+
+
 def test_metrics(
     services: Services,
     domain: Domain,
@@ -286,6 +305,13 @@ def main() -> None:
     parser.add_argument("--shown", type=int, default=10, help="chunks shown per answer")
     parser.add_argument("--chunk-size", type=int, default=4000, help="one chunk per abstract")
     parser.add_argument("--limit", type=int, default=None, help="replay the first N questions")
+    parser.add_argument(
+        "--title-queries",
+        type=int,
+        default=0,
+        help="also replay N document titles as questions (their own document relevant): "
+        "more feedback queries for timing a cycle (BEIR folders with titles)",
+    )
     parser.add_argument("--work", type=Path, default=None, help="keep the data dirs here")
     parser.add_argument("--out", type=Path, default=None, help="JSON report")
     args = parser.parse_args()
@@ -294,6 +320,8 @@ def main() -> None:
     work = args.work or Path(tempfile.mkdtemp(prefix="rag-loop-bench-loop-"))
     work.mkdir(parents=True, exist_ok=True)
     domain = load_domain(args.dataset, work)
+    if args.title_queries:
+        add_title_queries(domain, args.title_queries)
     print(
         f"{domain.name}: {len(domain.replay)} replayed and {len(domain.test)} test questions; "
         f"{args.user} user; seeds {seeds}; data in {work}",
