@@ -516,27 +516,10 @@ def export_feedback_command(
 @index_app.command("list")
 def index_list() -> None:
     """List index versions and their aliases (`champion` serves)."""
-    from rag_loop.index.versions import list_versions
+    from rag_loop.index.versions import describe_versions
 
     with services().sessions() as session:
-        emit(
-            [
-                {
-                    "id": v.id,
-                    "aliases": aliases,
-                    "status": v.status,
-                    "collection": v.collection_name,
-                    "embedder_version": v.embedder_version,
-                    "n_documents": v.n_documents,
-                    "n_chunks": v.n_chunks,
-                    "corpus_hash": v.corpus_hash,
-                    "mlflow_run_id": v.mlflow_run_id,
-                    "created_at": v.created_at,
-                    "reason": v.reason,
-                }
-                for v, aliases in list_versions(session)
-            ]
-        )
+        emit(describe_versions(session))
 
 
 @index_app.command("serve")

@@ -183,6 +183,10 @@ class IndexVersionOut(BaseModel):
     status: str
     aliases: list[str]
     embedder_version: str
+    retrieval: str = Field(description="dense, or hybrid with its fusion settings")
+    expansions: int = Field(
+        description="questions users confirmed a chunk answers, indexed with it (BM25 side)"
+    )
     chunk_size: int
     chunk_overlap: int
     corpus_hash: str

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from rag_loop.db.models import Alias, IndexVersion, utcnow
+from rag_loop.db.models import Alias, IndexExpansion, IndexVersion, utcnow
 from rag_loop.errors import NoServingIndex, NotFound
 from rag_loop.index.retrieval_config import RetrievalConfig
 
@@ -149,3 +150,34 @@ def list_versions(session: Session) -> list[tuple[IndexVersion, list[str]]]:
         aliases.setdefault(alias.index_version_id, []).append(alias.name)
     versions = session.scalars(select(IndexVersion).order_by(IndexVersion.id))
     return [(v, aliases.get(v.id, [])) for v in versions]
+
+
+def describe_versions(session: Session) -> list[dict[str, Any]]:
+    """Every index version as operators see it (`rag-loop index list`, the admin API)."""
+    expanded = dict(
+        session.execute(
+            select(IndexExpansion.index_version_id, func.count()).group_by(
+                IndexExpansion.index_version_id
+            )
+        ).all()
+    )
+    return [
+        {
+            "id": v.id,
+            "aliases": aliases,
+            "status": v.status,
+            "collection": v.collection_name,
+            "embedder_version": v.embedder_version,
+            "retrieval": RetrievalConfig.stored(v.retrieval).label,
+            "expansions": int(expanded.get(v.id, 0)),
+            "chunk_size": v.chunk_size,
+            "chunk_overlap": v.chunk_overlap,
+            "n_documents": v.n_documents,
+            "n_chunks": v.n_chunks,
+            "corpus_hash": v.corpus_hash,
+            "mlflow_run_id": v.mlflow_run_id,
+            "created_at": v.created_at.isoformat(),
+            "reason": v.reason,
+        }
+        for v, aliases in list_versions(session)
+    ]

@@ -75,3 +75,4 @@ def test_serve_a_version_and_a_refused_action_over_http(
     )
     versions = api.get("/v1/index-versions", headers=admin_headers).json()
     assert [v["aliases"] for v in versions] == [["champion"]]
+    assert versions[0]["expansions"] == 0 and versions[0]["retrieval"]

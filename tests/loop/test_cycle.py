@@ -22,7 +22,7 @@ from rag_loop.errors import Conflict
 from rag_loop.feedback.schemas import ChunkLabel, FeedbackIn
 from rag_loop.feedback.service import submit_feedback
 from rag_loop.index import expansions
-from rag_loop.index.versions import champion, serving_index
+from rag_loop.index.versions import champion, describe_versions, serving_index
 from rag_loop.interactions.ask import ask
 from rag_loop.loop import cycle
 from rag_loop.loop.audit import trace
@@ -394,6 +394,10 @@ def test_document_expansion_alone_makes_a_candidate_from_training_questions_only
         assert expansions.of_version(session, base.index_version_id) == []
     assert stored == expansions.from_training_set(Path(training_set.path))
     assert len(stored) == recipe["expansions"]
+    with services.sessions() as session:  # what `rag-loop index list` and the API show
+        listed = {v["id"]: v for v in describe_versions(session)}
+    assert listed[candidate]["expansions"] == len(stored)
+    assert listed[base.index_version_id]["expansions"] == 0
     heldout = {
         json.loads(line)["question"]
         for line in Path(training_set.heldout_path).read_text().splitlines()

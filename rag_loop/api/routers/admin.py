@@ -22,7 +22,7 @@ from rag_loop.api.schemas import (
 )
 from rag_loop.feedback import corrections
 from rag_loop.feedback.lineage import show
-from rag_loop.index.versions import list_versions
+from rag_loop.index.versions import describe_versions
 from rag_loop.inputs import MAX_ROW_ID, Text
 
 router = APIRouter(prefix="/v1", tags=["admin"])
@@ -184,21 +184,4 @@ def interaction_route(
 )
 def index_versions_route(services: ServicesDep, principal: AdminDep) -> list[IndexVersionOut]:
     with services.sessions() as session:
-        return [
-            IndexVersionOut(
-                id=v.id,
-                collection=v.collection_name,
-                status=v.status,
-                aliases=aliases,
-                embedder_version=v.embedder_version,
-                chunk_size=v.chunk_size,
-                chunk_overlap=v.chunk_overlap,
-                corpus_hash=v.corpus_hash,
-                n_documents=v.n_documents,
-                n_chunks=v.n_chunks,
-                mlflow_run_id=v.mlflow_run_id,
-                created_at=v.created_at.isoformat(),
-                reason=v.reason,
-            )
-            for v, aliases in list_versions(session)
-        ]
+        return [IndexVersionOut(**row) for row in describe_versions(session)]
