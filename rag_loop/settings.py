@@ -407,7 +407,8 @@ class TrainingSettings(BaseModel):
         default=True,
         description="hybrid index versions: index the questions users confirmed a chunk "
         "answers with its text on the BM25 side (document expansion). A cycle keeps them "
-        "unless they rank its validation queries worse; the gate decides the candidate.",
+        "unless they rank its validation queries worse by more than loop.max_regression; "
+        "the gate decides the candidate.",
     )
     epochs: int = Field(
         default=8,

@@ -533,8 +533,9 @@ def _validation(
     (not its expansions: those may hold the validation queries themselves, from earlier
     cycles) and again with the chunks expanded by the fit part's questions. The candidate
     gets every training question as expansions (fit and validation, as training refits on
-    both) unless they rank the validation queries worse with the champion's encoder; when
-    they are kept, the encoder is validated with them too."""
+    both) unless they rank the validation queries worse with the champion's encoder, by
+    more than the gate lets a metric drop (`loop.max_regression`); when they are kept, the
+    encoder is validated with them too."""
     config = RetrievalConfig.stored(index.retrieval)
     if not config.hybrid:
         return FusionCheck.from_examples(examples, ids, bank, None, None, config.candidates), [], {}
@@ -566,7 +567,9 @@ def _validation(
         "validation_ndcg_at_10_without": round(without.ndcg_at_10, 6),
         "validation_ndcg_at_10_with": round(with_.ndcg_at_10, 6),
     }
-    if with_.ndcg_at_10 < without.ndcg_at_10:
+    # the tolerance the gate gives any tracked metric: a few validation queries that share
+    # no chunk with the fit part's questions only measure noise
+    if with_.ndcg_at_10 < without.ndcg_at_10 - services.settings.loop.max_regression:
         return plain, [], figures
     return expanded, every, figures
 
