@@ -377,7 +377,13 @@ def test_document_expansion_alone_makes_a_candidate_from_training_questions_only
     loop_services: Callable[..., Services],
 ) -> None:
     services = loop_services(
-        training={**STANDSTILL, "holdout_share": 0.3, "validation_share": 0.2}, loop=ALWAYS_PASS
+        training={
+            **STANDSTILL,
+            "holdout_share": 0.3,
+            "validation_share": 0.2,
+            "expand_documents": True,
+        },
+        loop=ALWAYS_PASS,
     )
     base = ingest(services, CORPUS, actor="test")
     replay(services, [json.loads(line) for line in USER_QUESTIONS.read_text().splitlines()])
