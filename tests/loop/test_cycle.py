@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from rag_loop.corpus.ingest import ingest
+from rag_loop.corpus.ingest import IngestResult, ingest
 from rag_loop.db.models import Alias, AuditEntry, IndexVersion, ShadowRetrieval, TrainingSet
 from rag_loop.errors import Conflict
 from rag_loop.feedback.schemas import ChunkLabel, FeedbackIn
@@ -344,22 +344,31 @@ def test_a_cycle_that_learns_nothing_is_rejected_before_indexing(
     assert not (services.settings.data_dir / "models" / f"embedder-c{view['id']:04d}").exists()
 
 
-def test_a_better_fusion_weight_alone_makes_a_candidate_with_the_same_encoder(
-    loop_services: Callable[..., Services],
-) -> None:
-    # users' own words rank better on the dense side than the handbook's wording does
-    # (README: 0.766 dense, 0.626 hybrid nDCG@10), so the validation asks for more of it
+def _kept_encoder(
+    loop_services: Callable[..., Services], *, expand_documents: bool
+) -> tuple[Services, IngestResult]:
+    """The sample corpus, every user question asked and rated, and training that cannot
+    move the encoder: what a cycle offers then comes from the fusion weight or expansion."""
     services = loop_services(
         training={
             **STANDSTILL,
             "holdout_share": 0.3,
             "validation_share": 0.2,
-            "expand_documents": False,
+            "expand_documents": expand_documents,
         },
         loop=ALWAYS_PASS,
     )
-    ingest(services, CORPUS, actor="test")
+    base = ingest(services, CORPUS, actor="test")
     replay(services, [json.loads(line) for line in USER_QUESTIONS.read_text().splitlines()])
+    return services, base
+
+
+def test_a_better_fusion_weight_alone_makes_a_candidate_with_the_same_encoder(
+    loop_services: Callable[..., Services],
+) -> None:
+    # users' own words rank better on the dense side than the handbook's wording does
+    # (README: 0.766 dense, 0.626 hybrid nDCG@10), so the validation asks for more of it
+    services, _ = _kept_encoder(loop_services, expand_documents=False)
     view = cycle.run_cycle(services, cycle.start_cycle(services, actor="test"), actor="test")
     recipe = view["recipe"]
     assert recipe["encoder"] == "kept" and recipe["champion_dense_weight"] == 0.5, recipe
@@ -376,17 +385,7 @@ def test_a_better_fusion_weight_alone_makes_a_candidate_with_the_same_encoder(
 def test_document_expansion_alone_makes_a_candidate_from_training_questions_only(
     loop_services: Callable[..., Services],
 ) -> None:
-    services = loop_services(
-        training={
-            **STANDSTILL,
-            "holdout_share": 0.3,
-            "validation_share": 0.2,
-            "expand_documents": True,
-        },
-        loop=ALWAYS_PASS,
-    )
-    base = ingest(services, CORPUS, actor="test")
-    replay(services, [json.loads(line) for line in USER_QUESTIONS.read_text().splitlines()])
+    services, base = _kept_encoder(loop_services, expand_documents=True)
     view = cycle.run_cycle(services, cycle.start_cycle(services, actor="test"), actor="test")
     recipe = view["recipe"]
     assert recipe["encoder"] == "kept" and recipe["expansions"] > 0, recipe
