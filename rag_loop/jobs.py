@@ -32,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from rag_loop.db import leases
 from rag_loop.db.engine import transaction
-from rag_loop.db.models import Job, utcnow
+from rag_loop.db.models import Job, now_of
 from rag_loop.errors import InvalidInput, NotFound, RagLoopError
 from rag_loop.settings import Settings
 
@@ -129,7 +129,7 @@ def _lost(times: int) -> str:
 
 
 def _claim(services: JobParts, job_id: str, worker: str) -> Job | None:
-    now = utcnow()
+    now = now_of(services.sessions)
     stale = now - timedelta(seconds=services.settings.queue.lease_seconds)
     with transaction(services.sessions) as session:
         if session.get(Job, job_id) is None:
@@ -168,7 +168,7 @@ def _heartbeat(services: JobParts, job_id: str, worker: str, stop: threading.Eve
                     Job.id == job_id,
                     Job.worker == worker,
                     Job.status == "running",
-                    stamp=utcnow(),
+                    stamp=now_of(session),
                 )
         except Exception:  # a database blip: the next beat tries again
             log.warning("job %s: heartbeat failed", job_id, exc_info=True)
@@ -189,7 +189,7 @@ def _finish(
             .where(Job.id == job_id, Job.worker == worker)
             .values(
                 status=status,
-                finished_at=utcnow(),
+                finished_at=now_of(session),
                 heartbeat_at=None,
                 result=result or {},
                 error=error[:4000] if error else None,
@@ -202,7 +202,7 @@ def sweep(services: JobParts) -> list[str]:
     queued ones nobody took for a lease (a broker that lost its messages, say). Returns the
     ids sent; a job sent twice still runs once."""
     lease = timedelta(seconds=services.settings.queue.lease_seconds)
-    now = utcnow()
+    now = now_of(services.sessions)
     with services.sessions() as session:
         ids = session.scalars(
             select(Job.id).where(

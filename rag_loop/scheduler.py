@@ -57,11 +57,11 @@ def _once_per_firing(services: Services, name: str, fn: Callable[[], Any]) -> Ca
 
         from rag_loop.db import leases
         from rag_loop.db.engine import transaction
-        from rag_loop.db.models import Job, utcnow
+        from rag_loop.db.models import Job, now_of
 
         # cron fires on the minute: the nearest minute names this firing in every process,
         # however late a process's thread wakes (up to 30 s)
-        now = utcnow()
+        now = now_of(services.sessions)
         fired = (now + timedelta(seconds=30)).replace(second=0, microsecond=0)
         job_id = hashlib.sha256(f"{name}@{fired.isoformat()}".encode()).hexdigest()[:32]
         # every process records the firing (the first insert wins)...
@@ -75,7 +75,7 @@ def _once_per_firing(services: Services, name: str, fn: Callable[[], Any]) -> Ca
                 )
             )
         with transaction(services.sessions) as session:  # ...and one takes its lease
-            stamp = utcnow()
+            stamp = now_of(session)
             taken = leases.take(
                 session,
                 Job.heartbeat_at,
@@ -98,7 +98,7 @@ def _once_per_firing(services: Services, name: str, fn: Callable[[], Any]) -> Ca
         finally:
             with transaction(services.sessions) as session:
                 job = session.get_one(Job, job_id)
-                job.status, job.error, job.finished_at = status, error, utcnow()
+                job.status, job.error, job.finished_at = status, error, now_of(session)
                 job.heartbeat_at = None  # released
                 job.result = result if isinstance(result, dict) else {}
 

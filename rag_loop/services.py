@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from rag_loop import tasks
 from rag_loop.auth.sessions import ConsoleSessions
 from rag_loop.auth.tokens import FeedbackTokens, load_or_create_secret
+from rag_loop.clock import Clock
 from rag_loop.corpus.chunking import Chunker
 from rag_loop.db.engine import create_db_engine, create_session_factory, upgrade
 from rag_loop.db.models import EmbedderVersion, Job
@@ -87,10 +88,13 @@ class Services:
         *,
         embedder: Embedder | None = None,
         generator: Generator | None = None,
+        clock: Clock | None = None,
     ) -> Services:
+        """`clock`: what time it is for every record and rule, carried by the engine (a
+        replay's simulated clock; the system clock by default)."""
         apply_environment(settings)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        engine = create_db_engine(settings.database_url, echo=settings.database.echo)
+        engine = create_db_engine(settings.database_url, echo=settings.database.echo, clock=clock)
         upgrade(engine)
         secret = (
             settings.auth.secret_key.get_secret_value()

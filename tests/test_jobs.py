@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 
 from rag_loop import jobs, tasks
 from rag_loop.db.engine import transaction
-from rag_loop.db.models import EvalRun, IndexVersion, Job, utcnow
+from rag_loop.db.models import EvalRun, IndexVersion, Job, now_of
 from rag_loop.services import Services
 from tests.conftest import CORPUS, assert_error_shape
 
@@ -62,7 +62,7 @@ def test_two_workers_run_a_job_once(kestrel: Services) -> None:
 
 
 def test_a_lost_worker_is_taken_over_and_its_run_marked(kestrel: Services) -> None:
-    long_ago = utcnow() - timedelta(minutes=10)
+    long_ago = now_of(kestrel.sessions) - timedelta(minutes=10)
     job_id = add_job(
         kestrel,
         kind="evaluation",
@@ -83,7 +83,7 @@ def test_a_lost_worker_is_taken_over_and_its_run_marked(kestrel: Services) -> No
         status="running",
         attempts=1,
         worker="alive:1",
-        heartbeat_at=utcnow(),
+        heartbeat_at=now_of(kestrel.sessions),
     )
     assert jobs.sweep(kestrel) == [job_id]  # the live one is left alone
     job = wait_job(kestrel, job_id)
@@ -103,7 +103,7 @@ def test_a_job_that_keeps_losing_its_worker_fails_with_the_reason(kestrel: Servi
         status="running",
         attempts=limit,
         worker="gone:1",
-        heartbeat_at=utcnow() - timedelta(minutes=10),
+        heartbeat_at=now_of(kestrel.sessions) - timedelta(minutes=10),
     )
     assert jobs.execute(kestrel, job_id) == "failed"
     job = jobs.get(kestrel, job_id)
@@ -165,7 +165,7 @@ def test_without_a_broker_the_schedule_takes_over_a_job_cut_off_by_a_restart(
     scheduler = None
     try:
         ingest(services, CORPUS, actor="test")
-        long_ago = utcnow() - timedelta(minutes=10)
+        long_ago = now_of(services.sessions) - timedelta(minutes=10)
         job_id = add_job(
             services,
             kind="evaluation",

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from rag_loop.db.models import ApiKey, AuditEntry, utcnow
+from rag_loop.db.models import ApiKey, AuditEntry, now_of
 from rag_loop.errors import Forbidden, InvalidInput, NotFound, Unauthorized
 
 # review: the corrections queue (and the console's review pages); admin: everything
@@ -72,7 +72,7 @@ def revoke_key(session: Session, key_id: str, actor: str) -> ApiKey:
     if key is None:
         raise NotFound(f"no API key {key_id!r}; `rag-loop keys list` shows them")
     if key.revoked_at is None:
-        key.revoked_at = utcnow()
+        key.revoked_at = now_of(session)
         session.add(AuditEntry(actor=actor, action="key.revoke", target=f"api_key:{key_id}"))
     return key
 

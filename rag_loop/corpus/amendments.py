@@ -26,7 +26,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from rag_loop.corpus.chunking import ChunkSpec, embedding_input
-from rag_loop.db.models import Amendment, AuditEntry, Chunk, Document, IndexVersion, utcnow
+from rag_loop.db.models import Amendment, AuditEntry, Chunk, Document, IndexVersion, now_of
 from rag_loop.errors import Conflict, InvalidInput, NotFound
 from rag_loop.index.chroma import ChromaStore
 from rag_loop.index.embedders import Embedder
@@ -173,9 +173,9 @@ def amend(
         new = known
     else:
         session.add(new)
-    source.superseded_at = utcnow()
+    source.superseded_at = now_of(session)
     if existing is not None:
-        existing.status, existing.closed_by, existing.closed_at = "replaced", actor, utcnow()
+        existing.status, existing.closed_by, existing.closed_at = "replaced", actor, now_of(session)
     amendment = Amendment(
         correction_id=correction_id,
         document_id=document.id,
@@ -230,10 +230,10 @@ def revert(
         amended, document = live_chunk(session, amendment.chunk_id)
         source = session.get_one(Chunk, amendment.source_chunk_id)
         source.superseded_at = None
-        amended.superseded_at = utcnow()
+        amended.superseded_at = now_of(session)
         change = _swap(store, embedder, index, amended, source, document.title)
     amendment.status = "reverted"
-    amendment.closed_by, amendment.closed_at = actor, utcnow()
+    amendment.closed_by, amendment.closed_at = actor, now_of(session)
     session.add(
         AuditEntry(
             actor=actor,
@@ -311,7 +311,7 @@ def record_carry_over(
     document's chunks are recorded (the amended chunk is one of them): the new source
     passage's row (superseded from the start, for lineage and a revert), the amendment moved
     onto it, and the flags."""
-    now = utcnow()
+    now = now_of(session)
     for kept, source, amended in carried.kept:
         amendment = session.get_one(Amendment, kept.id)
         if session.get(Chunk, source.id) is None:

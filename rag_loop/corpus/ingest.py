@@ -45,7 +45,7 @@ from rag_loop.db.models import (
     Document,
     EmbedderVersion,
     IndexVersion,
-    utcnow,
+    now_of,
 )
 from rag_loop.index import expansions
 from rag_loop.index.embedders import Embedder, EmbedderPool
@@ -97,7 +97,7 @@ def ingest(
     services: IngestParts, path: Path, *, actor: str = "cli", progress: bool = False
 ) -> IngestResult:
     started = time.perf_counter()
-    began = utcnow()  # corrections and amendments approved from now on are "late"
+    began = now_of(services.sessions)  # corrections and amendments approved from now on are "late"
     root, loaded = load_path(path)
     chunker = services.chunker
 
@@ -305,7 +305,7 @@ def _record_documents(
     root: str,
     chunking_hash: str,
 ) -> None:
-    now = utcnow()
+    now = now_of(session)
     for target in targets.values():
         new = target.loaded
         if new is None:
@@ -426,11 +426,11 @@ def _catch_up(
     added = []
     for chunk, title, amendment in late:
         if amendment is not None and chunk.document_id in rechunked:
-            chunk.superseded_at = utcnow()
+            chunk.superseded_at = now_of(session)
             amendment.status = "flagged"
             amendment.flag = {
                 "reason": "the document was re-ingested while the amendment was approved",
-                "at": utcnow().isoformat(),
+                "at": now_of(session).isoformat(),
             }
             session.add(
                 AuditEntry(

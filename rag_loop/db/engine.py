@@ -21,14 +21,17 @@ from sqlalchemy import Connection, Engine, create_engine, event, insert
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from rag_loop.clock import CLOCK_OPTION, Clock
 from rag_loop.errors import BackendUnavailable
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 WRITE_OPTION = "rag_loop_write"
 
 
-def create_db_engine(url: str, *, echo: bool = False) -> Engine:
-    """An engine that behaves the same on SQLite (WAL) and PostgreSQL."""
+def create_db_engine(url: str, *, echo: bool = False, clock: Clock | None = None) -> Engine:
+    """An engine that behaves the same on SQLite (WAL) and PostgreSQL, and carries the
+    service's clock to every timestamp written through it (`rag_loop.clock`)."""
+    options = {CLOCK_OPTION: clock} if clock is not None else {}
     if url.startswith("sqlite"):
         database = url.split("///", 1)[-1]
         if database and database != ":memory:":
@@ -36,6 +39,7 @@ def create_db_engine(url: str, *, echo: bool = False) -> Engine:
         engine = create_engine(
             url,
             echo=echo,
+            execution_options=options,
             connect_args={"check_same_thread": False, "timeout": 30},
             pool_size=20,
             max_overflow=20,
@@ -63,7 +67,14 @@ def create_db_engine(url: str, *, echo: bool = False) -> Engine:
                 conn.exec_driver_sql("BEGIN")
 
         return engine
-    return create_engine(url, echo=echo, pool_pre_ping=True, pool_size=20, max_overflow=20)
+    return create_engine(
+        url,
+        echo=echo,
+        execution_options=options,
+        pool_pre_ping=True,
+        pool_size=20,
+        max_overflow=20,
+    )
 
 
 def create_session_factory(engine: Engine) -> sessionmaker[Session]:

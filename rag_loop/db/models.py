@@ -35,12 +35,33 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
 )
-from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.engine import Connection, Dialect, Engine
+from sqlalchemy.orm import (
+    DeclarativeBase,
+    Mapped,
+    Session,
+    mapped_column,
+    relationship,
+    sessionmaker,
+)
+
+from rag_loop.clock import clock_of
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
+def stamp(context: Any) -> datetime:
+    """A column default: now, by the clock the engine carries (`rag_loop.clock`)."""
+    return clock_of(context.execution_options).now()
+
+
+def now_of(source: Session | sessionmaker[Session] | Connection | Engine) -> datetime:
+    """Now, by the clock of the engine that a session (or a session factory), a connection
+    or an engine is bound to: what code stamps a row with by hand, and compares stored times
+    with."""
+    if isinstance(source, sessionmaker):
+        with source() as session:  # opens no connection
+            return now_of(session)
+    bind = source.get_bind() if isinstance(source, Session) else source
+    return clock_of(bind.get_execution_options()).now()
 
 
 def time_ordered_id() -> str:
@@ -66,7 +87,7 @@ class UTCDateTime(TypeDecorator[datetime]):
         if value is None:
             return None
         if value.tzinfo is None:
-            raise ValueError("naive datetime; use rag_loop.db.models.utcnow()")
+            raise ValueError("naive datetime; use rag_loop.db.models.now_of()")
         return value.astimezone(UTC)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
@@ -90,8 +111,8 @@ class Document(Base):
     text: Mapped[str] = mapped_column(Text)
     content_hash: Mapped[str] = mapped_column(String(64))
     version: Mapped[int] = mapped_column(Integer, default=1)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=stamp)
+    updated_at: Mapped[datetime] = mapped_column(default=stamp)
     deleted_at: Mapped[datetime | None] = mapped_column(default=None)
 
     chunks: Mapped[list[Chunk]] = relationship(back_populates="document")
@@ -107,7 +128,7 @@ class Chunk(Base):
     text: Mapped[str] = mapped_column(Text)
     content_hash: Mapped[str] = mapped_column(String(64))
     chunking_hash: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=stamp)
     # set when the document changes, is deleted or is re-chunked; the row stays for lineage
     superseded_at: Mapped[datetime | None] = mapped_column(default=None)
 
@@ -132,7 +153,7 @@ class IndexVersion(Base):
     reason: Mapped[str] = mapped_column(String(256), default="ingest")
     mlflow_run_id: Mapped[str | None] = mapped_column(String(64), default=None)
     build_seconds: Mapped[float | None] = mapped_column(Float, default=None)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=stamp)
     # how this version retrieves: None is dense only; otherwise the hybrid configuration
     # (rag_loop.retrieval.RetrievalConfig.as_dict()), part of the version like its embedder
     retrieval: Mapped[dict[str, Any] | None] = mapped_column(JSON, default=None)
@@ -160,14 +181,14 @@ class Alias(Base):
 
     name: Mapped[str] = mapped_column(String(64), primary_key=True)
     index_version_id: Mapped[int] = mapped_column(ForeignKey("index_versions.id"))
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=stamp)
 
 
 class Interaction(Base):
     __tablename__ = "interactions"
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(default=stamp, index=True)
     query: Mapped[str] = mapped_column(Text)
     answer: Mapped[str | None] = mapped_column(Text, default=None)
     status: Mapped[str] = mapped_column(String(16), default="ok")  # ok | error
@@ -220,7 +241,7 @@ class FeedbackSubmission(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(128), default=None)
     request_hash: Mapped[str] = mapped_column(String(64))
     actor: Mapped[str] = mapped_column(String(64))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=stamp)
 
     events: Mapped[list[FeedbackEvent]] = relationship(
         back_populates="submission", order_by="FeedbackEvent.id"
@@ -243,7 +264,7 @@ class FeedbackEvent(Base):
     relevant: Mapped[bool | None] = mapped_column(Boolean, default=None)
     document_id: Mapped[str | None] = mapped_column(String(512), default=None)
     text: Mapped[str | None] = mapped_column(Text, default=None)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=stamp)
 
     submission: Mapped[FeedbackSubmission] = relationship(back_populates="events")
     correction: Mapped[Correction | None] = relationship(viewonly=True)
@@ -257,7 +278,7 @@ class Correction(Base):
     feedback_event_id: Mapped[int] = mapped_column(ForeignKey("feedback_events.id"))
     text: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default="pending", index=True)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=stamp)
     reviewer: Mapped[str | None] = mapped_column(String(128), default=None)
     reviewed_at: Mapped[datetime | None] = mapped_column(default=None)
     review_note: Mapped[str | None] = mapped_column(Text, default=None)
@@ -286,7 +307,7 @@ class CorrectionReview(Base):
     reviewer: Mapped[str] = mapped_column(String(128))
     decision: Mapped[str] = mapped_column(String(8))  # approve | reject
     note: Mapped[str | None] = mapped_column(Text, default=None)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=stamp)
 
 
 class Amendment(Base):
@@ -306,7 +327,7 @@ class Amendment(Base):
     text: Mapped[str] = mapped_column(Text)
     status: Mapped[str] = mapped_column(String(16), default="active", index=True)
     created_by: Mapped[str] = mapped_column(String(128))
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=stamp)
     # reverted (by whom, when), or flagged: the source passage changed under it
     closed_by: Mapped[str | None] = mapped_column(String(128), default=None)
     closed_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -320,7 +341,7 @@ class ApiKey(Base):
     name: Mapped[str] = mapped_column(String(128))
     key_hash: Mapped[str] = mapped_column(String(64))
     scopes: Mapped[list[Any]] = mapped_column(default=list)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=stamp)
     revoked_at: Mapped[datetime | None] = mapped_column(default=None)
 
 
@@ -330,7 +351,7 @@ class AuditEntry(Base):
     __tablename__ = "audit_log"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    at: Mapped[datetime] = mapped_column(default=utcnow)
+    at: Mapped[datetime] = mapped_column(default=stamp)
     actor: Mapped[str] = mapped_column(String(128))
     action: Mapped[str] = mapped_column(String(64))
     target: Mapped[str] = mapped_column(String(256))
@@ -344,7 +365,7 @@ class EvalRun(Base):
     __tablename__ = "eval_runs"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(default=stamp, index=True)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     status: Mapped[str] = mapped_column(String(16), default="running")  # running|done|failed
     error: Mapped[str | None] = mapped_column(Text, default=None)
@@ -394,7 +415,7 @@ class DriftCheck(Base):
     __tablename__ = "drift_checks"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(default=stamp, index=True)
     kind: Mapped[str] = mapped_column(String(16))  # data | concept
     metric: Mapped[str] = mapped_column(String(64))
     reference_value: Mapped[float | None] = mapped_column(Float, default=None)
@@ -412,7 +433,7 @@ class Event(Base):
     __tablename__ = "events"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=stamp)
     kind: Mapped[str] = mapped_column(String(32), index=True)
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
@@ -425,7 +446,7 @@ class TrainingSet(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     content_hash: Mapped[str] = mapped_column(String(64), unique=True)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=stamp)
     path: Mapped[str] = mapped_column(String(1024))
     heldout_path: Mapped[str | None] = mapped_column(String(1024), default=None)
     n_examples: Mapped[int] = mapped_column(Integer, default=0)
@@ -448,7 +469,7 @@ class EmbedderVersion(Base):
     path: Mapped[str] = mapped_column(String(1024))  # the (query) model's folder
     # asymmetric (query-side training): the frozen model that embeds documents
     document_version: Mapped[str | None] = mapped_column(String(256), default=None)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=stamp)
     parent_version: Mapped[str | None] = mapped_column(String(256), default=None)
     base_version: Mapped[str] = mapped_column(String(256))  # the root of its lineage
     training_set_id: Mapped[int | None] = mapped_column(
@@ -475,11 +496,11 @@ class LoopCycle(Base):
     state: Mapped[str] = mapped_column(String(32), default="collecting", index=True)
     trigger: Mapped[str] = mapped_column(String(32), default="manual")
     trigger_details: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=stamp)
+    updated_at: Mapped[datetime] = mapped_column(default=stamp)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
-    feedback_until: Mapped[datetime] = mapped_column(default=utcnow)  # the feedback snapshot
+    feedback_until: Mapped[datetime] = mapped_column(default=stamp)  # the feedback snapshot
     champion_index_version_id: Mapped[int | None] = mapped_column(
         ForeignKey("index_versions.id"), default=None
     )
@@ -514,7 +535,7 @@ class ShadowRetrieval(Base):
     chunk_ids: Mapped[list[Any]] = mapped_column(default=list)
     document_ids: Mapped[list[Any]] = mapped_column(default=list)
     overlap: Mapped[float] = mapped_column(Float)  # shared chunks / k
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=stamp)
 
 
 class Job(Base):
@@ -534,7 +555,7 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker: Mapped[str | None] = mapped_column(String(128), default=None)
     actor: Mapped[str] = mapped_column(String(128), default="system")
-    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(default=stamp, index=True)
     started_at: Mapped[datetime | None] = mapped_column(default=None)
     heartbeat_at: Mapped[datetime | None] = mapped_column(default=None)
     finished_at: Mapped[datetime | None] = mapped_column(default=None)
@@ -551,12 +572,12 @@ class OutboxEntry(Base):
     __tablename__ = "outbox"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(default=stamp)
     kind: Mapped[str] = mapped_column(String(32))  # mlflow_run | mlflow_alias | drop_collection
     payload: Mapped[dict[str, Any]] = mapped_column(default=dict)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     # due once this passes; while one process applies the entry it is pushed a lease ahead
-    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=stamp)
     last_error: Mapped[str | None] = mapped_column(Text, default=None)
     done_at: Mapped[datetime | None] = mapped_column(default=None, index=True)
     outcome: Mapped[dict[str, Any]] = mapped_column(default=dict)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import base64
 import io
 from collections import defaultdict
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +29,7 @@ from rag_loop.db.models import (
     FeedbackEvent,
     Interaction,
     Retrieval,
+    now_of,
 )
 from rag_loop.evaluation.drift import recent_checks
 from rag_loop.evaluation.runner import EvalParts, compare_by_version, run_view
@@ -93,7 +94,7 @@ def build_summary(
                 )
         production = next((r for r in reversed(history) if r.source == "production"), None)
     return {
-        "generated_at": datetime.now(UTC).isoformat(),
+        "generated_at": now_of(services.sessions).isoformat(),
         "k": k,
         "latest_runs": latest,
         "failed_runs": [run_view(r) for r in failed],

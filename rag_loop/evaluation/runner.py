@@ -26,7 +26,7 @@ from typing import Any, Literal, Protocol
 from sqlalchemy import select, update
 
 from rag_loop.db.engine import transaction
-from rag_loop.db.models import EvalRun, EvalSample, IndexVersion, utcnow
+from rag_loop.db.models import EvalRun, EvalSample, IndexVersion, now_of
 from rag_loop.errors import InvalidInput, RagLoopError
 from rag_loop.evaluation.datasets import EvalDataset, EvalItem, load_golden, production_window
 from rag_loop.evaluation.drift import DriftParts
@@ -183,7 +183,7 @@ def run_evaluation(
                 .where(EvalRun.id == run_id)
                 .values(
                     status="done",
-                    finished_at=utcnow(),
+                    finished_at=now_of(session),
                     dataset=dataset.name,
                     dataset_hash=dataset.content_hash,
                     index_version_id=index.id if index else None,
@@ -237,7 +237,7 @@ def _fail(services: EvalParts, run_id: str, reason: str, params: dict[str, Any])
             .values(
                 status="failed",
                 error=reason,
-                finished_at=utcnow(),
+                finished_at=now_of(session),
                 judge=params.get("judge"),
             )
         )

@@ -43,7 +43,7 @@ from rag_loop.db.models import (
     FeedbackEvent,
     IndexVersion,
     Interaction,
-    utcnow,
+    now_of,
 )
 from rag_loop.errors import Conflict, InvalidInput, NotFound
 from rag_loop.feedback.labels import fold
@@ -244,7 +244,7 @@ def _decide(
 ) -> None:
     """Record one reviewer's decision (added to `reviews` too); the correction keeps the
     latest decision's reviewer, time and note."""
-    now = utcnow()
+    now = now_of(session)
     review = CorrectionReview(
         correction_id=correction.id, reviewer=reviewer, decision=decision, note=note, created_at=now
     )
@@ -546,12 +546,12 @@ def _unapply(
             _revert(services, session, index, amendment.id, actor, note, changes)
     elif correction.document_id is not None:
         document = session.get_one(Document, correction.document_id)
-        document.deleted_at = utcnow()
+        document.deleted_at = now_of(session)
         chunks = session.scalars(
             select(Chunk).where(Chunk.document_id == document.id, Chunk.superseded_at.is_(None))
         ).all()
         for chunk in chunks:
-            chunk.superseded_at = utcnow()
+            chunk.superseded_at = now_of(session)
         kept = services.store.get_embeddings(index.collection_name, [c.id for c in chunks])
         services.store.delete(index.collection_name, [c.id for c in chunks])
         removed = ServingChange(
@@ -657,7 +657,7 @@ def reapply_amendment(
             correction_id=flagged.correction_id,
         )
         changes.append(change)
-        flagged.status, flagged.closed_by, flagged.closed_at = "replaced", actor, utcnow()
+        flagged.status, flagged.closed_by, flagged.closed_at = "replaced", actor, now_of(session)
         if flagged.correction_id is not None:
             session.get_one(Correction, flagged.correction_id).applied = True
         view = amendment_view(amendment)

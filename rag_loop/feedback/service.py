@@ -24,8 +24,8 @@ from rag_loop.db.models import (
     FeedbackSubmission,
     Interaction,
     Retrieval,
+    now_of,
     time_ordered_id,
-    utcnow,
 )
 from rag_loop.db.writer import BatchWriter
 from rag_loop.errors import Conflict, InvalidInput, NotFound, PayloadTooLarge, RagLoopError
@@ -230,7 +230,7 @@ def record_many(conn: Connection, batch: list[Pending]) -> list[FeedbackReceipt 
     """Validate and store a batch of feedback with a few set-based statements. Each item
     gets its receipt, or the error that refused it (a refused item writes nothing)."""
     found = _Lookups(conn, batch)
-    now = utcnow()
+    now = now_of(conn)
     results: list[FeedbackReceipt | Exception | None] = [None] * len(batch)
     submissions: list[dict[str, Any]] = []
     events: list[dict[str, Any]] = []

@@ -9,7 +9,7 @@ from typing import Any
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from rag_loop.db.models import Alias, IndexExpansion, IndexVersion, utcnow
+from rag_loop.db.models import Alias, IndexExpansion, IndexVersion, now_of
 from rag_loop.errors import NoServingIndex, NotFound
 from rag_loop.index.retrieval_config import RetrievalConfig
 
@@ -117,7 +117,7 @@ def set_alias(session: Session, name: str, version: IndexVersion) -> None:
         session.add(Alias(name=name, index_version_id=version.id))
     else:
         alias.index_version_id = version.id
-        alias.updated_at = utcnow()
+        alias.updated_at = now_of(session)
 
 
 def protected_collections(session: Session) -> dict[str, str]:

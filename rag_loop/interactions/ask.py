@@ -25,8 +25,8 @@ from rag_loop.db.models import (
     Interaction,
     Retrieval,
     ShadowRetrieval,
+    now_of,
     time_ordered_id,
-    utcnow,
 )
 from rag_loop.errors import InvalidInput, PayloadTooLarge, RagLoopError, UpstreamError
 from rag_loop.generation.base import Generator, cited_ranks
@@ -233,8 +233,7 @@ def interaction_row(
     """The `interactions` row of an ask, answered or failed (then `stage` says where)."""
     index = asked.index
     return {
-        "id": asked.interaction_id,
-        "created_at": utcnow(),
+        "id": asked.interaction_id,  # created_at: the column's default, the engine's clock
         "query": asked.query,
         "answer": answer,
         "status": "error" if error else "ok",
@@ -412,7 +411,7 @@ def _shadow(
                         "chunk_ids": [h.chunk_id for h in hits],
                         "document_ids": [h.document_id for h in hits],
                         "overlap": len(shown & {h.chunk_id for h in hits}) / k,
-                        "created_at": utcnow(),
+                        "created_at": now_of(conn),
                     }
                 ],
             )

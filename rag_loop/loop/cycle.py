@@ -51,7 +51,7 @@ from rag_loop.db.models import (
     IndexVersion,
     LoopCycle,
     TrainingSet,
-    utcnow,
+    now_of,
 )
 from rag_loop.errors import BackendUnavailable, Conflict, InvalidInput, NotFound, RagLoopError
 from rag_loop.evaluation.runner import EvalParts, EvalRequest, run_evaluation
@@ -156,7 +156,7 @@ def start_cycle(
             trigger=trigger,
             trigger_details=details or {},
             champion_index_version_id=serving.id,
-            feedback_until=utcnow(),
+            feedback_until=now_of(session),
         )
         session.add(cycle)
         session.flush()
@@ -699,7 +699,7 @@ def _evaluate(services: CycleParts, cycle: LoopCycle) -> Move:
             action="loop.shadow",
             actor="gate",
             details=verdict,
-            fields={"gate": {**gate, "shadow_since": utcnow().isoformat()}},
+            fields={"gate": {**gate, "shadow_since": now_of(session).isoformat()}},
             effects=shadow,
         )
     move = _after_gate(services, cycle, "gate")
@@ -891,7 +891,7 @@ def _move(
             details.update(move.effects(session, row))
         row.gate = Gate.stored(row.gate)  # one shape in the JSON columns
         row.stages = stored_stages(row.stages)
-        now = utcnow()
+        now = now_of(session)
         row.updated_at = now
         if move.to is not None:
             row.state = move.to
@@ -923,9 +923,9 @@ def _update(services: CycleParts, cycle_id: int, **fields: Any) -> None:
         for key, value in fields.items():
             setattr(row, key, value)
         row.gate = Gate.stored(row.gate)
-        row.updated_at = utcnow()
+        row.updated_at = now_of(session)
         if row.heartbeat_at is not None:
-            row.heartbeat_at = utcnow()
+            row.heartbeat_at = now_of(session)
 
 
 def _candidate_serves(services: CycleParts, cycle: LoopCycle) -> bool:
@@ -948,7 +948,7 @@ def _get(services: CycleParts, cycle_id: int) -> LoopCycle:
 def _claim(services: CycleParts, cycle_id: int, *, force: bool = False) -> None:
     """Take the cycle for this process; another process holding a fresh lease wins,
     unless `force` (its process is known to be gone, e.g. after a crash)."""
-    now = utcnow()
+    now = now_of(services.sessions)
     with transaction(services.sessions) as session:
         taken = leases.take(
             session,

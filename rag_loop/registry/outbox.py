@@ -45,7 +45,7 @@ from rag_loop.db.models import (
     LoopCycle,
     OutboxEntry,
     TrainingSet,
-    utcnow,
+    now_of,
 )
 from rag_loop.errors import BackendUnavailable, InvalidInput, RagLoopError
 from rag_loop.index.versions import champion_or_none, protected_collections
@@ -255,7 +255,7 @@ class Outbox:
         """Apply the due entries, oldest first (`now_too`: every pending one, whatever its
         backoff says: an operator's `outbox flush`)."""
         result = FlushResult()
-        now = utcnow()
+        now = now_of(self.sessions)
         with self.sessions() as session:
             query = select(OutboxEntry.id, OutboxEntry.kind).where(OutboxEntry.done_at.is_(None))
             if not now_too:
@@ -327,7 +327,7 @@ class Outbox:
     # -- bookkeeping
 
     def _claim(self, entry_id: int, *, now_too: bool) -> dict[str, Any] | None:
-        now = utcnow()
+        now = now_of(self.sessions)
         with transaction(self.sessions) as session:
             # the lease is `next_attempt_at`: due once it passed, pushed ahead while applied.
             # An operator's flush takes every pending entry, however far its backoff (or a
@@ -347,7 +347,7 @@ class Outbox:
     def _done(self, entry_id: int, outcome: dict[str, Any]) -> None:
         with transaction(self.sessions) as session:
             entry = session.get_one(OutboxEntry, entry_id)
-            entry.done_at = utcnow()
+            entry.done_at = now_of(session)
             entry.attempts += 1
             entry.outcome = _plain(outcome)
             entry.last_error = None
@@ -357,7 +357,7 @@ class Outbox:
             entry = session.get_one(OutboxEntry, entry_id)
             entry.attempts += 1
             wait = min(self.retry_base * 2 ** (entry.attempts - 1), self.retry_max)
-            entry.next_attempt_at = utcnow() + timedelta(seconds=wait)
+            entry.next_attempt_at = now_of(session) + timedelta(seconds=wait)
             entry.last_error = message[:4000]
 
     # -- the effects

@@ -37,12 +37,12 @@ def test_the_backlog_is_visible_and_flushed_over_http(
     with kestrel.sessions() as session:
         from sqlalchemy import update
 
-        from rag_loop.db.models import OutboxEntry, utcnow
+        from rag_loop.db.models import OutboxEntry, now_of
 
         session.execute(
             update(OutboxEntry)
             .where(OutboxEntry.done_at.is_(None))
-            .values(next_attempt_at=utcnow().replace(year=2099))
+            .values(next_attempt_at=now_of(session).replace(year=2099))
         )
         session.commit()
     backlog = api.get("/v1/outbox", headers=admin_headers).json()

@@ -26,7 +26,7 @@ from rag_loop.db.models import (
     Document,
     FeedbackEvent,
     Interaction,
-    utcnow,
+    now_of,
 )
 from rag_loop.errors import BackendUnavailable
 from rag_loop.feedback import corrections
@@ -80,7 +80,7 @@ def test_raw_inserts_store_what_the_orm_stores(services: Services, db_backend: s
     """`insert_rows` (the ask path's write) and a one-row Core insert give identical rows,
     JSON, timestamps and NULLs included, and a failure leaves nothing behind."""
     row = {
-        "created_at": utcnow(),
+        "created_at": now_of(services.engine),
         "query": "q",
         "answer": None,
         "status": "ok",
@@ -416,7 +416,7 @@ def test_an_insert_is_retried_once_after_a_dropped_connection(postgres_url: str)
     def row(interaction_id: str) -> dict[str, Any]:
         return {
             "id": interaction_id,
-            "created_at": utcnow(),
+            "created_at": now_of(engine),
             "query": "q",
             "top_k": 5,
             "cited_ranks": [],

@@ -152,7 +152,7 @@ def test_a_metric_drop_between_production_evaluations_is_concept_drift(
     from datetime import timedelta
 
     from rag_loop.db.engine import transaction
-    from rag_loop.db.models import EvalRun, utcnow
+    from rag_loop.db.models import EvalRun, now_of
     from rag_loop.evaluation.drift import check_eval_metrics
 
     with transaction(services.sessions) as session:
@@ -160,7 +160,7 @@ def test_a_metric_drop_between_production_evaluations_is_concept_drift(
             session.add(
                 EvalRun(
                     id=f"run{n}",
-                    created_at=utcnow() + timedelta(seconds=n),
+                    created_at=now_of(session) + timedelta(seconds=n),
                     status="done",
                     source="production",
                     dataset="production-last-200",
