@@ -22,13 +22,23 @@ to run everywhere (a cycle is claimed before it runs).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
+from rag_loop.clock import SimulatedClock
 from rag_loop.cron import cron_trigger
 from rag_loop.services import Services
 
-__all__ = ["cron_trigger", "start_schedule"]
+__all__ = [
+    "ScheduledJob",
+    "SimulatedSchedule",
+    "cron_trigger",
+    "scheduled_jobs",
+    "start_schedule",
+]
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +61,6 @@ def _once_per_firing(services: Services, name: str, fn: Callable[[], Any]) -> Ca
     def claimed() -> Any:
         import contextlib
         import hashlib
-        from datetime import timedelta
 
         from sqlalchemy.exc import IntegrityError
 
@@ -105,66 +114,130 @@ def _once_per_firing(services: Services, name: str, fn: Callable[[], Any]) -> Ca
     return claimed
 
 
-def start_schedule(services: Services) -> Any | None:
-    """Start the scheduler if any job is configured; returns it (call `.shutdown()`)."""
+@dataclass(frozen=True)
+class ScheduledJob:
+    id: str
+    trigger: Any  # an APScheduler trigger: when it fires
+    run: Callable[[], None]  # guarded: logs a failure instead of raising
+
+
+def scheduled_jobs(services: Services) -> list[ScheduledJob]:
+    """The schedule the settings ask for (none when nothing is configured). The API process
+    runs it on APScheduler (`start_schedule`); a replay on a simulated clock can fire the
+    same jobs by their triggers (`trigger.get_next_fire_time`)."""
     evaluation = services.settings.evaluation.schedule
     loop = services.settings.loop
     outbox_every = services.settings.mlflow.outbox_interval_seconds
     if not (evaluation or loop.auto or loop.schedule or outbox_every):
-        return None
-    from apscheduler.schedulers.background import BackgroundScheduler
+        return []
     from apscheduler.triggers.interval import IntervalTrigger
 
     from rag_loop.evaluation.service import scheduled_round
     from rag_loop.loop.triggers import scheduled_cycle, tick
 
-    scheduler = BackgroundScheduler(timezone="UTC")
-    options: dict[str, Any] = {"max_instances": 1, "coalesce": True}
+    jobs = []
     if evaluation:
-        scheduler.add_job(
-            _guarded(
-                "scheduled evaluation round",
-                _once_per_firing(services, "evaluation-round", lambda: scheduled_round(services)),
-            ),
-            cron_trigger(evaluation),
-            id="evaluation-round",
-            **options,
+        jobs.append(
+            ScheduledJob(
+                "evaluation-round",
+                cron_trigger(evaluation),
+                _guarded(
+                    "scheduled evaluation round",
+                    _once_per_firing(
+                        services, "evaluation-round", lambda: scheduled_round(services)
+                    ),
+                ),
+            )
         )
     if loop.auto:
-        scheduler.add_job(
-            _guarded("loop tick", lambda: tick(services)),
-            IntervalTrigger(seconds=loop.tick_seconds, timezone="UTC"),
-            id="loop-tick",
-            **options,
+        jobs.append(
+            ScheduledJob(
+                "loop-tick",
+                IntervalTrigger(seconds=loop.tick_seconds, timezone="UTC"),
+                _guarded("loop tick", lambda: tick(services)),
+            )
         )
     if services.queue is None:
         # embedded mode: jobs run on threads of API processes; one cut off by a restart
         # (its heartbeat goes stale) is taken over here, as queue workers do
         from rag_loop.jobs import sweep
 
-        scheduler.add_job(
-            _guarded("job sweep", lambda: sweep(services)),
-            IntervalTrigger(seconds=services.settings.queue.lease_seconds / 2, timezone="UTC"),
-            id="job-sweep",
-            **options,
+        jobs.append(
+            ScheduledJob(
+                "job-sweep",
+                IntervalTrigger(seconds=services.settings.queue.lease_seconds / 2, timezone="UTC"),
+                _guarded("job sweep", lambda: sweep(services)),
+            )
         )
     if outbox_every:
-        scheduler.add_job(
-            _guarded("registry outbox", lambda: services.outbox.flush().as_dict()["applied"]),
-            IntervalTrigger(seconds=outbox_every, timezone="UTC"),
-            id="registry-outbox",
-            **options,
+        jobs.append(
+            ScheduledJob(
+                "registry-outbox",
+                IntervalTrigger(seconds=outbox_every, timezone="UTC"),
+                _guarded("registry outbox", lambda: services.outbox.flush().as_dict()["applied"]),
+            )
         )
     if loop.schedule:
-        scheduler.add_job(
-            _guarded(
-                "scheduled loop cycle",
-                _once_per_firing(services, "loop-cycle", lambda: scheduled_cycle(services)),
-            ),
-            cron_trigger(loop.schedule),
-            id="loop-cycle",
-            **options,
+        jobs.append(
+            ScheduledJob(
+                "loop-cycle",
+                cron_trigger(loop.schedule),
+                _guarded(
+                    "scheduled loop cycle",
+                    _once_per_firing(services, "loop-cycle", lambda: scheduled_cycle(services)),
+                ),
+            )
         )
+    return jobs
+
+
+class SimulatedSchedule:
+    """Fires the scheduled jobs by their own triggers on a simulated clock: a replay of
+    days of traffic in minutes. `run_until(moment)` runs every job due by then once, at its
+    latest firing (APScheduler's `coalesce`), oldest first; the wall time a job takes is
+    added to the clock, as if the replayed traffic went on meanwhile."""
+
+    def __init__(self, jobs: list[ScheduledJob], clock: SimulatedClock) -> None:
+        self.jobs, self.clock = jobs, clock
+        now = clock.now()
+        self.due = {job.id: job.trigger.get_next_fire_time(None, now) for job in jobs}
+        self.runs: dict[str, int] = {job.id: 0 for job in jobs}
+
+    def run_until(self, moment: datetime) -> None:
+        while True:
+            latest: dict[str, datetime] = {}
+            for job in self.jobs:
+                fire, last = self.due[job.id], None
+                while fire is not None and fire <= moment:
+                    last, fire = fire, job.trigger.get_next_fire_time(fire, fire)
+                if last is not None:
+                    latest[job.id] = last
+            if not latest:
+                return
+            job_id = min(latest, key=lambda j: latest[j])
+            job = next(j for j in self.jobs if j.id == job_id)
+            self.clock.advance_to(latest[job_id])
+            started = time.perf_counter()
+            job.run()
+            self.runs[job_id] += 1
+            self.clock.advance(timedelta(seconds=time.perf_counter() - started))
+            now = self.clock.now()
+            self.due[job_id] = job.trigger.get_next_fire_time(latest[job_id], now)
+            while self.due[job_id] is not None and self.due[job_id] <= latest[job_id]:
+                self.due[job_id] = job.trigger.get_next_fire_time(self.due[job_id], now)
+
+
+def start_schedule(services: Services) -> Any | None:
+    """Start the scheduler if any job is configured; returns it (call `.shutdown()`)."""
+    jobs = scheduled_jobs(services)
+    if not jobs:
+        return None
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    scheduler = BackgroundScheduler(timezone="UTC")
+    for job in jobs:
+        # one run at a time: a run still going when the next is due is skipped, not stacked
+        scheduler.add_job(job.run, job.trigger, id=job.id, max_instances=1, coalesce=True)
     scheduler.start()
     log.info("schedule started: %s", [job.id for job in scheduler.get_jobs()])
     return scheduler

@@ -11,13 +11,23 @@ from sqlalchemy import select
 
 from rag_loop.clock import SimulatedClock
 from rag_loop.corpus.ingest import ingest
-from rag_loop.db.models import Document, FeedbackEvent, Interaction, LoopCycle, now_of
+from rag_loop.db.models import (
+    Document,
+    DriftCheck,
+    EvalRun,
+    FeedbackEvent,
+    Interaction,
+    Job,
+    LoopCycle,
+    now_of,
+)
 from rag_loop.evaluation.report import thumbs_by_day
 from rag_loop.feedback.schemas import FeedbackIn
 from rag_loop.feedback.service import submit_feedback
 from rag_loop.interactions.ask import ask
 from rag_loop.loop.cycle import start_cycle
 from rag_loop.loop.triggers import due_trigger
+from rag_loop.scheduler import SimulatedSchedule, scheduled_jobs
 from rag_loop.services import Services
 from rag_loop.settings import Settings
 from tests.conftest import CORPUS
@@ -69,3 +79,41 @@ def test_a_simulated_clock_only_moves_forward() -> None:
         clock.advance(timedelta(seconds=-1))
     with pytest.raises(ValueError, match="timezone-aware"):
         SimulatedClock(datetime(2031, 3, 1))
+
+
+def test_the_schedule_fires_on_a_simulated_clock(
+    make_settings: Callable[..., Settings], embedder: Any
+) -> None:
+    """The jobs the settings schedule, fired by their own triggers on simulated time: the
+    hourly evaluation round fires on each simulated hour that has asks (a job due several
+    times in between runs once, as APScheduler coalesces), and what it writes carries the
+    simulated time. The clock starts on the hour: the first round has nothing to score."""
+    clock = SimulatedClock(START)
+    settings = make_settings(
+        evaluation={"schedule": "0 * * * *", "golden_sets": []}, loop={"auto": False}
+    )
+    services = Services.from_settings(settings, embedder=embedder, clock=clock)
+    try:
+        ingest(services, CORPUS, actor="test")
+        schedule = SimulatedSchedule(scheduled_jobs(services), clock)
+        assert set(schedule.runs) == {"evaluation-round", "job-sweep", "registry-outbox"}
+        for minutes in range(0, 180, 20):  # an ask every 20 minutes for three hours
+            schedule.run_until(START + timedelta(minutes=minutes))
+            clock.advance_to(START + timedelta(minutes=minutes))
+            ask(services, "How do I reset the Kestrel device?")
+        schedule.run_until(START + timedelta(hours=6))  # three more firings, nothing between
+        assert schedule.runs["evaluation-round"] == 4
+        with services.sessions() as session:
+            fired = sorted(
+                job.payload["fired_at"]
+                for job in session.scalars(select(Job).where(Job.kind == "scheduled"))
+            )
+            runs = session.scalars(select(EvalRun).order_by(EvalRun.created_at)).all()
+            checks = session.scalars(select(DriftCheck)).all()
+        assert fired == [(START + timedelta(hours=h)).isoformat() for h in (0, 1, 2, 6)]
+        assert [r.status for r in runs] == ["failed", "done", "done", "done"]
+        assert runs[1].created_at >= START + timedelta(hours=1)
+        assert runs[-1].created_at >= START + timedelta(hours=6)
+        assert len(checks) >= 4 and all(c.created_at >= START for c in checks)
+    finally:
+        services.close()
