@@ -103,16 +103,23 @@ def sentences(text: str) -> list[str]:
 def groundedness_proxy(
     embedder: Embedder, answer: str, contexts: Sequence[str], threshold: float
 ) -> float | None:
-    """Share of answer sentences with a context sentence at cosine >= threshold."""
+    """Share of answer sentences with a context sentence at cosine >= threshold. A sentence
+    found word for word in the contexts is supported without embedding anything (its cosine
+    with itself is 1): an extractive answer costs no model call."""
     claims = sentences(strip_citations(answer))
     support = [s for c in contexts for s in sentences(c)]
     if not claims:
         return None
     if not support:
         return 0.0
-    vectors = embedder.embed_documents(claims + support)
-    similarity = vectors[: len(claims)] @ vectors[len(claims) :].T
-    return float(np.mean(similarity.max(axis=1) >= threshold))
+    quoted = set(support)
+    open_claims = [c for c in claims if c not in quoted]
+    supported = len(claims) - len(open_claims)
+    if open_claims:
+        vectors = embedder.embed_documents(open_claims + support)
+        similarity = vectors[: len(open_claims)] @ vectors[len(open_claims) :].T
+        supported += int(np.sum(similarity.max(axis=1) >= threshold))
+    return supported / len(claims)
 
 
 async def _ragas_non_llm(item: EvalItem, answer: str | None) -> dict[str, float | None]:

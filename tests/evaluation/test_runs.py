@@ -4,6 +4,7 @@ PostgreSQL) and in a real MLflow store, read back from both."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -11,7 +12,7 @@ from sqlalchemy import select
 from rag_loop.db.models import EvalRun, EvalSample
 from rag_loop.errors import InvalidInput, NotFound
 from rag_loop.evaluation import service
-from rag_loop.evaluation.metrics import ranking_metrics
+from rag_loop.evaluation.metrics import groundedness_proxy, ranking_metrics
 from rag_loop.evaluation.runner import EvalRequest, run_evaluation
 from rag_loop.feedback.schemas import FeedbackIn
 from rag_loop.feedback.service import submit_feedback
@@ -32,6 +33,17 @@ def test_ranking_metrics_match_hand_computed_values() -> None:
     assert scores["c"] == {"ndcg_at_10": 0.0, "recall_at_10": 0.0, "mrr_at_10": 0.0}
     cut = ranking_metrics({"a": ["x", "y", "rel"]}, {"a": ["rel"]}, 2)
     assert cut["a"]["mrr_at_2"] == 0.0 and cut["a"]["recall_at_2"] == 0.0
+
+
+def test_the_groundedness_proxy_embeds_only_what_is_not_quoted(embedder: Any) -> None:
+    context = "The Kestrel charges in two hours. Hold the button for ten seconds to reset it."
+    quoted = "Hold the button for ten seconds to reset it."
+    paraphrase = "To reset it, press and hold the button for ten seconds."
+    unrelated = "Penguins live in the southern hemisphere."
+    assert groundedness_proxy(embedder, quoted, [context], 0.6) == 1.0
+    assert groundedness_proxy(embedder, f"{quoted} {unrelated}", [context], 0.6) == 0.5
+    assert groundedness_proxy(embedder, f"{paraphrase} {unrelated}", [context], 0.6) == 0.5
+    assert groundedness_proxy(embedder, unrelated, [], 0.6) == 0.0
 
 
 def test_golden_run_without_judge_lands_in_sql_and_mlflow(
