@@ -1,0 +1,734 @@
+"""The timeline benchmark: a silent model, alerting alone and the closed loop, on one
+production stream with drift, through the real service on a simulated clock.
+
+A seeded stream of questions is replayed as simulated days (`--asks-per-day` for `--days`),
+each ask through `ask`, each answer judged by the realistic simulated user
+(rag_loop/feedback/simulated.py) through the real feedback service. The service runs on a
+`SimulatedClock` (rag_loop/clock.py): every record, the drift windows, the loop's triggers,
+the rollback watch and the report's trends read it. The schedule the settings ask for
+(`rag_loop.scheduler.scheduled_jobs`: the evaluation round with its drift checks, the loop's
+tick, the outbox, the job sweep) fires on that clock by the same APScheduler triggers; a job
+due several times between two asks runs once, at its latest firing (nothing it reads
+changes between asks; APScheduler coalesces missed runs the same way). The wall time a job,
+an ingest or a loop cycle takes is added to the simulated clock, so a cycle's minutes of
+training pass in the simulation too (the asks due meanwhile are answered after it).
+
+Data, read by path from ../shared/datasets (nothing of it committed):
+- before day `--shift-day`: PubMedQA-L's 1,000 questions, each relevant to its own passages,
+  against a corpus of all 3,358 PubMedQA-L passages and the SciFact abstracts no SciFact
+  claim is about (distractors from the next domain);
+- the abrupt shift: at the start of day `--shift-day` the SciFact abstracts that the 1,109
+  SciFact claims (train and test qrels) are about are ingested, and from then on
+  `--shift-share` of the questions are those claims;
+- the gradual shift: over days `--gradual-from` to `--gradual-to` the mix moves towards one
+  topic cluster (k-means, k=6, of the questions' embeddings, picked by the seed) until
+  `--gradual-share` of the asks come from it;
+- a steady stream: PubMedQA-L alone, no shift, for the false-alarm check.
+
+Arms, each on its own copy of the ingested corpus and the same stream:
+- silent: no evaluation schedule, no loop;
+- alerting: the evaluation round (production window and drift checks) on
+  `--evaluation-schedule`, no loop;
+- closed: the same schedule and every loop default (auto, triggers, gate, rollback watch).
+The steady stream runs the alerting and closed arms.
+
+Measured against the questions' relevance labels, which the service never sees: daily
+nDCG@10 and Recall@10 of what was served, the thumbs-down rate, the groundedness proxy (on a
+seeded tenth of the answers; no judge is configured). Per shift and arm: time to detect
+(hours from the shift to the first drift event), time to intervene (to the first promotion
+after it), degradation before intervention (the largest relative drop of daily nDCG@10 below
+the 5 days before the shift, until the intervention, or the next shift or the end without
+one), time to recover (until a day within 2% of that level or above) and the area between
+the curve and that level (nDCG x days). Written: a JSON file with everything, a PNG plot
+and the table, printed.
+
+    python evals/bench_timeline.py [--seeds 0,1,2] [--days 30] [--asks-per-day 400]
+                                   [--jobs 2] [--work DIR] [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from evals.bench_loop import read_qrels  # noqa: E402
+
+DATASETS = ROOT.parent / "shared" / "datasets"
+START = datetime(2027, 1, 4, tzinfo=UTC)  # a Monday, after any wall time the template has
+ARMS = ("silent", "alerting", "closed")
+STEADY_ARMS = ("alerting", "closed")
+CLUSTERS = 6
+DAY = 86_400.0
+
+
+@dataclass(frozen=True)
+class Question:
+    id: str
+    text: str
+    relevant: frozenset[str]
+    pool: str  # "pubmedqa" (before the shift) or "scifact" (the new documents)
+    test: bool = False  # scored offline on the serving index, never asked
+    cluster: int = -1
+
+
+# -- data ------------------------------------------------------------------------------
+
+
+def prepare_data(work: Path) -> list[Question]:
+    """The questions, and the two corpora as BEIR folders: `corpus/base` (ingested before
+    the stream) and `corpus/new` (ingested at the abrupt shift)."""
+    scifact, pubmed = DATASETS / "scifact", DATASETS / "pubmedqa"
+    queries = {}
+    with (scifact / "queries.jsonl").open() as handle:
+        for line in handle:
+            row = json.loads(line)
+            queries[str(row["_id"])] = row["text"]
+    train, test = read_qrels(scifact / "qrels/train.tsv"), read_qrels(scifact / "qrels/test.tsv")
+    questions = [
+        Question(f"scifact-{q}", queries[q], frozenset(docs), "scifact", q in test)
+        for q, docs in sorted({**train, **test}.items())
+    ]
+    claimed = {d for docs in [*train.values(), *test.values()] for d in docs}
+    base, new = work / "corpus" / "base", work / "corpus" / "new"
+    if not (work / "corpus" / "ok").exists():
+        base.mkdir(parents=True, exist_ok=True)
+        new.mkdir(parents=True, exist_ok=True)
+        with (
+            (base / "corpus.jsonl").open("w") as base_out,
+            (new / "corpus.jsonl").open("w") as new_out,
+            (scifact / "corpus.jsonl").open() as source,
+        ):
+            for line in source:
+                row = json.loads(line)
+                (new_out if str(row["_id"]) in claimed else base_out).write(line)
+            for pmid, item in sorted(json.loads((pubmed / "ori_pqal.json").read_text()).items()):
+                for n, context in enumerate(item["CONTEXTS"]):
+                    doc = {"_id": f"{pmid}-{n}", "title": "", "text": context}
+                    base_out.write(json.dumps(doc) + "\n")
+        (work / "corpus" / "ok").write_text("")
+    tested = set(json.loads((pubmed / "test_ground_truth.json").read_text()))
+    for pmid, item in sorted(json.loads((pubmed / "ori_pqal.json").read_text()).items()):
+        ids = frozenset(f"{pmid}-{n}" for n in range(len(item["CONTEXTS"])))
+        questions.append(
+            Question(f"pubmedqa-{pmid}", item["QUESTION"], ids, "pubmedqa", pmid in tested)
+        )
+    return questions
+
+
+def with_clusters(questions: list[Question], seed: int = 0) -> list[Question]:
+    """k-means (cosine, k=CLUSTERS) of the asked questions' embeddings by the base model;
+    test questions keep cluster -1."""
+    import numpy as np
+
+    from rag_loop.index.embedders import LazyEmbedder
+    from rag_loop.settings import Settings
+
+    model = Settings(corpus_path=None).embedder.model
+    asked = [q for q in questions if not q.test]
+    vectors = LazyEmbedder(model).embed_queries([q.text for q in asked])
+    rng = np.random.default_rng(seed)
+    centres = vectors[rng.choice(len(vectors), CLUSTERS, replace=False)]
+    for _ in range(30):
+        labels = (vectors @ centres.T).argmax(axis=1)
+        for c in range(CLUSTERS):
+            members = vectors[labels == c]
+            if len(members):
+                centre = members.mean(axis=0)
+                centres[c] = centre / np.linalg.norm(centre)
+    cluster = {q.id: int(c) for q, c in zip(asked, labels, strict=True)}
+    return [
+        Question(q.id, q.text, q.relevant, q.pool, q.test, cluster.get(q.id, -1)) for q in questions
+    ]
+
+
+@dataclass(frozen=True)
+class Stream:
+    kind: str  # "shifted" or "steady"
+    asks: list[tuple[float, int, bool]]  # seconds from START, question index, sample groundedness
+    target_cluster: int | None
+    shifts: list[dict[str, Any]]
+
+
+def make_stream(
+    questions: list[Question], kind: str, seed: int, args: argparse.Namespace
+) -> Stream:
+    rng = random.Random(f"stream-{kind}-{seed}")
+    by_pool: dict[str, list[int]] = {}
+    for n, q in enumerate(questions):
+        if not q.test:
+            by_pool.setdefault(q.pool, []).append(n)
+    sizes = {c: sum(1 for q in questions if q.cluster == c) for c in range(CLUSTERS)}
+    target = rng.choice(sorted(c for c, size in sizes.items() if size >= 50))
+    shifts: list[dict[str, Any]] = []
+    if kind == "shifted":
+        shifts = [
+            {"name": "abrupt", "day": args.shift_day, "until_day": args.gradual_from},
+            {
+                "name": "gradual",
+                "day": args.gradual_from,
+                "ramp_to_day": args.gradual_to,
+                "until_day": args.days,
+            },
+        ]
+    asks = []
+    for day in range(args.days):
+        shifted = kind == "shifted"
+        new_share = args.shift_share if shifted and day >= args.shift_day else 0.0
+        ramp = 0.0
+        if shifted and day >= args.gradual_from:
+            span = max(args.gradual_to - args.gradual_from, 1)
+            ramp = min((day - args.gradual_from + 1) / span, 1.0)
+        for i in range(args.asks_per_day):
+            at = day * DAY + (i + rng.random()) * DAY / args.asks_per_day
+            pool = by_pool["scifact" if rng.random() < new_share else "pubmedqa"]
+            if ramp and rng.random() < ramp * args.gradual_share:
+                pool = [n for n in pool if questions[n].cluster == target] or pool
+            asks.append((at, rng.choice(pool), rng.random() < args.groundedness_share))
+    return Stream(kind, asks, target if kind == "shifted" else None, shifts)
+
+
+# -- one arm -----------------------------------------------------------------------------
+
+
+def settings_for(data_dir: Path, arm: str, args: argparse.Namespace) -> Any:
+    """The service's defaults, but for where the data lives, one chunk per passage, ten
+    passages shown (so nDCG@10 is of what was served), no golden set (the benchmark's
+    labels are never the service's), and the arm: the evaluation schedule (alerting,
+    closed) and the loop (closed)."""
+    from rag_loop.settings import Settings
+
+    return Settings(
+        data_dir=data_dir,
+        corpus_path=None,
+        chunking={"chunk_size": 4000, "chunk_overlap": 0},
+        retrieval={"top_k": 10},
+        evaluation={
+            "golden_sets": [],
+            "schedule": args.evaluation_schedule if arm != "silent" else None,
+        },
+        loop={"auto": arm == "closed"},
+    )
+
+
+def test_scores(services: Any, questions: list[Question]) -> dict[str, float]:
+    """nDCG@10 and Recall@10 of test questions on the serving index, retrieved as an ask
+    retrieves (ten passages)."""
+    from rag_loop.evaluation.metrics import ranking_metrics
+    from rag_loop.index.versions import serving_index
+    from rag_loop.retrieval.search import search
+
+    index = serving_index(services.engine)
+    vectors = services.embedders.get(index.embedder_version).embed_queries(
+        [q.text for q in questions]
+    )
+    rankings = {
+        q.id: list(
+            dict.fromkeys(
+                h.document_id
+                for h in search(
+                    services.store, services.lexical, index, index.retrieval, q.text, vector, 10
+                )
+            )
+        )
+        for q, vector in zip(questions, vectors, strict=True)
+    }
+    scores = ranking_metrics(rankings, {q.id: sorted(q.relevant) for q in questions}, 10)
+    return {
+        metric: round(sum(s[metric] for s in scores.values()) / len(scores), 4)
+        for metric in ("ndcg_at_10", "recall_at_10")
+    }
+
+
+def run_arm(arm: str, stream_kind: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    from sqlalchemy import select
+
+    from rag_loop.clock import SimulatedClock
+    from rag_loop.corpus.ingest import ingest
+    from rag_loop.db.models import AuditEntry, DriftCheck, Event, LoopCycle
+    from rag_loop.evaluation.metrics import groundedness_proxy, ranking_metrics
+    from rag_loop.feedback.service import submit_feedback
+    from rag_loop.feedback.simulated import SimulatedUser
+    from rag_loop.interactions.ask import ask
+    from rag_loop.scheduler import SimulatedSchedule, scheduled_jobs
+    from rag_loop.services import Services
+
+    work: Path = args.work
+    questions = with_clusters(prepare_data(work))
+    stream = make_stream(questions, stream_kind, seed, args)
+    data_dir = work / f"{stream_kind}-seed{seed}-{arm}"
+    shutil.rmtree(data_dir, ignore_errors=True)
+    shutil.copytree(work / "ingested", data_dir)
+    clock = SimulatedClock(START)
+    services = Services.from_settings(settings_for(data_dir, arm, args), clock=clock)
+    schedule = SimulatedSchedule(scheduled_jobs(services), clock)
+    user = SimulatedUser.realistic(seed)
+    tests = {
+        pool: [q for q in questions if q.test and q.pool == pool]
+        for pool in ("pubmedqa", "scifact")
+    }
+    scored: list[dict[str, Any]] = []  # the test splits on each index version that served
+
+    def score(version: int) -> None:  # the benchmark's look: the simulated clock stands
+        scored.append(
+            {
+                "hour": round((clock.now() - START).total_seconds() / 3600, 3),
+                "index_version_id": version,
+                **{pool: test_scores(services, split) for pool, split in tests.items()},
+            }
+        )
+
+    proxy_similarity = services.settings.evaluation.proxy_similarity
+    asks: list[list[Any]] = []
+    ingests: list[dict[str, Any]] = []
+    started = time.perf_counter()
+    try:
+        for at, n, sample in stream.asks:
+            moment = START + timedelta(seconds=at)
+            schedule.run_until(moment)
+            if stream.kind == "shifted" and not ingests and at >= args.shift_day * DAY:
+                clock.advance_to(START + timedelta(days=args.shift_day))
+                began, t0 = clock.now(), time.perf_counter()
+                result = ingest(services, work / "corpus" / "new", actor="timeline")
+                clock.advance(timedelta(seconds=time.perf_counter() - t0))
+                ingests.append({"at": began.isoformat(), "added": result.documents_added})
+            clock.advance_to(moment)
+            q = questions[n]
+            answer = ask(services, q.text, client="timeline")
+            served = list(dict.fromkeys(s["document_id"] for s in answer.sources))
+            scores = ranking_metrics({"q": served}, {"q": sorted(q.relevant)}, 10)["q"]
+            feedback = user.feedback(
+                answer.interaction_id,
+                answer.feedback_token,
+                answer.sources,
+                set(q.relevant),
+                answer.cited_ranks,
+            )
+            if feedback is not None:
+                submit_feedback(services, feedback, actor="simulated-user")
+            grounded = (
+                groundedness_proxy(
+                    services.embedder,
+                    answer.answer,
+                    [s["text"] for s in answer.sources],
+                    proxy_similarity,
+                )
+                if sample
+                else None
+            )
+            if not scored or scored[-1]["index_version_id"] != answer.versions["index_version"]:
+                score(answer.versions["index_version"])
+            asks.append(
+                [
+                    round((clock.now() - START).total_seconds() / 3600, 3),
+                    round(scores["ndcg_at_10"], 4),
+                    round(scores["recall_at_10"], 4),
+                    feedback.thumb if feedback is not None else None,
+                    grounded,
+                    q.pool,
+                    q.cluster,
+                    answer.versions["index_version"],
+                ]
+            )
+        with services.sessions() as session:
+
+            def hours(at: datetime) -> float:
+                return round((at - START).total_seconds() / 3600, 3)
+
+            drift_events = [
+                {
+                    "hour": hours(e.created_at),
+                    "metrics": [c["metric"] for c in e.payload.get("checks", [])],
+                }
+                for e in session.scalars(select(Event).where(Event.kind == "drift"))
+            ]
+            drift_checks = len(session.scalars(select(DriftCheck.id)).all())
+            cycles = [
+                {
+                    "id": c.id,
+                    "trigger": c.trigger,
+                    "state": c.state,
+                    "started_hour": hours(c.created_at),
+                    "finished_hour": hours(c.finished_at) if c.finished_at else None,
+                    "gate_delta": (c.gate.get("deltas") or {}).get("primary"),
+                }
+                for c in session.scalars(select(LoopCycle).order_by(LoopCycle.id))
+            ]
+            actions = [
+                {"hour": hours(a.at), "action": a.action, "target": a.target}
+                for a in session.scalars(
+                    select(AuditEntry)
+                    .where(AuditEntry.action.in_(("loop.promote", "loop.rollback")))
+                    .order_by(AuditEntry.id)
+                )
+            ]
+    finally:
+        services.close()
+    return {
+        "arm": arm,
+        "stream": stream_kind,
+        "seed": seed,
+        "target_cluster": stream.target_cluster,
+        "shifts": stream.shifts,
+        "ingests": ingests,
+        "asks_fields": [
+            "hour",
+            "ndcg_at_10",
+            "recall_at_10",
+            "thumb",
+            "groundedness_proxy",
+            "pool",
+            "cluster",
+            "index_version_id",
+        ],
+        "asks": asks,
+        "test_scores": scored,
+        "drift_events": drift_events,
+        "drift_checks": drift_checks,
+        "cycles": cycles,
+        "promotions": [a for a in actions if a["action"] == "loop.promote"],
+        "rollbacks": [a for a in actions if a["action"] == "loop.rollback"],
+        "schedule_runs": schedule.runs,
+        "simulated_user": user.counts,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "settings": settings_for(data_dir, arm, args).model_dump(
+            mode="json", include={"evaluation", "drift", "loop", "training"}
+        ),
+    }
+
+
+# -- figures -----------------------------------------------------------------------------
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def daily(run: dict[str, Any], days: int) -> list[dict[str, Any]]:
+    """Per simulated day: what was served (nDCG@10, Recall@10), the thumbs-down rate of
+    the day's thumbs and the mean groundedness proxy of the day's sampled answers."""
+    fields = run["asks_fields"]
+    rows = [dict(zip(fields, ask, strict=True)) for ask in run["asks"]]
+    out = []
+    for day in range(days):
+        today = [r for r in rows if day * 24 <= r["hour"] < (day + 1) * 24]
+        thumbs = [r["thumb"] for r in today if r["thumb"]]
+        out.append(
+            {
+                "day": day,
+                "asks": len(today),
+                "ndcg_at_10": _mean([r["ndcg_at_10"] for r in today]),
+                "recall_at_10": _mean([r["recall_at_10"] for r in today]),
+                "thumbs": len(thumbs),
+                "thumbs_down_rate": thumbs.count("down") / len(thumbs) if thumbs else None,
+                "groundedness_proxy": _mean(
+                    [r["groundedness_proxy"] for r in today if r["groundedness_proxy"] is not None]
+                ),
+            }
+        )
+    return out
+
+
+def shift_figures(run: dict[str, Any], days: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per shift: time to detect and to intervene, degradation before intervention, time
+    to recover and the area below the pre-shift level."""
+    out = []
+    for shift in run["shifts"]:
+        start, until = shift["day"], shift["until_day"]
+        before = [d["ndcg_at_10"] for d in days[max(start - 5, 0) : start] if d["ndcg_at_10"]]
+        level = _mean(before) or 0.0
+        hour = start * 24.0
+        detected = next(
+            (e["hour"] for e in run["drift_events"] if hour <= e["hour"] < until * 24), None
+        )
+        promoted = next(
+            (p["hour"] for p in run["promotions"] if hour <= p["hour"] < until * 24), None
+        )
+        last_day = int(promoted // 24) if promoted is not None else until - 1
+        window = [d for d in days[start : last_day + 1] if d["ndcg_at_10"] is not None]
+        drop = max([(level - d["ndcg_at_10"]) / level for d in window] + [0.0]) if level else 0.0
+        recovered = next(
+            (
+                (d["day"] + 1) * 24 - hour
+                for d in days[start:until]
+                if d["ndcg_at_10"] is not None and d["ndcg_at_10"] >= 0.98 * level
+            ),
+            None,
+        )
+        area = sum(
+            max(level - d["ndcg_at_10"], 0.0)
+            for d in days[start:until]
+            if d["ndcg_at_10"] is not None
+        )
+        out.append(
+            {
+                "shift": shift["name"],
+                "day": start,
+                "pre_shift_ndcg_at_10": round(level, 4),
+                "hours_to_detect": round(detected - hour, 1) if detected is not None else None,
+                "hours_to_intervene": round(promoted - hour, 1) if promoted is not None else None,
+                "degradation_before_intervention": round(drop, 4),
+                "hours_to_recover": round(recovered, 1) if recovered is not None else None,
+                "area_below_level": round(area, 4),
+            }
+        )
+    return out
+
+
+def _hours(value: float | None) -> str:
+    return "never" if value is None else f"{value:.0f} h"
+
+
+def seed_table(runs: dict[str, dict[str, Any]]) -> str:
+    """One column per arm: the claims' rows with this run's figures."""
+    arms = [a for a in ARMS if a in runs]
+    rows: list[tuple[str, list[str]]] = []
+    figures = {a: runs[a]["figures"] for a in arms}
+
+    def per_shift(key: str, fmt: Any) -> list[str]:
+        return [" / ".join(fmt(f[key]) for f in figures[a]) for a in arms]
+
+    rows.append(("time to detect (abrupt / gradual)", per_shift("hours_to_detect", _hours)))
+    rows.append(("time to intervene", per_shift("hours_to_intervene", _hours)))
+    rows.append(
+        (
+            "degradation before intervention",
+            per_shift("degradation_before_intervention", lambda v: f"{100 * v:.1f}%"),
+        )
+    )
+    rows.append(("time to recover (within 2%)", per_shift("hours_to_recover", _hours)))
+    rows.append(("area below the pre-shift level", per_shift("area_below_level", "{:.3f}".format)))
+    for label, used in (
+        ("automated trigger", lambda r: r["settings"]["loop"]["auto"]),
+        ("human gate", lambda r: r["settings"]["loop"]["require_approval"] and bool(r["cycles"])),
+        ("registry (versions in MLflow)", lambda r: bool(r["cycles"])),
+        ("versioned feedback", lambda r: True),  # every arm logs answers, versions, feedback
+        ("shadow mode", lambda r: r["settings"]["loop"]["shadow_share"] > 0 and bool(r["cycles"])),
+    ):
+        rows.append((label, ["yes" if used(runs[a]) else "no" for a in arms]))
+    rows.append(
+        (
+            "drift events / loop cycles / promotions",
+            [
+                " / ".join(
+                    str(len(runs[a][key])) for key in ("drift_events", "cycles", "promotions")
+                )
+                for a in arms
+            ],
+        )
+    )
+    lines = ["| | " + " | ".join(arms) + " |", "|---" * (len(arms) + 1) + "|"]
+    lines += [f"| {label} | " + " | ".join(values) + " |" for label, values in rows]
+    return "\n".join(lines)
+
+
+def steady_table(runs: list[dict[str, Any]]) -> str:
+    lines = [
+        "| seed | arm | drift events | cycles | promotions "
+        "| test nDCG@10 PubMedQA-L, start -> end |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        first, last = run["test_scores"][0], run["test_scores"][-1]
+        lines.append(
+            f"| {run['seed']} | {run['arm']} | {len(run['drift_events'])} | {len(run['cycles'])} "
+            f"| {len(run['promotions'])} | {first['pubmedqa']['ndcg_at_10']:.3f} -> "
+            f"{last['pubmedqa']['ndcg_at_10']:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(seed_runs: dict[str, dict[str, Any]], days: int, path: Path) -> None:
+    """Daily nDCG@10 and thumbs-down rate per arm; the shifts, drift events (triangles)
+    and promotions (dotted lines) marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    style = {
+        "silent": {"color": "tab:gray", "linestyle": ":", "linewidth": 2.5},
+        "alerting": {"color": "tab:orange", "linestyle": "--", "linewidth": 1.8},
+        "closed": {"color": "tab:blue", "linestyle": "-", "linewidth": 1.4},
+    }
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(10, 6.5), sharex=True)
+    for arm, run in seed_runs.items():
+        x = [d["day"] + 0.5 for d in run["daily"]]
+        top.plot(x, [d["ndcg_at_10"] for d in run["daily"]], label=arm, **style[arm])
+        bottom.plot(x, [d["thumbs_down_rate"] for d in run["daily"]], label=arm, **style[arm])
+    low, high = top.get_ylim()
+    for n, (arm, run) in enumerate(seed_runs.items()):
+        colour = style[arm]["color"]
+        for promotion in run["promotions"]:
+            top.axvline(promotion["hour"] / 24, color=colour, linestyle=":", linewidth=1)
+        events = [e["hour"] / 24 for e in run["drift_events"]]
+        top.plot(events, [low + (n + 1) * 0.03 * (high - low)] * len(events), "v", color=colour)
+    some = next(iter(seed_runs.values()))
+    for shift in some["shifts"]:
+        for axis in (top, bottom):
+            if shift["name"] == "abrupt":
+                axis.axvline(shift["day"], color="red", linewidth=1.5)
+            else:
+                axis.axvspan(
+                    shift["day"],
+                    shift.get("ramp_to_day", shift["until_day"]),
+                    color="red",
+                    alpha=0.08,
+                )
+        top.annotate(f" {shift['name']} shift", (shift["day"], high), fontsize=8, va="top")
+    top.set_ylim(low, high)
+    top.set_ylabel("served nDCG@10 (daily)")
+    bottom.set_ylabel("thumbs-down rate (daily)")
+    bottom.set_xlabel("simulated day (triangles: drift events; dotted: promotions)")
+    top.legend(loc="lower left")
+    top.set_xlim(0, days)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+# -- the run -----------------------------------------------------------------------------
+
+
+def ingest_template(work: Path) -> None:
+    """The base corpus, ingested once; every arm starts from a copy."""
+    from rag_loop.corpus.ingest import ingest
+    from rag_loop.services import Services
+
+    template = work / "ingested"
+    if (template / "ingested.ok").exists():
+        return
+    shutil.rmtree(template, ignore_errors=True)
+    args = argparse.Namespace(evaluation_schedule=None)
+    services = Services.from_settings(settings_for(template, "silent", args))
+    try:
+        started = time.perf_counter()
+        ingest(services, work / "corpus" / "base", actor="timeline")
+        print(f"ingested the base corpus in {time.perf_counter() - started:.0f} s", flush=True)
+    finally:
+        services.close()
+    (template / "ingested.ok").write_text("")
+
+
+def run_child(arm: str, stream: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
+    """One arm in its own process (they run `--jobs` at a time)."""
+    part = args.work / f"part-{stream}-seed{seed}-{arm}.json"
+    command = [sys.executable, __file__, "--arm", arm, "--stream", stream, "--seeds", str(seed)]
+    for name in (
+        "days",
+        "asks_per_day",
+        "shift_day",
+        "shift_share",
+        "gradual_from",
+        "gradual_to",
+        "gradual_share",
+        "groundedness_share",
+        "evaluation_schedule",
+        "work",
+    ):
+        command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
+    env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // args.jobs))}
+    with (args.work / f"log-{stream}-seed{seed}-{arm}.txt").open("w") as log:
+        subprocess.run([*command, "--part", str(part)], check=True, stdout=log, stderr=log, env=env)
+    return json.loads(part.read_text())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated")
+    parser.add_argument("--days", type=int, default=30)
+    parser.add_argument("--asks-per-day", type=int, default=400)
+    parser.add_argument("--shift-day", type=int, default=10, help="the abrupt shift")
+    parser.add_argument(
+        "--shift-share", type=float, default=0.5, help="asks about the new documents"
+    )
+    parser.add_argument("--gradual-from", type=int, default=18)
+    parser.add_argument("--gradual-to", type=int, default=25)
+    parser.add_argument("--gradual-share", type=float, default=0.6, help="of one topic, at the end")
+    parser.add_argument("--groundedness-share", type=float, default=0.1, help="answers scored")
+    parser.add_argument(
+        "--evaluation-schedule",
+        default="0 */6 * * *",
+        help="cron of the evaluation round with its drift checks (alerting and closed arms)",
+    )
+    parser.add_argument("--jobs", type=int, default=2, help="arms run at once")
+    parser.add_argument("--no-steady", action="store_true", help="skip the steady stream")
+    parser.add_argument("--work", type=Path, default=None, help="keep the data dirs here")
+    parser.add_argument("--out", type=Path, default=None, help="JSON report (PNG beside it)")
+    parser.add_argument("--arm", choices=ARMS, help=argparse.SUPPRESS)  # a child process
+    parser.add_argument("--stream", choices=("shifted", "steady"), help=argparse.SUPPRESS)
+    parser.add_argument("--part", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    if args.arm:
+        result = run_arm(args.arm, args.stream, seeds[0], args)
+        args.part.write_text(json.dumps(result))
+        return
+
+    began = time.perf_counter()
+    args.work = (args.work or Path(tempfile.mkdtemp(prefix="rag-loop-bench-timeline-"))).resolve()
+    args.work.mkdir(parents=True, exist_ok=True)
+    prepare_data(args.work)
+    ingest_template(args.work)
+    tasks = [("shifted", seed, arm) for seed in seeds for arm in ("closed", "alerting", "silent")]
+    if not args.no_steady:
+        tasks += [("steady", seed, arm) for seed in seeds for arm in ("closed", "alerting")]
+    print(f"{len(tasks)} arm runs, {args.jobs} at a time; data in {args.work}", flush=True)
+
+    def one(task: tuple[str, int, str]) -> dict[str, Any]:
+        stream, seed, arm = task
+        run = run_child(arm, stream, seed, args)
+        run["daily"] = daily(run, args.days)
+        run["figures"] = shift_figures(run, run["daily"])
+        print(
+            f"  {stream} seed {seed} {arm}: {run['wall_seconds']:.0f} s; "
+            f"{json.dumps(run['figures'])}",
+            flush=True,
+        )
+        return run
+
+    with ThreadPoolExecutor(args.jobs) as pool:
+        runs = list(pool.map(one, tasks))
+    out = args.out or ROOT / "evals/results/timeline.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {
+        "args": {k: str(v) for k, v in vars(args).items() if k not in ("arm", "stream", "part")},
+        "wall_seconds": round(time.perf_counter() - began, 1),
+        "runs": [{k: v for k, v in r.items() if k != "asks"} for r in runs],
+        "plots": [],
+    }
+    for seed in seeds:
+        shifted = {r["arm"]: r for r in runs if r["stream"] == "shifted" and r["seed"] == seed}
+        picture = out.with_name(f"{out.stem}-seed{seed}.png")
+        plot(shifted, args.days, picture)
+        report["plots"].append(str(picture))
+        print(
+            f"\nseed {seed}, {args.asks_per_day} asks a day for {args.days} days "
+            f"(abrupt shift day {args.shift_day}, gradual days {args.gradual_from}-"
+            f"{args.gradual_to}); plot {picture}\n"
+        )
+        print(seed_table(shifted))
+    steady = [r for r in runs if r["stream"] == "steady"]
+    if steady:
+        print("\nsteady stream (no shift)\n")
+        print(steady_table(steady))
+    out.write_text(json.dumps(report, indent=1, default=str))
+    print(f"\n{report['wall_seconds']:.0f} s in all; written to {out}")
+
+
+if __name__ == "__main__":
+    main()
