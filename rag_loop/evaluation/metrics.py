@@ -100,20 +100,24 @@ def sentences(text: str) -> list[str]:
     return [p for p in parts if len(p) >= 3]
 
 
+def _plain(text: str) -> str:
+    return " ".join(strip_citations(text).split())
+
+
 def groundedness_proxy(
     embedder: Embedder, answer: str, contexts: Sequence[str], threshold: float
 ) -> float | None:
     """Share of answer sentences with a context sentence at cosine >= threshold. A sentence
-    found word for word in the contexts is supported without embedding anything (its cosine
-    with itself is 1): an extractive answer costs no model call."""
+    quoted word for word from a context (citation marks and runs of white space aside) is
+    supported without embedding anything: an extractive answer costs no model call."""
     claims = sentences(strip_citations(answer))
     support = [s for c in contexts for s in sentences(c)]
     if not claims:
         return None
     if not support:
         return 0.0
-    quoted = set(support)
-    open_claims = [c for c in claims if c not in quoted]
+    quoted = [_plain(c) for c in contexts]
+    open_claims = [c for c in claims if not any(_plain(c) in text for text in quoted)]
     supported = len(claims) - len(open_claims)
     if open_claims:
         vectors = embedder.embed_documents(open_claims + support)

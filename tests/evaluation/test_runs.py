@@ -41,6 +41,8 @@ def test_the_groundedness_proxy_embeds_only_what_is_not_quoted(embedder: Any) ->
     paraphrase = "To reset it, press and hold the button for ten seconds."
     unrelated = "Penguins live in the southern hemisphere."
     assert groundedness_proxy(embedder, quoted, [context], 0.6) == 1.0
+    cut = "Hold the button for ten"  # an extractive answer may cut a long sentence short
+    assert groundedness_proxy(embedder, f"{cut} [1]", [context.replace(".", " [2].")], 0.9) == 1.0
     assert groundedness_proxy(embedder, f"{quoted} {unrelated}", [context], 0.6) == 0.5
     assert groundedness_proxy(embedder, f"{paraphrase} {unrelated}", [context], 0.6) == 0.5
     assert groundedness_proxy(embedder, unrelated, [], 0.6) == 0.0
