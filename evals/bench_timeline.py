@@ -9,9 +9,9 @@ the rollback watch and the report's trends read it. The schedule the settings as
 (`rag_loop.scheduler.scheduled_jobs`: the evaluation round with its drift checks, the loop's
 tick, the outbox, the job sweep) fires on that clock by the same APScheduler triggers; a job
 due several times between two asks runs once, at its latest firing (nothing it reads
-changes between asks; APScheduler coalesces missed runs the same way). The wall time a job,
-an ingest or a loop cycle takes is added to the simulated clock, so a cycle's minutes of
-training pass in the simulation too (the asks due meanwhile are answered after it).
+changes between asks; APScheduler coalesces missed runs the same way). While a job, an
+ingest or a loop cycle runs, the simulated clock moves with wall time, so a cycle's minutes
+of training pass in the simulation too (the asks due meanwhile are answered after it).
 
 Data, read by path from ../shared/datasets (nothing of it committed):
 - before day `--shift-day`: PubMedQA-L's 1,000 questions, each relevant to its own passages,
@@ -302,9 +302,9 @@ def run_arm(arm: str, stream_kind: str, seed: int, args: argparse.Namespace) -> 
             schedule.run_until(moment)
             if stream.kind == "shifted" and not ingests and at >= args.shift_day * DAY:
                 clock.advance_to(START + timedelta(days=args.shift_day))
-                began, t0 = clock.now(), time.perf_counter()
-                result = ingest(services, work / "corpus" / "new", actor="timeline")
-                clock.advance(timedelta(seconds=time.perf_counter() - t0))
+                began = clock.now()
+                with clock.running():
+                    result = ingest(services, work / "corpus" / "new", actor="timeline")
                 ingests.append({"at": began.isoformat(), "added": result.documents_added})
             clock.advance_to(moment)
             q = questions[n]

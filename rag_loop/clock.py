@@ -15,6 +15,9 @@ tokens and console sessions (wall time on both sides), and the ordering bits of 
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
@@ -33,27 +36,51 @@ class SystemClock:
 
 
 class SimulatedClock:
-    """A clock that stands still until it is moved; thread-safe, never goes back."""
+    """A clock that stands still until it is moved, or moves with wall time while work
+    runs (`running`); thread-safe, never goes back."""
 
     def __init__(self, start: datetime) -> None:
         if start.tzinfo is None:
             raise ValueError("a simulated clock starts at a timezone-aware time")
         self._now = start.astimezone(UTC)
+        self._since: float | None = None  # wall time `running` began, while it runs
         self._lock = threading.Lock()
 
     def now(self) -> datetime:
         with self._lock:
+            return self._current()
+
+    def _current(self) -> datetime:
+        if self._since is None:
             return self._now
+        return self._now + timedelta(seconds=time.monotonic() - self._since)
 
     def advance(self, delta: timedelta) -> datetime:
         if delta < timedelta(0):
             raise ValueError("a clock does not go back")
         with self._lock:
+            if self._since is not None:
+                raise ValueError("the clock is running with wall time")
             self._now += delta
             return self._now
 
     def advance_to(self, moment: datetime) -> datetime:
         return self.advance(max(moment - self.now(), timedelta(0)))
+
+    @contextmanager
+    def running(self) -> Iterator[None]:
+        """While inside, the clock moves with wall time: work that takes real minutes (a
+        loop cycle, an ingest) takes them on the simulated clock too, and what it stamps on
+        the way shows it. Afterwards the clock stands where it got to."""
+        with self._lock:
+            if self._since is not None:
+                raise ValueError("the clock is already running with wall time")
+            self._since = time.monotonic()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._now, self._since = self._current(), None
 
 
 SYSTEM_CLOCK = SystemClock()

@@ -22,7 +22,6 @@ to run everywhere (a cycle is claimed before it runs).
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -194,8 +193,9 @@ def scheduled_jobs(services: Services) -> list[ScheduledJob]:
 class SimulatedSchedule:
     """Fires the scheduled jobs by their own triggers on a simulated clock: a replay of
     days of traffic in minutes. `run_until(moment)` runs every job due by then once, at its
-    latest firing (APScheduler's `coalesce`), oldest first; the wall time a job takes is
-    added to the clock, as if the replayed traffic went on meanwhile."""
+    latest firing (APScheduler's `coalesce`), oldest first; while a job runs the clock
+    moves with wall time (`SimulatedClock.running`), as if the replayed traffic went on
+    meanwhile."""
 
     def __init__(self, jobs: list[ScheduledJob], clock: SimulatedClock) -> None:
         self.jobs, self.clock = jobs, clock
@@ -217,10 +217,9 @@ class SimulatedSchedule:
             job_id = min(latest, key=lambda j: latest[j])
             job = next(j for j in self.jobs if j.id == job_id)
             self.clock.advance_to(latest[job_id])
-            started = time.perf_counter()
-            job.run()
+            with self.clock.running():
+                job.run()
             self.runs[job_id] += 1
-            self.clock.advance(timedelta(seconds=time.perf_counter() - started))
             now = self.clock.now()
             self.due[job_id] = job.trigger.get_next_fire_time(latest[job_id], now)
             while self.due[job_id] is not None and self.due[job_id] <= latest[job_id]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -72,6 +73,15 @@ def test_a_simulated_clock_stamps_every_record_and_rule(
 
 
 def test_a_simulated_clock_only_moves_forward() -> None:
+    clock = SimulatedClock(START)
+    with clock.running():  # work takes its wall time on the clock too
+        time.sleep(0.05)
+        assert clock.now() > START
+        with pytest.raises(ValueError, match="running"):
+            clock.advance(timedelta(hours=1))
+    moved = clock.now()
+    assert timedelta(seconds=0.05) <= moved - START < timedelta(seconds=30)
+    assert clock.now() == moved  # and stands still again
     clock = SimulatedClock(START)
     assert clock.advance_to(START - timedelta(hours=1)) == START  # the past: it stays put
     assert clock.advance(timedelta(minutes=30)) == START + timedelta(minutes=30)
