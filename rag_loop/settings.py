@@ -344,6 +344,15 @@ class DriftSettings(BaseModel):
         description="Concept drift: drop allowed in faithfulness (or its proxy) and "
         "ID-based context precision between the last two production evaluations.",
     )
+    confirm_windows: int = Field(
+        default=1,
+        ge=0,
+        le=5,
+        description="A shift of the questions or the thumbs-down rate is raised as a drift "
+        "event only when this many next windows of new questions, each against the same "
+        "reference window, show it too: a check's chance of a false alarm falls from about "
+        "alpha to about alpha^(1 + n), for a delay of n windows.",
+    )
 
 
 class TrainingSettings(BaseModel):

@@ -11,6 +11,14 @@ Concept drift compares rates between the same two windows (thumbs-down rate, two
 z-test and a minimum change) and the latest production evaluation with the one before it
 (faithfulness or its proxy, ID-based context precision): a drop beyond `max_metric_drop`.
 
+A shift of the questions or of the thumbs-down rate is confirmed before it is raised: a
+flagged check leaves its reference window pending, and the next `confirm_windows` windows
+of N new questions are each tested against that same reference; only if they flag too is
+the drift raised. Checks run every few hours for months, so a test of size alpha on each
+would raise a false alarm every 1/alpha checks; confirmed, a steady stream raises one about
+every 1/alpha^(1 + confirm_windows) checks, and a real shift, which persists, is raised one
+window later. A check run before a whole window of new questions arrived waits (skipped).
+
 Every check is stored in `drift_checks`; when any check drifts an event of kind `drift` is
 written to `events`, which the training loop reads (`events_since`).
 """
@@ -89,7 +97,12 @@ class DriftReport:
         return {"drifted": self.drifted, "event_id": self.event_id, "checks": self.checks}
 
 
-def _windows(engine: Engine, size: int) -> tuple[list[Interaction], list[Interaction]]:
+Window = list[Any]  # rows of (id, query, created_at), oldest first
+
+
+def _windows(engine: Engine, size: int) -> tuple[Window, Window]:
+    """The latest `size` answered questions and the `size` before them (with fewer, what
+    there is split in two halves)."""
     with engine.connect() as conn:
         rows = conn.execute(
             select(Interaction.id, Interaction.query, Interaction.created_at)
@@ -100,8 +113,32 @@ def _windows(engine: Engine, size: int) -> tuple[list[Interaction], list[Interac
     rows = list(reversed(rows))
     if len(rows) < 2 * size:  # split what there is in two halves
         half = len(rows) // 2
-        return rows[:half], rows[half:]  # type: ignore[return-value]
-    return rows[:size], rows[size:]  # type: ignore[return-value]
+        return rows[:half], rows[half:]
+    return rows[:size], rows[size:]
+
+
+def _rows(engine: Engine, ids: list[str]) -> Window:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(Interaction.id, Interaction.query, Interaction.created_at).where(
+                Interaction.id.in_(ids)
+            )
+        ).all()
+    return sorted(rows, key=lambda r: (r.created_at, r.id))
+
+
+def _pending(services: DriftParts) -> dict[str, Any] | None:
+    """A shift flagged by the last check and waiting for its confirmation, if any: the
+    reference window it was flagged against, the questions already used, how many
+    windows confirmed it so far."""
+    with services.sessions() as session:
+        last = session.scalar(
+            select(DriftCheck)
+            .where(DriftCheck.metric == "query_embedding_mmd")
+            .order_by(DriftCheck.id.desc())
+            .limit(1)
+        )
+    return last.details.get("pending") if last is not None else None
 
 
 def _thumbs_down_rate(engine: Engine, ids: list[str]) -> tuple[int, int]:
@@ -209,18 +246,67 @@ def check_eval_metrics(services: DriftParts, settings: DriftSettings) -> list[di
 
 
 def check_drift(services: DriftParts, *, actor: str = "system") -> DriftReport:
-    """Run every drift check, store them, and raise a `drift` event if any drifted."""
+    """Run every drift check, store them, and raise a `drift` event if any drifted (a shift
+    of the questions or the thumbs once `confirm_windows` more windows confirmed it)."""
     settings = services.settings.drift
     reference, current = _windows(services.engine, settings.window_size)
-    checks = [
+    pending = _pending(services)
+    if pending is not None:
+        seen = set(pending["seen"])
+        if any(r.id in seen for r in current):  # not a whole window of new questions yet
+            awaiting = _awaiting(pending, settings)
+            return _store(services, actor, awaiting, check_eval_metrics(services, settings))
+        reference = _rows(services.engine, pending["reference"])
+    windows = [
         check_data_drift(
             services, settings, ([r.query for r in reference], [r.query for r in current])
         ),
         check_thumbs(
             services.engine, settings, ([r.id for r in reference], [r.id for r in current])
         ),
-        *check_eval_metrics(services, settings),
     ]
+    if any(c["drifted"] for c in windows):
+        confirmed = pending["confirmed"] + 1 if pending is not None else 0
+        if confirmed < settings.confirm_windows:
+            for check in windows:  # flagged, not yet raised
+                check["details"].update(
+                    flagged=check["drifted"],
+                    confirmations=f"{confirmed} of {settings.confirm_windows}",
+                )
+                check["drifted"] = False
+            windows[0]["details"]["pending"] = {
+                "reference": [r.id for r in reference],
+                "seen": [*(pending["seen"] if pending else []), *(r.id for r in current)],
+                "confirmed": confirmed,
+            }
+    return _store(services, actor, windows, check_eval_metrics(services, settings))
+
+
+def _awaiting(pending: dict[str, Any], settings: DriftSettings) -> list[dict[str, Any]]:
+    """The checks of a round that waits for a whole window of new questions to confirm a
+    flagged shift: skipped, the shift still pending."""
+    details = {
+        "skipped": f"awaiting {settings.window_size} new questions to confirm a flagged shift",
+        "pending": pending,
+    }
+    return [
+        {"kind": "data", "metric": "query_embedding_mmd", "drifted": False, "details": details},
+        {
+            "kind": "concept",
+            "metric": "thumbs_down_rate",
+            "drifted": False,
+            "details": {"skipped": details["skipped"]},
+        },
+    ]
+
+
+def _store(
+    services: DriftParts,
+    actor: str,
+    windows: list[dict[str, Any]],
+    metrics: list[dict[str, Any]],
+) -> DriftReport:
+    checks = [*windows, *metrics]
     report = DriftReport(checks=checks, drifted=any(c["drifted"] for c in checks))
     with transaction(services.sessions) as session:
         for check in checks:

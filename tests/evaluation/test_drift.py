@@ -82,20 +82,32 @@ def test_check_drift_end_to_end_raises_an_event(
             ask(services, question)
         report = check_drift(services)  # 40 vs nothing yet: split in halves, no drift
         assert not report.drifted and report.event_id is None
-        for question in GARDEN[:40]:  # users start asking about something else entirely
-            result = ask(services, question)
-            submit_feedback(
-                services,
-                FeedbackIn.model_validate(
-                    {"interaction_id": result.interaction_id, "thumb": "down"}
-                ),
-                actor="test",
-            )
+
+        def garden(questions: list[str]) -> None:
+            for question in questions:  # users ask about something else entirely
+                result = ask(services, question)
+                submit_feedback(
+                    services,
+                    FeedbackIn.model_validate(
+                        {"interaction_id": result.interaction_id, "thumb": "down"}
+                    ),
+                    actor="test",
+                )
+
+        garden(GARDEN[:40])
         report = check_drift(services, actor="test")
         data = next(c for c in report.checks if c["metric"] == "query_embedding_mmd")
-        assert data["drifted"] and data["p_value"] < 0.01
+        assert data["p_value"] < 0.01 and data["details"]["flagged"]
+        # flagged once: raised only when the next window of new questions shows it too
+        assert not data["drifted"] and data["details"]["confirmations"] == "0 of 1"
+        assert not report.drifted and events_since(services.engine, "drift") == []
         thumbs = next(c for c in report.checks if c["metric"] == "thumbs_down_rate")
         assert "skipped" in thumbs["details"]  # no thumbs in the reference window
+        garden(GARDEN[40:60])
+        waiting = check_drift(services)  # 20 new questions: not a window yet
+        assert not waiting.drifted and "awaiting 40 new questions" in str(waiting.checks[0])
+        garden(GARDEN[60:72] + GARDEN[:8])
+        report = check_drift(services, actor="test")  # against the same reference window
         assert report.drifted and report.event_id is not None
         events = events_since(services.engine, "drift")
         assert [e["id"] for e in events] == [report.event_id]
@@ -104,6 +116,28 @@ def test_check_drift_end_to_end_raises_an_event(
         with services.sessions() as session:
             stored = session.query(DriftCheck).filter(DriftCheck.drifted.is_(True)).all()
             assert [c.metric for c in stored] == ["query_embedding_mmd"]
+    finally:
+        services.close()
+
+
+def test_a_shift_that_the_next_window_does_not_confirm_raises_nothing(
+    make_settings: Callable[..., Settings], embedder: Any
+) -> None:
+    settings = make_settings(drift={"window_size": 40, "min_samples": 10, "permutations": 200})
+    services = Services.from_settings(settings, embedder=embedder)
+    try:
+        ingest(services, CORPUS, actor="test")
+        questions = random.Random(0).sample(kestrel_questions(), 80)  # one mix of topics
+        for question in questions[:40] + GARDEN[:40]:  # a burst of other questions...
+            ask(services, question)
+        flagged = check_drift(services)
+        assert flagged.checks[0]["details"]["flagged"] and not flagged.drifted
+        for question in questions[40:80]:  # ...then the product's questions again
+            ask(services, question)
+        report = check_drift(services)
+        assert not report.drifted and not report.checks[0]["drifted"]
+        assert "pending" not in report.checks[0]["details"]
+        assert events_since(services.engine, "drift") == []
     finally:
         services.close()
 
@@ -118,7 +152,9 @@ def test_drift_settings_are_validated() -> None:
 def test_a_rising_thumbs_down_rate_is_concept_drift(
     make_settings: Callable[..., Settings], embedder: Any
 ) -> None:
-    settings = make_settings(drift={"window_size": 30, "min_samples": 10, "permutations": 100})
+    settings = make_settings(
+        drift={"window_size": 30, "min_samples": 10, "permutations": 100, "confirm_windows": 0}
+    )
     services = Services.from_settings(settings, embedder=embedder)
     try:
         ingest(services, CORPUS, actor="test")
