@@ -38,12 +38,13 @@ seeded tenth of the answers; no judge is configured). Per shift and arm: time to
 (hours from the shift to the first drift event), time to intervene (to the first promotion
 after it), degradation before intervention (the largest relative drop of daily nDCG@10 below
 the 5 days before the shift, until the intervention, or the next shift or the end without
-one), time to recover (until a day within 2% of that level or above) and the area between
+one), time to recover (from the shift to the end of the first day back within 2% of that
+level after a day below it; 0 when no day fell below) and the area between
 the curve and that level (nDCG x days). Written: a JSON file with everything, a PNG plot
 and the table, printed.
 
     python evals/bench_timeline.py [--seeds 0,1,2] [--days 30] [--asks-per-day 400]
-                                   [--jobs 2] [--work DIR] [--out FILE]
+                                   [--jobs 2] [--work DIR] [--out FILE] [--analyse]
 """
 
 from __future__ import annotations
@@ -461,13 +462,21 @@ def shift_figures(run: dict[str, Any], days: list[dict[str, Any]]) -> list[dict[
         last_day = int(promoted // 24) if promoted is not None else until - 1
         window = [d for d in days[start : last_day + 1] if d["ndcg_at_10"] is not None]
         drop = max([(level - d["ndcg_at_10"]) / level for d in window] + [0.0]) if level else 0.0
-        recovered = next(
-            (
-                (d["day"] + 1) * 24 - hour
-                for d in days[start:until]
-                if d["ndcg_at_10"] is not None and d["ndcg_at_10"] >= 0.98 * level
-            ),
-            None,
+        # recovered: back within 2% of the level after the first day below it (0 h: never
+        # below it; a gradual shift's first days may not be)
+        scored = [d for d in days[start:until] if d["ndcg_at_10"] is not None]
+        below = next((d["day"] for d in scored if d["ndcg_at_10"] < 0.98 * level), None)
+        recovered = (
+            0.0
+            if below is None
+            else next(
+                (
+                    (d["day"] + 1) * 24 - hour
+                    for d in scored
+                    if d["day"] > below and d["ndcg_at_10"] >= 0.98 * level
+                ),
+                None,
+            )
         )
         area = sum(
             max(level - d["ndcg_at_10"], 0.0)
@@ -667,6 +676,11 @@ def main() -> None:
     )
     parser.add_argument("--jobs", type=int, default=2, help="arms run at once")
     parser.add_argument("--no-steady", action="store_true", help="skip the steady stream")
+    parser.add_argument(
+        "--analyse",
+        action="store_true",
+        help="only rebuild the tables, plots and JSON from the arm results in --work",
+    )
     parser.add_argument("--work", type=Path, default=None, help="keep the data dirs here")
     parser.add_argument("--out", type=Path, default=None, help="JSON report (PNG beside it)")
     parser.add_argument("--arm", choices=ARMS, help=argparse.SUPPRESS)  # a child process
@@ -682,8 +696,9 @@ def main() -> None:
     began = time.perf_counter()
     args.work = (args.work or Path(tempfile.mkdtemp(prefix="rag-loop-bench-timeline-"))).resolve()
     args.work.mkdir(parents=True, exist_ok=True)
-    prepare_data(args.work)
-    ingest_template(args.work)
+    if not args.analyse:
+        prepare_data(args.work)
+        ingest_template(args.work)
     tasks = [("shifted", seed, arm) for seed in seeds for arm in ("closed", "alerting", "silent")]
     if not args.no_steady:
         tasks += [("steady", seed, arm) for seed in seeds for arm in ("closed", "alerting")]
@@ -691,7 +706,10 @@ def main() -> None:
 
     def one(task: tuple[str, int, str]) -> dict[str, Any]:
         stream, seed, arm = task
-        run = run_child(arm, stream, seed, args)
+        if args.analyse:
+            run = json.loads((args.work / f"part-{stream}-seed{seed}-{arm}.json").read_text())
+        else:
+            run = run_child(arm, stream, seed, args)
         run["daily"] = daily(run, args.days)
         run["figures"] = shift_figures(run, run["daily"])
         print(
