@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -70,76 +70,76 @@ def test_mmd_flags_a_topic_shift_and_rarely_flags_an_unshifted_window(embedder: 
         assert result.p_value < 0.01, result
 
 
-def test_check_drift_end_to_end_raises_an_event(
-    make_settings: Callable[..., Settings], embedder: Any
-) -> None:
+@pytest.fixture
+def services_40(make_settings: Callable[..., Settings], embedder: Any) -> Iterator[Services]:
+    """Services with drift windows of 40 questions and the sample corpus ingested."""
     settings = make_settings(drift={"window_size": 40, "min_samples": 10, "permutations": 200})
     services = Services.from_settings(settings, embedder=embedder)
     try:
         ingest(services, CORPUS, actor="test")
-        questions = kestrel_questions()
-        for question in questions[:40]:  # the reference window: the product's questions
-            ask(services, question)
-        report = check_drift(services)  # 40 vs nothing yet: split in halves, no drift
-        assert not report.drifted and report.event_id is None
-
-        def garden(questions: list[str]) -> None:
-            for question in questions:  # users ask about something else entirely
-                result = ask(services, question)
-                submit_feedback(
-                    services,
-                    FeedbackIn.model_validate(
-                        {"interaction_id": result.interaction_id, "thumb": "down"}
-                    ),
-                    actor="test",
-                )
-
-        garden(GARDEN[:40])
-        report = check_drift(services, actor="test")
-        data = next(c for c in report.checks if c["metric"] == "query_embedding_mmd")
-        assert data["p_value"] < 0.01 and data["details"]["flagged"]
-        # flagged once: raised only when the next window of new questions shows it too
-        assert not data["drifted"] and data["details"]["confirmations"] == "0 of 1"
-        assert not report.drifted and events_since(services.engine, "drift") == []
-        thumbs = next(c for c in report.checks if c["metric"] == "thumbs_down_rate")
-        assert "skipped" in thumbs["details"]  # no thumbs in the reference window
-        garden(GARDEN[40:60])
-        waiting = check_drift(services)  # 20 new questions: not a window yet
-        assert not waiting.drifted and "awaiting 40 new questions" in str(waiting.checks[0])
-        garden(GARDEN[60:72] + GARDEN[:8])
-        report = check_drift(services, actor="test")  # against the same reference window
-        assert report.drifted and report.event_id is not None
-        events = events_since(services.engine, "drift")
-        assert [e["id"] for e in events] == [report.event_id]
-        assert events[0]["payload"]["checks"][0]["metric"] == "query_embedding_mmd"
-        assert events_since(services.engine, "drift", after_id=report.event_id) == []
-        with services.sessions() as session:
-            stored = session.query(DriftCheck).filter(DriftCheck.drifted.is_(True)).all()
-            assert [c.metric for c in stored] == ["query_embedding_mmd"]
+        yield services
     finally:
         services.close()
+
+
+def test_check_drift_end_to_end_raises_an_event(services_40: Services) -> None:
+    services = services_40
+    questions = kestrel_questions()
+    for question in questions[:40]:  # the reference window: the product's questions
+        ask(services, question)
+    report = check_drift(services)  # 40 vs nothing yet: split in halves, no drift
+    assert not report.drifted and report.event_id is None
+
+    def garden(questions: list[str]) -> None:
+        for question in questions:  # users ask about something else entirely
+            result = ask(services, question)
+            submit_feedback(
+                services,
+                FeedbackIn.model_validate(
+                    {"interaction_id": result.interaction_id, "thumb": "down"}
+                ),
+                actor="test",
+            )
+
+    garden(GARDEN[:40])
+    report = check_drift(services, actor="test")
+    data = next(c for c in report.checks if c["metric"] == "query_embedding_mmd")
+    assert data["p_value"] < 0.01 and data["details"]["flagged"]
+    # flagged once: raised only when the next window of new questions shows it too
+    assert not data["drifted"] and data["details"]["confirmations"] == "0 of 1"
+    assert not report.drifted and events_since(services.engine, "drift") == []
+    thumbs = next(c for c in report.checks if c["metric"] == "thumbs_down_rate")
+    assert "skipped" in thumbs["details"]  # no thumbs in the reference window
+    garden(GARDEN[40:60])
+    waiting = check_drift(services)  # 20 new questions: not a window yet
+    assert not waiting.drifted and "awaiting 40 new questions" in str(waiting.checks[0])
+    garden(GARDEN[60:72] + GARDEN[:8])
+    report = check_drift(services, actor="test")  # against the same reference window
+    assert report.drifted and report.event_id is not None
+    events = events_since(services.engine, "drift")
+    assert [e["id"] for e in events] == [report.event_id]
+    assert events[0]["payload"]["checks"][0]["metric"] == "query_embedding_mmd"
+    assert events_since(services.engine, "drift", after_id=report.event_id) == []
+    with services.sessions() as session:
+        stored = session.query(DriftCheck).filter(DriftCheck.drifted.is_(True)).all()
+        assert [c.metric for c in stored] == ["query_embedding_mmd"]
 
 
 def test_a_shift_that_the_next_window_does_not_confirm_raises_nothing(
-    make_settings: Callable[..., Settings], embedder: Any
+    services_40: Services,
 ) -> None:
-    settings = make_settings(drift={"window_size": 40, "min_samples": 10, "permutations": 200})
-    services = Services.from_settings(settings, embedder=embedder)
-    try:
-        ingest(services, CORPUS, actor="test")
-        questions = random.Random(0).sample(kestrel_questions(), 80)  # one mix of topics
-        for question in questions[:40] + GARDEN[:40]:  # a burst of other questions...
-            ask(services, question)
-        flagged = check_drift(services)
-        assert flagged.checks[0]["details"]["flagged"] and not flagged.drifted
-        for question in questions[40:80]:  # ...then the product's questions again
-            ask(services, question)
-        report = check_drift(services)
-        assert not report.drifted and not report.checks[0]["drifted"]
-        assert "pending" not in report.checks[0]["details"]
-        assert events_since(services.engine, "drift") == []
-    finally:
-        services.close()
+    services = services_40
+    questions = random.Random(0).sample(kestrel_questions(), 80)  # one mix of topics
+    for question in questions[:40] + GARDEN[:40]:  # a burst of other questions...
+        ask(services, question)
+    flagged = check_drift(services)
+    assert flagged.checks[0]["details"]["flagged"] and not flagged.drifted
+    for question in questions[40:80]:  # ...then the product's questions again
+        ask(services, question)
+    report = check_drift(services)
+    assert not report.drifted and not report.checks[0]["drifted"]
+    assert "pending" not in report.checks[0]["details"]
+    assert events_since(services.engine, "drift") == []
 
 
 def test_drift_settings_are_validated() -> None:
