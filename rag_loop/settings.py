@@ -504,7 +504,18 @@ class LoopSettings(BaseModel):
         "falls below this (unset: never).",
     )
     kpi_window: int = Field(default=100, ge=1, description="Thumbs in the KPI window.")
-    trigger_on_drift: bool = Field(default=True, description="Start a cycle on a `drift` event.")
+    trigger_on_drift: bool = Field(
+        default=True,
+        description="Start a cycle on a `drift` event, once `trigger_drift_min_feedback` "
+        "feedback events are new since the last cycle.",
+    )
+    trigger_drift_min_feedback: int = Field(
+        default=50,
+        ge=1,
+        description="New feedback events a drift event waits for before it starts a cycle: "
+        "a cycle learns only from feedback, and without any on the shifted questions it "
+        "would retrain on what the last cycle had.",
+    )
     rollback_min_samples: int = Field(
         default=20,
         ge=1,

@@ -5,7 +5,10 @@ Triggers (each can be switched off in `loop` settings):
 feedback   at least `trigger_feedback_count` feedback events since the last cycle's snapshot
 kpi        the thumbs-up rate of the latest `kpi_window` thumbs is below
            `trigger_min_thumbs_up_rate`, with a full window of thumbs new since the last cycle
-drift      a `drift` event (from the evaluation's drift checks) newer than the last cycle
+drift      a `drift` event (from the evaluation's drift checks) newer than the last cycle,
+           once `trigger_drift_min_feedback` feedback events are new since that cycle (a
+           cycle learns only from feedback; without new feedback it would retrain on the
+           last cycle's examples)
 schedule   `loop.schedule`, a cron expression (run by the scheduler, not by tick)
 
 The watch: after a promotion, the answers of the new index are compared with the latest
@@ -82,7 +85,7 @@ def due_trigger(services: TriggerParts) -> tuple[str, dict[str, Any]] | None:
                 rate = thumbs.count("up") / len(thumbs)
                 if rate < settings.trigger_min_thumbs_up_rate:
                     return "kpi", {"thumbs_up_rate": rate, "window": len(thumbs)}
-        if settings.trigger_on_drift:
+        if settings.trigger_on_drift and fresh >= settings.trigger_drift_min_feedback:
             event = session.scalar(
                 select(Event)
                 .where(Event.kind == "drift", newer(Event.created_at))
@@ -90,7 +93,8 @@ def due_trigger(services: TriggerParts) -> tuple[str, dict[str, Any]] | None:
                 .limit(1)
             )
             if event is not None:
-                return "drift", {"event_id": event.id, **event.payload}
+                details = {"event_id": event.id, "new_feedback_events": fresh}
+                return "drift", {**details, **event.payload}
     return None
 
 

@@ -62,13 +62,24 @@ def test_low_thumbs_up_rate_triggers(loop_services: Callable[..., Services]) -> 
     assert trigger[1] == {"thumbs_up_rate": 2 / 6, "window": 6}
 
 
-def test_drift_event_triggers(loop_services: Callable[..., Services]) -> None:
-    services = loop_services(loop={**OFF, "trigger_on_drift": True})
+def test_drift_event_triggers_once_feedback_arrived(
+    loop_services: Callable[..., Services],
+) -> None:
+    services = loop_services(
+        loop={**OFF, "trigger_on_drift": True, "trigger_drift_min_feedback": 6}
+    )
     ingest(services, CORPUS, actor="test")
     assert due_trigger(services) is None
     with transaction(services.sessions) as session:
         session.add(Event(kind="drift", payload={"metric": "query_mmd"}))
-    assert due_trigger(services) == ("drift", {"event_id": 1, "metric": "query_mmd"})
+    assert due_trigger(services) is None  # nothing new to learn from yet
+    _thumbs(services, "+-+-+")
+    assert due_trigger(services) is None  # 5 of the 6 feedback events it waits for
+    _thumbs(services, "-")
+    assert due_trigger(services) == (
+        "drift",
+        {"event_id": 1, "new_feedback_events": 6, "metric": "query_mmd"},
+    )
 
 
 def test_schedule_jobs(loop_services: Callable[..., Services]) -> None:
