@@ -46,16 +46,19 @@ class LexicalIndex:
             ]
             tokens = self._tokenizer.tokenize(documents, return_as="tuple", show_progress=False)
             self._bm25.index(tokens, show_progress=False)
+        # the terms by id, once: the tokenizer's own decoding rebuilds this map on every
+        # call, which costs more than the rest of a query's BM25 (queries never add terms)
+        self._terms = {i: term for term, i in self._tokenizer.get_vocab_dict().items()}
 
     def scores(self, query: str) -> np.ndarray:
         """BM25 score of every chunk (position order); zeros when no query term is known."""
         if not self.hits:
             return np.zeros(0, dtype=np.float32)
         with self._lock:  # the tokenizer keeps state; querying never grows the vocabulary
-            terms = self._tokenizer.tokenize(
-                [query], update_vocab=False, return_as="string", show_progress=False
+            ids = self._tokenizer.tokenize(
+                [query], update_vocab=False, return_as="ids", show_progress=False
             )[0]
-        known = [t for t in terms if t]  # unknown terms come back as ""
+        known = [t for t in (self._terms[i] for i in ids) if t]  # unknown terms are ""
         if not known:
             return np.zeros(len(self.hits), dtype=np.float32)
         return np.asarray(self._bm25.get_scores(known), dtype=np.float32)
