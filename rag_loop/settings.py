@@ -324,7 +324,17 @@ class DriftSettings(BaseModel):
     window_size: int = Field(
         default=100,
         ge=2,
-        description="Queries per window: the latest N are compared with the N before them.",
+        description="Questions in the current window: the latest N are compared with the "
+        "reference window.",
+    )
+    reference_windows: int = Field(
+        default=4,
+        ge=1,
+        le=20,
+        description="Size of the reference window, in windows: the first "
+        "`reference_windows` x `window_size` questions answered after the last drift event "
+        "(from the start when there was none). A reference that stays put finds a shift that "
+        "comes slowly, which consecutive windows never show.",
     )
     min_samples: int = Field(
         default=20, ge=2, description="Fewer queries or thumbs per window: the check is skipped."

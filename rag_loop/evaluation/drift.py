@@ -1,11 +1,20 @@
 """Drift: has what users ask changed (data drift), or how well we answer (concept drift)?
 
-Data drift compares the query embeddings of the current window (the latest N questions)
-with a reference window (the N before them) by the maximum mean discrepancy (MMD, Gretton
-et al. 2012) with a Gaussian kernel whose bandwidth is the median pairwise distance, and a
-permutation test: the windows' labels are shuffled `permutations` times (seeded) and the
-p-value is the share of shuffles with an MMD at least as large as the observed one. Drift is
-flagged when p < `alpha`, so an unchanged distribution is flagged with probability ~alpha.
+The current window is the latest N questions (`window_size`); the reference window is the
+first `reference_windows` x N questions answered after the last drift event (from the start
+when there was none): what users asked once the service last noticed a change. Comparing
+with a reference that stays put finds a shift that comes slowly, over days, which two
+consecutive windows never show (each differs too little from the one before); the next
+drift event moves the reference to what came after it. While fewer than reference and
+window are there, what there is after the event is split: the latest half, at most N, is
+the current window and the rest the reference.
+
+Data drift compares the query embeddings of the two windows by the maximum mean discrepancy
+(MMD, Gretton et al. 2012) with a Gaussian kernel whose bandwidth is the median pairwise
+distance, and a permutation test: the windows' labels are shuffled `permutations` times
+(seeded) and the p-value is the share of shuffles with an MMD at least as large as the
+observed one. Drift is flagged when p < `alpha`, so an unchanged distribution is flagged
+with probability ~alpha.
 
 Concept drift compares rates between the same two windows (thumbs-down rate, two-proportion
 z-test and a minimum change) and the latest production evaluation with the one before it
@@ -26,11 +35,13 @@ written to `events`, which the training loop reads (`events_since`).
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from rag_loop.db.engine import transaction
@@ -100,21 +111,25 @@ class DriftReport:
 Window = list[Any]  # rows of (id, query, created_at), oldest first
 
 
-def _windows(engine: Engine, size: int) -> tuple[Window, Window]:
-    """The latest `size` answered questions and the `size` before them (with fewer, what
-    there is split in two halves)."""
+def _windows(engine: Engine, settings: DriftSettings) -> tuple[Window, Window]:
+    """The reference window (the first `reference_windows` x `window_size` answered
+    questions after the last drift event) and the current one (the latest `window_size`
+    after those); with fewer, what there is split: the latest half, at most
+    `window_size`, is current."""
+    size, reference_size = settings.window_size, settings.reference_windows * settings.window_size
+    columns = (Interaction.id, Interaction.query, Interaction.created_at)
+    order = (Interaction.created_at, Interaction.id)
     with engine.connect() as conn:
-        rows = conn.execute(
-            select(Interaction.id, Interaction.query, Interaction.created_at)
-            .where(Interaction.status == "ok")
-            .order_by(Interaction.created_at.desc(), Interaction.id)
-            .limit(2 * size)
-        ).all()
-    rows = list(reversed(rows))
-    if len(rows) < 2 * size:  # split what there is in two halves
-        half = len(rows) // 2
-        return rows[:half], rows[half:]
-    return rows[:size], rows[size:]
+        since = conn.scalar(select(func.max(Event.created_at)).where(Event.kind == "drift"))
+        answered = select(*columns).where(Interaction.status == "ok")
+        if since is not None:
+            answered = answered.where(Interaction.created_at > since)
+        first = conn.execute(answered.order_by(*order).limit(reference_size + size)).all()
+        if len(first) < reference_size + size:
+            current = min(size, len(first) // 2)
+            return first[: len(first) - current], first[len(first) - current :]
+        latest = conn.execute(answered.order_by(*(c.desc() for c in order)).limit(size)).all()
+    return first[:reference_size], list(reversed(latest))
 
 
 def _rows(engine: Engine, ids: list[str]) -> Window:
@@ -154,10 +169,38 @@ def _thumbs_down_rate(engine: Engine, ids: list[str]) -> tuple[int, int]:
     return sum(1 for t in latest.values() if t == "down"), len(latest)
 
 
+class QuestionVectors:
+    """The base model's vectors of answered questions by interaction id, kept between
+    checks (the latest `kept`): the reference window stays put for days and each check
+    brings one window of new questions, so a check embeds only those."""
+
+    def __init__(self, kept: int = 20_000) -> None:
+        self._kept = kept
+        self._vectors: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def of(self, embedder: Embedder, rows: Window) -> np.ndarray:
+        model = embedder.version
+        with self._lock:
+            missing = [r for r in rows if (model, r.id) not in self._vectors]
+            if missing:
+                fresh = embedder.embed_documents([r.query for r in missing])
+                for row, vector in zip(missing, fresh, strict=True):
+                    self._vectors[(model, row.id)] = vector
+            for row in rows:
+                self._vectors.move_to_end((model, row.id))
+            while len(self._vectors) > self._kept:
+                self._vectors.popitem(last=False)
+            return np.vstack([self._vectors[(model, r.id)] for r in rows])
+
+
+QUESTION_VECTORS = QuestionVectors()  # one per process: interaction ids are unique
+
+
 def check_data_drift(
-    services: DriftParts, settings: DriftSettings, queries: tuple[list[str], list[str]]
+    services: DriftParts, settings: DriftSettings, windows: tuple[Window, Window]
 ) -> dict[str, Any]:
-    reference, current = queries
+    reference, current = windows
     check: dict[str, Any] = {
         "kind": "data",
         "metric": "query_embedding_mmd",
@@ -167,7 +210,7 @@ def check_data_drift(
     if min(len(reference), len(current)) < settings.min_samples:
         check.update(drifted=False, details={**check["details"], "skipped": "too few queries"})
         return check
-    vectors = services.embedder.embed_documents(reference + current)
+    vectors = QUESTION_VECTORS.of(services.embedder, reference + current)
     result = mmd_permutation_test(
         vectors[: len(reference)],
         vectors[len(reference) :],
@@ -249,7 +292,7 @@ def check_drift(services: DriftParts, *, actor: str = "system") -> DriftReport:
     """Run every drift check, store them, and raise a `drift` event if any drifted (a shift
     of the questions or the thumbs once `confirm_windows` more windows confirmed it)."""
     settings = services.settings.drift
-    reference, current = _windows(services.engine, settings.window_size)
+    reference, current = _windows(services.engine, settings)
     pending = _pending(services)
     if pending is not None:
         seen = set(pending["seen"])
@@ -258,9 +301,7 @@ def check_drift(services: DriftParts, *, actor: str = "system") -> DriftReport:
             return _store(services, actor, awaiting, check_eval_metrics(services, settings))
         reference = _rows(services.engine, pending["reference"])
     windows = [
-        check_data_drift(
-            services, settings, ([r.query for r in reference], [r.query for r in current])
-        ),
+        check_data_drift(services, settings, (reference, current)),
         check_thumbs(
             services.engine, settings, ([r.id for r in reference], [r.id for r in current])
         ),

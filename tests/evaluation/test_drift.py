@@ -142,6 +142,48 @@ def test_a_shift_that_the_next_window_does_not_confirm_raises_nothing(
     assert events_since(services.engine, "drift") == []
 
 
+def test_a_slow_shift_is_found_against_a_reference_that_stays_until_the_event(
+    make_settings: Callable[..., Settings], embedder: Any
+) -> None:
+    settings = make_settings(
+        drift={
+            "window_size": 20,
+            "reference_windows": 2,
+            "min_samples": 10,
+            "permutations": 200,
+            "confirm_windows": 0,
+        }
+    )
+    services = Services.from_settings(settings, embedder=embedder)
+    try:
+        ingest(services, CORPUS, actor="test")
+        product = random.Random(0).sample(kestrel_questions(), 98)
+        for question in product[:40]:  # the reference: the first 2 x 20 questions
+            ask(services, question)
+        garden = iter(random.Random(1).sample(GARDEN, len(GARDEN)))
+        rest = iter(product[40:])
+        seen = []
+        for share in (5, 10, 15, 20):  # each window a little more about gardens
+            for question in [next(garden) for _ in range(share)]:
+                ask(services, question)
+            for question in [next(rest) for _ in range(20 - share)]:
+                ask(services, question)
+            report = check_drift(services)
+            data = report.checks[0]
+            assert (data["details"]["reference_n"], data["details"]["current_n"]) == (40, 20)
+            seen.append(report.drifted)
+            if report.drifted:
+                break
+        assert seen[-1] and not seen[0], seen  # found once the move added up
+        for question in [next(garden) for _ in range(20)]:  # gardens from now on
+            ask(services, question)
+        after = check_drift(services).checks[0]  # only what came after the event
+        assert (after["details"]["reference_n"], after["details"]["current_n"]) == (10, 10)
+        assert not after["drifted"]
+    finally:
+        services.close()
+
+
 def test_drift_settings_are_validated() -> None:
     with pytest.raises(ValueError, match="cron"):
         Settings(evaluation={"schedule": "every day"})
