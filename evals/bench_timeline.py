@@ -699,9 +699,11 @@ def main() -> None:
     if not args.analyse:
         prepare_data(args.work)
         ingest_template(args.work)
-    tasks = [("shifted", seed, arm) for seed in seeds for arm in ("closed", "alerting", "silent")]
-    if not args.no_steady:
-        tasks += [("steady", seed, arm) for seed in seeds for arm in ("closed", "alerting")]
+    tasks = []  # a seed's arms before the next seed's, the longest first
+    for seed in seeds:
+        tasks += [("shifted", seed, arm) for arm in ("closed", "alerting", "silent")]
+        if not args.no_steady:
+            tasks += [("steady", seed, arm) for arm in ("closed", "alerting")]
     print(f"{len(tasks)} arm runs, {args.jobs} at a time; data in {args.work}", flush=True)
 
     def one(task: tuple[str, int, str]) -> dict[str, Any]:
