@@ -463,6 +463,13 @@ class LoopSettings(BaseModel):
         "(mean over the gate's data sets, weighted by their questions); a negative value "
         "lets a candidate through that is at most that much worse.",
     )
+    min_gate_queries: int = Field(
+        default=10,
+        ge=1,
+        description="The gate promotes only when its primary metric was measured on at least "
+        "this many questions (the held-out feedback queries, or the golden sets when there "
+        "are none): on a handful, a chance difference passes for a gain.",
+    )
     max_regression: float = Field(
         default=0.01,
         ge=0,

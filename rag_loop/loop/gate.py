@@ -9,6 +9,9 @@ champion are ranked the same way. The candidate passes when
   weighted by their questions), and
 - no tracked metric (nDCG, Recall and MRR at k) drops by more than `loop.max_regression`
   on any data set: the golden sets guard what already works.
+
+and the primary metric was measured on at least `loop.min_gate_queries` questions: on a
+handful, one question ranked differently moves the mean more than the margin.
 """
 
 from __future__ import annotations
@@ -74,6 +77,12 @@ def decide(runs: dict[str, dict[str, Any]], settings: LoopSettings, k: int) -> d
             0,
             f"{primary_label} changed by {primary_delta:+.4f}; the gate needs at least "
             f"+{settings.min_improvement}",
+        )
+    if weight < settings.min_gate_queries:
+        reasons.insert(
+            0,
+            f"{primary_label} was measured on {weight} questions; the gate needs at least "
+            f"{settings.min_gate_queries} (loop.min_gate_queries)",
         )
     return {
         "passed": not reasons,
