@@ -124,7 +124,7 @@ def _windows(engine: Engine, settings: DriftSettings) -> tuple[Window, Window]:
         answered = select(*columns).where(Interaction.status == "ok")
         if since is not None:
             answered = answered.where(Interaction.created_at > since)
-        first = conn.execute(answered.order_by(*order).limit(reference_size + size)).all()
+        first = list(conn.execute(answered.order_by(*order).limit(reference_size + size)))
         if len(first) < reference_size + size:
             current = min(size, len(first) // 2)
             return first[: len(first) - current], first[len(first) - current :]
@@ -189,9 +189,10 @@ class QuestionVectors:
                     self._vectors[(model, row.id)] = vector
             for row in rows:
                 self._vectors.move_to_end((model, row.id))
+            vectors = np.vstack([self._vectors[(model, r.id)] for r in rows])
             while len(self._vectors) > self._kept:
                 self._vectors.popitem(last=False)
-            return np.vstack([self._vectors[(model, r.id)] for r in rows])
+            return vectors
 
 
 QUESTION_VECTORS = QuestionVectors()  # one per process: interaction ids are unique

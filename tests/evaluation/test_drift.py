@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import namedtuple
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -14,7 +15,12 @@ import pytest
 
 from rag_loop.corpus.ingest import ingest
 from rag_loop.db.models import DriftCheck
-from rag_loop.evaluation.drift import check_drift, events_since, mmd_permutation_test
+from rag_loop.evaluation.drift import (
+    QuestionVectors,
+    check_drift,
+    events_since,
+    mmd_permutation_test,
+)
 from rag_loop.feedback.schemas import FeedbackIn
 from rag_loop.feedback.service import submit_feedback
 from rag_loop.interactions.ask import ask
@@ -68,6 +74,38 @@ def test_mmd_flags_a_topic_shift_and_rarely_flags_an_unshifted_window(embedder: 
         shifted = np.vstack([vectors[order[:20]], garden[rng.permutation(len(garden))[:20]]])
         result = mmd_permutation_test(vectors[order[40:80]], shifted, permutations=200, seed=draw)
         assert result.p_value < 0.01, result
+
+
+class CountingEmbedder:
+    """The real embedder, counting the texts it is given (an Embedder itself)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner, self.texts = inner, 0
+        self.name, self.version, self.dimension = inner.name, inner.version, inner.dimension
+
+    def embed_documents(self, texts: list[str], *, progress: bool = False) -> np.ndarray:
+        self.texts += len(texts)
+        return self.inner.embed_documents(texts, progress=progress)
+
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        return self.embed_documents(texts)
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return self.embed_documents([text])[0]
+
+
+def test_question_vectors_are_embedded_once_per_interaction(embedder: Any) -> None:
+    Row = namedtuple("Row", "id query created_at")
+    rows = [Row(f"i{n}", q, None) for n, q in enumerate(kestrel_questions()[:60])]
+    counting, vectors = CountingEmbedder(embedder), QuestionVectors(kept=50)
+    first = vectors.of(counting, rows[:40])  # a check: reference and current window
+    again = vectors.of(counting, rows[20:60])  # the next: 20 of them seen already
+    assert counting.texts == 60
+    np.testing.assert_allclose(again[:20], first[20:40])
+    direct = embedder.embed_documents([r.query for r in rows[20:60]])
+    np.testing.assert_allclose(again, direct, atol=1e-5)  # batches pad differently
+    vectors.of(counting, rows[:10])  # the oldest were let go (50 kept)
+    assert counting.texts == 70
 
 
 @pytest.fixture
