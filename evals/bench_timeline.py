@@ -679,7 +679,8 @@ def main() -> None:
     parser.add_argument(
         "--analyse",
         action="store_true",
-        help="only rebuild the tables, plots and JSON from the arm results in --work",
+        help="only rebuild the tables, plots and JSON from the arm results in --work (the "
+        "arms that finished)",
     )
     parser.add_argument("--work", type=Path, default=None, help="keep the data dirs here")
     parser.add_argument("--out", type=Path, default=None, help="JSON report (PNG beside it)")
@@ -706,10 +707,14 @@ def main() -> None:
             tasks += [("steady", seed, arm) for arm in ("closed", "alerting")]
     print(f"{len(tasks)} arm runs, {args.jobs} at a time; data in {args.work}", flush=True)
 
-    def one(task: tuple[str, int, str]) -> dict[str, Any]:
+    def one(task: tuple[str, int, str]) -> dict[str, Any] | None:
         stream, seed, arm = task
         if args.analyse:
-            run = json.loads((args.work / f"part-{stream}-seed{seed}-{arm}.json").read_text())
+            part = args.work / f"part-{stream}-seed{seed}-{arm}.json"
+            if not part.exists():
+                print(f"  {stream} seed {seed} {arm}: no result in {args.work}", flush=True)
+                return None
+            run = json.loads(part.read_text())
         else:
             run = run_child(arm, stream, seed, args)
         run["daily"] = daily(run, args.days)
@@ -722,7 +727,7 @@ def main() -> None:
         return run
 
     with ThreadPoolExecutor(args.jobs) as pool:
-        runs = list(pool.map(one, tasks))
+        runs = [run for run in pool.map(one, tasks) if run is not None]
     out = args.out or ROOT / "evals/results/timeline.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     report: dict[str, Any] = {
@@ -733,6 +738,8 @@ def main() -> None:
     }
     for seed in seeds:
         shifted = {r["arm"]: r for r in runs if r["stream"] == "shifted" and r["seed"] == seed}
+        if not shifted:
+            continue
         picture = out.with_name(f"{out.stem}-seed{seed}.png")
         plot(shifted, args.days, picture)
         report["plots"].append(str(picture))
