@@ -50,6 +50,7 @@ and the table, printed.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import random
@@ -256,11 +257,9 @@ def test_scores(services: Any, questions: list[Question]) -> dict[str, float]:
 
 
 def run_arm(arm: str, stream_kind: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
-    from sqlalchemy import select
 
     from rag_loop.clock import SimulatedClock
     from rag_loop.corpus.ingest import ingest
-    from rag_loop.db.models import AuditEntry, DriftCheck, Event, LoopCycle
     from rag_loop.evaluation.metrics import groundedness_proxy, ranking_metrics
     from rag_loop.feedback.service import submit_feedback
     from rag_loop.feedback.simulated import SimulatedUser
@@ -345,38 +344,7 @@ def run_arm(arm: str, stream_kind: str, seed: int, args: argparse.Namespace) -> 
                     answer.versions["index_version"],
                 ]
             )
-        with services.sessions() as session:
-
-            def hours(at: datetime) -> float:
-                return round((at - START).total_seconds() / 3600, 3)
-
-            drift_events = [
-                {
-                    "hour": hours(e.created_at),
-                    "metrics": [c["metric"] for c in e.payload.get("checks", [])],
-                }
-                for e in session.scalars(select(Event).where(Event.kind == "drift"))
-            ]
-            drift_checks = len(session.scalars(select(DriftCheck.id)).all())
-            cycles = [
-                {
-                    "id": c.id,
-                    "trigger": c.trigger,
-                    "state": c.state,
-                    "started_hour": hours(c.created_at),
-                    "finished_hour": hours(c.finished_at) if c.finished_at else None,
-                    "gate_delta": (c.gate.get("deltas") or {}).get("primary"),
-                }
-                for c in session.scalars(select(LoopCycle).order_by(LoopCycle.id))
-            ]
-            actions = [
-                {"hour": hours(a.at), "action": a.action, "target": a.target}
-                for a in session.scalars(
-                    select(AuditEntry)
-                    .where(AuditEntry.action.in_(("loop.promote", "loop.rollback")))
-                    .order_by(AuditEntry.id)
-                )
-            ]
+        record = service_record(services)
     finally:
         services.close()
     return {
@@ -386,26 +354,164 @@ def run_arm(arm: str, stream_kind: str, seed: int, args: argparse.Namespace) -> 
         "target_cluster": stream.target_cluster,
         "shifts": stream.shifts,
         "ingests": ingests,
-        "asks_fields": [
-            "hour",
-            "ndcg_at_10",
-            "recall_at_10",
-            "thumb",
-            "groundedness_proxy",
-            "pool",
-            "cluster",
-            "index_version_id",
-        ],
+        "asks_fields": ASKS_FIELDS,
         "asks": asks,
         "test_scores": scored,
+        **record,
+        "schedule_runs": schedule.runs,
+        "simulated_user": user.counts,
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "settings": settings_for(data_dir, arm, args).model_dump(
+            mode="json", include={"evaluation", "drift", "loop", "training"}
+        ),
+    }
+
+
+ASKS_FIELDS = [
+    "hour",
+    "ndcg_at_10",
+    "recall_at_10",
+    "thumb",
+    "groundedness_proxy",
+    "pool",
+    "cluster",
+    "index_version_id",
+]
+
+
+def _hours(at: datetime) -> float:
+    return round((at - START).total_seconds() / 3600, 3)
+
+
+@functools.cache
+def _clustered(work: Path) -> list[Question]:
+    return with_clusters(prepare_data(work))
+
+
+def service_record(services: Any) -> dict[str, Any]:
+    """What the service did, from its own records: drift events and checks, loop cycles,
+    promotions and rollbacks."""
+    from sqlalchemy import select
+
+    from rag_loop.db.models import AuditEntry, DriftCheck, Event, LoopCycle
+
+    with services.sessions() as session:
+        drift_events = [
+            {
+                "hour": _hours(e.created_at),
+                "metrics": [c["metric"] for c in e.payload.get("checks", [])],
+            }
+            for e in session.scalars(select(Event).where(Event.kind == "drift"))
+        ]
+        drift_checks = len(session.scalars(select(DriftCheck.id)).all())
+        cycles = [
+            {
+                "id": c.id,
+                "trigger": c.trigger,
+                "state": c.state,
+                "started_hour": _hours(c.created_at),
+                "finished_hour": _hours(c.finished_at) if c.finished_at else None,
+                "gate_delta": (c.gate.get("deltas") or {}).get("primary"),
+            }
+            for c in session.scalars(select(LoopCycle).order_by(LoopCycle.id))
+        ]
+        actions = [
+            {"hour": _hours(a.at), "action": a.action, "target": a.target}
+            for a in session.scalars(
+                select(AuditEntry)
+                .where(AuditEntry.action.in_(("loop.promote", "loop.rollback")))
+                .order_by(AuditEntry.id)
+            )
+        ]
+    return {
         "drift_events": drift_events,
         "drift_checks": drift_checks,
         "cycles": cycles,
         "promotions": [a for a in actions if a["action"] == "loop.promote"],
         "rollbacks": [a for a in actions if a["action"] == "loop.rollback"],
-        "schedule_runs": schedule.runs,
-        "simulated_user": user.counts,
-        "wall_seconds": round(time.perf_counter() - started, 1),
+    }
+
+
+def run_from_database(
+    arm: str, stream_kind: str, seed: int, args: argparse.Namespace
+) -> dict[str, Any] | None:
+    """An arm that did not finish (stopped, or cut off), rebuilt from its data dir: every
+    answer's served passages and latest thumb as the service logged them, scored against
+    the questions' labels (no groundedness sample and no test-split scores: those the run
+    computes as it goes)."""
+    from sqlalchemy import select
+
+    from rag_loop.db.models import FeedbackEvent, Interaction, Retrieval
+    from rag_loop.evaluation.metrics import ranking_metrics
+    from rag_loop.services import Services
+
+    data_dir = args.work / f"{stream_kind}-seed{seed}-{arm}"
+    if not (data_dir / "rag_loop.db").exists():
+        return None
+    questions = _clustered(args.work)
+    by_text = {q.text.strip(): q for q in questions}
+    stream = make_stream(questions, stream_kind, seed, args)
+    services = Services.from_settings(settings_for(data_dir, arm, args))
+    try:
+        with services.sessions() as session:
+            asked = session.execute(
+                select(
+                    Interaction.id,
+                    Interaction.query,
+                    Interaction.created_at,
+                    Interaction.index_version_id,
+                )
+                .where(Interaction.status == "ok")
+                .order_by(Interaction.created_at, Interaction.id)
+            ).all()
+            served: dict[str, list[str]] = {}
+            for interaction_id, document_id in session.execute(
+                select(Retrieval.interaction_id, Retrieval.document_id).order_by(
+                    Retrieval.interaction_id, Retrieval.rank
+                )
+            ):
+                served.setdefault(interaction_id, []).append(document_id)
+            thumbs = dict(
+                session.execute(
+                    select(FeedbackEvent.interaction_id, FeedbackEvent.thumb)
+                    .where(FeedbackEvent.kind == "thumb")
+                    .order_by(FeedbackEvent.id)
+                ).all()
+            )
+        record = service_record(services)
+    finally:
+        services.close()
+    rows = [(r, by_text[r.query]) for r in asked if r.query in by_text]
+    scores = ranking_metrics(
+        {r.id: list(dict.fromkeys(served.get(r.id, []))) for r, _ in rows},
+        {r.id: sorted(q.relevant) for r, q in rows},
+        10,
+    )
+    asks = [
+        [
+            _hours(r.created_at),
+            round(scores[r.id]["ndcg_at_10"], 4),
+            round(scores[r.id]["recall_at_10"], 4),
+            thumbs.get(r.id),
+            None,
+            q.pool,
+            q.cluster,
+            r.index_version_id,
+        ]
+        for r, q in rows
+    ]
+    return {
+        "arm": arm,
+        "stream": stream_kind,
+        "seed": seed,
+        "target_cluster": stream.target_cluster,
+        "shifts": stream.shifts,
+        "unfinished": f"rebuilt from {data_dir}: {len(asks)} of {len(stream.asks)} asks",
+        "asks_fields": ASKS_FIELDS,
+        "asks": asks,
+        "test_scores": [],
+        **record,
+        "wall_seconds": None,
         "settings": settings_for(data_dir, arm, args).model_dump(
             mode="json", include={"evaluation", "drift", "loop", "training"}
         ),
@@ -552,11 +658,13 @@ def steady_table(runs: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for run in runs:
-        first, last = run["test_scores"][0], run["test_scores"][-1]
+        scored = [s["pubmedqa"]["ndcg_at_10"] for s in run["test_scores"]]
+        test = f"{scored[0]:.3f} -> {scored[-1]:.3f}" if scored else "not scored"
+        if run.get("unfinished"):
+            test += f" ({run['unfinished']})"
         lines.append(
             f"| {run['seed']} | {run['arm']} | {len(run['drift_events'])} | {len(run['cycles'])} "
-            f"| {len(run['promotions'])} | {first['pubmedqa']['ndcg_at_10']:.3f} -> "
-            f"{last['pubmedqa']['ndcg_at_10']:.3f} |"
+            f"| {len(run['promotions'])} | {test} |"
         )
     return "\n".join(lines)
 
@@ -706,24 +814,30 @@ def main() -> None:
         if not args.no_steady:
             tasks += [("steady", seed, arm) for arm in ("closed", "alerting")]
     print(f"{len(tasks)} arm runs, {args.jobs} at a time; data in {args.work}", flush=True)
+    if args.analyse and any(
+        not (args.work / f"part-{stream}-seed{seed}-{arm}.json").exists()
+        for stream, seed, arm in tasks
+    ):
+        _clustered(args.work)  # once, before arms are rebuilt from their databases
 
     def one(task: tuple[str, int, str]) -> dict[str, Any] | None:
         stream, seed, arm = task
         if args.analyse:
             part = args.work / f"part-{stream}-seed{seed}-{arm}.json"
-            if not part.exists():
-                print(f"  {stream} seed {seed} {arm}: no result in {args.work}", flush=True)
-                return None
-            run = json.loads(part.read_text())
+            if part.exists():
+                run = json.loads(part.read_text())
+            else:
+                rebuilt = run_from_database(arm, stream, seed, args)
+                if rebuilt is None:
+                    print(f"  {stream} seed {seed} {arm}: no result in {args.work}", flush=True)
+                    return None
+                run = rebuilt
         else:
             run = run_child(arm, stream, seed, args)
         run["daily"] = daily(run, args.days)
         run["figures"] = shift_figures(run, run["daily"])
-        print(
-            f"  {stream} seed {seed} {arm}: {run['wall_seconds']:.0f} s; "
-            f"{json.dumps(run['figures'])}",
-            flush=True,
-        )
+        took = run.get("unfinished") or f"{run['wall_seconds']:.0f} s"
+        print(f"  {stream} seed {seed} {arm}: {took}; {json.dumps(run['figures'])}", flush=True)
         return run
 
     with ThreadPoolExecutor(args.jobs) as pool:
