@@ -379,7 +379,7 @@ ASKS_FIELDS = [
 ]
 
 
-def _hours(at: datetime) -> float:
+def _hour_of(at: datetime) -> float:
     return round((at - START).total_seconds() / 3600, 3)
 
 
@@ -398,7 +398,7 @@ def service_record(services: Any) -> dict[str, Any]:
     with services.sessions() as session:
         drift_events = [
             {
-                "hour": _hours(e.created_at),
+                "hour": _hour_of(e.created_at),
                 "metrics": [c["metric"] for c in e.payload.get("checks", [])],
             }
             for e in session.scalars(select(Event).where(Event.kind == "drift"))
@@ -409,14 +409,14 @@ def service_record(services: Any) -> dict[str, Any]:
                 "id": c.id,
                 "trigger": c.trigger,
                 "state": c.state,
-                "started_hour": _hours(c.created_at),
-                "finished_hour": _hours(c.finished_at) if c.finished_at else None,
+                "started_hour": _hour_of(c.created_at),
+                "finished_hour": _hour_of(c.finished_at) if c.finished_at else None,
                 "gate_delta": (c.gate.get("deltas") or {}).get("primary"),
             }
             for c in session.scalars(select(LoopCycle).order_by(LoopCycle.id))
         ]
         actions = [
-            {"hour": _hours(a.at), "action": a.action, "target": a.target}
+            {"hour": _hour_of(a.at), "action": a.action, "target": a.target}
             for a in session.scalars(
                 select(AuditEntry)
                 .where(AuditEntry.action.in_(("loop.promote", "loop.rollback")))
@@ -489,7 +489,7 @@ def run_from_database(
     )
     asks = [
         [
-            _hours(r.created_at),
+            _hour_of(r.created_at),
             round(scores[r.id]["ndcg_at_10"], 4),
             round(scores[r.id]["recall_at_10"], 4),
             thumbs.get(r.id),
