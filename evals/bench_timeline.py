@@ -556,6 +556,9 @@ def shift_figures(run: dict[str, Any], days: list[dict[str, Any]]) -> list[dict[
     out = []
     for shift in run["shifts"]:
         start, until = shift["day"], shift["until_day"]
+        if not any(d["asks"] for d in days[start:until]):  # an unfinished arm never got here
+            out.append({"shift": shift["name"], "day": start, "reached": False})
+            continue
         before = [d["ndcg_at_10"] for d in days[max(start - 5, 0) : start] if d["ndcg_at_10"]]
         level = _mean(before) or 0.0
         hour = start * 24.0
@@ -615,7 +618,10 @@ def seed_table(runs: dict[str, dict[str, Any]]) -> str:
     figures = {a: runs[a]["figures"] for a in arms}
 
     def per_shift(key: str, fmt: Any) -> list[str]:
-        return [" / ".join(fmt(f[key]) for f in figures[a]) for a in arms]
+        return [
+            " / ".join(fmt(f[key]) if f.get("reached", True) else "not reached" for f in figures[a])
+            for a in arms
+        ]
 
     rows.append(("time to detect (abrupt / gradual)", per_shift("hours_to_detect", _hours)))
     rows.append(("time to intervene", per_shift("hours_to_intervene", _hours)))
