@@ -846,7 +846,9 @@ def main() -> None:
         print(f"  {stream} seed {seed} {arm}: {took}; {json.dumps(run['figures'])}", flush=True)
         return run
 
-    with ThreadPoolExecutor(args.jobs) as pool:
+    # --analyse: one at a time (a rebuild opens the service, whose migrations are not
+    # thread-safe: Alembic keeps its running context in module globals)
+    with ThreadPoolExecutor(1 if args.analyse else args.jobs) as pool:
         runs = [run for run in pool.map(one, tasks) if run is not None]
     out = args.out or ROOT / "evals/results/timeline.json"
     out.parent.mkdir(parents=True, exist_ok=True)
