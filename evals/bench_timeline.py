@@ -348,11 +348,7 @@ def run_arm(arm: str, stream_kind: str, seed: int, args: argparse.Namespace) -> 
     finally:
         services.close()
     return {
-        "arm": arm,
-        "stream": stream_kind,
-        "seed": seed,
-        "target_cluster": stream.target_cluster,
-        "shifts": stream.shifts,
+        **_identity(arm, stream_kind, seed, stream),
         "ingests": ingests,
         "asks_fields": ASKS_FIELDS,
         "asks": asks,
@@ -386,6 +382,16 @@ def _hour_of(at: datetime) -> float:
 @functools.cache
 def _clustered(work: Path) -> list[Question]:
     return with_clusters(prepare_data(work))
+
+
+def _identity(arm: str, stream_kind: str, seed: int, stream: Stream) -> dict[str, Any]:
+    return {
+        "arm": arm,
+        "stream": stream_kind,
+        "seed": seed,
+        "target_cluster": stream.target_cluster,
+        "shifts": stream.shifts,
+    }
 
 
 def service_record(services: Any) -> dict[str, Any]:
@@ -501,11 +507,7 @@ def run_from_database(
         for r, q in rows
     ]
     return {
-        "arm": arm,
-        "stream": stream_kind,
-        "seed": seed,
-        "target_cluster": stream.target_cluster,
-        "shifts": stream.shifts,
+        **_identity(arm, stream_kind, seed, stream),
         "unfinished": f"rebuilt from {data_dir}: {len(asks)} of {len(stream.asks)} asks",
         "asks_fields": ASKS_FIELDS,
         "asks": asks,
