@@ -71,19 +71,21 @@ def replay(
         settings = Settings(data_dir=Path(data), corpus_path=None, drift=drift)
         services = Services.from_settings(settings, embedder=embedder, clock=clock)
         try:
-            asks = list(stream.asks)
+            asks, next_ask = stream.asks, 0  # in time order
             for hour in range(6, days * 24 + 1, 6):  # the questions of 6 hours, a check
                 due = START + timedelta(hours=hour)
-                rows = [
-                    {
-                        "id": time_ordered_id(),
-                        "created_at": START + timedelta(seconds=at),
-                        "query": questions[n].text,
-                        "top_k": 10,
-                    }
-                    for at, n, _ in asks
-                    if due - timedelta(hours=6) <= START + timedelta(seconds=at) < due
-                ]
+                rows = []
+                while next_ask < len(asks) and asks[next_ask][0] < hour * 3600:
+                    at, n, _ = asks[next_ask]
+                    rows.append(
+                        {
+                            "id": time_ordered_id(),
+                            "created_at": START + timedelta(seconds=at),
+                            "query": questions[n].text,
+                            "top_k": 10,
+                        }
+                    )
+                    next_ask += 1
                 if rows:
                     insert_rows(services.engine, (Interaction, rows))
                 clock.advance_to(due)
