@@ -490,6 +490,7 @@ def _train(services: CycleParts, cycle: LoopCycle) -> Move:
         else None,
         "validation_queries": tuning.validation_queries,
         "validation": tuning.validation,
+        "validation_kept": tuning.kept,
         "expansions": len(expanded),
         "expansion_check": expansion_check,
     }
@@ -532,10 +533,10 @@ def _validation(
     A hybrid champion's validation queries are ranked with BM25 over its chunks' own text
     (not its expansions: those may hold the validation queries themselves, from earlier
     cycles) and again with the chunks expanded by the fit part's questions. The candidate
-    gets every training question as expansions (fit and validation, as training refits on
-    both) unless they rank the validation queries worse with the champion's encoder, by
-    more than the gate lets a metric drop (`loop.max_regression`); when they are kept, the
-    encoder is validated with them too."""
+    gets every training question as expansions (the fit part's, checked on the validation
+    queries, and the validation queries' own) unless the fit part's rank the validation
+    queries worse with the champion's encoder, by more than the gate lets a metric drop
+    (`loop.max_regression`); when they are kept, the encoder is validated with them too."""
     config = RetrievalConfig.stored(index.retrieval)
     if not config.hybrid:
         return FusionCheck.from_examples(examples, ids, bank, None, None, config.candidates), [], {}

@@ -90,7 +90,8 @@ def finetune(
 class QueryTuning:
     """What query-side training chose: a trained encoder (None: no epoch ranked the
     validation queries better than the champion's encoder), the dense weight that ranks them
-    best with the chosen encoder, and the validation nDCG@10 of every epoch (0: before)."""
+    best with the chosen encoder, the validation nDCG@10 of every epoch (0: before) and of
+    the weights saved (`kept`: the best epoch's, scored again after training)."""
 
     trained: TrainedModel | None
     dense_weight: float | None
@@ -98,6 +99,7 @@ class QueryTuning:
     best_epoch: int
     validation: list[dict[str, Any]]
     validation_queries: int
+    kept: float | None
 
 
 def finetune_queries(
@@ -112,11 +114,13 @@ def finetune_queries(
     """Query-side training: only the query encoder learns, scored against `bank` (the
     vectors of `bank_ids`, from the serving index) with `BankSoftmaxLoss`.
 
-    With `check` (the training set's validation part) it first fits on the other part,
-    scoring every epoch on the validation queries and stopping after `settings.patience`
-    epochs without a better one. When no epoch beats the encoder it started from, the
-    encoder is kept (nothing is saved). Otherwise it fits again on every example, for the
-    best epoch's count, so the validation feedback teaches too."""
+    With `check` (the training set's validation part) it fits on the other part, scoring
+    every epoch on the validation queries and stopping after `settings.patience` epochs
+    without a better one; the best epoch's weights are the ones saved. When no epoch beats
+    the encoder it started from, the encoder is kept (nothing is saved). The validation
+    queries choose, they do not teach: a refit on every example for the best epoch's count
+    would double the cycle's training time for a fifth more examples, and its weights would
+    be ones no validation query has scored."""
     fit = _bank_examples(examples_path, bank_ids, skip_validation=check is not None)
     started = time.perf_counter()
     model = _load(base_folder, settings)
@@ -128,7 +132,7 @@ def finetune_queries(
         history.append(_epoch_figures(0, validator.last))
     result = _fit_queries(model, fit, bank, settings, validator)
     epochs_run = round(result.epochs)
-    dense_weight, best_epoch, examples = None, epochs_run, fit
+    dense_weight, best_epoch, kept = None, epochs_run, None
     if check is not None and validator is not None:
         for entry in result.log_history:
             if "eval_validation_ndcg_at_10" in entry:
@@ -142,12 +146,10 @@ def finetune_queries(
         best = max(history, key=lambda h: (h["ndcg_at_10"], -h["epoch"]))
         dense_weight, best_epoch = best["dense_weight"], best["epoch"]
         if best_epoch == 0:  # no epoch ranked better than the encoder it started from
-            return QueryTuning(None, dense_weight, epochs_run, 0, history, len(check.queries))
-        examples = _bank_examples(examples_path, bank_ids, skip_validation=False)
-        model = _load(base_folder, settings)
-        result = _fit_queries(
-            model, examples, bank, settings.model_copy(update={"epochs": best_epoch}), None
-        )
+            return QueryTuning(None, dense_weight, epochs_run, 0, history, len(check.queries), None)
+        validator(model)  # the weights the trainer loaded at the end: the best epoch's
+        assert validator.last is not None
+        kept = round(validator.last.ndcg_at_10, 6)
     _save(model, out_folder)
     trained = _trained(
         out_folder,
@@ -156,20 +158,26 @@ def finetune_queries(
         settings,
         model,
         base_folder,
-        min(settings.batch_size, len(examples.anchors)),
+        min(settings.batch_size, len(fit.anchors)),
         {
             "mode": "query",
             "loss": "BankSoftmaxLoss (query encoder vs the frozen index's vectors)",
             "bank_size": len(bank_ids),
-            "examples": len(examples.anchors),
-            "examples_skipped": examples.skipped,
+            "examples": len(fit.anchors),
+            "examples_skipped": fit.skipped,
             "epochs_run": epochs_run,
             "best_epoch": best_epoch,
             "validation_queries": len(check.queries) if check else 0,
         },
     )
     return QueryTuning(
-        trained, dense_weight, epochs_run, best_epoch, history, len(check.queries) if check else 0
+        trained,
+        dense_weight,
+        epochs_run,
+        best_epoch,
+        history,
+        len(check.queries) if check else 0,
+        kept,
     )
 
 

@@ -68,6 +68,8 @@ def test_one_cycle_improves_retrieval_on_questions_it_never_saw(
     best = max(validation, key=lambda v: v["ndcg_at_10"])
     assert recipe["best_epoch"] == best["epoch"] > 0
     assert best["ndcg_at_10"] > validation[0]["ndcg_at_10"]
+    # the saved weights are the best epoch's (the trainer loads them back at the end)
+    assert recipe["validation_kept"] == pytest.approx(best["ndcg_at_10"], abs=1e-6)
     assert abs(recipe["dense_weight"] - 0.5) <= 0.1 + 1e-9
     assert served.id == view["candidate_index_version_id"]
     assert served.retrieval.dense_weight == recipe["dense_weight"]
