@@ -67,13 +67,13 @@ def test_readme_quickstart(tmp_path: Path, mlflow_uri: str) -> None:
     ]
     assert runs[0]["metrics"]["ndcg_at_10"] > 0.8 and runs[0]["mlflow_run_id"]
     replayed = next(o for o in outputs if isinstance(o, dict) and "asked" in o)
-    assert replayed["asked"] == 80
+    assert replayed["asked"] == 160
     cycle = next(o for o in outputs if isinstance(o, dict) and "gate" in o)
     assert cycle["state"] == "promoted", cycle["error"]
     assert cycle["embedder"]["mlflow_model"] == "rag-loop-embedder/2"  # 1 is the base
     walk = next(o for o in outputs if isinstance(o, dict) and "promoted_by" in o)
     assert walk["promoted_by"]["loop_cycle"] == cycle["id"]
-    assert walk["training_set"]["feedback_interactions"] >= 80
+    assert walk["training_set"]["feedback_interactions"] >= 160
     report = (tmp_path / "report.html").read_text()
     assert "Worst interactions" in report and "How much is the theft excess?" in report
     assert "Training loop" in report
