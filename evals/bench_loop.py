@@ -249,7 +249,8 @@ def run_seed(
             print(
                 f"  cycle {n}: {view['state']} in {cycle_seconds:.0f} s; recipe "
                 f"{ {k: recipe.get(k) for k in ('encoder', 'best_epoch', 'dense_weight')} }; "
-                f"gate {(view['gate'].get('deltas') or {}).get('primary')}; "
+                f"gate {(view['gate'].get('deltas') or {}).get('primary')} "
+                f"(p {view['gate'].get('primary_p_value')}); "
                 f"{view['error'] or ''}",
                 flush=True,
             )
@@ -264,6 +265,7 @@ def run_seed(
                     "examples": (view["training_set"] or {}).get("n_examples"),
                     "heldout_queries": (view["training_set"] or {}).get("n_heldout"),
                     "gate_delta": (view["gate"].get("deltas") or {}).get("primary"),
+                    "gate_p_value": view["gate"].get("primary_p_value"),
                     "recipe": {k: v for k, v in recipe.items() if k != "validation"},
                     "cycle_seconds": round(cycle_seconds, 1),
                     "cycle_stages": cycle_stages,
@@ -282,8 +284,8 @@ def table(runs: list[dict[str, Any]]) -> str:
     """One row per step, the seeds' figures side by side and their mean."""
     lines = [
         "| after | state (per seed) | nDCG@10 | Recall@10 | Recall@100 | MRR@10 "
-        "| learned gain (per seed) | cycle s (per seed) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| learned gain (per seed) | gate delta, p (per seed) | cycle s (per seed) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for step in range(len(runs[0]["results"])):
         rows = [run["results"][step] for run in runs]
@@ -292,13 +294,21 @@ def table(runs: list[dict[str, Any]]) -> str:
             return f"{sum(r[key] for r in rows) / len(rows):.3f}"
 
         gains = " / ".join(f"{r['learned_gain']:+.3f}" for r in rows if "learned_gain" in r)
+        gates = " / ".join(_gate(r) for r in rows if "state" in r)
         lines.append(
             f"| {rows[0]['after']} | {' / '.join(r.get('state', '') for r in rows)} "
             f"| {mean('ndcg_at_10')} | {mean('recall_at_10')} | {mean('recall_at_100')} "
-            f"| {mean('mrr_at_10')} | {gains} "
+            f"| {mean('mrr_at_10')} | {gains} | {gates} "
             f"| {' / '.join(str(r.get('cycle_seconds', '')) for r in rows)} |"
         )
     return "\n".join(lines)
+
+
+def _gate(row: dict[str, Any]) -> str:
+    if row.get("gate_delta") is None:
+        return "-"
+    p_value = row.get("gate_p_value")
+    return f"{row['gate_delta']:+.3f}" + (f", p {p_value:.3f}" if p_value is not None else "")
 
 
 def main() -> None:

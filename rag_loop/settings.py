@@ -461,7 +461,7 @@ class LoopSettings(BaseModel):
         le=1,
         description="The candidate must beat the champion's primary metric by at least this "
         "(mean over the gate's data sets, weighted by their questions); a negative value "
-        "lets a candidate through that is at most that much worse.",
+        "lets a candidate through that is at most that much worse (with max_p_value 1).",
     )
     min_gate_queries: int = Field(
         default=10,
@@ -469,6 +469,14 @@ class LoopSettings(BaseModel):
         description="The gate promotes only when its primary metric was measured on at least "
         "this many questions (the held-out feedback queries, or the golden sets when there "
         "are none): on a handful, a chance difference passes for a gain.",
+    )
+    max_p_value: float = Field(
+        default=0.1,
+        gt=0,
+        le=1,
+        description="The gain must be more than chance: a one-sided paired permutation test "
+        "over the questions the primary metric was measured on (candidate vs champion, per "
+        "question) must give at most this p-value. 1 turns the test off.",
     )
     max_regression: float = Field(
         default=0.01,

@@ -97,6 +97,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
             "RAG_LOOP_LOOP_MIN_IMPROVEMENT": "-1",
             "RAG_LOOP_LOOP_MAX_REGRESSION": "1",
             "RAG_LOOP_LOOP_MIN_GATE_QUERIES": "1",
+            "RAG_LOOP_LOOP_MAX_P_VALUE": "1",
         }
         urls = []
         for n in range(2):  # one after the other: the first one migrates the database

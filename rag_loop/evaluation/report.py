@@ -123,6 +123,7 @@ def loop_cycles(cycles: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "examples": (c["training_set"] or {}).get("n_examples"),
             "primary_metric": c["gate"].get("primary_metric"),
             "primary_delta": c["gate"].get("primary_delta"),
+            "primary_p_value": c["gate"].get("primary_p_value"),
             "shadow": c["gate"].get("shadow"),
             "watch": (c["gate"].get("watch") or {}).get("status"),
             "seconds": round(

@@ -48,6 +48,7 @@ from rag_loop.db.models import (
     Alias,
     AuditEntry,
     EmbedderVersion,
+    EvalSample,
     IndexVersion,
     LoopCycle,
     TrainingSet,
@@ -682,7 +683,12 @@ def _evaluate(services: CycleParts, cycle: LoopCycle) -> Move:
                 "metrics": outcome.metrics,
             }
             _update(services, cycle.id, gate={**cycle.gate, "runs": runs})
-    verdict = decide(runs, services.settings.loop, services.settings.evaluation.k)
+    verdict = decide(
+        runs,
+        services.settings.loop,
+        services.settings.evaluation.k,
+        _per_question(services, runs, services.settings.loop.primary_metric),
+    )
     gate = {**cycle.gate, "runs": runs, "champion_index_version": serving.id, **verdict}
     if not verdict["passed"]:
         move = _rejection("; ".join(verdict["reasons"]), "gate")
@@ -706,6 +712,25 @@ def _evaluate(services: CycleParts, cycle: LoopCycle) -> Move:
     move = _after_gate(services, cycle, "gate")
     move.fields["gate"] = gate
     return move
+
+
+def _per_question(
+    services: CycleParts, runs: dict[str, dict[str, Any]], metric: str
+) -> dict[str, dict[str, float]]:
+    """Each gate run's `metric` per question id, from the samples its evaluation stored."""
+    run_keys = {run["eval_run_id"]: key for key, run in runs.items()}
+    scores: dict[str, dict[str, float]] = {key: {} for key in runs}
+    with services.sessions() as session:
+        rows = session.execute(
+            select(EvalSample.run_id, EvalSample.sample_id, EvalSample.scores).where(
+                EvalSample.run_id.in_(run_keys)
+            )
+        )
+        for run_id, sample_id, values in rows:
+            value = (values or {}).get(metric)
+            if value is not None:
+                scores[run_keys[run_id]][sample_id] = float(value)
+    return scores
 
 
 def _shadow(services: CycleParts, cycle: LoopCycle) -> Move:

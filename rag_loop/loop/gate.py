@@ -10,20 +10,60 @@ champion are ranked the same way. The candidate passes when
 - no tracked metric (nDCG, Recall and MRR at k) drops by more than `loop.max_regression`
   on any data set: the golden sets guard what already works.
 
-and the primary metric was measured on at least `loop.min_gate_queries` questions: on a
-handful, one question ranked differently moves the mean more than the margin.
+and the gain is more than chance: the primary metric was measured on at least
+`loop.min_gate_queries` questions, and a paired permutation test over them (each
+question's candidate and champion scores swapped at random, i.e. the sign of its
+difference flipped) finds a mean gain this large with probability at most
+`loop.max_p_value` if the candidate were no better. A mean that a few questions carry,
+with as many others ranked worse, is noise the margin alone does not see.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from rag_loop.evaluation.metrics import ir_metric_names
 from rag_loop.settings import LoopSettings
 
+PERMUTATIONS = 9999  # exact below 2**13 differing questions, seeded sign flips above
 
-def decide(runs: dict[str, dict[str, Any]], settings: LoopSettings, k: int) -> dict[str, Any]:
+
+def paired_p_value(differences: Sequence[float]) -> float:
+    """One-sided p-value of the mean of `differences` (candidate minus champion, one per
+    question) under the null hypothesis that the candidate is no better: each difference's
+    sign flipped at random (scipy's paired permutation test; questions ranked alike carry
+    no sign and are left out, which leaves the p-value unchanged)."""
+    from scipy.stats import permutation_test
+
+    changed = np.asarray([d for d in differences if d != 0], dtype=np.float64)
+    if changed.size == 0:
+        return 1.0
+    if changed.size == 1:  # two sign patterns (scipy wants two observations)
+        return 0.5 if changed[0] > 0 else 1.0
+    result = permutation_test(
+        (changed,),
+        lambda d, axis: np.mean(d, axis=axis),
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=PERMUTATIONS,
+        alternative="greater",
+        rng=0,
+    )
+    return float(result.pvalue)
+
+
+def decide(
+    runs: dict[str, dict[str, Any]],
+    settings: LoopSettings,
+    k: int,
+    questions: Mapping[str, Mapping[str, float]],
+) -> dict[str, Any]:
+    """The verdict on the gate's evaluation `runs` (key: `<dataset>|<role>`), with
+    `questions[key]`: the run's primary metric per question id."""
     tracked = list(ir_metric_names(k))
     primary = settings.primary_metric
     if primary not in tracked:
@@ -34,8 +74,10 @@ def decide(runs: dict[str, dict[str, Any]], settings: LoopSettings, k: int) -> d
     deltas: dict[str, float] = {}
     reasons: list[str] = []
     weighted, weight = 0.0, 0
+    differences: list[float] = []
     has_heldout = any(r.get("kind") == "heldout" for r in runs.values())
     measured_on: list[str] = []
+    keys = {(run["dataset"], run["role"]): key for key, run in runs.items()}
     for dataset, roles in sorted(by_dataset.items()):
         champion, candidate = roles.get("champion"), roles.get("candidate")
         if champion is None or candidate is None:
@@ -61,6 +103,9 @@ def decide(runs: dict[str, dict[str, Any]], settings: LoopSettings, k: int) -> d
             n = int(candidate.get("n_samples") or 1)
             weighted += n * (candidate["metrics"][primary] - champion["metrics"][primary])
             weight += n
+            before_by = questions.get(keys[(dataset, "champion")], {})
+            after_by = questions.get(keys[(dataset, "candidate")], {})
+            differences += [after_by[q] - before_by[q] for q in sorted(after_by) if q in before_by]
     if weight == 0:
         return {
             "passed": False,
@@ -78,6 +123,18 @@ def decide(runs: dict[str, dict[str, Any]], settings: LoopSettings, k: int) -> d
             f"{primary_label} changed by {primary_delta:+.4f}; the gate needs at least "
             f"+{settings.min_improvement}",
         )
+    better = sum(1 for d in differences if d > 0)
+    worse = sum(1 for d in differences if d < 0)
+    p_value = paired_p_value(differences)
+    if primary_delta >= settings.min_improvement and p_value > settings.max_p_value:
+        reasons.insert(
+            0,
+            f"{primary_label} changed by {primary_delta:+.4f}, which chance explains: "
+            f"{better} questions ranked better, {worse} worse, "
+            f"{len(differences) - better - worse} alike; p = {p_value:.3f} by a paired "
+            f"permutation test, the gate needs at most {settings.max_p_value} "
+            "(loop.max_p_value)",
+        )
     if weight < settings.min_gate_queries:
         reasons.insert(
             0,
@@ -91,4 +148,10 @@ def decide(runs: dict[str, dict[str, Any]], settings: LoopSettings, k: int) -> d
         "primary_metric": primary,
         "primary_measured_on": measured_on,
         "primary_delta": round(primary_delta, 6),
+        "primary_questions": {
+            "better": better,
+            "worse": worse,
+            "alike": len(differences) - better - worse,
+        },
+        "primary_p_value": round(p_value, 6),
     }

@@ -37,6 +37,14 @@ class GateRun(_Record):
     metrics: dict[str, float | None]
 
 
+class PairedQuestions(_Record):
+    """The gate's questions by how the candidate ranked each against the champion."""
+
+    better: int
+    worse: int
+    alike: int
+
+
 class ShadowFigures(_Record):
     shadowed: int
     labelled: int
@@ -78,6 +86,12 @@ class Gate(_Record):
     primary_metric: str | None = None
     primary_measured_on: list[str] = Field(default_factory=list)
     primary_delta: float | None = None
+    primary_questions: PairedQuestions | None = None
+    primary_p_value: float | None = Field(
+        default=None,
+        description="One-sided p-value of the primary gain by a paired permutation test over "
+        "the questions (loop.max_p_value).",
+    )
     shadow_since: str | None = None
     shadow: ShadowFigures | None = None
     watch: WatchRecord | None = None

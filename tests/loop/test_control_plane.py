@@ -36,6 +36,7 @@ ALWAYS_PASS = {
     "min_improvement": -1.0,
     "max_regression": 1.0,
     "min_gate_queries": 1,
+    "max_p_value": 1.0,
 }
 
 

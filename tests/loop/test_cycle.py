@@ -39,6 +39,7 @@ ALWAYS_PASS = {
     "min_improvement": -1.0,
     "max_regression": 1.0,
     "min_gate_queries": 1,
+    "max_p_value": 1.0,
 }  # mechanics, not quality
 
 
@@ -180,6 +181,7 @@ def test_a_crash_mid_training_leaves_the_champion_serving_and_resumes(
         "RAG_LOOP_TRAINING_MAX_SEQ_LENGTH": "128",
         "RAG_LOOP_LOOP_MIN_IMPROVEMENT": "-1",
         "RAG_LOOP_LOOP_MAX_REGRESSION": "1",
+        "RAG_LOOP_LOOP_MAX_P_VALUE": "1",
     }
     cli = str(Path(sys.executable).parent / "rag-loop")
     process = subprocess.Popen(

@@ -1,11 +1,14 @@
-"""The gate's verdict on evaluation figures: a gain big enough, nothing broken, and measured
-on enough questions (the figures are what the cycle's evaluation runs store)."""
+"""The gate's verdict on evaluation figures: a gain big enough, nothing broken, measured on
+enough questions and more than chance (the figures are what the cycle's evaluation runs
+store: each run's metrics, and its primary metric per question)."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from rag_loop.loop.gate import decide
+import pytest
+
+from rag_loop.loop.gate import decide, paired_p_value
 from rag_loop.settings import LoopSettings
 
 METRICS = ("ndcg_at_10", "recall_at_10", "mrr_at_10")
@@ -29,26 +32,68 @@ def _runs(n_heldout: int, gain: float, golden_drop: float = 0.0) -> dict[str, di
     }
 
 
+def _questions(changes: list[float], n: int) -> dict[str, dict[str, float]]:
+    """Held-out scores per question: the champion's 0.7 each, the candidate's changed by
+    `changes` on the first questions and alike on the rest."""
+    champion = {f"q{i}": 0.7 for i in range(n)}
+    candidate = dict(champion)
+    for i, change in enumerate(changes):
+        candidate[f"q{i}"] = 0.7 + change
+    return {"h|champion": champion, "h|candidate": candidate}
+
+
 def test_a_gain_on_enough_held_out_questions_passes() -> None:
-    verdict = decide(_runs(40, 0.03), LoopSettings(), 10)
+    questions = _questions([0.1] * 12, 40)  # 12 of 40 ranked better: +0.03 on the mean
+    verdict = decide(_runs(40, 0.03), LoopSettings(), 10, questions)
     assert verdict["passed"], verdict
     assert verdict["primary_measured_on"] == ["heldout_feedback"]  # the golden set guards only
     assert verdict["primary_delta"] == 0.03
+    assert verdict["primary_questions"] == {"better": 12, "worse": 0, "alike": 28}
+    assert verdict["primary_p_value"] == pytest.approx(2**-12, abs=1e-6)  # exact
 
 
 def test_a_gain_on_a_handful_of_questions_does_not() -> None:
-    verdict = decide(_runs(6, 0.05), LoopSettings(), 10)
+    questions = _questions([0.3] * 6, 6)
+    verdict = decide(_runs(6, 0.3), LoopSettings(), 10, questions)
     assert not verdict["passed"]
     assert verdict["reasons"] == [
         "ndcg_at_10 on heldout_feedback was measured on 6 questions; the gate needs at least "
         "10 (loop.min_gate_queries)"
     ]
-    assert decide(_runs(6, 0.05), LoopSettings(min_gate_queries=5), 10)["passed"]
+    assert decide(_runs(6, 0.3), LoopSettings(min_gate_queries=5), 10, questions)["passed"]
+
+
+def test_a_mean_gain_that_chance_explains_does_not_pass() -> None:
+    # three questions far better, two far worse: a mean of +0.0225 on 40 questions that the
+    # margin alone would let through
+    questions = _questions([0.5, 0.5, 0.5, -0.3, -0.3], 40)
+    verdict = decide(_runs(40, 0.0225), LoopSettings(), 10, questions)
+    assert not verdict["passed"]
+    assert verdict["primary_questions"] == {"better": 3, "worse": 2, "alike": 35}
+    # sign flips of (.5, .5, .5, -.3, -.3) reaching a sum of 0.9 or more: 7 of 32
+    assert verdict["primary_p_value"] == pytest.approx(7 / 32, abs=1e-6)
+    assert verdict["reasons"] == [
+        "ndcg_at_10 on heldout_feedback changed by +0.0225, which chance explains: 3 questions "
+        "ranked better, 2 worse, 35 alike; p = 0.219 by a paired permutation test, the gate "
+        "needs at most 0.1 (loop.max_p_value)"
+    ]
+    assert decide(_runs(40, 0.0225), LoopSettings(max_p_value=1.0), 10, questions)["passed"]
 
 
 def test_too_small_a_gain_or_a_broken_golden_set_is_rejected() -> None:
-    small = decide(_runs(40, 0.002), LoopSettings(), 10)
+    small = decide(_runs(40, 0.002), LoopSettings(), 10, _questions([0.08], 40))
     assert not small["passed"] and "the gate needs at least +0.005" in small["reasons"][0]
-    broken = decide(_runs(40, 0.03, golden_drop=0.05), LoopSettings(), 10)
+    broken = decide(
+        _runs(40, 0.03, golden_drop=0.05), LoopSettings(), 10, _questions([0.1] * 12, 40)
+    )
     assert not broken["passed"]
     assert any(r.startswith("ndcg_at_10 on questions dropped by 0.0500") for r in broken["reasons"])
+
+
+def test_the_paired_test_is_exact_on_few_questions_and_seeded_on_many() -> None:
+    assert paired_p_value([]) == paired_p_value([0.0, 0.0]) == 1.0
+    assert paired_p_value([0.3, 0.0]) == 0.5 and paired_p_value([-0.3]) == 1.0
+    assert paired_p_value([0.2, 0.1, 0.0]) == pytest.approx(0.25)  # 1 of 4 sign patterns
+    assert paired_p_value([-0.2, -0.1]) == 1.0
+    many = [0.05 * ((i % 5) - 1) for i in range(60)]  # more better than worse, 48 changed
+    assert paired_p_value(many) == paired_p_value(many) < 0.05
