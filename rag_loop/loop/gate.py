@@ -10,12 +10,15 @@ champion are ranked the same way. The candidate passes when
 - no tracked metric (nDCG, Recall and MRR at k) drops by more than `loop.max_regression`
   on any data set: the golden sets guard what already works.
 
-and the gain is more than chance: the primary metric was measured on at least
-`loop.min_gate_queries` questions, and a paired permutation test over them (each
-question's candidate and champion scores swapped at random, i.e. the sign of its
-difference flipped) finds a mean gain this large with probability at most
-`loop.max_p_value` if the candidate were no better. A mean that a few questions carry,
-with as many others ranked worse, is noise the margin alone does not see.
+and the primary metric was measured on at least `loop.min_gate_queries` questions: on a
+handful, one question ranked differently moves the mean more than the margin.
+
+Every verdict also gives a paired permutation test over those questions (each question's
+candidate and champion scores swapped at random, i.e. the sign of its difference
+flipped): the p-value of a mean gain this large if the candidate were no better, and how
+many questions ranked better, worse and alike. `loop.max_p_value` below 1 requires it; by
+default it is recorded only, since on held-out sets where most questions rank alike the
+test turned down candidates that were better on the benchmark's test split (README).
 """
 
 from __future__ import annotations
