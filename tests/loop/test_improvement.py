@@ -57,6 +57,10 @@ def test_one_cycle_improves_retrieval_on_questions_it_never_saw(
     # a real improvement on held-out questions, beyond the gate's margin
     assert after["ndcg_at_10"] >= before["ndcg_at_10"] + 0.005
     assert after["recall_at_10"] >= before["recall_at_10"]
+    # the paired test ran on every held-out question, read from the runs' stored samples
+    questions = gate["primary_questions"]
+    assert sum(questions.values()) == before["n_samples"] and questions["better"] > 0
+    assert 0 < gate["primary_p_value"] <= 1
     # and the handbook's own wording still works
     assert gate["deltas"]["questions.ndcg_at_10"] >= -0.01
     assert view["training_set"]["stats"]["leak_excluded_queries"] == 0
