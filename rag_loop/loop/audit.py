@@ -3,19 +3,22 @@
 interaction -> index version (collection, MLflow run) -> embedder version (model registry
 version, parent, base) -> training set (content hash, MLflow run, the feedback it was built
 from) -> the loop cycle that promoted the index and the evaluation runs of its gate.
-An index built by `ingest` with the base model ends the walk at the embedder.
+The training set is the cycle's (its questions are the index's expansions, and the
+encoder's examples when the cycle trained one); an index built by `ingest` with the base
+model ends the walk at the embedder.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from rag_loop.db.models import (
     EmbedderVersion,
     EvalRun,
+    IndexExpansion,
     IndexVersion,
     Interaction,
     LoopCycle,
@@ -62,6 +65,11 @@ def trace(sessions: sessionmaker[Session], interaction_id: str) -> dict[str, Any
             "parent_id": index.parent_id,
             "reason": index.reason,
             "mlflow_run_id": index.mlflow_run_id,
+            "expansions": session.scalar(
+                select(func.count())
+                .select_from(IndexExpansion)
+                .where(IndexExpansion.index_version_id == index.id)
+            ),
         }
         model = session.scalar(
             select(EmbedderVersion).where(EmbedderVersion.version == index.embedder_version)
@@ -77,8 +85,20 @@ def trace(sessions: sessionmaker[Session], interaction_id: str) -> dict[str, Any
             "mlflow_run_id": model.mlflow_run_id if model else None,
             "training_params": model.params if model else {},
         }
-        if model is not None and model.training_set_id is not None:
-            training = session.get_one(TrainingSet, model.training_set_id)
+        cycle = session.scalar(
+            select(LoopCycle)
+            .where(LoopCycle.candidate_index_version_id == index.id)
+            .order_by(LoopCycle.id.desc())
+            .limit(1)
+        )
+        # the feedback this index learned from: its cycle's training set (the questions it
+        # indexes as expansions, and the encoder's when the cycle trained one), else the
+        # training set of the encoder it kept
+        training_set_id = (cycle.training_set_id if cycle is not None else None) or (
+            model.training_set_id if model is not None else None
+        )
+        if training_set_id is not None:
+            training = session.get_one(TrainingSet, training_set_id)
             out["training_set"] = {
                 "id": training.id,
                 "content_hash": training.content_hash,
@@ -92,12 +112,6 @@ def trace(sessions: sessionmaker[Session], interaction_id: str) -> dict[str, Any
                 "feedback_interactions": len(training.interaction_ids),
                 "feedback_interaction_ids": training.interaction_ids,
             }
-        cycle = session.scalar(
-            select(LoopCycle)
-            .where(LoopCycle.candidate_index_version_id == index.id)
-            .order_by(LoopCycle.id.desc())
-            .limit(1)
-        )
         if cycle is not None:
             run_ids = [r["eval_run_id"] for r in cycle.gate.get("runs", {}).values()]
             runs = session.scalars(select(EvalRun).where(EvalRun.id.in_(run_ids)))

@@ -417,6 +417,14 @@ def test_document_expansion_alone_makes_a_candidate_from_training_questions_only
     # the BM25 side of the candidate finds a chunk by the words users asked it with
     served = serving_index(services.engine)
     assert served.id == candidate
+    # an answer it serves walks back to the feedback its expansions came from, though the
+    # encoder is the base model's, which no training set made
+    walk = trace(services.sessions, ask(services, "my wheels got nicked").interaction_id)
+    assert walk["index_version"]["id"] == candidate
+    assert walk["index_version"]["expansions"] == len(stored)
+    assert walk["embedder"]["version"] == services.embedder.version
+    assert walk["training_set"]["id"] == training_set.id
+    assert walk["promoted_by"]["loop_cycle"] == view["id"]
     chunk_id, question = stored[0]
     before = services.lexical.get(base.collection_name, 0, served.retrieval)
     after = services.lexical.get(served.collection_name, served.revision, served.retrieval)
