@@ -186,17 +186,14 @@ class Stages:
 
 
 def settings_for(data_dir: Path, args: argparse.Namespace) -> Settings:
-    """The service's defaults; only where the data lives, that the gate never sees a golden
-    set (the test split is the benchmark's, never the loop's) and document expansion (on)
-    differ."""
+    """The service's defaults; only where the data lives and that the gate never sees a
+    golden set (the test split is the benchmark's, never the loop's) differ."""
     return Settings(
         data_dir=data_dir,
         corpus_path=None,
         chunking={"chunk_size": args.chunk_size, "chunk_overlap": 0},
         retrieval={"top_k": args.shown},
         evaluation={"golden_sets": []},
-        # off in the service's defaults (README, loop benchmark); what this benchmark measures
-        training={"expand_documents": True},
     )
 
 

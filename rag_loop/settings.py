@@ -423,12 +423,12 @@ class TrainingSettings(BaseModel):
         "no validation; training runs `epochs` and always offers its encoder to the gate.",
     )
     expand_documents: bool = Field(
-        default=False,
+        default=True,
         description="hybrid index versions: index the questions users confirmed a chunk "
         "answers with its text on the BM25 side (document expansion). A cycle keeps them "
         "unless they rank its validation queries worse by more than loop.max_regression; "
-        "the gate decides the candidate. Off by default until it passes the sample "
-        "corpus's golden set (README, loop benchmark).",
+        "the gate decides the candidate. false: the loop learns the encoder and the fusion "
+        "weight only.",
     )
     epochs: int = Field(
         default=8,

@@ -70,9 +70,15 @@ def test_readme_quickstart(tmp_path: Path, mlflow_uri: str) -> None:
     assert replayed["asked"] == 160
     cycle = next(o for o in outputs if isinstance(o, dict) and "gate" in o)
     assert cycle["state"] == "promoted", cycle["error"]
-    assert cycle["embedder"]["mlflow_model"] == "rag-loop-embedder/2"  # 1 is the base
+    # what it learned: the users' questions, indexed with the chunks they confirmed, and
+    # the encoder when an epoch beat the one serving (1 is the base model's version)
+    recipe = cycle["recipe"]
+    assert recipe["expansions"] > 0
+    version = 2 if recipe["encoder"] == "trained" else 1
+    assert cycle["embedder"]["mlflow_model"] == f"rag-loop-embedder/{version}"
     walk = next(o for o in outputs if isinstance(o, dict) and "promoted_by" in o)
     assert walk["promoted_by"]["loop_cycle"] == cycle["id"]
+    assert walk["index_version"]["expansions"] == recipe["expansions"]
     assert walk["training_set"]["feedback_interactions"] >= 160
     report = (tmp_path / "report.html").read_text()
     assert "Worst interactions" in report and "How much is the theft excess?" in report
