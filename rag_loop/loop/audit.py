@@ -84,6 +84,7 @@ def trace(sessions: sessionmaker[Session], interaction_id: str) -> dict[str, Any
             else None,
             "mlflow_run_id": model.mlflow_run_id if model else None,
             "training_params": model.params if model else {},
+            "training_set_id": model.training_set_id if model else None,
         }
         cycle = session.scalar(
             select(LoopCycle)

@@ -108,6 +108,7 @@ def test_promotion_serves_the_new_versions_traces_and_rolls_back(
     assert walk["index_version"]["id"] == new
     assert walk["embedder"]["version"] == embedder["version"]
     assert walk["training_set"]["content_hash"] == view["training_set"]["content_hash"]
+    assert walk["embedder"]["training_set_id"] == walk["training_set"]["id"]
     assert walk["training_set"]["feedback_interactions"] == len(questions()) - GOLDEN_SHARE
     assert walk["promoted_by"]["loop_cycle"] == cycle_id
     assert len(walk["promoted_by"]["evaluations"]) == 4
@@ -423,6 +424,7 @@ def test_document_expansion_alone_makes_a_candidate_from_training_questions_only
     assert walk["index_version"]["id"] == candidate
     assert walk["index_version"]["expansions"] == len(stored)
     assert walk["embedder"]["version"] == services.embedder.version
+    assert walk["embedder"]["training_set_id"] is None
     assert walk["training_set"]["id"] == training_set.id
     assert walk["promoted_by"]["loop_cycle"] == view["id"]
     chunk_id, question = stored[0]
