@@ -18,7 +18,7 @@ import json
 from collections.abc import Iterable
 from pathlib import Path
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from rag_loop.db.models import IndexExpansion, IndexVersion
@@ -58,6 +58,18 @@ def of_version(session: Session, index_version_id: int) -> Pairs:
         .order_by(IndexExpansion.id)
     )
     return [(chunk_id, question) for chunk_id, question in rows]
+
+
+def count(session: Session, index_version_id: int) -> int:
+    """How many (chunk, question) pairs an index version has."""
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(IndexExpansion)
+            .where(IndexExpansion.index_version_id == index_version_id)
+        )
+        or 0
+    )
 
 
 def of_collection(sessions: sessionmaker[Session], collection: str) -> dict[str, list[str]]:

@@ -12,19 +12,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from rag_loop.db.models import (
     EmbedderVersion,
     EvalRun,
-    IndexExpansion,
     IndexVersion,
     Interaction,
     LoopCycle,
     TrainingSet,
 )
 from rag_loop.errors import NotFound
+from rag_loop.index import expansions
 
 
 def trace(sessions: sessionmaker[Session], interaction_id: str) -> dict[str, Any]:
@@ -65,11 +65,7 @@ def trace(sessions: sessionmaker[Session], interaction_id: str) -> dict[str, Any
             "parent_id": index.parent_id,
             "reason": index.reason,
             "mlflow_run_id": index.mlflow_run_id,
-            "expansions": session.scalar(
-                select(func.count())
-                .select_from(IndexExpansion)
-                .where(IndexExpansion.index_version_id == index.id)
-            ),
+            "expansions": expansions.count(session, index.id),
         }
         model = session.scalar(
             select(EmbedderVersion).where(EmbedderVersion.version == index.embedder_version)
