@@ -1,10 +1,9 @@
 """The loop benchmark: does feedback make retrieval better, on any domain, and how fast?
 
-Through the real service code, with the service's default settings (hybrid retrieval,
-query-side training that picks its own epochs and fusion weight on validation feedback,
-the default gate) plus document expansion with the questions users confirmed (off in the
-service's defaults), on data read by path from ../shared/datasets (nothing of it
-committed):
+Through the real service code, with the service's default settings unchanged (hybrid
+retrieval, query-side training that picks its own epochs and fusion weight on validation
+feedback, document expansion with the questions users confirmed, the default gate), on
+data read by path from ../shared/datasets (nothing of it committed):
 
 - scifact: BEIR SciFact, 5,183 abstracts; the train split's 809 claims are replayed as
   user asks, the test split's 300 are scored;

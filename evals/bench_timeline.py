@@ -44,7 +44,11 @@ the curve and that level (nDCG x days). Written: a JSON file with everything, a 
 and the table, printed.
 
     python evals/bench_timeline.py [--seeds 0,1,2] [--days 30] [--asks-per-day 400]
+                                   [--arms silent,alerting,closed] [--streams shifted,steady]
                                    [--jobs 2] [--work DIR] [--out FILE] [--analyse]
+
+`--arms` and `--streams` pick some of the runs (the steady stream runs only the alerting
+and closed arms); with the same `--work`, a later `--analyse` puts them together.
 """
 
 from __future__ import annotations
@@ -791,7 +795,15 @@ def main() -> None:
         help="cron of the evaluation round with its drift checks (alerting and closed arms)",
     )
     parser.add_argument("--jobs", type=int, default=2, help="arms run at once")
-    parser.add_argument("--no-steady", action="store_true", help="skip the steady stream")
+    parser.add_argument(
+        "--arms", default=",".join(ARMS), help="comma-separated: silent, alerting, closed"
+    )
+    parser.add_argument(
+        "--streams", default="shifted,steady", help="comma-separated: shifted, steady"
+    )
+    parser.add_argument(
+        "--no-steady", action="store_true", help="skip the steady stream (--streams shifted)"
+    )
     parser.add_argument(
         "--analyse",
         action="store_true",
@@ -805,10 +817,25 @@ def main() -> None:
     parser.add_argument("--part", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    arms = {a.strip() for a in args.arms.split(",") if a.strip()}
+    streams = {s.strip() for s in args.streams.split(",") if s.strip()} - (
+        {"steady"} if args.no_steady else set()
+    )
+    if not arms <= set(ARMS) or not streams <= {"shifted", "steady"}:
+        parser.error(f"--arms takes {', '.join(ARMS)}; --streams takes shifted, steady")
     if args.arm:
         result = run_arm(args.arm, args.stream, seeds[0], args)
         args.part.write_text(json.dumps(result))
         return
+
+    tasks = []  # a seed's arms before the next seed's, the longest first
+    for seed in seeds:
+        if "shifted" in streams:
+            tasks += [("shifted", seed, a) for a in ("closed", "alerting", "silent") if a in arms]
+        if "steady" in streams:
+            tasks += [("steady", seed, a) for a in STEADY_ARMS[::-1] if a in arms]
+    if not tasks:
+        parser.error("no arm runs: the steady stream has no silent arm")
 
     began = time.perf_counter()
     args.work = (args.work or Path(tempfile.mkdtemp(prefix="rag-loop-bench-timeline-"))).resolve()
@@ -816,11 +843,6 @@ def main() -> None:
     if not args.analyse:
         prepare_data(args.work)
         ingest_template(args.work)
-    tasks = []  # a seed's arms before the next seed's, the longest first
-    for seed in seeds:
-        tasks += [("shifted", seed, arm) for arm in ("closed", "alerting", "silent")]
-        if not args.no_steady:
-            tasks += [("steady", seed, arm) for arm in ("closed", "alerting")]
     print(f"{len(tasks)} arm runs, {args.jobs} at a time; data in {args.work}", flush=True)
     if args.analyse and any(
         not (args.work / f"part-{stream}-seed{seed}-{arm}.json").exists()
