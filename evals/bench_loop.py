@@ -246,7 +246,8 @@ def run_seed(
                 f"  cycle {n}: {view['state']} in {cycle_seconds:.0f} s; recipe "
                 f"{ {k: recipe.get(k) for k in ('encoder', 'best_epoch', 'dense_weight')} }; "
                 f"gate {(view['gate'].get('deltas') or {}).get('primary')} "
-                f"(p {view['gate'].get('primary_p_value')}); "
+                f"(p {view['gate'].get('primary_p_value')}, room "
+                f"{view['gate'].get('primary_room')}); "
                 f"{view['error'] or ''}",
                 flush=True,
             )
@@ -262,6 +263,7 @@ def run_seed(
                     "heldout_queries": (view["training_set"] or {}).get("n_heldout"),
                     "gate_delta": (view["gate"].get("deltas") or {}).get("primary"),
                     "gate_p_value": view["gate"].get("primary_p_value"),
+                    "gate_room": view["gate"].get("primary_room"),
                     "recipe": {k: v for k, v in recipe.items() if k != "validation"},
                     "cycle_seconds": round(cycle_seconds, 1),
                     "cycle_stages": cycle_stages,

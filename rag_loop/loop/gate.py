@@ -19,6 +19,11 @@ flipped): the p-value of a mean gain this large if the candidate were no better,
 many questions ranked better, worse and alike. `loop.max_p_value` below 1 requires it; by
 default it is recorded only, since on held-out sets where most questions rank alike the
 test turned down candidates that were better on the benchmark's test split (README).
+
+The verdict also counts the questions with room: those the champion did not already score
+perfectly, the only ones on which a candidate can show a gain. Feedback confirms what was
+served (a thumb rates the answer's first citation), so most held-out questions of sparse
+feedback have none, and a rejection says so.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ import numpy as np
 from rag_loop.evaluation.metrics import ir_metric_names
 from rag_loop.settings import LoopSettings
 
+PERFECT = 1.0 - 1e-9  # nDCG, Recall and MRR at k are at most 1
 PERMUTATIONS = 9999  # exact below 2**13 differing questions, seeded sign flips above
 
 
@@ -78,6 +84,7 @@ def decide(
     reasons: list[str] = []
     weighted, weight = 0.0, 0
     differences: list[float] = []
+    room = 0  # questions the champion did not score perfectly
     has_heldout = any(r.get("kind") == "heldout" for r in runs.values())
     measured_on: list[str] = []
     keys = {(run["dataset"], run["role"]): key for key, run in runs.items()}
@@ -109,6 +116,7 @@ def decide(
             before_by = questions.get(keys[(dataset, "champion")], {})
             after_by = questions.get(keys[(dataset, "candidate")], {})
             differences += [after_by[q] - before_by[q] for q in sorted(after_by) if q in before_by]
+            room += sum(1 for q in after_by if q in before_by and before_by[q] < PERFECT)
     if weight == 0:
         return {
             "passed": False,
@@ -121,10 +129,17 @@ def decide(
     deltas["primary"] = round(primary_delta, 6)
     primary_label = f"{primary} on {', '.join(measured_on)}"
     if primary_delta < settings.min_improvement:
+        perfect = len(differences) - room
         reasons.insert(
             0,
             f"{primary_label} changed by {primary_delta:+.4f}; the gate needs at least "
-            f"+{settings.min_improvement}",
+            f"+{settings.min_improvement}"
+            + (
+                f" (the champion already scored {perfect} of the {len(differences)} questions "
+                f"perfectly: a gain could show on {room} only)"
+                if perfect
+                else ""
+            ),
         )
     better = sum(1 for d in differences if d > 0)
     worse = sum(1 for d in differences if d < 0)
@@ -157,4 +172,5 @@ def decide(
             "alike": len(differences) - better - worse,
         },
         "primary_p_value": round(p_value, 6),
+        "primary_room": room,
     }

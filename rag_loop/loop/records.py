@@ -92,6 +92,11 @@ class Gate(_Record):
         description="One-sided p-value of the primary gain by a paired permutation test over "
         "the questions (loop.max_p_value).",
     )
+    primary_room: int | None = Field(
+        default=None,
+        description="Of those questions, how many the champion did not already score "
+        "perfectly: the only ones on which a candidate can show a gain.",
+    )
     shadow_since: str | None = None
     shadow: ShadowFigures | None = None
     watch: WatchRecord | None = None

@@ -98,3 +98,21 @@ def test_the_paired_test_is_exact_on_few_questions_and_seeded_on_many() -> None:
     assert paired_p_value([-0.2, -0.1]) == 1.0
     many = [0.05 * ((i % 5) - 1) for i in range(60)]  # more better than worse, 48 changed
     assert paired_p_value(many) == paired_p_value(many) < 0.05
+
+
+def test_a_rejection_says_how_many_questions_had_room_for_a_gain() -> None:
+    # feedback confirms what was served: the champion already ranks 36 of 40 perfectly
+    champion = {f"q{i}": 1.0 if i >= 4 else 0.5 for i in range(40)}
+    candidate = {**champion, "q0": 0.6}
+    runs = _runs(40, 0.0025)
+    verdict = decide(runs, LoopSettings(), 10, {"h|champion": champion, "h|candidate": candidate})
+    assert not verdict["passed"]
+    assert verdict["primary_room"] == 4
+    assert verdict["primary_questions"] == {"better": 1, "worse": 0, "alike": 39}
+    assert verdict["reasons"][0].endswith(
+        "the gate needs at least +0.005 (the champion already scored 36 of the 40 questions "
+        "perfectly: a gain could show on 4 only)"
+    )
+    # with room everywhere the reason says nothing more
+    plain = decide(_runs(40, 0.002), LoopSettings(), 10, _questions([0.08], 40))
+    assert plain["primary_room"] == 40 and plain["reasons"][0].endswith("at least +0.005")
