@@ -264,6 +264,7 @@ def run_seed(
                     "gate_delta": (view["gate"].get("deltas") or {}).get("primary"),
                     "gate_p_value": view["gate"].get("primary_p_value"),
                     "gate_room": view["gate"].get("primary_room"),
+                    "gate_questions": sum((view["gate"].get("primary_questions") or {}).values()),
                     "recipe": {k: v for k, v in recipe.items() if k != "validation"},
                     "cycle_seconds": round(cycle_seconds, 1),
                     "cycle_stages": cycle_stages,
@@ -282,7 +283,7 @@ def table(runs: list[dict[str, Any]]) -> str:
     """One row per step, the seeds' figures side by side and their mean."""
     lines = [
         "| after | state (per seed) | nDCG@10 | Recall@10 | Recall@100 | MRR@10 "
-        "| learned gain (per seed) | gate delta, p (per seed) | cycle s (per seed) |",
+        "| learned gain (per seed) | gate delta, p, room (per seed) | cycle s (per seed) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for step in range(len(runs[0]["results"])):
@@ -305,8 +306,12 @@ def table(runs: list[dict[str, Any]]) -> str:
 def _gate(row: dict[str, Any]) -> str:
     if row.get("gate_delta") is None:
         return "-"
-    p_value = row.get("gate_p_value")
-    return f"{row['gate_delta']:+.3f}" + (f", p {p_value:.3f}" if p_value is not None else "")
+    p_value, room = row.get("gate_p_value"), row.get("gate_room")
+    return (
+        f"{row['gate_delta']:+.3f}"
+        + (f", p {p_value:.3f}" if p_value is not None else "")
+        + (f", room {room}/{row.get('gate_questions')}" if room is not None else "")
+    )
 
 
 def main() -> None:
