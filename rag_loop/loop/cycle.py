@@ -500,6 +500,11 @@ def _train(services: CycleParts, cycle: LoopCycle) -> Move:
             new_expansions = bool(expanded) and set(expanded) != set(
                 expansions.of_version(session, index.id)
             )
+        if expansion_check:  # validated: they must rank the validation queries better
+            new_expansions = new_expansions and (
+                expansion_check["validation_ndcg_at_10_with"]
+                > expansion_check["validation_ndcg_at_10_without"]
+            )
         weight_only = settings.init_from == "champion"  # validated with the champion's encoder
         new_weight = tuning.dense_weight not in (None, recipe["champion_dense_weight"])
         if not weight_only or not (new_weight or new_expansions):
