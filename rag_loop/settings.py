@@ -426,8 +426,9 @@ class TrainingSettings(BaseModel):
         default=True,
         description="hybrid index versions: index the questions users confirmed a chunk "
         "answers with its text on the BM25 side (document expansion). A cycle keeps them "
-        "unless they rank its validation queries worse by more than loop.max_regression; "
-        "the gate decides the candidate. false: the loop learns the encoder and the fusion "
+        "unless they rank its validation queries worse by more than loop.max_regression "
+        "(with the champion's encoder kept, only if they rank them better); the gate "
+        "decides the candidate. false: the loop learns the encoder and the fusion "
         "weight only.",
     )
     epochs: int = Field(
@@ -468,7 +469,8 @@ class LoopSettings(BaseModel):
         ge=1,
         description="The gate promotes only when its primary metric was measured on at least "
         "this many questions (the held-out feedback queries, or the golden sets when there "
-        "are none): on a handful, a chance difference passes for a gain.",
+        "are none) that the champion did not already score perfectly, the only ones on "
+        "which a gain can show: on a handful, a chance difference passes for a gain.",
     )
     max_p_value: float = Field(
         default=1.0,

@@ -10,8 +10,9 @@ champion are ranked the same way. The candidate passes when
 - no tracked metric (nDCG, Recall and MRR at k) drops by more than `loop.max_regression`
   on any data set: the golden sets guard what already works.
 
-and the primary metric was measured on at least `loop.min_gate_queries` questions: on a
-handful, one question ranked differently moves the mean more than the margin.
+and the primary metric was measured on at least `loop.min_gate_queries` questions that the
+champion did not already score perfectly (the questions with room): on a handful, one
+question ranked differently moves the mean more than the margin.
 
 Every verdict also gives a paired permutation test over those questions (each question's
 candidate and champion scores swapped at random, i.e. the sign of its difference
@@ -20,10 +21,10 @@ many questions ranked better, worse and alike. `loop.max_p_value` below 1 requir
 default it is recorded only, since on held-out sets where most questions rank alike the
 test turned down candidates that were better on the benchmark's test split (README).
 
-The verdict also counts the questions with room: those the champion did not already score
-perfectly, the only ones on which a candidate can show a gain. Feedback confirms what was
-served (a thumb rates the answer's first citation), so most held-out questions of sparse
-feedback have none, and a rejection says so.
+Only on questions with room can a candidate show a gain. Feedback confirms what was served
+(a thumb rates the answer's first citation), so most held-out questions of sparse feedback
+have none: 14 held-out questions with room on one of them let a candidate through on that
+one question (README), which the floor on questions with room now stops.
 """
 
 from __future__ import annotations
@@ -158,6 +159,14 @@ def decide(
             0,
             f"{primary_label} was measured on {weight} questions; the gate needs at least "
             f"{settings.min_gate_queries} (loop.min_gate_queries)",
+        )
+    elif differences and room < settings.min_gate_queries:
+        reasons.insert(
+            0,
+            f"{primary_label} was measured on {len(differences)} questions, but the champion "
+            f"already scored all but {room} of them perfectly, and a gain can show on those "
+            f"only; the gate needs at least {settings.min_gate_queries} "
+            "(loop.min_gate_queries)",
         )
     return {
         "passed": not reasons,
