@@ -183,6 +183,7 @@ def test_a_crash_mid_training_leaves_the_champion_serving_and_resumes(
         "RAG_LOOP_LOOP_MIN_IMPROVEMENT": "-1",
         "RAG_LOOP_LOOP_MAX_REGRESSION": "1",
         "RAG_LOOP_LOOP_MAX_P_VALUE": "1",
+        "RAG_LOOP_LOOP_MIN_GATE_QUERIES": "1",
     }
     cli = str(Path(sys.executable).parent / "rag-loop")
     process = subprocess.Popen(
