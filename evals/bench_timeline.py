@@ -835,7 +835,10 @@ def main() -> None:
         if "steady" in streams:
             tasks += [("steady", seed, a) for a in STEADY_ARMS[::-1] if a in arms]
     if not tasks:
-        parser.error("no arm runs: the steady stream has no silent arm")
+        parser.error(
+            f"no arm runs for --arms {args.arms!r} and --streams {args.streams!r} "
+            "(the steady stream has no silent arm)"
+        )
 
     began = time.perf_counter()
     args.work = (args.work or Path(tempfile.mkdtemp(prefix="rag-loop-bench-timeline-"))).resolve()
