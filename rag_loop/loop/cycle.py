@@ -108,7 +108,7 @@ from rag_loop.registry.tracking import LOOP_EXPERIMENT
 from rag_loop.retrieval.lexical import LexicalIndex
 from rag_loop.training.dataset import DatasetParts, build_training_set
 from rag_loop.training.finetune import finetune, finetune_queries
-from rag_loop.training.validation import FusionCheck
+from rag_loop.training.validation import FusionCheck, Scored
 
 log = logging.getLogger(__name__)
 
@@ -474,7 +474,7 @@ def _train(services: CycleParts, cycle: LoopCycle) -> Move:
     ids = sorted(services.store.ids(index.collection_name))
     found = services.store.get_embeddings(index.collection_name, ids)
     bank = np.stack([found[i] for i in ids])
-    check, expanded, expansion_check = _validation(
+    check, expanded, expansion_check, champion_figure = _validation(
         services, index, Path(training_set.path), ids, bank
     )
     tuning = finetune_queries(
@@ -492,26 +492,27 @@ def _train(services: CycleParts, cycle: LoopCycle) -> Move:
         "validation_queries": tuning.validation_queries,
         "validation": tuning.validation,
         "validation_kept": tuning.kept,
+        "validation_champion": champion_figure,
         "expansions": len(expanded),
         "expansion_check": expansion_check,
     }
     if tuning.trained is None:
+        # the champion's encoder, with the fusion weight and the expansions chosen on the
+        # validation queries: a candidate only if that ranks them better than the champion
+        # does (its own weight, no new expansions), and is not the champion again
         with services.sessions() as session:
             new_expansions = bool(expanded) and set(expanded) != set(
                 expansions.of_version(session, index.id)
             )
-        if expansion_check:  # validated: they must rank the validation queries better
-            new_expansions = new_expansions and (
-                expansion_check["validation_ndcg_at_10_with"]
-                > expansion_check["validation_ndcg_at_10_without"]
-            )
-        weight_only = settings.init_from == "champion"  # validated with the champion's encoder
         new_weight = tuning.dense_weight not in (None, recipe["champion_dense_weight"])
-        if not weight_only or not (new_weight or new_expansions):
+        chosen = tuning.validation[0]["ndcg_at_10"] if tuning.validation else None
+        better = chosen is not None and champion_figure is not None and chosen > champion_figure
+        weight_only = settings.init_from == "champion"  # validated with the champion's encoder
+        if not (weight_only and better and (new_weight or new_expansions)):
             move = _rejection(
                 "nothing learned: no epoch, no fusion weight and no document expansion ranked "
                 f"the {tuning.validation_queries} validation feedback queries better than the "
-                "champion",
+                f"champion (nDCG@10 {_figure(chosen)}, the champion {_figure(champion_figure)})",
                 "loop",
             )
             move.fields["recipe"] = recipe
@@ -532,9 +533,10 @@ def _train(services: CycleParts, cycle: LoopCycle) -> Move:
 
 def _validation(
     services: CycleParts, index: IndexVersion, examples: Path, ids: list[str], bank: np.ndarray
-) -> tuple[FusionCheck | None, expansions.Pairs, dict[str, Any]]:
-    """What query-side training validates on, and the document expansions the candidate
-    gets (rag_loop.index.expansions).
+) -> tuple[FusionCheck | None, expansions.Pairs, dict[str, Any], float | None]:
+    """What query-side training validates on, the document expansions the candidate gets
+    (rag_loop.index.expansions), their check, and the champion's validation nDCG@10 (its
+    encoder and fusion weight, no new expansions; None without validation queries).
 
     A hybrid champion's validation queries are ranked with BM25 over its chunks' own text
     (not its expansions: those may hold the validation queries themselves, from earlier
@@ -544,8 +546,17 @@ def _validation(
     queries worse with the champion's encoder, by more than the gate lets a metric drop
     (`loop.max_regression`); when they are kept, the encoder is validated with them too."""
     config = RetrievalConfig.stored(index.retrieval)
+    encoder = services.embedders.get(index.embedder_version)
     if not config.hybrid:
-        return FusionCheck.from_examples(examples, ids, bank, None, None, config.candidates), [], {}
+        plain = FusionCheck.from_examples(examples, ids, bank, None, None, config.candidates)
+        if plain is None:
+            return None, [], {}, None
+        return (
+            plain,
+            [],
+            {},
+            _at_incumbent(plain.score(encoder.embed_queries(plain.queries)), plain),
+        )
     hits = services.store.hits(index.collection_name)
 
     def check_with(expanded: dict[str, list[str]] | None) -> FusionCheck | None:
@@ -560,16 +571,18 @@ def _validation(
         )
 
     plain = check_with(None)
-    if not services.settings.training.expand_documents:
-        return plain, [], {}
-    every = expansions.from_training_set(examples)
+    expand = services.settings.training.expand_documents
     if plain is None:  # no validation queries: the gate alone decides
-        return None, every, {}
+        return None, expansions.from_training_set(examples) if expand else [], {}, None
+    vectors = encoder.embed_queries(plain.queries)
+    without = plain.score(vectors)
+    champion = _at_incumbent(without, plain)
+    if not expand:
+        return plain, [], {}, champion
     fit = expansions.grouped(expansions.from_training_set(examples, parts=("fit",)))
     expanded = check_with(fit)
     assert expanded is not None, "the same validation queries"
-    vectors = services.embedders.get(index.embedder_version).embed_queries(plain.queries)
-    without, with_ = plain.score(vectors), expanded.score(vectors)
+    with_ = expanded.score(vectors)
     figures = {
         "validation_ndcg_at_10_without": round(without.ndcg_at_10, 6),
         "validation_ndcg_at_10_with": round(with_.ndcg_at_10, 6),
@@ -577,8 +590,17 @@ def _validation(
     # the tolerance the gate gives any tracked metric: a few validation queries that share
     # no chunk with the fit part's questions only measure noise
     if with_.ndcg_at_10 < without.ndcg_at_10 - services.settings.loop.max_regression:
-        return plain, [], figures
-    return expanded, every, figures
+        return plain, [], figures, champion
+    return expanded, expansions.from_training_set(examples), figures, champion
+
+
+def _at_incumbent(scored: Scored, check: FusionCheck) -> float:
+    """The validation nDCG@10 at the champion's own fusion weight."""
+    return round(scored.by_weight[str(check.incumbent)], 6)
+
+
+def _figure(value: float | None) -> str:
+    return "none" if value is None else f"{value:.3f}"
 
 
 def _trained_move(

@@ -353,10 +353,12 @@ def test_a_cycle_that_learns_nothing_is_rejected_before_indexing(
 
 
 def _kept_encoder(
-    loop_services: Callable[..., Services], *, expand_documents: bool
+    loop_services: Callable[..., Services], *, expand_documents: bool, confirm_first: bool = False
 ) -> tuple[Services, IngestResult]:
     """The sample corpus, every user question asked and rated, and training that cannot
-    move the encoder: what a cycle offers then comes from the fusion weight or expansion."""
+    move the encoder: what a cycle offers then comes from the fusion weight or expansion.
+    With `confirm_first` the user only confirms answers whose first chunk is right (a
+    relevant label on it) and says nothing about the others."""
     services = loop_services(
         training={
             **STANDSTILL,
@@ -367,7 +369,21 @@ def _kept_encoder(
         loop=ALWAYS_PASS,
     )
     base = ingest(services, CORPUS, actor="test")
-    replay(services, [json.loads(line) for line in USER_QUESTIONS.read_text().splitlines()])
+    items = [json.loads(line) for line in USER_QUESTIONS.read_text().splitlines()]
+    if not confirm_first:
+        replay(services, items)
+        return services, base
+    for item in items:
+        answer = ask(services, item["question"], client="test")
+        first = answer.sources[0]
+        if first["document_id"] not in item["document_ids"]:
+            continue
+        feedback = FeedbackIn(
+            interaction_id=answer.interaction_id,
+            token=answer.feedback_token,
+            chunk_labels=[ChunkLabel(chunk_id=first["chunk_id"], relevant=True)],
+        )
+        submit_feedback(services, feedback, actor="simulated-user")
     return services, base
 
 
@@ -441,6 +457,30 @@ def test_document_expansion_alone_makes_a_candidate_from_training_questions_only
     assert again.changed and again.chunks_embedded == 0
     with services.sessions() as session:
         assert expansions.of_version(session, again.index_version_id) == stored
+
+
+def test_expansions_that_rank_no_validation_question_better_make_no_candidate(
+    loop_services: Callable[..., Services],
+) -> None:
+    """Feedback that only confirms the chunk each answer already served first: every
+    validation question is already ranked as well as it can be, so no fusion weight and no
+    expansion can rank one better, and with the encoder kept there is nothing to offer the
+    gate, however loose the gate (the expansions and a weight chosen with them do not
+    count as learning when they rank the validation questions below the champion)."""
+    services, base = _kept_encoder(loop_services, expand_documents=True, confirm_first=True)
+    before = _aliases(services)
+    view = cycle.run_cycle(services, cycle.start_cycle(services, actor="test"), actor="test")
+    recipe = view["recipe"]
+    assert recipe["encoder"] == "kept" and recipe["expansions"] > 0, recipe
+    assert recipe["validation_champion"] == 1.0, recipe
+    assert recipe["validation"][0]["ndcg_at_10"] <= 1.0
+    check = recipe["expansion_check"]
+    assert check["validation_ndcg_at_10_with"] <= check["validation_ndcg_at_10_without"]
+    assert view["state"] == "rejected", view["error"]
+    assert view["error"].startswith("nothing learned"), view["error"]
+    assert "the champion 1.000" in view["error"]
+    assert view["candidate_index_version_id"] is None
+    assert _aliases(services) == before == {"champion": base.index_version_id}
 
 
 def test_a_rollback_serves_the_corrections_approved_since_its_target_served(
