@@ -603,6 +603,7 @@ def shift_figures(run: dict[str, Any], days: list[dict[str, Any]]) -> list[dict[
                 "shift": shift["name"],
                 "day": start,
                 "pre_shift_ndcg_at_10": round(level, 4),
+                "by_pool": by_pool(run, max(start - 5, 0), start, last_day + 1),
                 "hours_to_detect": round(detected - hour, 1) if detected is not None else None,
                 "hours_to_intervene": round(promoted - hour, 1) if promoted is not None else None,
                 "degradation_before_intervention": round(drop, 4),
@@ -611,6 +612,37 @@ def shift_figures(run: dict[str, Any], days: list[dict[str, Any]]) -> list[dict[
             }
         )
     return out
+
+
+def by_pool(run: dict[str, Any], first: int, start: int, end: int) -> dict[str, Any]:
+    """Where a drop comes from: per question pool, the share of the asks and their served
+    nDCG@10 in the days [first, start) before a shift and [start, end) after it (up to the
+    intervention). A pool of harder questions lowers the day's mean though every pool is
+    served as well as before."""
+    fields = run["asks_fields"]
+    rows = [dict(zip(fields, ask, strict=True)) for ask in run["asks"]]
+    before = [r for r in rows if first * 24 <= r["hour"] < start * 24]
+    after = [r for r in rows if start * 24 <= r["hour"] < end * 24]
+    out: dict[str, Any] = {}
+    for pool in sorted({r["pool"] for r in before + after}):
+        then = [r["ndcg_at_10"] for r in before if r["pool"] == pool]
+        now = [r["ndcg_at_10"] for r in after if r["pool"] == pool]
+        out[pool] = {
+            "share_after": round(len(now) / len(after), 3) if after else None,
+            "ndcg_at_10_before": round(m, 4) if (m := _mean(then)) is not None else None,
+            "ndcg_at_10_after": round(m, 4) if (m := _mean(now)) is not None else None,
+        }
+    return out
+
+
+def _pools(figure: dict[str, Any]) -> str:
+    """`pool before -> after (share)` for each pool of a shift's asks."""
+    parts = []
+    for pool, f in figure.get("by_pool", {}).items():
+        before = "-" if f["ndcg_at_10_before"] is None else f"{f['ndcg_at_10_before']:.3f}"
+        after = "-" if f["ndcg_at_10_after"] is None else f"{f['ndcg_at_10_after']:.3f}"
+        parts.append(f"{pool} {before} -> {after} ({100 * (f['share_after'] or 0):.0f}%)")
+    return "; ".join(parts) or "-"
 
 
 def _hours(value: float | None) -> str:
@@ -635,6 +667,17 @@ def seed_table(runs: dict[str, dict[str, Any]]) -> str:
         (
             "degradation before intervention",
             per_shift("degradation_before_intervention", lambda v: f"{100 * v:.1f}%"),
+        )
+    )
+    rows.append(
+        (
+            "served nDCG@10 per question pool, before -> after the shift (share after)",
+            [
+                " / ".join(
+                    _pools(f) if f.get("reached", True) else "not reached" for f in figures[a]
+                )
+                for a in arms
+            ],
         )
     )
     rows.append(("time to recover (within 2%)", per_shift("hours_to_recover", _hours)))
