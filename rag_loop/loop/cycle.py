@@ -474,11 +474,10 @@ def _train(services: CycleParts, cycle: LoopCycle) -> Move:
     ids = sorted(services.store.ids(index.collection_name))
     found = services.store.get_embeddings(index.collection_name, ids)
     bank = np.stack([found[i] for i in ids])
-    check, expanded, expansion_check, champion_figure = _validation(
-        services, index, Path(training_set.path), ids, bank
-    )
+    validation = _validation(services, index, Path(training_set.path), ids, bank)
+    expanded, champion_figure = validation.expanded, validation.champion
     tuning = finetune_queries(
-        Path(parent.path), Path(training_set.path), folder, settings, ids, bank, check
+        Path(parent.path), Path(training_set.path), folder, settings, ids, bank, validation.check
     )
     champion_retrieval = RetrievalConfig.stored(index.retrieval)
     recipe = {
@@ -494,7 +493,7 @@ def _train(services: CycleParts, cycle: LoopCycle) -> Move:
         "validation_kept": tuning.kept,
         "validation_champion": champion_figure,
         "expansions": len(expanded),
-        "expansion_check": expansion_check,
+        "expansion_check": validation.expansion_check,
     }
     if tuning.trained is None:
         # the champion's encoder, with the fusion weight and the expansions chosen on the
@@ -505,7 +504,9 @@ def _train(services: CycleParts, cycle: LoopCycle) -> Move:
                 expansions.of_version(session, index.id)
             )
         new_weight = tuning.dense_weight not in (None, recipe["champion_dense_weight"])
-        chosen = tuning.validation[0]["ndcg_at_10"] if tuning.validation else None
+        chosen = next(
+            (v["ndcg_at_10"] for v in tuning.validation if v["epoch"] == tuning.best_epoch), None
+        )
         better = chosen is not None and champion_figure is not None and chosen > champion_figure
         weight_only = settings.init_from == "champion"  # validated with the champion's encoder
         if not (weight_only and better and (new_weight or new_expansions)):
@@ -531,12 +532,20 @@ def _train(services: CycleParts, cycle: LoopCycle) -> Move:
     )
 
 
+@dataclass(frozen=True)
+class _Validation:
+    check: FusionCheck | None  # what query-side training validates on
+    expanded: expansions.Pairs  # the document expansions the candidate gets
+    expansion_check: dict[str, Any]  # validation nDCG@10 with and without them
+    champion: float | None  # the champion's validation nDCG@10 (None: no validation queries)
+
+
 def _validation(
     services: CycleParts, index: IndexVersion, examples: Path, ids: list[str], bank: np.ndarray
-) -> tuple[FusionCheck | None, expansions.Pairs, dict[str, Any], float | None]:
+) -> _Validation:
     """What query-side training validates on, the document expansions the candidate gets
-    (rag_loop.index.expansions), their check, and the champion's validation nDCG@10 (its
-    encoder and fusion weight, no new expansions; None without validation queries).
+    (rag_loop.index.expansions) and the champion's validation nDCG@10 (its encoder and
+    fusion weight, no new expansions).
 
     A hybrid champion's validation queries are ranked with BM25 over its chunks' own text
     (not its expansions: those may hold the validation queries themselves, from earlier
@@ -550,13 +559,9 @@ def _validation(
     if not config.hybrid:
         plain = FusionCheck.from_examples(examples, ids, bank, None, None, config.candidates)
         if plain is None:
-            return None, [], {}, None
-        return (
-            plain,
-            [],
-            {},
-            _at_incumbent(plain.score(encoder.embed_queries(plain.queries)), plain),
-        )
+            return _Validation(None, [], {}, None)
+        scored = plain.score(encoder.embed_queries(plain.queries))
+        return _Validation(plain, [], {}, _at_incumbent(scored, plain))
     hits = services.store.hits(index.collection_name)
 
     def check_with(expanded: dict[str, list[str]] | None) -> FusionCheck | None:
@@ -573,12 +578,12 @@ def _validation(
     plain = check_with(None)
     expand = services.settings.training.expand_documents
     if plain is None:  # no validation queries: the gate alone decides
-        return None, expansions.from_training_set(examples) if expand else [], {}, None
+        return _Validation(None, expansions.from_training_set(examples) if expand else [], {}, None)
     vectors = encoder.embed_queries(plain.queries)
     without = plain.score(vectors)
     champion = _at_incumbent(without, plain)
     if not expand:
-        return plain, [], {}, champion
+        return _Validation(plain, [], {}, champion)
     fit = expansions.grouped(expansions.from_training_set(examples, parts=("fit",)))
     expanded = check_with(fit)
     assert expanded is not None, "the same validation queries"
@@ -590,8 +595,8 @@ def _validation(
     # the tolerance the gate gives any tracked metric: a few validation queries that share
     # no chunk with the fit part's questions only measure noise
     if with_.ndcg_at_10 < without.ndcg_at_10 - services.settings.loop.max_regression:
-        return plain, [], figures, champion
-    return expanded, expansions.from_training_set(examples), figures, champion
+        return _Validation(plain, [], figures, champion)
+    return _Validation(expanded, expansions.from_training_set(examples), figures, champion)
 
 
 def _at_incumbent(scored: Scored, check: FusionCheck) -> float:
