@@ -607,6 +607,11 @@ def shift_figures(run: dict[str, Any], days: list[dict[str, Any]]) -> list[dict[
                 "hours_to_detect": round(detected - hour, 1) if detected is not None else None,
                 "hours_to_intervene": round(promoted - hour, 1) if promoted is not None else None,
                 "degradation_before_intervention": round(drop, 4),
+                # the shift's own day: before any arm can act on it, so no arm's
+                # degradation before intervention can be smaller
+                "shift_day_drop": round((level - window[0]["ndcg_at_10"]) / level, 4)
+                if level and window and window[0]["day"] == start
+                else None,
                 "hours_to_recover": round(recovered, 1) if recovered is not None else None,
                 "area_below_level": round(area, 4),
             }
@@ -667,6 +672,12 @@ def seed_table(runs: dict[str, dict[str, Any]]) -> str:
         (
             "degradation before intervention",
             per_shift("degradation_before_intervention", lambda v: f"{100 * v:.1f}%"),
+        )
+    )
+    rows.append(
+        (
+            "drop on the shift's own day",
+            per_shift("shift_day_drop", lambda v: "-" if v is None else f"{100 * v:.1f}%"),
         )
     )
     rows.append(
