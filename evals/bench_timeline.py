@@ -531,11 +531,15 @@ def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+def ask_rows(run: dict[str, Any]) -> list[dict[str, Any]]:
+    """A run's asks (stored as lists, `asks_fields` naming their columns) as dicts."""
+    return [dict(zip(run["asks_fields"], ask, strict=True)) for ask in run["asks"]]
+
+
 def daily(run: dict[str, Any], days: int) -> list[dict[str, Any]]:
     """Per simulated day: what was served (nDCG@10, Recall@10), the thumbs-down rate of
     the day's thumbs and the mean groundedness proxy of the day's sampled answers."""
-    fields = run["asks_fields"]
-    rows = [dict(zip(fields, ask, strict=True)) for ask in run["asks"]]
+    rows = ask_rows(run)
     out = []
     for day in range(days):
         today = [r for r in rows if day * 24 <= r["hour"] < (day + 1) * 24]
@@ -624,8 +628,7 @@ def by_pool(run: dict[str, Any], first: int, start: int, end: int) -> dict[str, 
     nDCG@10 in the days [first, start) before a shift and [start, end) after it (up to the
     intervention). A pool of harder questions lowers the day's mean though every pool is
     served as well as before."""
-    fields = run["asks_fields"]
-    rows = [dict(zip(fields, ask, strict=True)) for ask in run["asks"]]
+    rows = ask_rows(run)
     before = [r for r in rows if first * 24 <= r["hour"] < start * 24]
     after = [r for r in rows if start * 24 <= r["hour"] < end * 24]
     out: dict[str, Any] = {}
