@@ -272,7 +272,7 @@ def run_arm(arm: str, stream_kind: str, seed: int, args: argparse.Namespace) -> 
     from rag_loop.services import Services
 
     work: Path = args.work
-    questions = with_clusters(prepare_data(work))
+    questions = _clustered(work)
     stream = make_stream(questions, stream_kind, seed, args)
     data_dir = work / f"{stream_kind}-seed{seed}-{arm}"
     shutil.rmtree(data_dir, ignore_errors=True)
@@ -385,7 +385,17 @@ def _hour_of(at: datetime) -> float:
 
 @functools.cache
 def _clustered(work: Path) -> list[Question]:
-    return with_clusters(prepare_data(work))
+    """The questions with their clusters, computed once per work dir (`clusters.json`):
+    every arm reads the same clusters, and none spends a minute embedding the questions."""
+    questions = prepare_data(work)
+    cache = work / "clusters.json"
+    if not cache.exists():
+        clusters = {q.id: q.cluster for q in with_clusters(questions)}
+        part = cache.with_suffix(".part")
+        part.write_text(json.dumps(clusters))
+        part.replace(cache)
+    clusters = json.loads(cache.read_text())
+    return [Question(q.id, q.text, q.relevant, q.pool, q.test, clusters[q.id]) for q in questions]
 
 
 def _identity(arm: str, stream_kind: str, seed: int, stream: Stream) -> dict[str, Any]:
@@ -901,14 +911,9 @@ def main() -> None:
     args.work = (args.work or Path(tempfile.mkdtemp(prefix="rag-loop-bench-timeline-"))).resolve()
     args.work.mkdir(parents=True, exist_ok=True)
     if not args.analyse:
-        prepare_data(args.work)
         ingest_template(args.work)
+    _clustered(args.work)  # once, before the arms run (or are rebuilt) and read it
     print(f"{len(tasks)} arm runs, {args.jobs} at a time; data in {args.work}", flush=True)
-    if args.analyse and any(
-        not (args.work / f"part-{stream}-seed{seed}-{arm}.json").exists()
-        for stream, seed, arm in tasks
-    ):
-        _clustered(args.work)  # once, before arms are rebuilt from their databases
 
     def one(task: tuple[str, int, str]) -> dict[str, Any] | None:
         stream, seed, arm = task
