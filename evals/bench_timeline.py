@@ -386,7 +386,7 @@ def _hour_of(at: datetime) -> float:
 @functools.cache
 def _clustered(work: Path) -> list[Question]:
     """The questions with their clusters, computed once per work dir (`clusters.json`):
-    every arm reads the same clusters, and none spends a minute embedding the questions."""
+    every arm reads the same clusters, and none spends half a minute embedding the questions."""
     questions = prepare_data(work)
     cache = work / "clusters.json"
     if not cache.exists():
