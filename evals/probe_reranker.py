@@ -151,7 +151,8 @@ def main() -> None:
             for qid in test_ids:
                 hits, rest = served[qid][:depth], served[qid][depth:]
                 started = time.perf_counter()
-                scores = np.asarray(model.predict([(domain.queries[qid], h.text) for h in hits]))
+                pairs = [(domain.queries[qid], texts[h.document_id]) for h in hits]
+                scores = np.asarray(model.predict(pairs))  # title and text, as trained
                 latency.append((time.perf_counter() - started) * 1000)
                 docs, tail = [h.document_id for h in hits], [h.document_id for h in rest]
                 rankings["reranker"][qid] = [docs[i] for i in np.argsort(-scores, kind="stable")]
