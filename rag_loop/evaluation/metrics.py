@@ -104,12 +104,36 @@ def _plain(text: str) -> str:
     return " ".join(strip_citations(text).split())
 
 
+def _run_together(answer: str, claim: str, whole: set[str]) -> bool:
+    """Whether `claim`, a sentence of the answer without its citation marks, is quoted
+    sentences run together: the marks cut it into pieces that are each whole sentences of
+    the contexts. A quoted sentence without end punctuation (a heading, a cut-off line) runs
+    into the next one once the marks are gone, and is no less quoted for it."""
+    segments = CITATION.split(answer)
+    text = "".join(segments)
+    stripped = text.strip()
+    start = stripped.find(claim)
+    if start < 0 or len(segments) < 2:
+        return False
+    end, at, bounds = start + len(claim), len(text.lstrip()) - len(text), [start]
+    for segment in segments[:-1]:
+        at += len(segment)
+        if start < at < end:
+            bounds.append(at)
+    if len(bounds) < 2:
+        return False
+    pieces = [stripped[a:b] for a, b in zip(bounds, [*bounds[1:], end], strict=True)]
+    found = [_plain(s) for piece in pieces for s in sentences(piece)]
+    return bool(found) and all(s in whole for s in found)
+
+
 def groundedness_proxy(
     embedder: Embedder, answer: str, contexts: Sequence[str], threshold: float
 ) -> float | None:
     """Share of answer sentences with a context sentence at cosine >= threshold. A sentence
-    quoted word for word from a context (citation marks and runs of white space aside) is
-    supported without embedding anything: an extractive answer costs no model call."""
+    quoted word for word from a context (citation marks and runs of white space aside), or
+    whole context sentences run together (`_run_together`), is supported without embedding
+    anything: an extractive answer costs no model call."""
     claims = sentences(strip_citations(answer))
     support = [s for c in contexts for s in sentences(c)]
     if not claims:
@@ -118,6 +142,9 @@ def groundedness_proxy(
         return 0.0
     quoted = [_plain(c) for c in contexts]
     open_claims = [c for c in claims if not any(_plain(c) in text for text in quoted)]
+    if open_claims:
+        whole = {_plain(s) for s in support}
+        open_claims = [c for c in open_claims if not _run_together(answer, c, whole)]
     supported = len(claims) - len(open_claims)
     if open_claims:
         vectors = embedder.embed_documents(open_claims + support)

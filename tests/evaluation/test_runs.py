@@ -48,6 +48,19 @@ def test_the_groundedness_proxy_embeds_only_what_is_not_quoted(embedder: Any) ->
     assert groundedness_proxy(embedder, unrelated, [], 0.6) == 0.0
 
 
+def test_quoted_sentences_that_run_together_are_quoted_without_the_model(embedder: Any) -> None:
+    # a quoted heading without end punctuation runs into the next quoted sentence once the
+    # citation marks are gone; no cosine reaches 1.01, so only the quote check can pass it
+    first = "Abstract.METHODS &\nWe treated 135 patients with a new screw."
+    second = "The Kestrel charges in two hours. It resets when held."
+    answer = "Abstract.METHODS & [1] The Kestrel charges in two hours. [2]"
+    assert groundedness_proxy(embedder, answer, [first, second], 1.01) == 1.0
+    # each piece must be a whole sentence of a context: fragments joined by citation marks
+    # are claims of their own, and go to the model
+    fragments = "We treated [1] in two hours. [2]"
+    assert groundedness_proxy(embedder, fragments, [first, second], 1.01) == 0.0
+
+
 def test_golden_run_without_judge_lands_in_sql_and_mlflow(
     kestrel: Services, db_backend: str
 ) -> None:
