@@ -45,6 +45,7 @@ from rag_loop.index.embedders import Embedder
 JUDGE_METRICS = ("faithfulness", "answer_relevancy", "llm_context_precision", "llm_context_recall")
 CITATION = re.compile(r"\s*\[\d{1,3}\]")
 SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+WORDLIKE = re.compile(r"\w")
 
 
 @dataclass
@@ -123,6 +124,8 @@ def _run_together(answer: str, claim: str, whole: set[str]) -> bool:
     if len(bounds) < 2:
         return False
     pieces = [stripped[a:b] for a, b in zip(bounds, [*bounds[1:], end], strict=True)]
+    if any(WORDLIKE.search(piece) and not sentences(piece) for piece in pieces):
+        return False  # a fragment too short to be a sentence (only punctuation may trail)
     found = [_plain(s) for piece in pieces for s in sentences(piece)]
     return bool(found) and all(s in whole for s in found)
 

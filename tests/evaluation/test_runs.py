@@ -59,6 +59,8 @@ def test_quoted_sentences_that_run_together_are_quoted_without_the_model(embedde
     # are claims of their own, and go to the model
     fragments = "We treated [1] in two hours. [2]"
     assert groundedness_proxy(embedder, fragments, [first, second], 1.01) == 0.0
+    # a fragment of a letter or two between the marks is no sentence either
+    assert groundedness_proxy(embedder, "Abstract.METHODS & [1] ok [2]", [first], 1.01) == 0.0
 
 
 def test_golden_run_without_judge_lands_in_sql_and_mlflow(
