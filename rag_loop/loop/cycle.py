@@ -1,7 +1,9 @@
 """The loop's controller: one cycle is a persisted state machine (`loop.states` declares
 its states, moves and the actions allowed in each).
 
-    collecting        feedback -> a versioned training set (leak-guarded, held-out split)
+    collecting        feedback -> a versioned training set (leak-guarded, held-out split);
+                      the champion ranks the held-out queries, and when too few of them
+                      leave room for a gain for the gate's floor, nothing is trained
     training          fine-tune the serving embedder on it; register the model in MLflow
     indexing          a new collection of the live corpus for it (resumable); query-side
                       training keeps the document vectors, which are copied, not re-embedded
@@ -12,7 +14,8 @@ its states, moves and the actions allowed in each).
                       feedback, its labelled precision must hold up against the champion's
     awaiting_approval the gate passed and `loop.require_approval` holds it for a person
     promoted          `champion` points at the candidate; the old index stays for rollback
-    rejected          the gate (or a person) said no, or there was too little feedback
+    rejected          the gate (or a person) said no, or there was too little feedback or
+                      held-out room to train a candidate for
     rolled_back       was promoted, then rolled back (by hand or by live metrics)
     failed            a step raised; the champion kept serving, `resume` goes on from the
                       step that failed
@@ -73,7 +76,7 @@ from rag_loop.index.versions import (
     protected_collections,
     set_alias,
 )
-from rag_loop.loop.gate import decide
+from rag_loop.loop.gate import PERFECT, decide
 from rag_loop.loop.live import shadow_stats
 from rag_loop.loop.records import (
     CycleView,
@@ -444,7 +447,51 @@ def _collect(services: CycleParts, cycle: LoopCycle) -> Move:
         )
         move.fields["training_set_id"] = built.training_set_id
         return move
-    return Move(S.TRAINING, fields={"training_set_id": built.training_set_id})
+    fields: dict[str, Any] = {"training_set_id": built.training_set_id}
+    if built.heldout_path is not None:
+        gate, reason = _room_to_judge(services, index, built.heldout_path)
+        fields["gate"] = {**cycle.gate, **gate}
+        if reason is not None:
+            move = _rejection(reason, "gate")
+            move.fields.update(fields)
+            return move
+    return Move(S.TRAINING, fields=fields)
+
+
+def _room_to_judge(
+    services: CycleParts, index: IndexVersion, heldout: Path
+) -> tuple[dict[str, Any], str | None]:
+    """The champion on the held-out feedback queries before anything is trained: the run
+    the gate compares the candidate with, and the reason no candidate can pass when the
+    gate's floor cannot be met (`loop.min_gate_queries` questions the champion does not
+    already score perfectly: only on those can a gain show, whatever is trained). Feedback
+    that confirms what was served leaves most held-out questions without room (README),
+    and training a candidate that the gate must refuse costs a cycle's CPU for nothing."""
+    run = _gate_run(services, heldout, "heldout", "champion", index.id)
+    key = f"{heldout}|champion"
+    loop = services.settings.loop
+    scores = _per_question(services, {key: run}, loop.primary_metric)[key]
+    room = sum(1 for value in scores.values() if value < PERFECT)
+    gate = {
+        "runs": {key: run},
+        "champion_index_version": index.id,
+        "primary_metric": loop.primary_metric,
+        "primary_room": room,
+    }
+    floor = loop.min_gate_queries
+    if len(scores) < floor:
+        return gate, (
+            f"{len(scores)} held-out feedback queries; the gate needs {loop.primary_metric} "
+            f"measured on at least {floor} (loop.min_gate_queries), so nothing was trained"
+        )
+    if room < floor:
+        return gate, (
+            f"the champion already scores all but {room} of the {len(scores)} held-out "
+            f"feedback queries perfectly ({loop.primary_metric}), and a gain can show on "
+            f"those only; the gate needs at least {floor} (loop.min_gate_queries), so "
+            "nothing was trained"
+        )
+    return gate, None
 
 
 def _train(services: CycleParts, cycle: LoopCycle) -> Move:
@@ -686,34 +733,15 @@ def _evaluate(services: CycleParts, cycle: LoopCycle) -> Move:
         )
     runs: dict[str, dict[str, Any]] = dict(cycle.gate.get("runs", {}))
     for path in datasets:
+        kind = "heldout" if str(path) == training_set.heldout_path else "golden"
         for role, version_id in (
             ("champion", serving.id),
             ("candidate", cycle.candidate_index_version_id),
         ):
             key = f"{path}|{role}"
-            if key in runs:
-                continue  # resumed: this evaluation is done
-            outcome = run_evaluation(
-                services,
-                EvalRequest(
-                    source="golden",
-                    golden_path=path,
-                    index_version_id=version_id,
-                    use_judge=False,
-                    trigger="loop",
-                    retrieval_only=True,
-                ),
-            )
-            runs[key] = {
-                "dataset": str(path),
-                "kind": "heldout" if str(path) == training_set.heldout_path else "golden",
-                "role": role,
-                "index_version": version_id,
-                "eval_run_id": outcome.run_id,
-                "mlflow_run_id": outcome.mlflow_run_id,
-                "n_samples": outcome.n_samples,
-                "metrics": outcome.metrics,
-            }
+            if key in runs and runs[key]["index_version"] == version_id:
+                continue  # measured before training, or resumed: this evaluation is done
+            runs[key] = _gate_run(services, path, kind, role, version_id)
             _update(services, cycle.id, gate={**cycle.gate, "runs": runs})
     verdict = decide(
         runs,
@@ -744,6 +772,33 @@ def _evaluate(services: CycleParts, cycle: LoopCycle) -> Move:
     move = _after_gate(services, cycle, "gate")
     move.fields["gate"] = gate
     return move
+
+
+def _gate_run(
+    services: CycleParts, path: Path, kind: str, role: str, version_id: int | None
+) -> dict[str, Any]:
+    """One evaluation for the gate: `version_id` ranking the questions of `path`."""
+    outcome = run_evaluation(
+        services,
+        EvalRequest(
+            source="golden",
+            golden_path=path,
+            index_version_id=version_id,
+            use_judge=False,
+            trigger="loop",
+            retrieval_only=True,
+        ),
+    )
+    return {
+        "dataset": str(path),
+        "kind": kind,
+        "role": role,
+        "index_version": version_id,
+        "eval_run_id": outcome.run_id,
+        "mlflow_run_id": outcome.mlflow_run_id,
+        "n_samples": outcome.n_samples,
+        "metrics": outcome.metrics,
+    }
 
 
 def _per_question(

@@ -12,6 +12,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -134,7 +135,8 @@ def test_promotion_serves_the_new_versions_traces_and_rolls_back(
 def test_gate_rejects_and_the_champion_keeps_serving(
     with_feedback: Callable[..., Services],
 ) -> None:
-    services = with_feedback(loop={"min_improvement": 1.0})  # cannot be met
+    # cannot be met, with a floor of questions with room the sample feedback meets
+    services = with_feedback(loop={"min_improvement": 1.0, "min_gate_queries": 1})
     before = _aliases(services)
     view = cycle.run_cycle(services, cycle.start_cycle(services, actor="test"), actor="test")
     assert view["state"] == "rejected"
@@ -353,7 +355,12 @@ def test_a_cycle_that_learns_nothing_is_rejected_before_indexing(
 
 
 def _kept_encoder(
-    loop_services: Callable[..., Services], *, expand_documents: bool, confirm_first: bool = False
+    loop_services: Callable[..., Services],
+    *,
+    expand_documents: bool,
+    confirm_first: bool = False,
+    holdout_share: float = 0.3,
+    loop: dict[str, Any] | None = None,
 ) -> tuple[Services, IngestResult]:
     """The sample corpus, every user question asked and rated, and training that cannot
     move the encoder: what a cycle offers then comes from the fusion weight or expansion.
@@ -362,11 +369,11 @@ def _kept_encoder(
     services = loop_services(
         training={
             **STANDSTILL,
-            "holdout_share": 0.3,
+            "holdout_share": holdout_share,
             "validation_share": 0.2,
             "expand_documents": expand_documents,
         },
-        loop=ALWAYS_PASS,
+        loop=ALWAYS_PASS if loop is None else loop,
     )
     base = ingest(services, CORPUS, actor="test")
     items = [json.loads(line) for line in USER_QUESTIONS.read_text().splitlines()]
@@ -466,8 +473,12 @@ def test_expansions_that_rank_no_validation_question_better_make_no_candidate(
     validation question is already ranked as well as it can be, so no fusion weight and no
     expansion can rank one better, and with the encoder kept there is nothing to offer the
     gate, however loose the gate (the expansions and a weight chosen with them do not
-    count as learning when they rank the validation questions below the champion)."""
-    services, base = _kept_encoder(loop_services, expand_documents=True, confirm_first=True)
+    count as learning when they rank the validation questions below the champion). No
+    held-out split: its questions would have no room either, and the cycle would end
+    before training (the next test)."""
+    services, base = _kept_encoder(
+        loop_services, expand_documents=True, confirm_first=True, holdout_share=0.0
+    )
     before = _aliases(services)
     view = cycle.run_cycle(services, cycle.start_cycle(services, actor="test"), actor="test")
     recipe = view["recipe"]
@@ -481,6 +492,31 @@ def test_expansions_that_rank_no_validation_question_better_make_no_candidate(
     assert "the champion 1.000" in view["error"]
     assert view["candidate_index_version_id"] is None
     assert _aliases(services) == before == {"champion": base.index_version_id}
+
+
+def test_held_out_questions_without_room_for_a_gain_train_nothing(
+    loop_services: Callable[..., Services],
+) -> None:
+    """Feedback that only confirms the chunk each answer served first leaves the held-out
+    questions ranked perfectly already: no candidate could pass the gate's floor on them,
+    so the cycle ends before training, with the champion's run the gate would have used."""
+    services, base = _kept_encoder(
+        loop_services, expand_documents=True, confirm_first=True, loop={}
+    )
+    floor = services.settings.loop.min_gate_queries
+    before = _aliases(services)
+    view = cycle.run_cycle(services, cycle.start_cycle(services, actor="test"), actor="test")
+    assert view["state"] == "rejected" and view["decided_by"] == "gate", view["error"]
+    assert "so nothing was trained" in view["error"], view["error"]
+    assert "training" not in view["stages"] and not view["recipe"]
+    assert view["embedder"] is None and view["candidate_index_version_id"] is None
+    assert not (services.settings.data_dir / "models" / f"embedder-c{view['id']:04d}").exists()
+    gate = view["gate"]
+    assert gate["primary_room"] is not None and gate["primary_room"] < floor
+    (run,) = gate["runs"].values()
+    assert run["role"] == "champion" and run["kind"] == "heldout"
+    assert run["index_version"] == base.index_version_id and run["n_samples"] > 0
+    assert _aliases(services) == before
 
 
 def test_a_rollback_serves_the_corrections_approved_since_its_target_served(
