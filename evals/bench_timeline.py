@@ -910,9 +910,9 @@ def main() -> None:
     began = time.perf_counter()
     args.work = (args.work or Path(tempfile.mkdtemp(prefix="rag-loop-bench-timeline-"))).resolve()
     args.work.mkdir(parents=True, exist_ok=True)
+    _clustered(args.work)  # writes the corpora; once, before the arms run (or are rebuilt)
     if not args.analyse:
         ingest_template(args.work)
-    _clustered(args.work)  # once, before the arms run (or are rebuilt) and read it
     print(f"{len(tasks)} arm runs, {args.jobs} at a time; data in {args.work}", flush=True)
 
     def one(task: tuple[str, int, str]) -> dict[str, Any] | None:
