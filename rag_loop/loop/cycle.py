@@ -452,6 +452,7 @@ def _collect(services: CycleParts, cycle: LoopCycle) -> Move:
         gate, reason = _room_to_judge(services, index, built.heldout_path)
         fields["gate"] = {**cycle.gate, **gate}
         if reason is not None:
+            fields["gate"].update(passed=False, reasons=[reason])
             move = _rejection(reason, "gate")
             move.fields.update(fields)
             return move

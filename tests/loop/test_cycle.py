@@ -512,6 +512,8 @@ def test_held_out_questions_without_room_for_a_gain_train_nothing(
     assert view["embedder"] is None and view["candidate_index_version_id"] is None
     assert not (services.settings.data_dir / "models" / f"embedder-c{view['id']:04d}").exists()
     gate = view["gate"]
+    assert gate["passed"] is False and gate["reasons"] == [view["error"]]
+    assert gate["primary_delta"] is None  # no candidate, no delta
     assert gate["primary_room"] is not None and gate["primary_room"] < floor
     (run,) = gate["runs"].values()
     assert run["role"] == "champion" and run["kind"] == "heldout"
