@@ -740,7 +740,7 @@ def _evaluate(services: CycleParts, cycle: LoopCycle) -> Move:
             ("candidate", cycle.candidate_index_version_id),
         ):
             key = f"{path}|{role}"
-            if key in runs and runs[key]["index_version"] == version_id:
+            if key in runs and _same_index(services, runs[key], version_id):
                 continue  # measured before training, or resumed: this evaluation is done
             runs[key] = _gate_run(services, path, kind, role, version_id)
             _update(services, cycle.id, gate={**cycle.gate, "runs": runs})
@@ -779,6 +779,7 @@ def _gate_run(
     services: CycleParts, path: Path, kind: str, role: str, version_id: int | None
 ) -> dict[str, Any]:
     """One evaluation for the gate: `version_id` ranking the questions of `path`."""
+    revision = _revision(services, version_id)
     outcome = run_evaluation(
         services,
         EvalRequest(
@@ -795,11 +796,27 @@ def _gate_run(
         "kind": kind,
         "role": role,
         "index_version": version_id,
+        "revision": revision,
         "eval_run_id": outcome.run_id,
         "mlflow_run_id": outcome.mlflow_run_id,
         "n_samples": outcome.n_samples,
         "metrics": outcome.metrics,
     }
+
+
+def _revision(services: CycleParts, version_id: int | None) -> int | None:
+    if version_id is None:
+        return None
+    with services.sessions() as session:
+        return session.get_one(IndexVersion, version_id).revision
+
+
+def _same_index(services: CycleParts, run: dict[str, Any], version_id: int | None) -> bool:
+    """Whether a stored gate run measured `version_id` as it is now: the same version at
+    the same revision (a correction approved since changes what it retrieves)."""
+    return run["index_version"] == version_id and run.get("revision") == _revision(
+        services, version_id
+    )
 
 
 def _per_question(

@@ -31,6 +31,11 @@ class GateRun(_Record):
     kind: Literal["heldout", "golden"]
     role: Literal["champion", "candidate"]
     index_version: int | None
+    revision: int | None = Field(
+        default=None,
+        description="The index version's revision when it was measured (corrections and "
+        "amendments change it in place): the gate reuses a run only at the same revision.",
+    )
     eval_run_id: str
     mlflow_run_id: str | None = None
     n_samples: int

@@ -521,6 +521,50 @@ def test_held_out_questions_without_room_for_a_gain_train_nothing(
     assert _aliases(services) == before
 
 
+def test_the_gate_measures_the_champion_again_once_a_correction_changed_it(
+    with_feedback: Callable[..., Services],
+) -> None:
+    """The champion's held-out run, made before training, is the one the gate compares
+    the candidate with, unless the champion changed in place meanwhile: a correction
+    approved while the cycle was cut off changes what it retrieves, so the gate measures
+    it again."""
+    from rag_loop.feedback.corrections import approve
+    from rag_loop.registry.embedders import model_folder
+
+    services = with_feedback(loop=ALWAYS_PASS)
+    cycle_id = cycle.start_cycle(services, actor="test")
+    blocker = model_folder(services, cycle_id)
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("a file where training saves its model")
+    with pytest.raises(Exception):  # noqa: B017 - whatever the trainer raises
+        cycle.run_cycle(services, cycle_id, actor="test")
+    failed = cycle.cycle_view(services, cycle_id)
+    assert failed["state"] == "failed" and failed["failed_in"] == "training", failed["error"]
+    (measured,) = failed["gate"]["runs"].values()
+    assert measured["role"] == "champion" and measured["kind"] == "heldout"
+
+    answer = ask(services, "How much is the theft excess?")
+    receipt = submit_feedback(
+        services,
+        FeedbackIn(
+            interaction_id=answer.interaction_id,
+            thumb="down",
+            correction="The theft excess is 120 euros since 2026 (zebra-gate-17).",
+        ),
+        actor="test",
+    )
+    assert receipt.correction_id is not None
+    approve(services, receipt.correction_id, reviewer="alice")
+    blocker.unlink()
+    done = cycle.resume(services, cycle_id, actor="test")
+    assert done["state"] == "promoted", done["error"]
+    runs = done["gate"]["runs"]
+    again = runs[f"{measured['dataset']}|champion"]
+    assert again["index_version"] == measured["index_version"]
+    assert again["revision"] == measured["revision"] + 1
+    assert again["eval_run_id"] != measured["eval_run_id"]
+
+
 def test_a_rollback_serves_the_corrections_approved_since_its_target_served(
     with_feedback: Callable[..., Services],
 ) -> None:
