@@ -76,7 +76,7 @@ from rag_loop.index.versions import (
     protected_collections,
     set_alias,
 )
-from rag_loop.loop.gate import PERFECT, decide
+from rag_loop.loop.gate import decide, too_few_to_judge, with_room
 from rag_loop.loop.live import shadow_stats
 from rag_loop.loop.records import (
     CycleView,
@@ -472,27 +472,14 @@ def _room_to_judge(
     key = f"{heldout}|champion"
     loop = services.settings.loop
     scores = _per_question(services, {key: run}, loop.primary_metric)[key]
-    room = sum(1 for value in scores.values() if value < PERFECT)
     gate = {
         "runs": {key: run},
         "champion_index_version": index.id,
         "primary_metric": loop.primary_metric,
-        "primary_room": room,
+        "primary_room": with_room(scores.values()),
     }
-    floor = loop.min_gate_queries
-    if len(scores) < floor:
-        return gate, (
-            f"{len(scores)} held-out feedback queries; the gate needs {loop.primary_metric} "
-            f"measured on at least {floor} (loop.min_gate_queries), so nothing was trained"
-        )
-    if room < floor:
-        return gate, (
-            f"the champion already scores all but {room} of the {len(scores)} held-out "
-            f"feedback queries perfectly ({loop.primary_metric}), and a gain can show on "
-            f"those only; the gate needs at least {floor} (loop.min_gate_queries), so "
-            "nothing was trained"
-        )
-    return gate, None
+    reason = too_few_to_judge(scores, loop)
+    return gate, None if reason is None else f"{reason}, so nothing was trained"
 
 
 def _train(services: CycleParts, cycle: LoopCycle) -> Move:

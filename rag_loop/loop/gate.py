@@ -29,7 +29,7 @@ one question (README), which the floor on questions with room now stops.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,31 @@ def paired_p_value(differences: Sequence[float]) -> float:
         rng=0,
     )
     return float(result.pvalue)
+
+
+def with_room(champion_scores: Iterable[float]) -> int:
+    """How many questions the champion did not already score perfectly: the only ones on
+    which a candidate can show a gain."""
+    return sum(1 for value in champion_scores if value < PERFECT)
+
+
+def too_few_to_judge(champion_scores: Mapping[str, float], settings: LoopSettings) -> str | None:
+    """The floor of `decide`, known before any candidate exists: why no candidate could pass
+    on these held-out questions (the champion's primary metric per question), or None."""
+    floor, metric = settings.min_gate_queries, settings.primary_metric
+    room = with_room(champion_scores.values())
+    if len(champion_scores) < floor:
+        return (
+            f"{len(champion_scores)} held-out feedback queries; the gate needs {metric} "
+            f"measured on at least {floor} (loop.min_gate_queries)"
+        )
+    if room < floor:
+        return (
+            f"the champion already scores all but {room} of the {len(champion_scores)} "
+            f"held-out feedback queries perfectly ({metric}), and a gain can show on those "
+            f"only; the gate needs at least {floor} (loop.min_gate_queries)"
+        )
+    return None
 
 
 def decide(
@@ -117,7 +142,7 @@ def decide(
             before_by = questions.get(keys[(dataset, "champion")], {})
             after_by = questions.get(keys[(dataset, "candidate")], {})
             differences += [after_by[q] - before_by[q] for q in sorted(after_by) if q in before_by]
-            room += sum(1 for q in after_by if q in before_by and before_by[q] < PERFECT)
+            room += with_room(before_by[q] for q in after_by if q in before_by)
     if weight == 0:
         return {
             "passed": False,
