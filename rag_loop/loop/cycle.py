@@ -2,8 +2,9 @@
 its states, moves and the actions allowed in each).
 
     collecting        feedback -> a versioned training set (leak-guarded, held-out split);
-                      the champion ranks the held-out queries, and when too few of them
-                      leave room for a gain for the gate's floor, nothing is trained
+                      the champion ranks the held-out queries (without them, the golden
+                      sets), and when too few of them leave room for a gain for the gate's
+                      floor, nothing is trained
     training          fine-tune the serving embedder on it; register the model in MLflow
     indexing          a new collection of the live corpus for it (resumable); query-side
                       training keeps the document vectors, which are copied, not re-embedded
@@ -448,37 +449,60 @@ def _collect(services: CycleParts, cycle: LoopCycle) -> Move:
         move.fields["training_set_id"] = built.training_set_id
         return move
     fields: dict[str, Any] = {"training_set_id": built.training_set_id}
-    if built.heldout_path is not None:
-        gate, reason = _room_to_judge(services, index, built.heldout_path)
-        fields["gate"] = {**cycle.gate, **gate}
-        if reason is not None:
-            fields["gate"].update(passed=False, reasons=[reason])
-            move = _rejection(reason, "gate")
-            move.fields.update(fields)
-            return move
+    primary = _primary_datasets(services, built.heldout_path)
+    if not primary:
+        move = _rejection(f"{NOTHING_TO_EVALUATE}, so nothing was trained", "loop")
+        move.fields.update(fields)
+        return move
+    gate, reason = _room_to_judge(services, index, primary)
+    fields["gate"] = {**cycle.gate, **gate}
+    if reason is not None:
+        fields["gate"].update(passed=False, reasons=[reason])
+        move = _rejection(reason, "gate")
+        move.fields.update(fields)
+        return move
     return Move(S.TRAINING, fields=fields)
 
 
+NOTHING_TO_EVALUATE = "nothing to evaluate on: no held-out feedback queries and no golden set"
+
+
+def _primary_datasets(services: CycleParts, heldout: str | Path | None) -> list[tuple[Path, str]]:
+    """Where the gate measures its primary metric, with each data set's kind: the held-out
+    feedback queries, or without them the golden sets (`gate.decide`)."""
+    if heldout is not None:
+        return [(Path(heldout), "heldout")]
+    return [(p, "golden") for p in services.settings.evaluation.golden_sets if p.is_file()]
+
+
 def _room_to_judge(
-    services: CycleParts, index: IndexVersion, heldout: Path
+    services: CycleParts, index: IndexVersion, primary: list[tuple[Path, str]]
 ) -> tuple[dict[str, Any], str | None]:
-    """The champion on the held-out feedback queries before anything is trained: the run
-    the gate compares the candidate with, and the reason no candidate can pass when the
-    gate's floor cannot be met (`loop.min_gate_queries` questions the champion does not
-    already score perfectly: only on those can a gain show, whatever is trained). Feedback
-    that confirms what was served leaves most held-out questions without room (README),
-    and training a candidate that the gate must refuse costs a cycle's CPU for nothing."""
-    run = _gate_run(services, heldout, "heldout", "champion", index.id)
-    key = f"{heldout}|champion"
+    """The champion on the data sets of the gate's primary metric before anything is
+    trained: the runs the gate compares the candidate with, and the reason no candidate
+    can pass when the gate's floor cannot be met (`loop.min_gate_queries` questions the
+    champion does not already score perfectly: only on those can a gain show, whatever is
+    trained). Feedback that confirms what was served leaves most held-out questions without
+    room (README), and training a candidate that the gate must refuse costs a cycle's CPU
+    for nothing."""
     loop = services.settings.loop
-    scores = _per_question(services, {key: run}, loop.primary_metric)[key]
+    runs = {
+        f"{path}|champion": _gate_run(services, path, kind, "champion", index.id)
+        for path, kind in primary
+    }
+    scores = {
+        f"{key}|{question}": value
+        for key, by_question in _per_question(services, runs, loop.primary_metric).items()
+        for question, value in by_question.items()
+    }
     gate = {
-        "runs": {key: run},
+        "runs": runs,
         "champion_index_version": index.id,
         "primary_metric": loop.primary_metric,
         "primary_room": with_room(scores.values()),
     }
-    reason = too_few_to_judge(scores, loop)
+    kind = "held-out feedback queries" if primary[0][1] == "heldout" else "golden questions"
+    reason = too_few_to_judge(scores, loop, kind)
     return gate, None if reason is None else f"{reason}, so nothing was trained"
 
 
@@ -715,10 +739,8 @@ def _evaluate(services: CycleParts, cycle: LoopCycle) -> Move:
     if training_set.heldout_path:
         datasets.append(Path(training_set.heldout_path))
     datasets += [p for p in services.settings.evaluation.golden_sets if p.is_file()]
-    if not datasets:
-        return _rejection(
-            "nothing to evaluate on: no held-out feedback queries and no golden set", "loop"
-        )
+    if not datasets:  # the golden sets were removed since collecting
+        return _rejection(NOTHING_TO_EVALUATE, "loop")
     runs: dict[str, dict[str, Any]] = dict(cycle.gate.get("runs", {}))
     for path in datasets:
         kind = "heldout" if str(path) == training_set.heldout_path else "golden"

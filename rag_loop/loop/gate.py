@@ -72,20 +72,24 @@ def with_room(champion_scores: Iterable[float]) -> int:
     return sum(1 for value in champion_scores if value < PERFECT)
 
 
-def too_few_to_judge(champion_scores: Mapping[str, float], settings: LoopSettings) -> str | None:
+def too_few_to_judge(
+    champion_scores: Mapping[str, float],
+    settings: LoopSettings,
+    questions: str = "held-out feedback queries",
+) -> str | None:
     """The floor of `decide`, known before any candidate exists: why no candidate could pass
-    on these held-out questions (the champion's primary metric per question), or None."""
+    on these `questions` (the champion's primary metric per question), or None."""
     floor, metric = settings.min_gate_queries, settings.primary_metric
     room = with_room(champion_scores.values())
     if len(champion_scores) < floor:
         return (
-            f"{len(champion_scores)} held-out feedback queries; the gate needs {metric} "
+            f"{len(champion_scores)} {questions}; the gate needs {metric} "
             f"measured on at least {floor} (loop.min_gate_queries)"
         )
     if room < floor:
         return (
             f"the champion already scores all but {room} of the {len(champion_scores)} "
-            f"held-out feedback queries perfectly ({metric}), and a gain can show on those "
+            f"{questions} perfectly ({metric}), and a gain can show on those "
             f"only; the gate needs at least {floor} (loop.min_gate_queries)"
         )
     return None

@@ -521,6 +521,42 @@ def test_held_out_questions_without_room_for_a_gain_train_nothing(
     assert _aliases(services) == before
 
 
+@pytest.mark.parametrize("golden", [True, False])
+def test_without_held_out_questions_the_golden_sets_decide_before_training(
+    with_feedback: Callable[..., Services], golden_path: Path, golden: bool
+) -> None:
+    """No held-out split: the gate measures its primary metric on the golden sets, so the
+    champion ranks them before training, and a cycle whose golden questions leave too
+    little room for the gate's floor (or that has no golden set, so nothing to evaluate
+    on) ends there, with nothing trained."""
+    n_golden = sum(1 for line in golden_path.read_text().splitlines() if line.strip())
+    services = with_feedback(
+        training={"holdout_share": 0.0},
+        loop={"min_gate_queries": n_golden},
+        evaluation={"golden_sets": [str(golden_path)] if golden else []},
+    )
+    before = _aliases(services)
+    view = cycle.run_cycle(services, cycle.start_cycle(services, actor="test"), actor="test")
+    assert view["state"] == "rejected", view["error"]
+    assert view["error"].endswith("so nothing was trained"), view["error"]
+    assert "training" not in view["stages"] and view["embedder"] is None
+    assert view["training_set"]["n_heldout"] == 0
+    assert _aliases(services) == before
+    if not golden:
+        assert view["decided_by"] == "loop"
+        assert view["error"].startswith("nothing to evaluate on"), view["error"]
+        return
+    assert view["decided_by"] == "gate"
+    gate = view["gate"]
+    assert gate["passed"] is False and gate["reasons"] == [view["error"]]
+    room = gate["primary_room"]
+    assert 0 < room < n_golden  # some golden questions are ranked perfectly already
+    assert f"all but {room} of the {n_golden} golden questions perfectly" in view["error"]
+    (run,) = gate["runs"].values()
+    assert run["role"] == "champion" and run["kind"] == "golden"
+    assert run["dataset"] == str(golden_path) and run["n_samples"] == n_golden
+
+
 def test_the_gate_measures_the_champion_again_once_a_correction_changed_it(
     with_feedback: Callable[..., Services],
 ) -> None:
