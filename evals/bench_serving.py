@@ -8,9 +8,16 @@
    prints ask p50 / bare cost;
 3. POST /v1/feedback writes/s at 32 clients on SQLite (one API process, and two:
    `rag-loop serve --workers 2` with a Chroma server) and on PostgreSQL: the median of
-   several runs, counting the rows afterwards to prove none were lost.
+   several runs, counting the rows afterwards to prove none were lost;
+4. POST /v1/ask at 1 client while a loop cycle runs in the same API process (no broker:
+   the cycle is a thread of the process that answers), beside the same asks before and
+   after it: the sample corpus's user questions are asked and rated by the generous
+   simulated user first, then a cycle is started through the API. Twice, on new copies:
+   the cycle's thread at the process's priority (`RAG_LOOP_QUEUE_BACKGROUND_NICE=0`) and
+   at the default nice value.
 
     python evals/bench_serving.py [--asks 300] [--feedback 3000] [--rounds 5] [--no-postgres]
+        [--parts asks,feedback,cycle]
 """
 
 from __future__ import annotations
@@ -34,13 +41,20 @@ import aiohttp
 import httpx
 import psycopg
 
+from rag_loop.settings import QueueSettings
+
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "corpora" / "kestrel" / "docs"
 QUESTIONS = [
     json.loads(line)["question"]
     for line in (ROOT / "corpora" / "kestrel" / "questions.jsonl").read_text().splitlines()
 ]
+USER_QUESTIONS = [
+    json.loads(line)
+    for line in (ROOT / "corpora" / "kestrel" / "user_questions.jsonl").read_text().splitlines()
+]
 PG_ADMIN = "postgresql://postgres@127.0.0.1:5432/postgres"
+ACTIVE = ("collecting", "training", "indexing", "evaluating")  # a cycle's working states
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -291,97 +305,159 @@ def bench_feedback(
     }
 
 
+def admin_key(data_dir: Path) -> dict[str, str]:
+    """An admin key made with the CLI on the server's database."""
+    out = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "rag-loop"),
+            "keys",
+            "create",
+            "bench",
+            "--scope",
+            "admin",
+        ],
+        env={**os.environ, "RAG_LOOP_DATA_DIR": str(data_dir), "RAG_LOOP_CORPUS_PATH": str(CORPUS)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {"Authorization": f"Bearer {json.loads(out.stdout)['key']}"}
+
+
+async def timed_asks(session: aiohttp.ClientSession, url: str, n: int, start: int) -> list[float]:
+    latencies = []
+    for i in range(start, start + n):
+        t0 = time.perf_counter()
+        async with session.post(
+            f"{url}/v1/ask", json={"query": QUESTIONS[i % len(QUESTIONS)]}
+        ) as r:
+            assert r.status == 200, await r.text()
+            await r.read()
+        latencies.append((time.perf_counter() - t0) * 1000)
+    return latencies
+
+
+async def asks_during_cycle(server: Server, headers: dict[str, str], n: int) -> dict[str, Any]:
+    """1 client: `n` asks before, asks for as long as the cycle works (grouped by the
+    cycle's state when each was sent), `n` asks after."""
+    from rag_loop.feedback.simulated import SimulatedUser
+
+    user = SimulatedUser.generous(seed=0)
+    async with aiohttp.ClientSession() as session:
+        for item in USER_QUESTIONS:  # the users' questions, asked and rated
+            async with session.post(f"{server.url}/v1/ask", json={"query": item["question"]}) as r:
+                answer = await r.json()
+            feedback = user.feedback(
+                answer["interaction_id"],
+                answer["feedback_token"],
+                answer["sources"],
+                set(item["document_ids"]),
+            )
+            assert feedback is not None
+            body = feedback.model_dump(mode="json", exclude_none=True)
+            async with session.post(f"{server.url}/v1/feedback", json=body) as r:
+                assert r.status == 201, await r.text()
+        before = await timed_asks(session, server.url, n, 0)
+        async with session.post(f"{server.url}/v1/loop/cycles", headers=headers) as r:
+            assert r.status == 202, await r.text()
+            cycle_id = (await r.json())["id"]
+        during: dict[str, list[float]] = {}
+        state, i = "collecting", n
+        while state in ACTIVE:
+            during.setdefault(state, []).extend(await timed_asks(session, server.url, 5, i))
+            i += 5
+            async with session.get(f"{server.url}/v1/loop/cycles/{cycle_id}", headers=headers) as r:
+                view = await r.json()
+            state = view["state"]
+        after = await timed_asks(session, server.url, n, i)
+    return {
+        "state": state,
+        "stages": {k: v.get("seconds") for k, v in (view.get("stages") or {}).items()},
+        "latencies": {"before": before, **during, "after": after},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--asks", type=int, default=300, help="requests per concurrency level")
     parser.add_argument("--feedback", type=int, default=3000, help="feedback posts per run")
     parser.add_argument("--rounds", type=int, default=5, help="feedback runs per store")
     parser.add_argument("--no-postgres", action="store_true")
+    parser.add_argument(
+        "--parts",
+        default="asks,feedback,cycle",
+        help="which parts to run, comma-separated: asks (1), feedback (2-3), cycle (4)",
+    )
+    parser.add_argument(
+        "--cycle-runs", type=int, default=3, help="cycles per nice value (4), alternating"
+    )
     args = parser.parse_args()
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    if not parts or parts - {"asks", "feedback", "cycle"}:
+        parser.error("--parts takes asks, feedback and cycle, comma-separated")
 
     work = Path(tempfile.mkdtemp(prefix="rag-loop-bench-"))
     sqlite_dir = work / "sqlite"
+    asks: dict[int, dict[str, float]] = {}
+    feedback: dict[str, dict[str, float]] = {}
+    during: dict[int, list[dict[str, Any]]] = {}
     try:
-        # The first start ingests the sample corpus. Serve from a fresh process, as a
-        # long-running server does: right after a bulk ingest, the same process embeds
-        # single queries measurably slower (allocator state; seen as +30-50% here).
-        Server(sqlite_dir, {}).stop()
-        server = Server(sqlite_dir, {})
-        bare_cost = BareCost(sqlite_dir)
-        single, bare, served = asyncio.run(one_client(server, bare_cost, args.asks))
-        bare_cost.close()
-        asks = {1: single, **bench_asks(server, args.asks)}
-
-        def sqlite_rows() -> int:
-            import sqlite3
-
-            with sqlite3.connect(sqlite_dir / "rag_loop.db") as conn:
-                return int(conn.execute("SELECT count(*) FROM feedback_submissions").fetchone()[0])
-
-        feedback = {"sqlite": bench_feedback(server, args.feedback, sqlite_rows, args.rounds)}
-        server.stop()
-
-        # SQLite behind 2 API processes (`rag-loop serve --workers 2`); several processes
-        # need Chroma as a server, so this one has its own data dir and a `chroma run`
-        chroma = ChromaServer(work / "chroma")
-        two_dir = work / "sqlite-2-processes"
-
-        def two_rows() -> int:
-            import sqlite3
-
-            with sqlite3.connect(two_dir / "rag_loop.db") as conn:
-                return int(conn.execute("SELECT count(*) FROM feedback_submissions").fetchone()[0])
-
-        try:
-            env = {"RAG_LOOP_CHROMA_HOST": "127.0.0.1", "RAG_LOOP_CHROMA_PORT": str(chroma.port)}
-            Server(two_dir, env).stop()  # ingests into the Chroma server
-            server = Server(two_dir, env, ("--workers", "2"))
-            feedback["sqlite, 2 processes"] = bench_feedback(
-                server, args.feedback, two_rows, args.rounds
-            )
+        if parts & {"asks", "feedback"}:
+            # The first start ingests the sample corpus. Serve from a fresh process, as a
+            # long-running server does: right after a bulk ingest, the same process embeds
+            # single queries measurably slower (allocator state; seen as +30-50% here).
+            Server(sqlite_dir, {}).stop()
+            server = Server(sqlite_dir, {})
+        if "asks" in parts:
+            bare_cost = BareCost(sqlite_dir)
+            single, bare, served = asyncio.run(one_client(server, bare_cost, args.asks))
+            bare_cost.close()
+            asks = {1: single, **bench_asks(server, args.asks)}
+        if "feedback" in parts:
+            feedback = run_feedback(server, sqlite_dir, work, args)
+        if parts & {"asks", "feedback"}:
             server.stop()
-        finally:
-            chroma.stop()
-
-        if not args.no_postgres:
-            name = f"rag_loop_bench_{uuid.uuid4().hex[:8]}"
-            with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-                conn.execute(f'CREATE DATABASE "{name}"')
-            url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
-            try:
-                server = Server(work / "pg", {"RAG_LOOP_DATABASE_URL": url})
-
-                def pg_rows() -> int:
-                    dsn = f"postgresql://postgres@127.0.0.1:5432/{name}"
-                    with psycopg.connect(dsn) as conn:
-                        row = conn.execute("SELECT count(*) FROM feedback_submissions").fetchone()
-                        return int(row[0]) if row else 0
-
-                feedback["postgres"] = bench_feedback(server, args.feedback, pg_rows, args.rounds)
-                server.stop()
-            finally:
-                with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
-                    conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        if "cycle" in parts:
+            # the same cycle, each time on a new copy of the sample corpus, alternating: its
+            # thread at the process's own priority, and at the default `background_nice`
+            for run in range(args.cycle_runs):
+                for nice in (0, QueueSettings().background_nice):
+                    cycle_dir = work / f"cycle-{run}-nice-{nice}"
+                    env = {"RAG_LOOP_QUEUE_BACKGROUND_NICE": str(nice)}
+                    Server(cycle_dir, env).stop()
+                    headers = admin_key(cycle_dir)
+                    server = Server(cycle_dir, env)
+                    try:
+                        during.setdefault(nice, []).append(
+                            asyncio.run(asks_during_cycle(server, headers, min(args.asks, 100)))
+                        )
+                    finally:
+                        server.stop()
+                    shutil.rmtree(cycle_dir, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"machine: {os.cpu_count()} cores; `rag-loop serve` (1 process unless said); aiohttp")
-    print(f"bare cost (embed_query + Chroma query, in-process, median): {bare:.2f} ms")
-    print(
-        f"  the same two steps as timed inside the server during the 1-client run: {served:.2f} ms"
-    )
-    print("/v1/ask (extractive)   clients   p50 ms   p95 ms   p99 ms   req/s")
-    for concurrency, r in asks.items():
+    if asks:
+        print(f"bare cost (embed_query + Chroma query, in-process, median): {bare:.2f} ms")
         print(
-            f"{'':23}{concurrency:7d} {r['p50_ms']:8.2f} {r['p95_ms']:8.2f} "
-            f"{r['p99_ms']:8.2f} {r['req_per_s']:7.1f}"
+            "  the same two steps as timed inside the server during the 1-client run: "
+            f"{served:.2f} ms"
         )
-    print(f"ratio ask p50 (1 client) / bare cost: {asks[1]['p50_ms'] / bare:.3f}  (target <= 1.3)")
-    print(
-        "  each ask over the bare cost measured just before it: median "
-        f"{asks[1]['pair_ratio_p50']:.2f} (p25 {asks[1]['pair_ratio_p25']:.2f}, "
-        f"p75 {asks[1]['pair_ratio_p75']:.2f})"
-    )
+        print("/v1/ask (extractive)   clients   p50 ms   p95 ms   p99 ms   req/s")
+        for concurrency, r in asks.items():
+            print(
+                f"{'':23}{concurrency:7d} {r['p50_ms']:8.2f} {r['p95_ms']:8.2f} "
+                f"{r['p99_ms']:8.2f} {r['req_per_s']:7.1f}"
+            )
+        print(
+            f"ratio ask p50 (1 client) / bare cost: {asks[1]['p50_ms'] / bare:.3f}  (target <= 1.3)"
+        )
+        print(
+            "  each ask over the bare cost measured just before it: median "
+            f"{asks[1]['pair_ratio_p50']:.2f} (p25 {asks[1]['pair_ratio_p25']:.2f}, "
+            f"p75 {asks[1]['pair_ratio_p75']:.2f})"
+        )
     for store, r in feedback.items():
         print(
             f"/v1/feedback on {store:20s} 32 clients: {r['writes_per_s']:7.1f} writes/s "
@@ -389,6 +465,79 @@ def main() -> None:
             f"p50 {r['p50_ms']:.2f} ms, p99 {r['p99_ms']:.2f} ms; accepted {r['accepted']}, "
             f"rows {r['rows']}, lost {r['lost']}, errors {r['errors']}"
         )
+    for nice, cycles in during.items():
+        print(
+            f"/v1/ask at 1 client around a loop cycle in the same process, its thread at nice "
+            f"{nice}; {len(cycles)} cycles, the asks of all of them:"
+        )
+        for cycle in cycles:
+            stages = ", ".join(f"{k} {v:.1f} s" for k, v in cycle["stages"].items())
+            print(f"  cycle {cycle['state']}: {stages}")
+        pooled: dict[str, list[float]] = {}
+        for cycle in cycles:
+            for when, values in cycle["latencies"].items():
+                pooled.setdefault(when, []).extend(values)
+        order = ["before", *ACTIVE, "after"]
+        print("  when                   asks   p50 ms   p95 ms")
+        for when in sorted(pooled, key=order.index):
+            v = pooled[when]
+            print(f"  {when:22s} {len(v):5d} {percentile(v, 50):8.2f} {percentile(v, 95):8.2f}")
+
+
+def run_feedback(
+    server: Server, sqlite_dir: Path, work: Path, args: argparse.Namespace
+) -> dict[str, dict[str, float]]:
+    """Part 2-3: feedback writes on SQLite (this server), SQLite behind 2 processes, and
+    PostgreSQL."""
+
+    def sqlite_rows() -> int:
+        import sqlite3
+
+        with sqlite3.connect(sqlite_dir / "rag_loop.db") as conn:
+            return int(conn.execute("SELECT count(*) FROM feedback_submissions").fetchone()[0])
+
+    feedback = {"sqlite": bench_feedback(server, args.feedback, sqlite_rows, args.rounds)}
+
+    # SQLite behind 2 API processes (`rag-loop serve --workers 2`); several processes
+    # need Chroma as a server, so this one has its own data dir and a `chroma run`
+    chroma = ChromaServer(work / "chroma")
+    two_dir = work / "sqlite-2-processes"
+
+    def two_rows() -> int:
+        import sqlite3
+
+        with sqlite3.connect(two_dir / "rag_loop.db") as conn:
+            return int(conn.execute("SELECT count(*) FROM feedback_submissions").fetchone()[0])
+
+    try:
+        env = {"RAG_LOOP_CHROMA_HOST": "127.0.0.1", "RAG_LOOP_CHROMA_PORT": str(chroma.port)}
+        Server(two_dir, env).stop()  # ingests into the Chroma server
+        two = Server(two_dir, env, ("--workers", "2"))
+        feedback["sqlite, 2 processes"] = bench_feedback(two, args.feedback, two_rows, args.rounds)
+        two.stop()
+    finally:
+        chroma.stop()
+
+    if not args.no_postgres:
+        name = f"rag_loop_bench_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        url = f"postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+        try:
+            pg = Server(work / "pg", {"RAG_LOOP_DATABASE_URL": url})
+
+            def pg_rows() -> int:
+                dsn = f"postgresql://postgres@127.0.0.1:5432/{name}"
+                with psycopg.connect(dsn) as conn:
+                    row = conn.execute("SELECT count(*) FROM feedback_submissions").fetchone()
+                    return int(row[0]) if row else 0
+
+            feedback["postgres"] = bench_feedback(pg, args.feedback, pg_rows, args.rounds)
+            pg.stop()
+        finally:
+            with psycopg.connect(PG_ADMIN, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    return feedback
 
 
 if __name__ == "__main__":

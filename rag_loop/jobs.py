@@ -4,7 +4,8 @@ Every job is a row in `jobs` first (queued -> running -> done | failed), then wo
 
 - with `RAG_LOOP_QUEUE_BROKER_URL` set, a message on a Dramatiq queue in Redis, executed by
   `rag-loop worker` processes (on any machine that shares the database);
-- without one, a thread of the process that submitted it, as before.
+- without one, a thread of the process that submitted it, at a lower CPU priority than the
+  requests it serves (`queue.background_nice`, `rag_loop.priority`).
 
 Exactly-once execution comes from the row, not the queue: a worker claims the job by
 compare-and-set, so a message delivered twice (or sent twice) runs once; while it runs, the
@@ -34,6 +35,7 @@ from rag_loop.db import leases
 from rag_loop.db.engine import transaction
 from rag_loop.db.models import Job, now_of
 from rag_loop.errors import InvalidInput, NotFound, RagLoopError
+from rag_loop.priority import lower_this_thread
 from rag_loop.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,9 @@ def dispatch(services: JobParts, job_id: str) -> None:
 
 
 def _run_quietly(services: JobParts, job_id: str) -> None:
+    """A job's own thread in the process that submitted it, which may be answering
+    questions: it runs at `queue.background_nice`."""
+    lower_this_thread(services.settings.queue.background_nice)
     try:
         execute(services, job_id)
     except Exception:  # execute records failures itself; this is a last resort

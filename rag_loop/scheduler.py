@@ -11,7 +11,8 @@
 - without a task queue, the sweep for jobs whose process was cut off (a restart), every
   half `RAG_LOOP_QUEUE_LEASE_SECONDS`, as queue workers do.
 
-One run of a job at a time (a run still going when the next is due is skipped, not
+The schedule's threads run at `RAG_LOOP_QUEUE_BACKGROUND_NICE` (`rag_loop.priority`), below
+the requests. One run of a job at a time (a run still going when the next is due is skipped, not
 stacked). Several API processes may run the schedule: each cron firing is a row in `jobs`
 (kind `scheduled`, its id derived from the job name and the minute it fired) that every
 process records and one takes, with the same lease as any job (`db.leases`), so exactly one
@@ -29,6 +30,7 @@ from typing import Any
 
 from rag_loop.clock import SimulatedClock
 from rag_loop.cron import cron_trigger
+from rag_loop.priority import lower_this_thread
 from rag_loop.services import Services
 
 __all__ = [
@@ -50,6 +52,17 @@ def _guarded(name: str, fn: Callable[[], Any]) -> Callable[[], None]:
                 log.info("%s: %s", name, result)
         except Exception:  # the scheduler thread must survive any one run
             log.exception("%s failed", name)
+
+    return job
+
+
+def _in_background(run: Callable[[], None], nice: int) -> Callable[[], None]:
+    """`run` on one of the scheduler's worker threads, which only ever run the schedule:
+    they yield the CPU to the process's requests (`rag_loop.priority`)."""
+
+    def job() -> None:
+        lower_this_thread(nice)
+        run()
 
     return job
 
@@ -232,9 +245,12 @@ def start_schedule(services: Services) -> Any | None:
     from apscheduler.schedulers.background import BackgroundScheduler
 
     scheduler = BackgroundScheduler(timezone="UTC")
+    nice = services.settings.queue.background_nice
     for job in jobs:
         # one run at a time: a run still going when the next is due is skipped, not stacked
-        scheduler.add_job(job.run, job.trigger, id=job.id, max_instances=1, coalesce=True)
+        scheduler.add_job(
+            _in_background(job.run, nice), job.trigger, id=job.id, max_instances=1, coalesce=True
+        )
     scheduler.start()
     log.info("schedule started: %s", [job.id for job in scheduler.get_jobs()])
     return scheduler

@@ -276,6 +276,15 @@ class QueueSettings(BaseModel):
         default=3, ge=1, le=20, description="Runs of a job (takeovers included) before it fails."
     )
     worker_threads: int = Field(default=1, ge=1, le=16, description="Jobs one worker runs at once.")
+    background_nice: int = Field(
+        default=10,
+        ge=0,
+        le=19,
+        description="Nice value of the API process's background threads (jobs when no broker "
+        "is set, the schedule), so that a loop cycle training in the process that answers "
+        "yields the CPU to the asks (README, serving benchmark). 0: the process's own "
+        "priority. Linux, where a nice value is per thread; ignored elsewhere.",
+    )
 
 
 class LimitSettings(BaseModel):

@@ -3,8 +3,11 @@ HTTP. (Real queue workers in separate processes: tests/test_deployment.py.)"""
 
 from __future__ import annotations
 
+import os
+import sys
 import threading
 import time
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -148,6 +151,46 @@ def test_unknown_job_kind(kestrel: Services) -> None:
 
     with pytest.raises(InvalidInput, match="unknown job kind"):
         jobs.submit(kestrel, "mining", {}, actor="test")
+
+
+@dataclass
+class Recording:
+    """JobParts whose evaluation handler records the nice value of the thread running it
+    and of a thread that thread starts (as torch starts its OpenMP team)."""
+
+    settings: Any
+    sessions: Any
+    queue: Any = None
+    seen: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def job_handlers(self) -> dict[str, Any]:
+        def evaluation(job: Job) -> dict[str, Any]:
+            self.seen["job"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+            started = threading.Thread(
+                target=lambda: self.seen.update(
+                    started=os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+                )
+            )
+            started.start()
+            started.join()
+            return {}
+
+        return {"evaluation": evaluation}
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a nice value per thread is Linux's")
+@pytest.mark.parametrize("nice", [0, 10])
+def test_without_a_broker_a_job_runs_below_the_requests(kestrel: Services, nice: int) -> None:
+    """A job's thread in the API process (no broker) runs at `queue.background_nice`, and
+    so does every thread it starts; the process's other threads keep their priority."""
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    kestrel.settings.queue.background_nice = nice
+    parts = Recording(kestrel.settings, kestrel.sessions)
+    job_id = jobs.submit(parts, "evaluation", EVAL, actor="test")
+    assert wait_job(kestrel, job_id)["status"] == "done"
+    assert parts.seen == {"job": max(own, nice), "started": max(own, nice)}
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
 
 
 def test_without_a_broker_the_schedule_takes_over_a_job_cut_off_by_a_restart(

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 from collections.abc import Callable
 
 from rag_loop.corpus.ingest import ingest
@@ -96,6 +99,19 @@ def test_schedule_jobs(loop_services: Callable[..., Services]) -> None:
         }
         # standard cron weekdays: 1 is Monday (APScheduler alone would read Tuesday)
         assert scheduler.get_job("loop-cycle").next_run_time.weekday() == 0
+        if sys.platform == "linux":  # a scheduled run leaves its worker thread below requests
+            own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+            seen: dict[str, int] = {}
+
+            def worker() -> None:
+                scheduler.get_job("registry-outbox").func()
+                seen["nice"] = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+            thread = threading.Thread(target=worker)
+            thread.start()
+            thread.join()
+            assert seen["nice"] == max(own, services.settings.queue.background_nice)
+            assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
     finally:
         scheduler.shutdown(wait=False)
     quiet = start_schedule(loop_services(loop={"auto": False}))
