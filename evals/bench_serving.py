@@ -12,12 +12,12 @@
 4. POST /v1/ask at 1 client while a loop cycle runs in the same API process (no broker:
    the cycle is a thread of the process that answers), beside the same asks before and
    after it: the sample corpus's user questions are asked and rated by the generous
-   simulated user first, then a cycle is started through the API. Twice, on new copies:
-   the cycle's thread at the process's priority (`RAG_LOOP_QUEUE_BACKGROUND_NICE=0`) and
-   at the default nice value.
+   simulated user first, then a cycle is started through the API. `--cycle-runs` cycles
+   with the cycle's thread at the process's priority (`RAG_LOOP_QUEUE_BACKGROUND_NICE=0`)
+   and as many at the default nice value, alternating, each on a new copy.
 
     python evals/bench_serving.py [--asks 300] [--feedback 3000] [--rounds 5] [--no-postgres]
-        [--parts asks,feedback,cycle]
+        [--parts asks,feedback,cycle] [--cycle-runs 3]
 """
 
 from __future__ import annotations
