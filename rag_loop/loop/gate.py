@@ -72,6 +72,25 @@ def with_room(champion_scores: Iterable[float]) -> int:
     return sum(1 for value in champion_scores if value < PERFECT)
 
 
+def below_floor(measured: int, room: int, settings: LoopSettings, questions: str) -> str | None:
+    """The gate's floor, in one place: why a primary metric measured on `measured`
+    `questions`, `room` of which the champion did not already score perfectly, cannot
+    decide a promotion (`loop.min_gate_queries`), or None."""
+    floor, metric = settings.min_gate_queries, settings.primary_metric
+    if measured < floor:
+        return (
+            f"{metric} was measured on {measured} {questions}; the gate needs at least "
+            f"{floor} (loop.min_gate_queries)"
+        )
+    if room < floor:
+        return (
+            f"the champion already scores all but {room} of the {measured} {questions} "
+            f"perfectly ({metric}), and a gain can show on those only; the gate needs at "
+            f"least {floor} (loop.min_gate_queries)"
+        )
+    return None
+
+
 def too_few_to_judge(
     champion_scores: Mapping[str, float],
     settings: LoopSettings,
@@ -79,20 +98,9 @@ def too_few_to_judge(
 ) -> str | None:
     """The floor of `decide`, known before any candidate exists: why no candidate could pass
     on these `questions` (the champion's primary metric per question), or None."""
-    floor, metric = settings.min_gate_queries, settings.primary_metric
-    room = with_room(champion_scores.values())
-    if len(champion_scores) < floor:
-        return (
-            f"{len(champion_scores)} {questions}; the gate needs {metric} "
-            f"measured on at least {floor} (loop.min_gate_queries)"
-        )
-    if room < floor:
-        return (
-            f"the champion already scores all but {room} of the {len(champion_scores)} "
-            f"{questions} perfectly ({metric}), and a gain can show on those "
-            f"only; the gate needs at least {floor} (loop.min_gate_queries)"
-        )
-    return None
+    return below_floor(
+        len(champion_scores), with_room(champion_scores.values()), settings, questions
+    )
 
 
 def decide(
@@ -183,20 +191,11 @@ def decide(
             f"permutation test, the gate needs at most {settings.max_p_value} "
             "(loop.max_p_value)",
         )
-    if weight < settings.min_gate_queries:
-        reasons.insert(
-            0,
-            f"{primary_label} was measured on {weight} questions; the gate needs at least "
-            f"{settings.min_gate_queries} (loop.min_gate_queries)",
-        )
-    elif differences and room < settings.min_gate_queries:
-        reasons.insert(
-            0,
-            f"{primary_label} was measured on {len(differences)} questions, but the champion "
-            f"already scored all but {room} of them perfectly, and a gain can show on those "
-            f"only; the gate needs at least {settings.min_gate_queries} "
-            "(loop.min_gate_queries)",
-        )
+    # without per-question scores nothing is known of the room: the floor counts questions
+    where = ", ".join(measured_on)
+    floor = below_floor(weight, room if differences else weight, settings, f"questions ({where})")
+    if floor is not None:
+        reasons.insert(0, floor)
     return {
         "passed": not reasons,
         "reasons": reasons,

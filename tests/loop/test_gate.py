@@ -57,7 +57,7 @@ def test_a_gain_on_a_handful_of_questions_does_not() -> None:
     verdict = decide(_runs(6, 0.3), LoopSettings(), 10, questions)
     assert not verdict["passed"]
     assert verdict["reasons"] == [
-        "ndcg_at_10 on heldout_feedback was measured on 6 questions; the gate needs at least "
+        "ndcg_at_10 was measured on 6 questions (heldout_feedback); the gate needs at least "
         "10 (loop.min_gate_queries)"
     ]
     assert decide(_runs(6, 0.3), LoopSettings(min_gate_queries=5), 10, questions)["passed"]
@@ -130,9 +130,9 @@ def test_a_gain_on_the_few_questions_with_room_does_not_pass() -> None:
     assert not verdict["passed"]
     assert verdict["primary_room"] == 1
     assert verdict["reasons"] == [
-        "ndcg_at_10 on heldout_feedback was measured on 14 questions, but the champion "
-        "already scored all but 1 of them perfectly, and a gain can show on those only; the "
-        "gate needs at least 10 (loop.min_gate_queries)"
+        "the champion already scores all but 1 of the 14 questions (heldout_feedback) "
+        "perfectly (ndcg_at_10), and a gain can show on those only; the gate needs at least "
+        "10 (loop.min_gate_queries)"
     ]
     lenient = LoopSettings(min_gate_queries=1)
     assert decide(
