@@ -1,7 +1,10 @@
 """The task queue: Dramatiq on Redis. Only job ids travel; the jobs table holds the rest.
 
 `DramatiqQueue` is built from settings by `Services` when `queue.broker_url` is set (API
-processes send; workers send and consume). `run_worker` is `rag-loop worker`.
+processes send; workers send and consume). `run_worker` is `rag-loop worker`: every thread
+of a worker process does background work, so it runs at `queue.background_nice` like the
+API process's background threads, and a worker beside an API process yields the CPU to the
+asks.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import signal
 import threading
 from typing import Any
 
+from rag_loop.priority import lower_this_process
 from rag_loop.settings import QueueSettings
 
 log = logging.getLogger(__name__)
@@ -89,6 +93,7 @@ def run_worker(services: Any, *, threads: int | None = None) -> None:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    lower_this_process(settings.background_nice)  # its threads, and those they start
     worker = dramatiq.Worker(
         queue.broker, worker_threads=threads or settings.worker_threads, worker_timeout=500
     )

@@ -280,10 +280,11 @@ class QueueSettings(BaseModel):
         default=10,
         ge=0,
         le=19,
-        description="Nice value of the API process's background threads (jobs when no broker "
-        "is set, the schedule), so that a loop cycle training in the process that answers "
-        "yields the CPU to the asks (README, serving benchmark). 0: the process's own "
-        "priority. Linux, where a nice value is per thread; ignored elsewhere.",
+        description="Nice value of background work: the API process's background threads "
+        "(jobs when no broker is set, the schedule) and every thread of a `rag-loop worker`, "
+        "so that a loop cycle training beside the process that answers yields the CPU to the "
+        "asks (README, serving benchmark). 0: the process's own priority. Linux, where a nice "
+        "value is per thread; ignored elsewhere.",
     )
 
 

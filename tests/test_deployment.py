@@ -130,6 +130,18 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
             drop_database(name)
 
 
+def thread_nice_values(pid: int) -> list[int]:
+    """The nice value of every thread of process `pid` (proc(5): the 19th field of stat)."""
+    values = []
+    for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:  # the thread ended
+            continue
+        values.append(int(fields[16]))
+    return values
+
+
 def wait_job(client: httpx.Client, job_id: str, headers: dict[str, str], timeout: float = 600):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -225,6 +237,9 @@ def test_end_to_end_through_two_apis_and_two_workers(stack: Stack) -> None:
         assert time.monotonic() < deadline, "the evaluation run never started"
         time.sleep(0.05)  # killed now, the worker leaves a run behind that never finishes
     pid = int(job["worker"].split(":")[1])
+    # the worker runs jobs below any API process beside it: every thread of it, the one
+    # running this evaluation (and torch's) among them
+    assert set(thread_nice_values(pid)) == {max(10, os.nice(0))}
     [victim] = [w for w in stack.workers if w.process.pid == pid]
     victim.kill()
     job = wait_job(api1, queued["id"], admin)
