@@ -34,7 +34,10 @@ The steady stream runs the alerting and closed arms.
 
 Measured against the questions' relevance labels, which the service never sees: daily
 nDCG@10 and Recall@10 of what was served, the thumbs-down rate, the groundedness proxy (on a
-seeded tenth of the answers; no judge is configured). Per shift and arm: time to detect
+seeded tenth of the answers, `--groundedness-share`) and, when a judge is configured
+(`RAG_LOOP_JUDGE_*`, as for the service: its evaluation rounds use it too), the judge's
+faithfulness of the same answers to the passages they were given, by the service's own
+Ragas call; a judge call that fails is counted, never scored. Per shift and arm: time to detect
 (hours from the shift to the first drift event), time to intervene (to the first promotion
 after it), degradation before intervention (the largest relative drop of daily nDCG@10 below
 the 5 days before the shift, until the intervention, or the next shift or the end without
@@ -54,6 +57,7 @@ and closed arms); with the same `--work`, a later `--analyse` puts them together
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 import json
 import os
@@ -64,7 +68,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -211,6 +215,65 @@ def make_stream(
 # -- one arm -----------------------------------------------------------------------------
 
 
+@dataclass
+class FaithfulnessJudge:
+    """The configured judge's faithfulness of an answer to the passages it was given: the
+    service's own Ragas call (`judge_metric_calls`), one answer at a time. A call that fails
+    (timeout, unparsable verdict, ...) is counted by its kind and gives no score. Every call
+    runs on one event loop, kept until `close`: an async client's pooled connections belong
+    to the loop that opened them."""
+
+    name: str
+    call: Any  # EvalItem -> the Ragas coroutine, or None when the metric does not apply
+    judged: int = 0
+    failures: dict[str, int] = field(default_factory=dict)
+    runner: asyncio.Runner = field(default_factory=asyncio.Runner)
+
+    @classmethod
+    def configured(cls, services: Any) -> FaithfulnessJudge | None:
+        """None without a judge (`judge.backend` none); a judge that cannot be reached
+        fails here, before the stream starts."""
+        from rag_loop.evaluation.judge import make_judge
+        from rag_loop.evaluation.metrics import judge_metric_calls
+
+        judge = make_judge(services.settings.judge)
+        if judge is None:
+            return None
+        judge.ping()
+        return cls(
+            judge.name,
+            judge_metric_calls(judge, services.embedder, ["faithfulness"])["faithfulness"],
+        )
+
+    def score(self, question: str, answer: Any) -> float | None:
+        from rag_loop.evaluation.datasets import EvalItem
+        from rag_loop.evaluation.metrics import SampleResult, score_with_judge
+
+        item = EvalItem(
+            sample_id=answer.interaction_id,
+            query=question,
+            answer=answer.answer,
+            retrieved=answer.sources,
+        )
+        result = SampleResult()
+        self.runner.run(
+            score_with_judge([item], [result], {"faithfulness": self.call}, concurrency=1)
+        )
+        self.judged += 1
+        if "faithfulness" in result.failures:
+            kind = result.failures["faithfulness"].split(":", 1)[0]
+            self.failures[kind] = self.failures.get(kind, 0) + 1
+            return None
+        value = result.scores.get("faithfulness")
+        return None if value is None else round(value, 4)
+
+    def record(self) -> dict[str, Any]:
+        return {"name": self.name, "judged": self.judged, "failures": self.failures}
+
+    def close(self) -> None:
+        self.runner.close()
+
+
 def settings_for(data_dir: Path, arm: str, args: argparse.Namespace) -> Any:
     """The service's defaults, but for where the data lives, one chunk per passage, ten
     passages shown (so nDCG@10 is of what was served), no golden set (the benchmark's
@@ -281,6 +344,7 @@ def run_arm(arm: str, stream_kind: str, seed: int, args: argparse.Namespace) -> 
     services = Services.from_settings(settings_for(data_dir, arm, args), clock=clock)
     schedule = SimulatedSchedule(scheduled_jobs(services), clock)
     user = SimulatedUser.realistic(seed)
+    judge: FaithfulnessJudge | None = None
     tests = {
         pool: [q for q in questions if q.test and q.pool == pool]
         for pool in ("pubmedqa", "scifact")
@@ -301,6 +365,7 @@ def run_arm(arm: str, stream_kind: str, seed: int, args: argparse.Namespace) -> 
     ingests: list[dict[str, Any]] = []
     started = time.perf_counter()
     try:
+        judge = FaithfulnessJudge.configured(services)  # before any ask: it may be down
         for at, n, sample in stream.asks:
             moment = START + timedelta(seconds=at)
             schedule.run_until(moment)
@@ -334,6 +399,8 @@ def run_arm(arm: str, stream_kind: str, seed: int, args: argparse.Namespace) -> 
                 if sample
                 else None
             )
+            # the benchmark's look, like the proxy: the simulated clock stands meanwhile
+            faithful = judge.score(q.text, answer) if sample and judge is not None else None
             if not scored or scored[-1]["index_version_id"] != answer.versions["index_version"]:
                 score(answer.versions["index_version"])
             asks.append(
@@ -346,10 +413,13 @@ def run_arm(arm: str, stream_kind: str, seed: int, args: argparse.Namespace) -> 
                     q.pool,
                     q.cluster,
                     answer.versions["index_version"],
+                    faithful,
                 ]
             )
         record = service_record(services)
     finally:
+        if judge is not None:
+            judge.close()
         services.close()
     return {
         **_identity(arm, stream_kind, seed, stream),
@@ -360,6 +430,7 @@ def run_arm(arm: str, stream_kind: str, seed: int, args: argparse.Namespace) -> 
         **record,
         "schedule_runs": schedule.runs,
         "simulated_user": user.counts,
+        "judge": judge.record() if judge is not None else None,
         "wall_seconds": round(time.perf_counter() - started, 1),
         "settings": settings_for(data_dir, arm, args).model_dump(
             mode="json", include={"evaluation", "drift", "loop", "training"}
@@ -376,6 +447,7 @@ ASKS_FIELDS = [
     "pool",
     "cluster",
     "index_version_id",
+    "faithfulness",  # the judge's, on the groundedness sample; None without a judge
 ]
 
 
@@ -517,6 +589,7 @@ def run_from_database(
             q.pool,
             q.cluster,
             r.index_version_id,
+            None,
         ]
         for r, q in rows
     ]
@@ -548,7 +621,8 @@ def ask_rows(run: dict[str, Any]) -> list[dict[str, Any]]:
 
 def daily(run: dict[str, Any], days: int) -> list[dict[str, Any]]:
     """Per simulated day: what was served (nDCG@10, Recall@10), the thumbs-down rate of
-    the day's thumbs and the mean groundedness proxy of the day's sampled answers."""
+    the day's thumbs, and the mean groundedness proxy and judge's faithfulness of the day's
+    sampled answers (those the judge scored)."""
     rows = ask_rows(run)
     out = []
     for day in range(days):
@@ -564,6 +638,9 @@ def daily(run: dict[str, Any], days: int) -> list[dict[str, Any]]:
                 "thumbs_down_rate": thumbs.count("down") / len(thumbs) if thumbs else None,
                 "groundedness_proxy": _mean(
                     [r["groundedness_proxy"] for r in today if r["groundedness_proxy"] is not None]
+                ),
+                "faithfulness": _mean(
+                    [r["faithfulness"] for r in today if r.get("faithfulness") is not None]
                 ),
             }
         )
@@ -705,6 +782,12 @@ def seed_table(runs: dict[str, dict[str, Any]]) -> str:
         )
     )
     rows.append(("time to recover (within 2%)", per_shift("hours_to_recover", _hours)))
+    rows.append(
+        (
+            "groundedness proxy / judge's faithfulness, sampled answers",
+            [answer_quality(runs[a]) for a in arms],
+        )
+    )
     rows.append(("area below the pre-shift level", per_shift("area_below_level", "{:.3f}".format)))
     for label, used in (
         ("automated trigger", lambda r: r["settings"]["loop"]["auto"]),
@@ -728,6 +811,22 @@ def seed_table(runs: dict[str, dict[str, Any]]) -> str:
     lines = ["| | " + " | ".join(arms) + " |", "|---" * (len(arms) + 1) + "|"]
     lines += [f"| {label} | " + " | ".join(values) + " |" for label, values in rows]
     return "\n".join(lines)
+
+
+def answer_quality(run: dict[str, Any]) -> str:
+    """The mean groundedness proxy and judge's faithfulness of a run's sampled answers."""
+    rows = ask_rows(run)
+    proxy = _mean([r["groundedness_proxy"] for r in rows if r["groundedness_proxy"] is not None])
+    text = "-" if proxy is None else f"{proxy:.3f}"
+    judge = run.get("judge")
+    if not judge:
+        return f"{text} / no judge"
+    faithful = [r["faithfulness"] for r in rows if r.get("faithfulness") is not None]
+    mean = _mean(faithful)
+    return (
+        f"{text} / {'-' if mean is None else f'{mean:.3f}'} ({len(faithful)} of "
+        f"{judge['judged']} scored, {judge['name']})"
+    )
 
 
 def steady_table(runs: list[dict[str, Any]]) -> str:
@@ -855,7 +954,12 @@ def main() -> None:
     parser.add_argument("--gradual-from", type=int, default=18)
     parser.add_argument("--gradual-to", type=int, default=25)
     parser.add_argument("--gradual-share", type=float, default=0.6, help="of one topic, at the end")
-    parser.add_argument("--groundedness-share", type=float, default=0.1, help="answers scored")
+    parser.add_argument(
+        "--groundedness-share",
+        type=float,
+        default=0.1,
+        help="answers scored by the groundedness proxy (and the judge, when one is configured)",
+    )
     parser.add_argument(
         "--evaluation-schedule",
         default="0 */6 * * *",
