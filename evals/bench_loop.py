@@ -242,15 +242,6 @@ def run_seed(
                 if isinstance(figures, dict)
             }
             recipe = view.get("recipe") or {}
-            print(
-                f"  cycle {n}: {view['state']} in {cycle_seconds:.0f} s; recipe "
-                f"{ {k: recipe.get(k) for k in ('encoder', 'best_epoch', 'dense_weight')} }; "
-                f"gate {(view['gate'].get('deltas') or {}).get('primary')} "
-                f"(p {view['gate'].get('primary_p_value')}, room "
-                f"{view['gate'].get('primary_room')}); "
-                f"{view['error'] or ''}",
-                flush=True,
-            )
             metrics = stages.run(
                 f"test-eval after cycle {n}", lambda: test_metrics(services, domain)
             )
@@ -272,6 +263,12 @@ def run_seed(
                     **metrics,
                     "learned_gain": metrics["ndcg_at_10"] - base["ndcg_at_10"],
                 }
+            )
+            print(
+                f"  cycle {n}: {view['state']} in {cycle_seconds:.0f} s; recipe "
+                f"{ {k: recipe.get(k) for k in ('encoder', 'best_epoch', 'dense_weight')} }; "
+                f"gate {_gate(results[-1])}; {view['error'] or ''}",
+                flush=True,
             )
             print(json.dumps(results[-1]), flush=True)
     finally:
@@ -295,18 +292,18 @@ def table(runs: list[dict[str, Any]]) -> str:
         gains = " / ".join(f"{r['learned_gain']:+.3f}" for r in rows if "learned_gain" in r)
         gates = " / ".join(_gate(r) for r in rows if "state" in r)
         lines.append(
-            f"| {rows[0]['after']} | {' / '.join(r.get('state', '') for r in rows)} "
+            f"| {rows[0]['after']} | {' / '.join(r.get('state', '-') for r in rows)} "
             f"| {mean('ndcg_at_10')} | {mean('recall_at_10')} | {mean('recall_at_100')} "
             f"| {mean('mrr_at_10')} | {gains} | {gates} "
-            f"| {' / '.join(str(r.get('cycle_seconds', '')) for r in rows)} |"
+            f"| {' / '.join(str(r.get('cycle_seconds', '-')) for r in rows)} |"
         )
     return "\n".join(lines)
 
 
 def _gate(row: dict[str, Any]) -> str:
-    if row.get("gate_delta") is None:
-        return "-"
     p_value, room = row.get("gate_p_value"), row.get("gate_room")
+    if row.get("gate_delta") is None:  # ended before a candidate: the champion's room only
+        return "-" if room is None else f"no candidate, room {room}/{row.get('heldout_queries')}"
     return (
         f"{row['gate_delta']:+.3f}"
         + (f", p {p_value:.3f}" if p_value is not None else "")
