@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 
 from evals.bench_timeline import ASKS_FIELDS, FaithfulnessJudge, answer_quality, daily
-from rag_loop.corpus.ingest import ingest
 from rag_loop.errors import BackendUnavailable
 from rag_loop.interactions.ask import ask
 from rag_loop.services import Services
 from rag_loop.settings import Settings
-from tests.conftest import CORPUS, free_port
+from tests.conftest import free_port
+from tests.evaluation.test_judge import judged_services
 
 
 def run_with(judge: FaithfulnessJudge | None, faithfulness: float | None) -> dict[str, Any]:
@@ -34,19 +34,11 @@ def test_a_configured_judge_scores_the_faithfulness_of_what_was_served(
     make_settings: Callable[..., Settings], embedder: Any, llama_server: str
 ) -> None:
     # SmolLM2 behind llama_cpp.server, over real HTTP: two answers, one event loop
-    settings = make_settings(
-        judge={
-            "backend": "openai",
-            "base_url": llama_server,
-            "response_format": "json_object",
-            "metrics": ["faithfulness"],
-            "max_tokens": 256,
-        }
+    services = judged_services(
+        make_settings, embedder, llama_server, metrics=["faithfulness"], max_tokens=256
     )
-    services = Services.from_settings(settings, embedder=embedder)
     judge = None
     try:
-        ingest(services, CORPUS, actor="test")
         judge = FaithfulnessJudge.configured(services)
         assert judge is not None and judge.name == "openai:SmolLM2-135M-Instruct"
         values = [
