@@ -9,9 +9,14 @@ gives, so what it reaches bounds what a reranker learnt from feedback can reach.
 reranks the top `--depths` of the hybrid base for the test split's queries (never trained
 on), at each of `--max-lengths` tokens, alone and fused with the hybrid score (the hits
 below the reranked depth keep their hybrid order), and times the reranking per query: the
-cost an ask would pay on top of the plain retrieval.
+cost an ask would pay on top of the plain retrieval. `--int8` times, in the same run and
+on the same pairs, a copy whose linear layers torch quantizes to 8-bit integers after
+training (`quantize_dynamic`, eager mode: deprecated in favour of torchao, still in torch
+2.13), with its rankings; `--epochs 0` skips the training, for the cost alone (the weights'
+values do not change what a reranking costs).
 
-    python evals/probe_reranker.py --work DIR [--out FILE]  # DIR: bench_loop.py --work
+    python evals/probe_reranker.py --work DIR [--int8] [--epochs N] [--out FILE]
+    # DIR: bench_loop.py --work
 """
 
 from __future__ import annotations
@@ -45,7 +50,8 @@ def main() -> None:
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--depths", default="5,10,20", help="hybrid hits reranked")
     parser.add_argument("--negatives", type=int, default=7)
-    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--epochs", type=int, default=1, help="0: no training, cost only")
+    parser.add_argument("--int8", action="store_true", help="also an 8-bit quantized copy")
     parser.add_argument("--max-length", type=int, default=256, help="tokens, training")
     parser.add_argument("--max-lengths", default="256,128", help="tokens, reranking")
     parser.add_argument("--out", type=Path, default=None, help="JSON report")
@@ -119,7 +125,8 @@ def main() -> None:
         train_dataset=Dataset.from_dict({"query": anchors, "passage": passages, "label": labels}),
         loss=BinaryCrossEntropyLoss(model),
     )
-    trainer.train()
+    if args.epochs > 0:
+        trainer.train()
     train_seconds = time.perf_counter() - started
     print(f"trained in {train_seconds:.0f} s", flush=True)
 
@@ -141,40 +148,60 @@ def main() -> None:
         "runs": [],
     }
     weights = (0.25, 0.5, 0.75)
+    models = [("float32", model)]
+    if args.int8:
+        models.append(("int8", quantized(model)))
     for length in lengths:
-        model.max_length = length
         for depth in depths:
-            rankings: dict[str, dict[str, list[str]]] = {"reranker": {}}
-            for w in weights:
-                rankings[f"fused {w}"] = {}
-            latency: list[float] = []
-            for qid in test_ids:
-                hits, rest = served[qid][:depth], served[qid][depth:]
-                started = time.perf_counter()
-                pairs = [(domain.queries[qid], texts[h.document_id]) for h in hits]
-                scores = np.asarray(model.predict(pairs))  # title and text, as trained
-                latency.append((time.perf_counter() - started) * 1000)
-                docs, tail = [h.document_id for h in hits], [h.document_id for h in rest]
-                rankings["reranker"][qid] = [docs[i] for i in np.argsort(-scores, kind="stable")]
-                base = np.array([h.score for h in hits], dtype=np.float64)
+            for precision, reranker in models:
+                reranker.max_length = length
+                rankings: dict[str, dict[str, list[str]]] = {"reranker": {}}
                 for w in weights:
-                    fused = fuse(scores.astype(np.float64), base, w)
-                    order = np.argsort(-fused, kind="stable")
-                    rankings[f"fused {w}"][qid] = [docs[i] for i in order] + tail
-                rankings["reranker"][qid] += tail
-            run = {
-                "max_length": length,
-                "depth": depth,
-                "rerank_ms_p50": round(statistics.median(latency), 1),
-                "rerank_ms_p95": round(float(np.percentile(latency, 95)), 1),
-                **{f"ndcg_at_10 {name}": ndcg(r) for name, r in rankings.items()},
-            }
-            out["runs"].append(run)
-            print(json.dumps(run), flush=True)
+                    rankings[f"fused {w}"] = {}
+                latency: list[float] = []
+                for qid in test_ids:
+                    hits, rest = served[qid][:depth], served[qid][depth:]
+                    started = time.perf_counter()
+                    pairs = [(domain.queries[qid], texts[h.document_id]) for h in hits]
+                    scores = np.asarray(reranker.predict(pairs))  # title and text, as trained
+                    latency.append((time.perf_counter() - started) * 1000)
+                    docs, tail = [h.document_id for h in hits], [h.document_id for h in rest]
+                    rankings["reranker"][qid] = [
+                        docs[i] for i in np.argsort(-scores, kind="stable")
+                    ]
+                    base = np.array([h.score for h in hits], dtype=np.float64)
+                    for w in weights:
+                        fused = fuse(scores.astype(np.float64), base, w)
+                        order = np.argsort(-fused, kind="stable")
+                        rankings[f"fused {w}"][qid] = [docs[i] for i in order] + tail
+                    rankings["reranker"][qid] += tail
+                run = {
+                    "precision": precision,
+                    "max_length": length,
+                    "depth": depth,
+                    "rerank_ms_p50": round(statistics.median(latency), 1),
+                    "rerank_ms_p95": round(float(np.percentile(latency, 95)), 1),
+                    **{f"ndcg_at_10 {name}": ndcg(r) for name, r in rankings.items()},
+                }
+                out["runs"].append(run)
+                print(json.dumps(run), flush=True)
     if args.out:
         args.out.write_text(json.dumps(out, indent=1))
     print(json.dumps(out, indent=1))
     services.close()
+
+
+def quantized(model: Any) -> Any:
+    """A copy of `model` whose linear layers compute in 8-bit integers (dynamic
+    quantization: weights quantized once, activations per call)."""
+    import copy
+    import warnings
+
+    with warnings.catch_warnings():  # the eager-mode API warns that torchao replaces it
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(
+            copy.deepcopy(model), {torch.nn.Linear}, dtype=torch.qint8
+        )
 
 
 if __name__ == "__main__":
