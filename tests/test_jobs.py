@@ -3,7 +3,9 @@ HTTP. (Real queue workers in separate processes: tests/test_deployment.py.)"""
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -191,6 +193,45 @@ def test_without_a_broker_a_job_runs_below_the_requests(kestrel: Services, nice:
     assert wait_job(kestrel, job_id)["status"] == "done"
     assert parts.seen == {"job": max(own, nice), "started": max(own, nice)}
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == own
+
+
+# run in a process of its own: a nice value once raised cannot be lowered again
+WORKER_PROCESS = """
+import json, os, threading
+from rag_loop.priority import lower_this_process
+
+def nice():
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+seen, go = {}, threading.Event()
+
+def earlier():  # a thread a library started before; it starts one of its own afterwards
+    go.wait()
+    seen["earlier"] = nice()
+    later = threading.Thread(target=lambda: seen.update(later=nice()))
+    later.start()
+    later.join()
+
+thread = threading.Thread(target=earlier)
+thread.start()
+lower_this_process(10)
+seen["main"] = nice()
+go.set()
+thread.join()
+print(json.dumps(seen, sort_keys=True))
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a nice value per thread is Linux's")
+def test_a_worker_process_runs_every_thread_below_the_requests() -> None:
+    """`rag-loop worker` lowers every thread it has, those a library started before it
+    among them, and so every thread any of them starts later."""
+    own = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    ran = subprocess.run(
+        [sys.executable, "-c", WORKER_PROCESS], capture_output=True, text=True, check=True
+    )
+    expected = max(own, 10)
+    assert json.loads(ran.stdout) == {"earlier": expected, "later": expected, "main": expected}
 
 
 def test_without_a_broker_the_schedule_takes_over_a_job_cut_off_by_a_restart(
