@@ -34,6 +34,7 @@ def make_chat_model(role: str, spec: ChatModelSettings, env_prefix: str) -> Chat
     """`role` ("generator", "judge") and `env_prefix` (where its settings come from, e.g.
     RAG_LOOP_GENERATOR_) name it in error messages."""
     if spec.backend == "openai":
+        import httpx
         from langchain_openai import ChatOpenAI
 
         if not spec.base_url:
@@ -51,6 +52,14 @@ def make_chat_model(role: str, spec: ChatModelSettings, env_prefix: str) -> Chat
             extra_body={"max_tokens": spec.max_tokens},
             timeout=spec.timeout_seconds,
             max_retries=0,
+            # its own async client, keeping no idle connection: langchain-openai otherwise
+            # shares one per base URL across the process, and a connection pooled in one
+            # event loop fails in the next ("Connection error"): the judge scores each
+            # evaluation run in an event loop of its own (DEVELOPERS.md)
+            http_async_client=httpx.AsyncClient(
+                timeout=spec.timeout_seconds,
+                limits=httpx.Limits(max_keepalive_connections=0),
+            ),
         )
         return ChatModel(f"openai:{spec.model}", model, in_process=False)
     if spec.backend != "llamacpp":

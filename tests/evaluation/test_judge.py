@@ -4,6 +4,7 @@ OpenAI-compatible server that answers garbage, and a judge that is not there at 
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,6 +18,9 @@ from starlette.routing import Route
 from rag_loop.corpus.ingest import ingest
 from rag_loop.db.models import EvalRun
 from rag_loop.errors import BackendUnavailable
+from rag_loop.evaluation.datasets import EvalItem
+from rag_loop.evaluation.judge import make_judge
+from rag_loop.evaluation.metrics import SampleResult, judge_metric_calls, score_with_judge
 from rag_loop.evaluation.runner import EvalRequest, run_evaluation
 from rag_loop.services import Services
 from rag_loop.settings import Settings
@@ -173,3 +177,37 @@ def test_in_process_llamacpp_judge_scores_faithfulness(
     metrics = outcome.metrics
     assert metrics["faithfulness_scored"] + metrics["faithfulness_failures"] == 1
     assert "answer_relevancy_scored" not in metrics  # only the configured metric ran
+
+
+@pytest.mark.slow
+@pytest.mark.llm
+def test_a_judge_reaches_its_server_from_one_event_loop_after_another(
+    make_settings: Callable[..., Settings], embedder: Any, llama_server: str
+) -> None:
+    """Each evaluation run judges in an event loop of its own (asyncio.run), in one
+    process: no run may meet a connection that an earlier run's loop left behind."""
+    settings = make_settings(
+        judge={
+            "backend": "openai",
+            "base_url": llama_server,
+            "response_format": "json_object",
+            "metrics": ["faithfulness"],
+            "max_tokens": 256,
+        }
+    )
+    item = EvalItem(
+        sample_id="q1",
+        query="What does the Kestrel monthly fee cover?",
+        answer="The fee covers the bike and its repairs [1].",
+        retrieved=[{"chunk_id": "c1", "document_id": "d1", "text": "The fee covers the bike."}],
+    )
+    for run in range(2):  # two runs, as two evaluations in one API process
+        judge = make_judge(settings.judge)
+        assert judge is not None
+        call = judge_metric_calls(judge, embedder, ["faithfulness"])
+        result = SampleResult()
+        asyncio.run(score_with_judge([item], [result], call, concurrency=1))
+        failure = result.failures.get("faithfulness", "")
+        assert not failure.startswith("unavailable"), (run, failure)
+        # whatever SmolLM2 says: a score or a failure counted by its kind, never both
+        assert ("faithfulness" in result.scores) != bool(failure), result
