@@ -227,6 +227,7 @@ class FaithfulnessJudge:
     call: Any  # EvalItem -> the Ragas coroutine, or None when the metric does not apply
     judged: int = 0
     failures: dict[str, int] = field(default_factory=dict)
+    first_failure: dict[str, str] = field(default_factory=dict)  # per kind: why
     runner: asyncio.Runner = field(default_factory=asyncio.Runner)
 
     @classmethod
@@ -261,14 +262,21 @@ class FaithfulnessJudge:
         )
         self.judged += 1
         if "faithfulness" in result.failures:
-            kind = result.failures["faithfulness"].split(":", 1)[0]
+            reason = result.failures["faithfulness"]
+            kind = reason.split(":", 1)[0]
             self.failures[kind] = self.failures.get(kind, 0) + 1
+            self.first_failure.setdefault(kind, reason[:500])
             return None
         value = result.scores.get("faithfulness")
         return None if value is None else round(value, 4)
 
     def record(self) -> dict[str, Any]:
-        return {"name": self.name, "judged": self.judged, "failures": self.failures}
+        return {
+            "name": self.name,
+            "judged": self.judged,
+            "failures": self.failures,
+            "first_failure": self.first_failure,
+        }
 
     def close(self) -> None:
         self.runner.close()

@@ -58,8 +58,8 @@ def test_a_configured_judge_scores_the_faithfulness_of_what_was_served(
     # second call fail so: the client's pooled connection belonged to the closed loop)
     scored = [v for v in values if v is not None]
     assert all(0.0 <= v <= 1.0 for v in scored)
-    assert len(scored) + sum(judge.failures.values()) == 2, judge.failures
-    assert "unavailable" not in judge.failures, judge.failures
+    assert len(scored) + sum(judge.failures.values()) == 2, judge.first_failure
+    assert "unavailable" not in judge.failures, judge.first_failure
     run = run_with(judge, values[0])
     assert daily(run, 1)[0]["faithfulness"] == values[0]
     assert answer_quality(run).startswith("0.750 / ")
