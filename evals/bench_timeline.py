@@ -220,8 +220,7 @@ class FaithfulnessJudge:
     """The configured judge's faithfulness of an answer to the passages it was given: the
     service's own Ragas call (`judge_metric_calls`), one answer at a time. A call that fails
     (timeout, unparsable verdict, ...) is counted by its kind and gives no score. Every call
-    runs on one event loop, kept until `close`: an async client's pooled connections belong
-    to the loop that opened them."""
+    runs on one event loop, kept until `close`, not on a new loop per answer."""
 
     name: str
     call: Any  # EvalItem -> the Ragas coroutine, or None when the metric does not apply
