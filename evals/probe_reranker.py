@@ -52,6 +52,10 @@ def main() -> None:
     parser.add_argument("--negatives", type=int, default=7)
     parser.add_argument("--epochs", type=int, default=1, help="0: no training, cost only")
     parser.add_argument("--int8", action="store_true", help="also an 8-bit quantized copy")
+    parser.add_argument("--learning-rate", type=float, default=2e-5)
+    parser.add_argument(
+        "--pos-weight", type=float, default=None, help="BCE weight of a positive (none: 1)"
+    )
     parser.add_argument("--max-length", type=int, default=256, help="tokens, training")
     parser.add_argument("--max-lengths", default="256,128", help="tokens, reranking")
     parser.add_argument("--out", type=Path, default=None, help="JSON report")
@@ -114,16 +118,19 @@ def main() -> None:
             output_dir=str(data_dir / "ce-train"),
             num_train_epochs=args.epochs,
             per_device_train_batch_size=16,
-            learning_rate=2e-5,
+            learning_rate=args.learning_rate,
             warmup_steps=0.1,
             seed=0,
             save_strategy="no",
+            logging_steps=50,
             report_to="none",
             disable_tqdm=True,
             use_cpu=True,
         ),
         train_dataset=Dataset.from_dict({"query": anchors, "passage": passages, "label": labels}),
-        loss=BinaryCrossEntropyLoss(model),
+        loss=BinaryCrossEntropyLoss(
+            model, pos_weight=None if args.pos_weight is None else torch.tensor(args.pos_weight)
+        ),
     )
     if args.epochs > 0:
         trainer.train()
@@ -143,6 +150,8 @@ def main() -> None:
     out: dict[str, Any] = {
         "train_pairs": len(labels),
         "train_seconds": round(train_seconds),
+        "train_loss": [round(e["loss"], 4) for e in trainer.state.log_history if "loss" in e],
+        "options": {k: str(v) for k, v in vars(args).items()},
         "torch_threads": torch.get_num_threads(),
         "ndcg_at_10 hybrid": ndcg({q: [h.document_id for h in served[q]] for q in test_ids}),
         "runs": [],
