@@ -162,7 +162,9 @@ def test_metrics(
     rankings: dict[int, dict[str, list[str]]] = {10: {}, 100: {}}
     for qid, text, vector in zip(ids, texts, vectors, strict=True):
         for k, ranking in rankings.items():
-            hits = search(services.store, services.lexical, index, config, text, vector, k)
+            hits = search(
+                services.store, services.lexical, index, config, text, vector, k, embedder
+            )
             ranking[qid] = list(dict.fromkeys(h.document_id for h in hits))
     refs = {q: sorted(d) for q, d in domain.test.items()}
     at10 = ranking_metrics(rankings[10], refs, 10)

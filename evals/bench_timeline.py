@@ -309,15 +309,21 @@ def test_scores(services: Any, questions: list[Question]) -> dict[str, float]:
     from rag_loop.retrieval.search import search
 
     index = serving_index(services.engine)
-    vectors = services.embedders.get(index.embedder_version).embed_queries(
-        [q.text for q in questions]
-    )
+    embedder = services.embedders.get(index.embedder_version)
+    vectors = embedder.embed_queries([q.text for q in questions])
     rankings = {
         q.id: list(
             dict.fromkeys(
                 h.document_id
                 for h in search(
-                    services.store, services.lexical, index, index.retrieval, q.text, vector, 10
+                    services.store,
+                    services.lexical,
+                    index,
+                    index.retrieval,
+                    q.text,
+                    vector,
+                    10,
+                    embedder,
                 )
             )
         )

@@ -80,7 +80,9 @@ def main() -> None:
     def hybrid(ids: list[str], k: int) -> dict[str, list[Hit]]:
         vectors = embedder.embed_queries([domain.queries[i] for i in ids])
         return {
-            qid: search(services.store, services.lexical, index, config, domain.queries[qid], v, k)
+            qid: search(
+                services.store, services.lexical, index, config, domain.queries[qid], v, k, embedder
+            )
             for qid, v in zip(ids, vectors, strict=True)
         }
 

@@ -370,7 +370,9 @@ def _answer_golden(
     config = retrieval_of(index)
     rankings: dict[str, list[str]] = {}
     for item, vector in zip(dataset.items, vectors, strict=True):
-        hits = search(services.store, services.lexical, index, config, item.query, vector, depth)
+        hits = search(
+            services.store, services.lexical, index, config, item.query, vector, depth, embedder
+        )
         shown = hits[:top_k]
         item.retrieved = [
             {"chunk_id": h.chunk_id, "document_id": h.document_id, "text": h.text} for h in shown

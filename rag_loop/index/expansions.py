@@ -4,7 +4,9 @@ A chunk that feedback marked relevant to a question (a relevant label, a thumb u
 chunk the answer cited first, a pointer, an approved correction: the training set's
 positives) gets the question appended on the BM25 side of an index version, so the next
 user who asks it in other words finds the chunk by the words of the first one (doc2query,
-with questions people really asked instead of generated ones). The loop's training set
+with questions people really asked instead of generated ones). A version with
+`dense_expansion` uses them on the dense side too: the chunk's cosine with a query is the
+best of the chunk's and its questions' (rag_loop.retrieval.search). The loop's training set
 brings them; the validation part of the feedback decides whether the candidate keeps them;
 the gate decides the candidate. They belong to one index version (table
 `index_expansions`): a rollback serves the target's own, a re-ingest keeps those of chunks

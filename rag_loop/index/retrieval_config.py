@@ -26,6 +26,11 @@ class RetrievalConfig:
     bm25_b: float = 0.75
     stemmer: str = "english"
     stopwords: str = "english"
+    # dense side of document expansion (rag_loop.index.expansions): a chunk's cosine is the
+    # best of the query's with the chunk and with each question users confirmed it answers.
+    # Chosen by the loop on the validation feedback, never a setting; versions stored
+    # before it existed read False and retrieve as they were gated.
+    dense_expansion: bool = False
 
     @property
     def hybrid(self) -> bool:
@@ -41,7 +46,9 @@ class RetrievalConfig:
             return "dense"
         return (
             f"hybrid(dense_weight={self.dense_weight}, candidates={self.candidates}, "
-            f"bm25 k1={self.bm25_k1} b={self.bm25_b})"
+            f"bm25 k1={self.bm25_k1} b={self.bm25_b}"
+            + (", dense expansion" if self.dense_expansion else "")
+            + ")"
         )
 
     @classmethod
@@ -58,20 +65,24 @@ class RetrievalConfig:
     def for_new_version(
         cls, settings: RetrievalSettings, serving: RetrievalConfig | None
     ) -> RetrievalConfig:
-        """How a new index version retrieves: as the settings say, with the dense weight the
-        loop chose for the serving version when it fuses the same way otherwise (the
-        setting's weight is where the loop starts, not a value it must keep)."""
+        """How a new index version retrieves: as the settings say, with the dense weight and
+        dense expansion the loop chose for the serving version when it fuses the same way
+        otherwise (the setting's weight is where the loop starts, not a value it must keep)."""
         configured = cls.from_settings(settings)
         if (
             serving is not None
             and configured.hybrid
-            and replace(serving, dense_weight=configured.dense_weight) == configured
+            and replace(serving, dense_weight=configured.dense_weight, dense_expansion=False)
+            == configured
         ):
             return serving
         return configured
 
     def with_weight(self, dense_weight: float | None) -> RetrievalConfig:
         return self if dense_weight is None else replace(self, dense_weight=dense_weight)
+
+    def with_dense_expansion(self, on: bool) -> RetrievalConfig:
+        return replace(self, dense_expansion=on and self.hybrid)
 
     @classmethod
     def stored(cls, value: dict[str, Any] | str | None) -> RetrievalConfig:

@@ -553,6 +553,7 @@ def _train(services: CycleParts, cycle: LoopCycle) -> Move:
         "validation_champion": champion_figure,
         "expansions": len(expanded),
         "expansion_check": validation.expansion_check,
+        "dense_expansion": validation.dense_expansion,
     }
     if tuning.trained is None:
         # the champion's encoder, with the fusion weight and the expansions chosen on the
@@ -563,12 +564,13 @@ def _train(services: CycleParts, cycle: LoopCycle) -> Move:
                 expansions.of_version(session, index.id)
             )
         new_weight = tuning.dense_weight not in (None, recipe["champion_dense_weight"])
+        new_dense = validation.dense_expansion != champion_retrieval.dense_expansion
         chosen = next(
             (v["ndcg_at_10"] for v in tuning.validation if v["epoch"] == tuning.best_epoch), None
         )
         better = chosen is not None and champion_figure is not None and chosen > champion_figure
         weight_only = settings.init_from == "champion"  # validated with the champion's encoder
-        if not (weight_only and better and (new_weight or new_expansions)):
+        if not (weight_only and better and (new_weight or new_expansions or new_dense)):
             move = _rejection(
                 "nothing learned: no epoch, no fusion weight and no document expansion ranked "
                 f"the {tuning.validation_queries} validation feedback queries better than the "
@@ -597,6 +599,7 @@ class _Validation:
     expanded: expansions.Pairs  # the document expansions the candidate gets
     expansion_check: dict[str, Any]  # validation nDCG@10 with and without them
     champion: float | None  # the champion's validation nDCG@10 (None: no validation queries)
+    dense_expansion: bool = False  # the expansions' questions on the dense side too
 
 
 def _validation(
@@ -612,7 +615,12 @@ def _validation(
     gets every training question as expansions (the fit part's, checked on the validation
     queries, and the validation queries' own) unless the fit part's rank the validation
     queries worse with the champion's encoder, by more than the gate lets a metric drop
-    (`loop.max_regression`); when they are kept, the encoder is validated with them too."""
+    (`loop.max_regression`); when they are kept, the encoder is validated with them too.
+    Kept expansions go to the dense side as well (a chunk's cosine the best of the query's
+    with the chunk and with its questions) only when that ranks the validation queries
+    better than the BM25 side alone: where users ask about the same chunks in other words
+    (SciFact) it finds them; where no two questions share a chunk (PubMedQA-L) it can only
+    pull the wrong chunk up, and the validation queries show that."""
     config = RetrievalConfig.stored(index.retrieval)
     encoder = services.embedders.get(index.embedder_version)
     if not config.hybrid:
@@ -647,15 +655,24 @@ def _validation(
     expanded = check_with(fit)
     assert expanded is not None, "the same validation queries"
     with_ = expanded.score(vectors)
+    position = {chunk_id: i for i, chunk_id in enumerate(ids)}
+    dense = expanded.with_questions(
+        {position[c]: questions for c, questions in fit.items() if c in position}
+    )
+    with_dense = dense.score(vectors, encoder.embed_queries(dense.questions))
     figures = {
         "validation_ndcg_at_10_without": round(without.ndcg_at_10, 6),
         "validation_ndcg_at_10_with": round(with_.ndcg_at_10, 6),
+        "validation_ndcg_at_10_with_dense": round(with_dense.ndcg_at_10, 6),
     }
     # the tolerance the gate gives any tracked metric: a few validation queries that share
     # no chunk with the fit part's questions only measure noise
     if with_.ndcg_at_10 < without.ndcg_at_10 - services.settings.loop.max_regression:
         return _Validation(plain, [], figures, champion)
-    return _Validation(expanded, expansions.from_training_set(examples), figures, champion)
+    every = expansions.from_training_set(examples)
+    if with_dense.ndcg_at_10 > with_.ndcg_at_10:
+        return _Validation(dense, every, figures, champion, dense_expansion=True)
+    return _Validation(expanded, every, figures, champion)
 
 
 def _at_incumbent(scored: Scored, check: FusionCheck) -> float:
@@ -700,9 +717,14 @@ def _index(services: CycleParts, cycle: LoopCycle) -> Move:
     embedder = services.embedders.get(model.version)
     version_id = cycle.candidate_index_version_id
     if version_id is None:
-        retrieval = RetrievalConfig.for_new_version(
-            services.settings.retrieval, RetrievalConfig.stored(parent.retrieval)
-        ).with_weight((cycle.recipe or {}).get("dense_weight"))
+        recipe = cycle.recipe or {}
+        retrieval = (
+            RetrievalConfig.for_new_version(
+                services.settings.retrieval, RetrievalConfig.stored(parent.retrieval)
+            )
+            .with_weight(recipe.get("dense_weight"))
+            .with_dense_expansion(bool(recipe.get("dense_expansion")))
+        )
         version_id, _ = create_index_version(
             services,
             embedder,

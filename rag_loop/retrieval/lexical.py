@@ -5,7 +5,9 @@ the dense side can return. Keyed by (collection, revision): a correction approve
 process bumps the version's revision, and the next query here rebuilds (once, under a lock).
 Uses bm25s with a Snowball stemmer and English stopwords. A chunk's document for BM25 is its
 title and text, followed by the questions users confirmed it answers when the version has
-such expansions (rag_loop.index.expansions).
+such expansions (rag_loop.index.expansions). The same questions are the dense side of the
+expansion when the version retrieves with it: embedded once per process by the version's
+query encoder (`question_scores`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 
 from rag_loop.hits import Hit
 from rag_loop.index.chroma import ChromaStore
+from rag_loop.index.embedders import Embedder
 from rag_loop.index.retrieval_config import RetrievalConfig
 
 
@@ -40,6 +43,13 @@ class LexicalIndex:
         self._lock = threading.Lock()
         self._bm25 = bm25s.BM25(k1=config.bm25_k1, b=config.bm25_b)
         expansions = expansions or {}
+        # the expansions' questions and the position of the chunk each one expands
+        self.questions = [q for h in hits for q in expansions.get(h.chunk_id, ())]
+        self.question_rows = np.array(
+            [i for i, h in enumerate(hits) for _ in expansions.get(h.chunk_id, ())], dtype=np.int64
+        )
+        self._question_vectors: dict[str, np.ndarray] = {}
+        self._embedding = threading.Lock()
         if hits:
             documents = [
                 "\n".join([h.title, h.text, *expansions.get(h.chunk_id, ())]) for h in hits
@@ -62,6 +72,22 @@ class LexicalIndex:
         if not known:
             return np.zeros(len(self.hits), dtype=np.float32)
         return np.asarray(self._bm25.get_scores(known), dtype=np.float32)
+
+    def question_scores(self, embedder: Embedder, vector: np.ndarray) -> np.ndarray:
+        """Per chunk (position order), the best cosine of the query embedded as `vector` with
+        a question the chunk was expanded with; -1 for chunks without one. The questions are
+        embedded by `embedder` (the encoder that embedded `vector`) on first use."""
+        best = np.full(len(self.hits), -1.0, dtype=np.float32)
+        if not self.questions:
+            return best
+        with self._embedding:
+            vectors = self._question_vectors.get(embedder.version)
+            if vectors is None:
+                vectors = np.asarray(embedder.embed_queries(self.questions), dtype=np.float32)
+                self._question_vectors[embedder.version] = vectors
+        unit = vector / (np.linalg.norm(vector) or 1.0)
+        np.maximum.at(best, self.question_rows, vectors @ unit.astype(np.float32))
+        return best
 
 
 class LexicalIndexes:

@@ -5,7 +5,10 @@ hybrid  the dense top `candidates` and the BM25 top `candidates` (rag_loop.retri
         are pooled; each side's scores are min-max normalised over the pool (a chunk that only
         BM25 found gets its exact cosine from its stored embedding) and fused as
         dense_weight * dense + (1 - dense_weight) * bm25. Convex fusion of normalised scores
-        beat reciprocal-rank fusion on SciFact (README, loop benchmark).
+        beat reciprocal-rank fusion on SciFact (README, loop benchmark). With dense expansion
+        (a loop candidate's choice) a chunk's cosine is the best of the query's with the
+        chunk and with the questions it was expanded with, and the chunks of the top
+        `candidates` such questions join the pool.
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def retrieve(
     t0 = time.perf_counter()
     vector = embedder.embed_query(query)
     t1 = time.perf_counter()
-    hits = search(store, lexical, target, config, query, vector, k)
+    hits = search(store, lexical, target, config, query, vector, k, embedder)
     t2 = time.perf_counter()
     return Retrieved(hits, (t1 - t0) * 1000, (t2 - t1) * 1000)
 
@@ -64,8 +67,10 @@ def search(
     query: str,
     vector: np.ndarray,
     k: int,
+    embedder: Embedder,
 ) -> list[Hit]:
-    """The top `k` chunks for a query whose embedding is `vector`, best first."""
+    """The top `k` chunks for a query that `embedder` embedded as `vector`, best first (the
+    encoder embeds the questions of a version with dense expansion too)."""
     if not config.hybrid:
         return store.query(target.collection_name, vector, k)
     depth = max(k, config.candidates)
@@ -75,23 +80,32 @@ def search(
 
     pool: dict[str, Hit] = {hit.chunk_id: hit for hit in dense}
     cosine: dict[str, float] = {hit.chunk_id: hit.score for hit in dense}
+    found: list[int] = []  # positions in the lexical index of chunks the dense top missed
     if bm25.size:
         top = np.argpartition(-bm25, min(depth, bm25.size - 1))[:depth]
-        lexical_only = [index.hits[i] for i in top if bm25[i] > 0]
-        lexical_only = [h for h in lexical_only if h.chunk_id not in pool]
-        if lexical_only:
-            stored = store.get_embeddings(
-                target.collection_name, [h.chunk_id for h in lexical_only]
+        found.extend(int(i) for i in top if bm25[i] > 0)
+    asked = np.empty(0, dtype=np.float32)
+    if config.dense_expansion and index.questions:
+        asked = index.question_scores(embedder, vector)
+        top = np.argpartition(-asked, min(depth, asked.size - 1))[:depth]
+        found.extend(int(i) for i in top if asked[i] > -1.0)
+    extra = [index.hits[i] for i in dict.fromkeys(found) if index.hits[i].chunk_id not in pool]
+    if extra:
+        stored = store.get_embeddings(target.collection_name, [h.chunk_id for h in extra])
+        query_unit = vector / (np.linalg.norm(vector) or 1.0)
+        for hit in extra:
+            embedding = stored.get(hit.chunk_id)
+            if embedding is None:  # removed since the lexical index was built
+                continue
+            pool[hit.chunk_id] = hit
+            cosine[hit.chunk_id] = float(
+                embedding @ query_unit / (np.linalg.norm(embedding) or 1.0)
             )
-            query_unit = vector / (np.linalg.norm(vector) or 1.0)
-            for hit in lexical_only:
-                embedding = stored.get(hit.chunk_id)
-                if embedding is None:  # removed since the lexical index was built
-                    continue
-                pool[hit.chunk_id] = hit
-                cosine[hit.chunk_id] = float(
-                    embedding @ query_unit / (np.linalg.norm(embedding) or 1.0)
-                )
+    if asked.size:
+        for chunk_id in pool:
+            at = index.position.get(chunk_id)
+            if at is not None:
+                cosine[chunk_id] = max(cosine[chunk_id], float(asked[at]))
     ids = list(pool)
     fused = fuse(
         np.array([cosine[i] for i in ids], dtype=np.float64),

@@ -5,16 +5,19 @@ ones), the bank positions of their positives, the serving index's document vecto
 bank) and each query's BM25 scores over the same chunks. Given a query encoder it ranks
 every query the way an index version retrieves (`rag_loop.retrieval.search.fuse`: the
 dense and BM25 top `candidates` pooled, each side min-max normalised, fused with the dense
-weight) and reports chunk-level nDCG@10 for each dense weight it may choose. Query-side
-training scores the champion's encoder this way before the first epoch and every epoch
-after it; it keeps the epoch, and the weight, that rank the validation queries best.
+weight) and reports chunk-level nDCG@10 for each dense weight it may choose. With
+`questions` (the fit part's questions and the bank rows they expand) it ranks as a version
+with dense expansion does: each row's cosine is the best of the query's with the row and
+with the questions that expand it, embedded by the same encoder. Query-side training scores
+the champion's encoder this way before the first epoch and every epoch after it; it keeps
+the epoch, and the weight, that rank the validation queries best.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +48,9 @@ class FusionCheck:
     bm25: list[np.ndarray] | None  # each query's BM25 score of every bank row; None: dense
     incumbent: float | None  # the champion's dense weight (None: dense)
     candidates: int = 100
+    # dense expansion: questions and the bank row each one expands (none: without it)
+    questions: list[str] = field(default_factory=list)
+    question_rows: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
 
     @classmethod
     def build(
@@ -94,6 +100,31 @@ class FusionCheck:
                 bm25.append(row_scores)
         return cls.build(queries, [relevant[q] for q in queries], bank, bm25, incumbent, candidates)
 
+    def with_questions(self, expanded: dict[int, list[str]]) -> FusionCheck:
+        """This check ranking as dense expansion with `expanded` (questions by bank row)."""
+        rows = sorted(expanded)
+        return replace(
+            self,
+            questions=[q for r in rows for q in expanded[r]],
+            question_rows=np.array([r for r in rows for _ in expanded[r]], dtype=np.int64),
+        )
+
+    def asked(self, vectors: np.ndarray, question_vectors: np.ndarray | None) -> np.ndarray | None:
+        """Per query embedded as a row of `vectors` and bank row, the best cosine with a
+        question expanding the row (-1: none), as `LexicalIndex.question_scores` gives it;
+        None without dense expansion."""
+        if not self.questions or question_vectors is None:
+            return None
+        unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        questions = question_vectors / np.maximum(
+            np.linalg.norm(question_vectors, axis=1, keepdims=True), 1e-12
+        )
+        to_questions = unit.astype(np.float32) @ questions.astype(np.float32).T
+        asked = np.full((len(unit), len(self.bank)), -1.0, dtype=np.float32)
+        for i in range(len(unit)):
+            np.maximum.at(asked[i], self.question_rows, to_questions[i])
+        return asked
+
     @property
     def weights(self) -> list[float | None]:
         if self.bm25 is None or self.incumbent is None:
@@ -101,16 +132,21 @@ class FusionCheck:
         near = [w for w in WEIGHTS if abs(w - self.incumbent) <= STEP + 1e-9]
         return [*sorted({*near, self.incumbent})]
 
-    def score(self, vectors: np.ndarray) -> Scored:
-        """nDCG@10 of the queries embedded as `vectors`, for each dense weight; the best
-        weight wins, ties going to the champion's."""
+    def score(self, vectors: np.ndarray, question_vectors: np.ndarray | None = None) -> Scored:
+        """nDCG@10 of the queries embedded as `vectors` (and, with dense expansion, the
+        questions as `question_vectors`, by the same encoder), for each dense weight; the
+        best weight wins, ties going to the champion's."""
         unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         cosine = unit.astype(np.float32) @ self.bank.T
+        asked = self.asked(unit, question_vectors)
         references = {str(i): [str(p) for p in r] for i, r in enumerate(self.relevant)}
         by_weight: dict[str, float] = {}
         for weight in self.weights:
             rankings = {
-                str(i): [str(p) for p in self.rank(cosine[i], i, weight)]
+                str(i): [
+                    str(p)
+                    for p in self.rank(cosine[i], i, weight, None if asked is None else asked[i])
+                ]
                 for i in range(len(self.queries))
             }
             per_query = ranking_metrics(rankings, references, K)
@@ -121,9 +157,12 @@ class FusionCheck:
         )
         return Scored(by_weight[str(best)], best, by_weight)
 
-    def rank(self, cosine: np.ndarray, row: int, weight: float | None) -> list[int]:
-        """The top 10 bank rows for query `row` whose cosines with the bank are `cosine`,
-        as `rag_loop.retrieval.search.search` ranks them with `weight`."""
+    def rank(
+        self, cosine: np.ndarray, row: int, weight: float | None, asked: np.ndarray | None = None
+    ) -> list[int]:
+        """The top 10 bank rows for query `row` whose cosines with the bank are `cosine`
+        (and with the rows' questions `asked`, under dense expansion), as
+        `rag_loop.retrieval.search.search` ranks them with `weight`."""
         depth = min(self.candidates, cosine.size)
         dense_top = np.argpartition(-cosine, depth - 1)[:depth]
         if weight is None or self.bm25 is None:
@@ -131,7 +170,12 @@ class FusionCheck:
         bm25 = self.bm25[row]
         lexical_top = np.argpartition(-bm25, depth - 1)[:depth]
         lexical_top = lexical_top[bm25[lexical_top] > 0]
-        pool = np.unique(np.concatenate([dense_top, lexical_top]))
+        tops = [dense_top, lexical_top]
+        if asked is not None:
+            asked_top = np.argpartition(-asked, depth - 1)[:depth]
+            tops.append(asked_top[asked[asked_top] > -1.0])
+            cosine = np.maximum(cosine, asked)
+        pool = np.unique(np.concatenate(tops))
         fused = fuse(cosine[pool].astype(np.float64), bm25[pool].astype(np.float64), weight)
         return [int(pool[i]) for i in np.argsort(-fused, kind="stable")[:K]]
 
@@ -155,7 +199,15 @@ def evaluator(check: FusionCheck, batch_size: int = 64) -> Any:
             vectors = model.encode(
                 check.queries, batch_size=batch_size, convert_to_numpy=True, show_progress_bar=False
             )
-            self.last = check.score(np.asarray(vectors))
+            questions = None
+            if check.questions:
+                questions = model.encode(
+                    check.questions,
+                    batch_size=batch_size,
+                    convert_to_numpy=True,
+                    show_progress_bar=False,
+                )
+            self.last = check.score(np.asarray(vectors), questions)
             metrics = {"ndcg_at_10": self.last.ndcg_at_10}
             if self.last.dense_weight is not None:
                 metrics["dense_weight"] = self.last.dense_weight

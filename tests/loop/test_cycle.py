@@ -422,8 +422,13 @@ def test_document_expansion_alone_makes_a_candidate_from_training_questions_only
     assert recipe["encoder"] == "kept" and recipe["expansions"] > 0, recipe
     check = recipe["expansion_check"]
     assert check["validation_ndcg_at_10_with"] >= check["validation_ndcg_at_10_without"]
+    # the dense side only when it ranks the validation queries better than BM25 alone
+    dense_side = check["validation_ndcg_at_10_with_dense"] > check["validation_ndcg_at_10_with"]
+    assert recipe["dense_expansion"] is dense_side
     assert view["state"] == "promoted", view["error"]
     candidate = view["candidate_index_version_id"]
+    served = serving_index(services.engine)
+    assert served.id == candidate and served.retrieval.dense_expansion is dense_side
     with services.sessions() as session:
         training_set = session.get_one(TrainingSet, view["training_set"]["id"])
         stored = expansions.of_version(session, candidate)

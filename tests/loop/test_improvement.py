@@ -85,6 +85,7 @@ def test_one_cycle_improves_retrieval_on_questions_it_never_saw(
         check = recipe["expansion_check"]
         assert check["validation_ndcg_at_10_with"] > check["validation_ndcg_at_10_without"]
         assert recipe["expansions"] == len(served_expansions) > 0
+        assert served.retrieval.dense_expansion is recipe["dense_expansion"]
         return
     assert not served_expansions
     assert recipe["encoder"] == "trained"

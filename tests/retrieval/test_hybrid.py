@@ -17,6 +17,7 @@ from rag_loop.feedback.service import submit_feedback
 from rag_loop.index.retrieval_config import DENSE, RetrievalConfig
 from rag_loop.index.versions import champion, retrieval_of, serving_index
 from rag_loop.interactions.ask import ask
+from rag_loop.retrieval.lexical import LexicalIndexes
 from rag_loop.retrieval.search import search
 from rag_loop.services import Services
 from rag_loop.settings import RetrievalSettings, Settings
@@ -64,9 +65,9 @@ def test_without_query_terms_hybrid_keeps_the_dense_order(
         served = serving_index(services.engine)
         query = "the and of"  # stopwords only: BM25 scores nothing
         vector = embedder.embed_query(query)
-        dense = search(services.store, services.lexical, served, DENSE, query, vector, 5)
+        dense = search(services.store, services.lexical, served, DENSE, query, vector, 5, embedder)
         hybrid = search(
-            services.store, services.lexical, served, served.retrieval, query, vector, 5
+            services.store, services.lexical, served, served.retrieval, query, vector, 5, embedder
         )
         assert [h.chunk_id for h in hybrid] == [h.chunk_id for h in dense]
     finally:
@@ -134,6 +135,12 @@ def test_a_new_version_keeps_the_weight_the_loop_chose() -> None:
     settings = RetrievalSettings(mode="hybrid", dense_weight=0.5)
     learned = RetrievalConfig(mode="hybrid", dense_weight=0.7)
     assert RetrievalConfig.for_new_version(settings, learned) == learned
+    # so is its dense expansion; a version stored before the field existed reads it off
+    dense_expanded = replace(learned, dense_expansion=True)
+    assert RetrievalConfig.for_new_version(settings, dense_expanded) == dense_expanded
+    stored = {k: v for k, v in learned.as_dict().items() if k != "dense_expansion"}  # type: ignore[union-attr]
+    assert RetrievalConfig.stored(stored) == learned
+    assert "dense expansion" in dense_expanded.label and "dense expansion" not in learned.label
     assert RetrievalConfig.for_new_version(settings, None).dense_weight == 0.5
     # anything else changed in the settings: the settings win, weight included
     other = RetrievalSettings(mode="hybrid", dense_weight=0.5, hybrid_candidates=50)
@@ -171,9 +178,76 @@ def test_validation_ranks_the_way_the_index_version_retrieves(
         for row, (query, vector) in enumerate(zip(queries, vectors, strict=True)):
             for weight in (0.4, 0.5, 0.6):
                 config = replace(served.retrieval, dense_weight=weight)
-                hits = search(services.store, services.lexical, served, config, query, vector, 10)
+                hits = search(
+                    services.store, services.lexical, served, config, query, vector, 10, embedder
+                )
                 assert [ids[i] for i in check.rank(check.bank @ vector, row, weight)] == [
                     h.chunk_id for h in hits
                 ]
+    finally:
+        services.close()
+
+
+def test_dense_expansion_finds_a_chunk_by_the_questions_it_answers(
+    make_settings: Callable[..., Settings], embedder: Any
+) -> None:
+    """A version with dense expansion scores a chunk by the best of the query's cosines with
+    the chunk and with the questions it was expanded with, and `FusionCheck` (which decides
+    whether a candidate gets it) ranks exactly as such a version serves."""
+    services = Services.from_settings(make_settings(retrieval=HYBRID), embedder=embedder)
+    try:
+        ingest(services, CORPUS, actor="test")
+        served = serving_index(services.engine)
+        ids = sorted(services.store.ids(served.collection_name))
+        found = services.store.get_embeddings(served.collection_name, ids)
+        hits = services.store.hits(served.collection_name)
+        support = next(h.chunk_id for h in hits if h.document_id == "support/contacting-support")
+        asked = "who do I ring when my bike is gone"
+        expanded = {support: [asked, "a phone number for help"]}
+        lexical = LexicalIndexes(services.store, lambda _collection: expanded)
+        plain = LexicalIndexes(services.store)
+        config = replace(served.retrieval, dense_expansion=True)
+        query = "whom should I phone once my bicycle has been stolen"
+        vector = embedder.embed_query(query)
+        without = search(
+            services.store, lexical, served, served.retrieval, query, vector, 10, embedder
+        )
+        with_ = search(services.store, lexical, served, config, query, vector, 10, embedder)
+        assert with_[0].chunk_id == support != without[0].chunk_id
+        # without expansions the setting changes nothing
+        assert [
+            h.chunk_id
+            for h in search(services.store, plain, served, config, query, vector, 10, embedder)
+        ] == [
+            h.chunk_id
+            for h in search(
+                services.store, plain, served, served.retrieval, query, vector, 10, embedder
+            )
+        ]
+
+        index = lexical.get(served.collection_name, served.revision, config)
+        queries = [query, "how much is the theft excess", "555 0199", asked]
+        scores = [index.scores(q) for q in queries]
+        bm25 = [np.array([s[index.position[i]] for i in ids], dtype=np.float32) for s in scores]
+        check = FusionCheck.build(
+            queries, [{0}] * len(queries), np.stack([found[i] for i in ids]), bm25, 0.5, 50
+        ).with_questions({ids.index(support): expanded[support]})
+        vectors = embedder.embed_queries(queries)
+        cosines = check.asked(vectors, embedder.embed_queries(check.questions))
+        assert cosines is not None
+        for row, (text, vector) in enumerate(zip(queries, vectors, strict=True)):
+            for weight in (0.4, 0.5, 0.6):
+                served_hits = search(
+                    services.store,
+                    lexical,
+                    served,
+                    replace(config, dense_weight=weight),
+                    text,
+                    vector,
+                    10,
+                    embedder,
+                )
+                ranked = check.rank(check.bank @ vector, row, weight, cosines[row])
+                assert [ids[i] for i in ranked] == [h.chunk_id for h in served_hits]
     finally:
         services.close()
