@@ -437,7 +437,9 @@ class TrainingSettings(BaseModel):
         description="hybrid index versions: index the questions users confirmed a chunk "
         "answers with its text on the BM25 side (document expansion). A cycle keeps them "
         "unless they rank its validation queries worse by more than loop.max_regression "
-        "(with the champion's encoder kept, only if they rank them better); the gate "
+        "(with the champion's encoder kept, only if they rank them better), and on the "
+        "dense side too (a chunk's cosine the best of the query's with it and with its "
+        "questions) when that ranks them better than the BM25 side alone; the gate "
         "decides the candidate. false: the loop learns the encoder and the fusion "
         "weight only.",
     )
