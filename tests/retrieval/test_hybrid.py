@@ -15,7 +15,7 @@ from rag_loop.feedback.lineage import show
 from rag_loop.feedback.schemas import FeedbackIn
 from rag_loop.feedback.service import submit_feedback
 from rag_loop.index.retrieval_config import DENSE, RetrievalConfig
-from rag_loop.index.versions import champion, retrieval_of, serving_index
+from rag_loop.index.versions import ServingIndex, champion, retrieval_of, serving_index
 from rag_loop.interactions.ask import ask
 from rag_loop.retrieval.lexical import LexicalIndexes
 from rag_loop.retrieval.search import search
@@ -157,10 +157,7 @@ def test_validation_ranks_the_way_the_index_version_retrieves(
     rankings the candidate index version will serve."""
     services = Services.from_settings(make_settings(retrieval=HYBRID), embedder=embedder)
     try:
-        ingest(services, CORPUS, actor="test")
-        served = serving_index(services.engine)
-        ids = sorted(services.store.ids(served.collection_name))
-        found = services.store.get_embeddings(served.collection_name, ids)
+        served, ids, bank = _ingested_bank(services)
         lexical = services.lexical.get(served.collection_name, served.revision, served.retrieval)
         queries = ["how much is the theft excess", "555 0199", "my wheels got nicked"]
         scores = [lexical.scores(q) for q in queries]
@@ -168,7 +165,7 @@ def test_validation_ranks_the_way_the_index_version_retrieves(
         check = FusionCheck.build(
             queries,
             [{0}] * len(queries),
-            np.stack([found[i] for i in ids]),
+            bank,
             bm25,
             incumbent=0.5,
             candidates=50,
@@ -196,10 +193,7 @@ def test_dense_expansion_finds_a_chunk_by_the_questions_it_answers(
     whether a candidate gets it) ranks exactly as such a version serves."""
     services = Services.from_settings(make_settings(retrieval=HYBRID), embedder=embedder)
     try:
-        ingest(services, CORPUS, actor="test")
-        served = serving_index(services.engine)
-        ids = sorted(services.store.ids(served.collection_name))
-        found = services.store.get_embeddings(served.collection_name, ids)
+        served, ids, bank = _ingested_bank(services)
         hits = services.store.hits(served.collection_name)
         support = next(h.chunk_id for h in hits if h.document_id == "support/contacting-support")
         asked = "who do I ring when my bike is gone"
@@ -230,7 +224,7 @@ def test_dense_expansion_finds_a_chunk_by_the_questions_it_answers(
         scores = [index.scores(q) for q in queries]
         bm25 = [np.array([s[index.position[i]] for i in ids], dtype=np.float32) for s in scores]
         check = FusionCheck.build(
-            queries, [{0}] * len(queries), np.stack([found[i] for i in ids]), bm25, 0.5, 50
+            queries, [{0}] * len(queries), bank, bm25, 0.5, 50
         ).with_questions({ids.index(support): expanded[support]})
         vectors = embedder.embed_queries(queries)
         cosines = check.asked(vectors, embedder.embed_queries(check.questions))
@@ -251,3 +245,12 @@ def test_dense_expansion_finds_a_chunk_by_the_questions_it_answers(
                 assert [ids[i] for i in ranked] == [h.chunk_id for h in served_hits]
     finally:
         services.close()
+
+
+def _ingested_bank(services: Services) -> tuple[ServingIndex, list[str], np.ndarray]:
+    """The sample corpus ingested: the serving version, its chunk ids and their vectors."""
+    ingest(services, CORPUS, actor="test")
+    served = serving_index(services.engine)
+    ids = sorted(services.store.ids(served.collection_name))
+    found = services.store.get_embeddings(served.collection_name, ids)
+    return served, ids, np.stack([found[i] for i in ids])
