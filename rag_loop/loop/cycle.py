@@ -655,20 +655,20 @@ def _validation(
     expanded = check_with(fit)
     assert expanded is not None, "the same validation queries"
     with_ = expanded.score(vectors)
-    position = {chunk_id: i for i, chunk_id in enumerate(ids)}
-    dense = expanded.with_questions(
-        {position[c]: questions for c, questions in fit.items() if c in position}
-    )
-    with_dense = dense.score(vectors, encoder.embed_queries(dense.questions))
     figures = {
         "validation_ndcg_at_10_without": round(without.ndcg_at_10, 6),
         "validation_ndcg_at_10_with": round(with_.ndcg_at_10, 6),
-        "validation_ndcg_at_10_with_dense": round(with_dense.ndcg_at_10, 6),
     }
     # the tolerance the gate gives any tracked metric: a few validation queries that share
     # no chunk with the fit part's questions only measure noise
     if with_.ndcg_at_10 < without.ndcg_at_10 - services.settings.loop.max_regression:
         return _Validation(plain, [], figures, champion)
+    position = {chunk_id: i for i, chunk_id in enumerate(ids)}
+    dense = expanded.with_questions(
+        {position[c]: questions for c, questions in fit.items() if c in position}
+    )
+    with_dense = dense.score(vectors, encoder.embed_queries(dense.questions))
+    figures["validation_ndcg_at_10_with_dense"] = round(with_dense.ndcg_at_10, 6)
     every = expansions.from_training_set(examples)
     if with_dense.ndcg_at_10 > with_.ndcg_at_10:
         return _Validation(dense, every, figures, champion, dense_expansion=True)
