@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT))
 from evals.bench_loop import load_domain, settings_for  # noqa: E402
 from rag_loop.evaluation.metrics import ranking_metrics  # noqa: E402
 from rag_loop.feedback.simulated import SimulatedUser  # noqa: E402
+from rag_loop.index.expansions import Expanded  # noqa: E402
 from rag_loop.index.versions import serving_index  # noqa: E402
 from rag_loop.interactions.ask import ask  # noqa: E402
 from rag_loop.retrieval.lexical import LexicalIndexes  # noqa: E402
@@ -85,7 +86,7 @@ def main() -> None:
         expanded: dict[str, list[str]] = {}
         for qid, chunk in pairs:
             expanded.setdefault(chunk, []).append(domain.queries[qid])
-        lexical = LexicalIndexes(services.store, lambda _collection: expanded)
+        lexical = LexicalIndexes(services.store, lambda _collection: Expanded(expanded))
         retrieval = replace(config, dense_expansion=dense)
         ranked: dict[str, list[str]] = {}
         took: list[float] = []

@@ -236,7 +236,13 @@ def ingest(
             rechunked = {t.id for t in targets.values() if t.loaded is not None or rebuild_all}
             _catch_up(services, session, embedder, collection, entries, rechunked, began, actor)
             if serving is not None and retrieval.hybrid:
-                expansions.carry_over(session, serving.id, version_id, {e.id for e in entries})
+                expansions.carry_over(
+                    session,
+                    serving.id,
+                    version_id,
+                    {e.id for e in entries},
+                    vectors=serving.embedder_version == embedder.version,
+                )
             row = session.get_one(IndexVersion, version_id)
             row.status = "ready"
             row.n_documents = len(targets)

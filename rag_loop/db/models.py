@@ -30,6 +30,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -172,6 +173,9 @@ class IndexExpansion(Base):
     index_version_id: Mapped[int] = mapped_column(ForeignKey("index_versions.id"), index=True)
     chunk_id: Mapped[str] = mapped_column(String(64))
     question: Mapped[str] = mapped_column(Text)
+    # the question embedded by the version's query encoder (float32 bytes), stored when a
+    # version with dense expansion is built; None: embedded on first use (older versions)
+    vector: Mapped[bytes | None] = mapped_column(LargeBinary, default=None)
 
 
 class Alias(Base):

@@ -11,21 +11,35 @@ brings them; the validation part of the feedback decides whether the candidate k
 the gate decides the candidate. They belong to one index version (table
 `index_expansions`): a rollback serves the target's own, a re-ingest keeps those of chunks
 it keeps. The gate's held-out questions are never among them: they are not in the
-training set.
+training set. A version with dense expansion stores each question's vector by its query
+encoder when it is built (`record(..., vectors=...)`), so no process embeds them on a
+request.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from rag_loop.db.models import IndexExpansion, IndexVersion
 
 Pairs = list[tuple[str, str]]  # (chunk id, question)
+
+
+@dataclass(frozen=True)
+class Expanded:
+    """An index version's expansions as retrieval reads them: the questions by chunk id and,
+    when the version stored them, their vectors by its query encoder `encoder`."""
+
+    questions: dict[str, list[str]]
+    vectors: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    encoder: str | None = None  # the embedder version of the index version
 
 
 def from_training_set(path: Path, *, parts: Iterable[str] = ("fit", "validation")) -> Pairs:
@@ -74,33 +88,64 @@ def count(session: Session, index_version_id: int) -> int:
     )
 
 
-def of_collection(sessions: sessionmaker[Session], collection: str) -> dict[str, list[str]]:
-    """The expansions of the index version whose collection is `collection`, by chunk id."""
+def of_collection(sessions: sessionmaker[Session], collection: str) -> Expanded:
+    """The expansions of the index version whose collection is `collection`, with the
+    vectors it stored."""
     with sessions() as session:
-        version_id = session.scalar(
-            select(IndexVersion.id).where(IndexVersion.collection_name == collection)
-        )
-        return grouped(of_version(session, version_id)) if version_id is not None else {}
+        version = session.execute(
+            select(IndexVersion.id, IndexVersion.embedder_version).where(
+                IndexVersion.collection_name == collection
+            )
+        ).first()
+        if version is None:
+            return Expanded({})
+        rows = session.execute(
+            select(IndexExpansion.chunk_id, IndexExpansion.question, IndexExpansion.vector)
+            .where(IndexExpansion.index_version_id == version.id)
+            .order_by(IndexExpansion.id)
+        ).all()
+    vectors = {(c, q): np.frombuffer(v, dtype=np.float32) for c, q, v in rows if v is not None}
+    return Expanded(grouped((c, q) for c, q, _ in rows), vectors, version.embedder_version)
 
 
-def record(session: Session, index_version_id: int, pairs: Pairs) -> int:
-    """Give an index version these expansions (in place of any it had); how many."""
+def record(
+    session: Session, index_version_id: int, pairs: Pairs, *, vectors: np.ndarray | None = None
+) -> int:
+    """Give an index version these expansions (in place of any it had), with the questions'
+    vectors by the version's query encoder when given (one row per pair); how many."""
+    blobs: list[bytes | None] = [None] * len(pairs)
+    if vectors is not None:
+        blobs = [row.tobytes() for row in np.asarray(vectors, dtype=np.float32)]
+    return _write(session, index_version_id, list(zip(pairs, blobs, strict=True)))
+
+
+def carry_over(
+    session: Session, parent_id: int, child_id: int, chunk_ids: set[str], *, vectors: bool
+) -> int:
+    """A new version of the same corpus keeps its parent's expansions of the chunks it
+    keeps (a changed passage is a new chunk: what users confirmed was about the old text),
+    with their stored vectors when it has the parent's query encoder (`vectors`)."""
+    rows = session.execute(
+        select(IndexExpansion.chunk_id, IndexExpansion.question, IndexExpansion.vector)
+        .where(IndexExpansion.index_version_id == parent_id)
+        .order_by(IndexExpansion.id)
+    )
+    kept = [((c, q), v if vectors else None) for c, q, v in rows if c in chunk_ids]
+    return _write(session, child_id, kept)
+
+
+def _write(
+    session: Session, index_version_id: int, rows: list[tuple[tuple[str, str], bytes | None]]
+) -> int:
     session.query(IndexExpansion).filter(
         IndexExpansion.index_version_id == index_version_id
     ).delete()
-    if pairs:
+    if rows:
         session.execute(
             insert(IndexExpansion),
             [
-                {"index_version_id": index_version_id, "chunk_id": c, "question": q}
-                for c, q in pairs
+                {"index_version_id": index_version_id, "chunk_id": c, "question": q, "vector": v}
+                for (c, q), v in rows
             ],
         )
-    return len(pairs)
-
-
-def carry_over(session: Session, parent_id: int, child_id: int, chunk_ids: set[str]) -> int:
-    """A new version of the same corpus keeps its parent's expansions of the chunks it
-    keeps (a changed passage is a new chunk: what users confirmed was about the old text)."""
-    pairs = [(c, q) for c, q in of_version(session, parent_id) if c in chunk_ids]
-    return record(session, child_id, pairs)
+    return len(rows)

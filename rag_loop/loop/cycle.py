@@ -716,8 +716,8 @@ def _index(services: CycleParts, cycle: LoopCycle) -> Move:
         session.expunge_all()
     embedder = services.embedders.get(model.version)
     version_id = cycle.candidate_index_version_id
+    recipe = cycle.recipe or {}
     if version_id is None:
-        recipe = cycle.recipe or {}
         retrieval = (
             RetrievalConfig.for_new_version(
                 services.settings.retrieval, RetrievalConfig.stored(parent.retrieval)
@@ -733,14 +733,17 @@ def _index(services: CycleParts, cycle: LoopCycle) -> Move:
             retrieval=retrieval,
         )
         _update(services, cycle.id, candidate_index_version_id=version_id)
-    if (cycle.recipe or {}).get("expansions"):
+    if recipe.get("expansions"):
         with services.sessions() as session:
             training_set = session.get_one(TrainingSet, cycle.training_set_id)
             session.expunge(training_set)
+        pairs = expansions.from_training_set(Path(training_set.path))
+        # the dense side's vectors, by the encoder that will embed its queries
+        vectors = (
+            embedder.embed_queries([q for _, q in pairs]) if recipe.get("dense_expansion") else None
+        )
         with transaction(services.sessions) as session:  # again on a resume: the same rows
-            expansions.record(
-                session, version_id, expansions.from_training_set(Path(training_set.path))
-            )
+            expansions.record(session, version_id, pairs, vectors=vectors)
     same_documents = document_side(parent.embedder_version) == document_side(model.version)
     build_index(
         services,

@@ -6,8 +6,9 @@ process bumps the version's revision, and the next query here rebuilds (once, un
 Uses bm25s with a Snowball stemmer and English stopwords. A chunk's document for BM25 is its
 title and text, followed by the questions users confirmed it answers when the version has
 such expansions (rag_loop.index.expansions). The same questions are the dense side of the
-expansion when the version retrieves with it: embedded once per process by the version's
-query encoder (`question_scores`).
+expansion when the version retrieves with it (`question_scores`), with the vectors the
+version stored when it was built; a version built without them has its questions embedded
+once per process by its query encoder.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 from rag_loop.hits import Hit
 from rag_loop.index.chroma import ChromaStore
 from rag_loop.index.embedders import Embedder
+from rag_loop.index.expansions import Expanded
 from rag_loop.index.retrieval_config import RetrievalConfig
 
 
@@ -30,7 +32,12 @@ class LexicalIndex:
         hits: list[Hit],
         config: RetrievalConfig,
         expansions: Mapping[str, list[str]] | None = None,
+        *,
+        vectors: Mapping[tuple[str, str], np.ndarray] | None = None,
+        encoder: str | None = None,
     ) -> None:
+        """`vectors`: stored vectors of (chunk id, question) pairs by the query encoder
+        whose version is `encoder`; used when they cover every question."""
         import bm25s
         import Stemmer
         from bm25s.tokenization import Tokenizer
@@ -44,11 +51,16 @@ class LexicalIndex:
         self._bm25 = bm25s.BM25(k1=config.bm25_k1, b=config.bm25_b)
         expansions = expansions or {}
         # the expansions' questions and the position of the chunk each one expands
-        self.questions = [q for h in hits for q in expansions.get(h.chunk_id, ())]
-        self.question_rows = np.array(
-            [i for i, h in enumerate(hits) for _ in expansions.get(h.chunk_id, ())], dtype=np.int64
-        )
+        pairs = [
+            (i, h.chunk_id, q) for i, h in enumerate(hits) for q in expansions.get(h.chunk_id, ())
+        ]
+        self.questions = [q for _, _, q in pairs]
+        self.question_rows = np.array([i for i, _, _ in pairs], dtype=np.int64)
+        # question vectors by the version of the encoder that embedded them
         self._question_vectors: dict[str, np.ndarray] = {}
+        if encoder is not None and pairs and all((c, q) in (vectors or {}) for _, c, q in pairs):
+            stored = vectors or {}
+            self._question_vectors[encoder] = np.stack([stored[c, q] for _, c, q in pairs])
         self._embedding = threading.Lock()
         if hits:
             documents = [
@@ -76,7 +88,8 @@ class LexicalIndex:
     def question_scores(self, embedder: Embedder, vector: np.ndarray) -> np.ndarray:
         """Per chunk (position order), the best cosine of the query embedded as `vector` with
         a question the chunk was expanded with; -1 for chunks without one. The questions are
-        embedded by `embedder` (the encoder that embedded `vector`) on first use."""
+        embedded by `embedder` (the encoder that embedded `vector`) on first use, unless the
+        version stored them."""
         best = np.full(len(self.hits), -1.0, dtype=np.float32)
         if not self.questions:
             return best
@@ -92,12 +105,12 @@ class LexicalIndex:
 
 class LexicalIndexes:
     """Per-process cache of lexical indexes by (collection, revision). `expansions(collection)`
-    gives the expansions of the version whose collection it is, by chunk id."""
+    gives the expansions of the version whose collection it is, with their stored vectors."""
 
     def __init__(
         self,
         store: ChromaStore,
-        expansions: Callable[[str], Mapping[str, list[str]]] | None = None,
+        expansions: Callable[[str], Expanded] | None = None,
         keep: int = 4,
     ) -> None:
         self.store = store
@@ -114,8 +127,14 @@ class LexicalIndexes:
         with self._lock:
             index = self._cache.get(key)
             if index is None:
-                expanded = self.expansions(collection) if self.expansions else None
-                index = LexicalIndex(self.store.hits(collection), config, expanded)
+                expanded = self.expansions(collection) if self.expansions else Expanded({})
+                index = LexicalIndex(
+                    self.store.hits(collection),
+                    config,
+                    expanded.questions,
+                    vectors=expanded.vectors,
+                    encoder=expanded.encoder,
+                )
                 for stale in [k for k in self._cache if k[0] == collection]:
                     del self._cache[stale]
                 self._cache[key] = index

@@ -435,6 +435,9 @@ def test_document_expansion_alone_makes_a_candidate_from_training_questions_only
         assert expansions.of_version(session, base.index_version_id) == []
     assert stored == expansions.from_training_set(Path(training_set.path))
     assert len(stored) == recipe["expansions"]
+    # with the dense side, the questions' vectors by the candidate's encoder, stored when built
+    read = expansions.of_collection(services.sessions, served.collection_name)
+    assert set(read.vectors) == (set(stored) if dense_side else set())
     with services.sessions() as session:  # what `rag-loop index list` and the API show
         listed = {v["id"]: v for v in describe_versions(session)}
     assert listed[candidate]["expansions"] == len(stored)

@@ -53,6 +53,7 @@ def test_one_cycle_improves_retrieval_on_questions_it_never_saw(
         served = serving_index(services.engine)
         with services.sessions() as session:
             served_expansions = expansions.of_version(session, served.id)
+        stored = expansions.of_collection(services.sessions, served.collection_name)
     finally:
         services.close()
 
@@ -86,6 +87,9 @@ def test_one_cycle_improves_retrieval_on_questions_it_never_saw(
         assert check["validation_ndcg_at_10_with"] > check["validation_ndcg_at_10_without"]
         assert recipe["expansions"] == len(served_expansions) > 0
         assert served.retrieval.dense_expansion is recipe["dense_expansion"]
+        # the dense side's question vectors were stored when the candidate was built
+        dense = recipe["dense_expansion"]
+        assert set(stored.vectors) == (set(served_expansions) if dense else set())
         return
     assert not served_expansions
     assert recipe["encoder"] == "trained"

@@ -10,10 +10,14 @@ from typing import Any
 import numpy as np
 
 from rag_loop.corpus.ingest import ingest
+from rag_loop.db.engine import transaction
+from rag_loop.db.models import IndexVersion
 from rag_loop.feedback.corrections import approve
 from rag_loop.feedback.lineage import show
 from rag_loop.feedback.schemas import FeedbackIn
 from rag_loop.feedback.service import submit_feedback
+from rag_loop.index import expansions
+from rag_loop.index.expansions import Expanded
 from rag_loop.index.retrieval_config import DENSE, RetrievalConfig
 from rag_loop.index.versions import ServingIndex, champion, retrieval_of, serving_index
 from rag_loop.interactions.ask import ask
@@ -198,7 +202,7 @@ def test_dense_expansion_finds_a_chunk_by_the_questions_it_answers(
         support = next(h.chunk_id for h in hits if h.document_id == "support/contacting-support")
         asked = "who do I ring when my bike is gone"
         expanded = {support: [asked, "a phone number for help"]}
-        lexical = LexicalIndexes(services.store, lambda _collection: expanded)
+        lexical = LexicalIndexes(services.store, lambda _collection: Expanded(expanded))
         plain = LexicalIndexes(services.store)
         config = replace(served.retrieval, dense_expansion=True)
         query = "whom should I phone once my bicycle has been stolen"
@@ -245,6 +249,81 @@ def test_dense_expansion_finds_a_chunk_by_the_questions_it_answers(
                 assert [ids[i] for i in ranked] == [h.chunk_id for h in served_hits]
     finally:
         services.close()
+
+
+def test_a_version_s_stored_question_vectors_serve_without_embedding_its_questions(
+    make_settings: Callable[..., Settings], embedder: Any
+) -> None:
+    """The cycle stores the dense side's question vectors with the version's expansions, so
+    a process's first search of the version embeds the query alone; a version stored
+    without them (older ones) has its questions embedded on first use, to the same ranking.
+    A re-ingest keeps the vectors with the expansions when it keeps the query encoder."""
+    services = Services.from_settings(make_settings(retrieval=HYBRID), embedder=embedder)
+    try:
+        served, _, _ = _ingested_bank(services)
+        hits = services.store.hits(served.collection_name)
+        support = next(h.chunk_id for h in hits if h.document_id == "support/contacting-support")
+        questions = ["who do I ring when my bike is gone", "a phone number for help"]
+        pairs = [(support, q) for q in questions]
+        with transaction(services.sessions) as session:
+            expansions.record(session, served.id, pairs, vectors=embedder.embed_queries(questions))
+        stored = expansions.of_collection(services.sessions, served.collection_name)
+        assert stored.questions == {support: questions}
+        assert stored.encoder == embedder.version and set(stored.vectors) == set(pairs)
+        config = replace(served.retrieval, dense_expansion=True)
+        query = "whom should I phone once my bicycle has been stolen"
+        vector = embedder.embed_query(query)
+        counting = _Counting(embedder)
+        first = search(
+            services.store, services.lexical, served, config, query, vector, 10, counting
+        )
+        assert counting.batches == 0 and first[0].chunk_id == support
+
+        with transaction(services.sessions) as session:  # as a version built before vectors
+            expansions.record(session, served.id, pairs)
+        older = LexicalIndexes(
+            services.store, lambda c: expansions.of_collection(services.sessions, c)
+        )
+        again = search(services.store, older, served, config, query, vector, 10, counting)
+        assert counting.batches == 1 and again == first
+        # stored by another encoder than the one searching: embedded by the searching one
+        other = LexicalIndexes(
+            services.store, lambda _c: Expanded(stored.questions, stored.vectors, "another@0")
+        )
+        search(services.store, other, served, config, query, vector, 10, counting)
+        assert counting.batches == 2
+
+        with transaction(services.sessions) as session:
+            expansions.record(session, served.id, pairs, vectors=embedder.embed_queries(questions))
+        services.settings.retrieval.bm25_k1 = 1.5  # a new version of the same chunks
+        kept = ingest(services, CORPUS, actor="test")
+        assert kept.changed and kept.chunks_embedded == 0
+        with services.sessions() as session:
+            row = session.get_one(IndexVersion, kept.index_version_id)
+        carried = expansions.of_collection(services.sessions, row.collection_name)
+        assert carried.questions == stored.questions and carried.encoder == embedder.version
+        assert all(np.array_equal(carried.vectors[p], stored.vectors[p]) for p in pairs)
+    finally:
+        services.close()
+
+
+class _Counting:
+    """The real embedder, counting the batches of queries it embeds (an Embedder)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.batches = 0
+        self.name, self.version, self.dimension = inner.name, inner.version, inner.dimension
+
+    def embed_documents(self, texts: list[str], *, progress: bool = False) -> np.ndarray:
+        return np.asarray(self.inner.embed_documents(texts, progress=progress))
+
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        self.batches += 1
+        return np.asarray(self.inner.embed_queries(texts))
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return np.asarray(self.inner.embed_query(text))
 
 
 def _ingested_bank(services: Services) -> tuple[ServingIndex, list[str], np.ndarray]:
