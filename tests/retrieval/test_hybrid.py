@@ -252,7 +252,7 @@ def test_dense_expansion_finds_a_chunk_by_the_questions_it_answers(
 
 
 def test_a_version_s_stored_question_vectors_serve_without_embedding_its_questions(
-    make_settings: Callable[..., Settings], embedder: Any
+    db_backend: str, make_settings: Callable[..., Settings], embedder: Any
 ) -> None:
     """The cycle stores the dense side's question vectors with the version's expansions, so
     a process's first search of the version embeds the query alone; a version stored
