@@ -68,12 +68,17 @@ def grouped(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
 
 
 def of_version(session: Session, index_version_id: int) -> Pairs:
+    return [(chunk_id, question) for chunk_id, question, _ in _rows(session, index_version_id)]
+
+
+def _rows(session: Session, index_version_id: int) -> list[tuple[str, str, bytes | None]]:
+    """(chunk id, question, stored vector) of a version's expansions, in the order recorded."""
     rows = session.execute(
-        select(IndexExpansion.chunk_id, IndexExpansion.question)
+        select(IndexExpansion.chunk_id, IndexExpansion.question, IndexExpansion.vector)
         .where(IndexExpansion.index_version_id == index_version_id)
         .order_by(IndexExpansion.id)
     )
-    return [(chunk_id, question) for chunk_id, question in rows]
+    return [(c, q, v) for c, q, v in rows]
 
 
 def count(session: Session, index_version_id: int) -> int:
@@ -99,11 +104,7 @@ def of_collection(sessions: sessionmaker[Session], collection: str) -> Expanded:
         ).first()
         if version is None:
             return Expanded({})
-        rows = session.execute(
-            select(IndexExpansion.chunk_id, IndexExpansion.question, IndexExpansion.vector)
-            .where(IndexExpansion.index_version_id == version.id)
-            .order_by(IndexExpansion.id)
-        ).all()
+        rows = _rows(session, version.id)
     vectors = {(c, q): np.frombuffer(v, dtype=np.float32) for c, q, v in rows if v is not None}
     return Expanded(grouped((c, q) for c, q, _ in rows), vectors, version.embedder_version)
 
@@ -125,12 +126,9 @@ def carry_over(
     """A new version of the same corpus keeps its parent's expansions of the chunks it
     keeps (a changed passage is a new chunk: what users confirmed was about the old text),
     with their stored vectors when it has the parent's query encoder (`vectors`)."""
-    rows = session.execute(
-        select(IndexExpansion.chunk_id, IndexExpansion.question, IndexExpansion.vector)
-        .where(IndexExpansion.index_version_id == parent_id)
-        .order_by(IndexExpansion.id)
-    )
-    kept = [((c, q), v if vectors else None) for c, q, v in rows if c in chunk_ids]
+    kept = [
+        ((c, q), v if vectors else None) for c, q, v in _rows(session, parent_id) if c in chunk_ids
+    ]
     return _write(session, child_id, kept)
 
 
