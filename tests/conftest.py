@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import psycopg
 import pytest
 import uvicorn
@@ -119,6 +120,25 @@ def kestrel(services: Services) -> Services:
     """Services with the sample corpus ingested."""
     ingest(services, CORPUS, actor="test")
     return services
+
+
+class CountingEmbedder:
+    """The real embedder, counting the batches of queries it embeds (an Embedder)."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.batches = 0
+        self.name, self.version, self.dimension = inner.name, inner.version, inner.dimension
+
+    def embed_documents(self, texts: list[str], *, progress: bool = False) -> np.ndarray:
+        return np.asarray(self.inner.embed_documents(texts, progress=progress))
+
+    def embed_queries(self, texts: list[str]) -> np.ndarray:
+        self.batches += 1
+        return np.asarray(self.inner.embed_queries(texts))
+
+    def embed_query(self, text: str) -> np.ndarray:
+        return np.asarray(self.inner.embed_query(text))
 
 
 def free_port() -> int:

@@ -11,9 +11,11 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from sqlalchemy import select
 
@@ -29,8 +31,10 @@ from rag_loop.loop import cycle
 from rag_loop.loop.audit import trace
 from rag_loop.loop.triggers import tick
 from rag_loop.registry.embedders import model_name
+from rag_loop.retrieval.lexical import LexicalIndexes
+from rag_loop.retrieval.search import search
 from rag_loop.services import Services
-from tests.conftest import CORPUS, ROOT
+from tests.conftest import CORPUS, ROOT, CountingEmbedder
 from tests.loop.conftest import GOLDEN_SHARE, questions, replay
 
 pytestmark = pytest.mark.slow
@@ -472,6 +476,136 @@ def test_document_expansion_alone_makes_a_candidate_from_training_questions_only
     assert again.changed and again.chunks_embedded == 0
     with services.sessions() as session:
         assert expansions.of_version(session, again.index_version_id) == stored
+
+
+# questions users might ask about eight passages, each worded with words none of the
+# others use: BM25 cannot tie a new one to the earlier ones, their meaning can
+PARAPHRASES = {
+    "insurance/theft": [
+        "my wheels got nicked",
+        "someone pinched my ride",
+        "bicycle swiped overnight",
+        "a thief took it",
+        "crook made off with my cycle",
+        "robbed of the e-bike",
+    ],
+    "bike/child-seat": [
+        "can my toddler come along",
+        "carrying a kid behind",
+        "little one riding with me",
+        "baby aboard the bicycle",
+        "transporting my son",
+        "daughter as passenger",
+    ],
+    "travel/taking-your-bike-abroad": [
+        "holiday in France with it",
+        "riding in another country",
+        "bringing it overseas",
+        "vacation in Spain",
+        "trip to Italy",
+        "journey outside the UK",
+    ],
+    "account/deleting-your-account": [
+        "wipe my profile completely",
+        "get rid of my login forever",
+        "erase everything about me",
+        "remove me for good",
+        "permanently close my membership",
+        "make my user gone",
+    ],
+    "privacy/location-tracking": [
+        "do you follow where I go",
+        "watching my whereabouts",
+        "app spying on my position",
+        "can you see me all the time",
+        "is my GPS monitored",
+        "surveillance of trips",
+    ],
+    "safety/helmets": [
+        "do I need a lid",
+        "must I wear head protection",
+        "is headgear compulsory",
+        "something for my skull",
+        "bonce bucket rules",
+        "crash hat required",
+    ],
+    "billing/student-discount": [
+        "cheaper price for uni people",
+        "at college, any reduction",
+        "deal for those studying",
+        "reduced rate at university",
+        "money off for pupils",
+        "undergrad savings",
+    ],
+    "bike/tyres": [
+        "my wheel is flat",
+        "got a puncture",
+        "rubber feels soft",
+        "went down after a nail",
+        "inner tube burst",
+        "deflated after glass",
+    ],
+}
+
+
+def test_questions_asked_in_other_words_bring_the_dense_side_with_its_vectors_stored(
+    loop_services: Callable[..., Services], embedder: Any
+) -> None:
+    """Where users ask about the same passages in words no earlier question used, the fit
+    part's questions find the validation questions' passages by meaning, not by words: the
+    cycle chooses the dense side of the expansions, and stores their vectors by the
+    candidate's encoder when it builds the version, so a process's first search of the
+    promoted version embeds no question."""
+    services = loop_services(
+        training={
+            **STANDSTILL,
+            "holdout_share": 0.0,
+            "validation_share": 0.34,
+            "expand_documents": True,
+        },
+        loop=ALWAYS_PASS,
+    )
+    ingest(services, CORPUS, actor="test")
+    replay(
+        services,
+        [{"question": q, "document_ids": [d]} for d, asked in PARAPHRASES.items() for q in asked],
+    )
+    view = cycle.run_cycle(services, cycle.start_cycle(services, actor="test"), actor="test")
+    recipe = view["recipe"]
+    assert recipe["encoder"] == "kept" and recipe["dense_expansion"] is True, recipe
+    check = recipe["expansion_check"]
+    assert (
+        check["validation_ndcg_at_10_with_dense"]
+        > check["validation_ndcg_at_10_with"]
+        > check["validation_ndcg_at_10_without"]
+    )
+    assert view["state"] == "promoted", view["error"]
+    served = serving_index(services.engine)
+    assert served.id == view["candidate_index_version_id"] and served.retrieval.dense_expansion
+    with services.sessions() as session:
+        pairs = expansions.of_version(session, served.id)
+    assert len(pairs) == recipe["expansions"]
+    stored = expansions.of_collection(services.sessions, served.collection_name)
+    assert stored.encoder == served.embedder_version == embedder.version
+    assert set(stored.vectors) == set(pairs)
+    expected = embedder.embed_queries([q for _, q in pairs])
+    for pair, vector in zip(pairs, expected, strict=True):
+        assert np.allclose(stored.vectors[pair], vector, atol=1e-5)
+    # a process that has never searched it: the first search embeds the query alone
+    fresh = LexicalIndexes(services.store, partial(expansions.of_collection, services.sessions))
+    counting = CountingEmbedder(embedder)
+    query = "a burglar nabbed my bike"
+    hits = search(
+        services.store,
+        fresh,
+        served,
+        served.retrieval,
+        query,
+        embedder.embed_query(query),
+        10,
+        counting,
+    )
+    assert counting.batches == 0 and hits
 
 
 def test_expansions_that_rank_no_validation_question_better_make_no_candidate(

@@ -26,7 +26,7 @@ from rag_loop.retrieval.search import search
 from rag_loop.services import Services
 from rag_loop.settings import RetrievalSettings, Settings
 from rag_loop.training.validation import FusionCheck
-from tests.conftest import CORPUS
+from tests.conftest import CORPUS, CountingEmbedder
 
 HYBRID = {"mode": "hybrid", "dense_weight": 0.5, "hybrid_candidates": 50}
 
@@ -273,7 +273,7 @@ def test_a_version_s_stored_question_vectors_serve_without_embedding_its_questio
         config = replace(served.retrieval, dense_expansion=True)
         query = "whom should I phone once my bicycle has been stolen"
         vector = embedder.embed_query(query)
-        counting = _Counting(embedder)
+        counting = CountingEmbedder(embedder)
         first = search(
             services.store, services.lexical, served, config, query, vector, 10, counting
         )
@@ -305,25 +305,6 @@ def test_a_version_s_stored_question_vectors_serve_without_embedding_its_questio
         assert all(np.array_equal(carried.vectors[p], stored.vectors[p]) for p in pairs)
     finally:
         services.close()
-
-
-class _Counting:
-    """The real embedder, counting the batches of queries it embeds (an Embedder)."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-        self.batches = 0
-        self.name, self.version, self.dimension = inner.name, inner.version, inner.dimension
-
-    def embed_documents(self, texts: list[str], *, progress: bool = False) -> np.ndarray:
-        return np.asarray(self.inner.embed_documents(texts, progress=progress))
-
-    def embed_queries(self, texts: list[str]) -> np.ndarray:
-        self.batches += 1
-        return np.asarray(self.inner.embed_queries(texts))
-
-    def embed_query(self, text: str) -> np.ndarray:
-        return np.asarray(self.inner.embed_query(text))
 
 
 def _ingested_bank(services: Services) -> tuple[ServingIndex, list[str], np.ndarray]:
