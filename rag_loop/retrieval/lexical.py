@@ -58,8 +58,8 @@ class LexicalIndex:
         self.question_rows = np.array([i for i, _, _ in pairs], dtype=np.int64)
         # question vectors by the version of the encoder that embedded them
         self._question_vectors: dict[str, np.ndarray] = {}
-        if encoder is not None and pairs and all((c, q) in (vectors or {}) for _, c, q in pairs):
-            stored = vectors or {}
+        stored = vectors or {}
+        if encoder is not None and pairs and all((c, q) in stored for _, c, q in pairs):
             self._question_vectors[encoder] = np.stack([stored[c, q] for _, c, q in pairs])
         self._embedding = threading.Lock()
         if hits:
@@ -90,17 +90,24 @@ class LexicalIndex:
         a question the chunk was expanded with; -1 for chunks without one. The questions are
         embedded by `embedder` (the encoder that embedded `vector`) on first use, unless the
         version stored them."""
-        best = np.full(len(self.hits), -1.0, dtype=np.float32)
         if not self.questions:
-            return best
+            return np.full(len(self.hits), -1.0, dtype=np.float32)
         with self._embedding:
             vectors = self._question_vectors.get(embedder.version)
             if vectors is None:
                 vectors = np.asarray(embedder.embed_queries(self.questions), dtype=np.float32)
                 self._question_vectors[embedder.version] = vectors
         unit = vector / (np.linalg.norm(vector) or 1.0)
-        np.maximum.at(best, self.question_rows, vectors @ unit.astype(np.float32))
-        return best
+        return best_per_row(self.question_rows, len(self.hits), vectors @ unit.astype(np.float32))
+
+
+def best_per_row(rows: np.ndarray, size: int, cosines: np.ndarray) -> np.ndarray:
+    """The dense side of expansion for one query: per row (of `size`), the best of the
+    `cosines` of the questions that expand it (`rows[i]` is question i's); -1 where none
+    does. The serving index and the loop's validation (FusionCheck) both rank with it."""
+    best = np.full(size, -1.0, dtype=np.float32)
+    np.maximum.at(best, rows, cosines.astype(np.float32))
+    return best
 
 
 class LexicalIndexes:

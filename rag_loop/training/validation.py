@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from rag_loop.evaluation.metrics import ranking_metrics
+from rag_loop.retrieval.lexical import best_per_row
 from rag_loop.retrieval.search import fuse
 
 K = 10
@@ -120,10 +121,8 @@ class FusionCheck:
             np.linalg.norm(question_vectors, axis=1, keepdims=True), 1e-12
         )
         to_questions = unit.astype(np.float32) @ questions.astype(np.float32).T
-        asked = np.full((len(unit), len(self.bank)), -1.0, dtype=np.float32)
-        for i in range(len(unit)):
-            np.maximum.at(asked[i], self.question_rows, to_questions[i])
-        return asked
+        rows = [best_per_row(self.question_rows, len(self.bank), c) for c in to_questions]
+        return np.stack(rows) if rows else np.empty((0, len(self.bank)), dtype=np.float32)
 
     @property
     def weights(self) -> list[float | None]:
