@@ -15,9 +15,16 @@
    simulated user first, then a cycle is started through the API. `--cycle-runs` cycles
    with the cycle's thread at the process's priority (`RAG_LOOP_QUEUE_BACKGROUND_NICE=0`)
    and as many at the default nice value, alternating, each on a new copy.
+5. The first ask after another process changed what serves, and after a restart, with the
+   versions loaded ahead (`RAG_LOOP_RETRIEVAL_WARM_SECONDS`, the default) and without (0),
+   alternating, each run on a new copy of one prepared state: the sample corpus, its user
+   questions asked and rated, a loop cycle awaiting approval (a fine-tuned encoder, a
+   hybrid version), Chroma as a server shared by the processes. A `rag-loop serve` process
+   answers 10 asks, `rag-loop loop approve` in another process promotes the candidate, and
+   the next ask is timed; then the server restarts and its first ask is timed.
 
     python evals/bench_serving.py [--asks 300] [--feedback 3000] [--rounds 5] [--no-postgres]
-        [--parts asks,feedback,cycle] [--cycle-runs 3]
+        [--parts asks,feedback,cycle,warm] [--cycle-runs 3] [--warm-runs 3]
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ import aiohttp
 import httpx
 import psycopg
 
-from rag_loop.settings import QueueSettings
+from rag_loop.settings import QueueSettings, RetrievalSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "corpora" / "kestrel" / "docs"
@@ -337,26 +344,31 @@ async def timed_asks(session: aiohttp.ClientSession, url: str, n: int, start: in
     return latencies
 
 
-async def asks_during_cycle(server: Server, headers: dict[str, str], n: int) -> dict[str, Any]:
-    """1 client: `n` asks before, asks for as long as the cycle works (grouped by the
-    cycle's state when each was sent), `n` asks after."""
+async def rate_user_questions(session: aiohttp.ClientSession, url: str) -> None:
+    """The sample corpus's user questions, asked and rated by the generous simulated user."""
     from rag_loop.feedback.simulated import SimulatedUser
 
     user = SimulatedUser.generous(seed=0)
+    for item in USER_QUESTIONS:
+        async with session.post(f"{url}/v1/ask", json={"query": item["question"]}) as r:
+            answer = await r.json()
+        feedback = user.feedback(
+            answer["interaction_id"],
+            answer["feedback_token"],
+            answer["sources"],
+            set(item["document_ids"]),
+        )
+        assert feedback is not None
+        body = feedback.model_dump(mode="json", exclude_none=True)
+        async with session.post(f"{url}/v1/feedback", json=body) as r:
+            assert r.status == 201, await r.text()
+
+
+async def asks_during_cycle(server: Server, headers: dict[str, str], n: int) -> dict[str, Any]:
+    """1 client: `n` asks before, asks for as long as the cycle works (grouped by the
+    cycle's state when each was sent), `n` asks after."""
     async with aiohttp.ClientSession() as session:
-        for item in USER_QUESTIONS:  # the users' questions, asked and rated
-            async with session.post(f"{server.url}/v1/ask", json={"query": item["question"]}) as r:
-                answer = await r.json()
-            feedback = user.feedback(
-                answer["interaction_id"],
-                answer["feedback_token"],
-                answer["sources"],
-                set(item["document_ids"]),
-            )
-            assert feedback is not None
-            body = feedback.model_dump(mode="json", exclude_none=True)
-            async with session.post(f"{server.url}/v1/feedback", json=body) as r:
-                assert r.status == 201, await r.text()
+        await rate_user_questions(session, server.url)
         before = await timed_asks(session, server.url, n, 0)
         async with session.post(f"{server.url}/v1/loop/cycles", headers=headers) as r:
             assert r.status == 202, await r.text()
@@ -377,6 +389,139 @@ async def asks_during_cycle(server: Server, headers: dict[str, str], n: int) -> 
     }
 
 
+def cli(data_dir: Path, env: dict[str, str], *args: str) -> Any:
+    """A `rag-loop` command in its own process on the server's data; its JSON output."""
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "rag-loop"), *args],
+        env={
+            **os.environ,
+            "RAG_LOOP_DATA_DIR": str(data_dir),
+            "RAG_LOOP_CORPUS_PATH": str(CORPUS),
+            **env,
+        },
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
+def asks_now(url: str, n: int, start: int) -> list[float]:
+    async def run() -> list[float]:
+        async with aiohttp.ClientSession() as session:
+            return await timed_asks(session, url, n, start)
+
+    return asyncio.run(run())
+
+
+def prepare_awaiting(base: Path) -> int:
+    """Part 5's state: the sample corpus in a Chroma server's store, its user questions
+    asked and rated, one cycle awaiting approval. Returns the cycle's id."""
+    chroma = ChromaServer(base / "chroma")
+    env = {
+        "RAG_LOOP_CHROMA_HOST": "127.0.0.1",
+        "RAG_LOOP_CHROMA_PORT": str(chroma.port),
+        "RAG_LOOP_LOOP_AUTO": "false",
+        "RAG_LOOP_LOOP_REQUIRE_APPROVAL": "true",
+    }
+    try:
+        Server(base / "data", env).stop()  # ingests
+        headers = admin_key(base / "data")
+        server = Server(base / "data", env)
+        try:
+
+            async def run() -> dict[str, Any]:
+                async with aiohttp.ClientSession() as session:
+                    await rate_user_questions(session, server.url)
+                    url = f"{server.url}/v1/loop/cycles"
+                    async with session.post(url, headers=headers) as r:
+                        assert r.status == 202, await r.text()
+                        cycle_id = (await r.json())["id"]
+                    while True:
+                        async with session.get(f"{url}/{cycle_id}", headers=headers) as r:
+                            view: dict[str, Any] = await r.json()
+                        if view["state"] not in ACTIVE:
+                            return view
+                        await asyncio.sleep(1)
+
+            view = asyncio.run(run())
+        finally:
+            server.stop()
+    finally:
+        chroma.stop()
+    if view["state"] != "awaiting_approval":
+        raise RuntimeError(f"the cycle ended {view['state']}: {view.get('reasons')}")
+    return int(view["id"])
+
+
+def warm_run(base: Path, run: Path, cycle_id: int, warm_seconds: str) -> dict[str, Any]:
+    """Part 5, one run on a copy of `base`: what the first asks cost after another process
+    approved the candidate, and after a restart, with `warm_seconds`."""
+    shutil.copytree(base, run)
+    chroma = ChromaServer(run / "chroma")
+    env = {
+        "RAG_LOOP_CHROMA_HOST": "127.0.0.1",
+        "RAG_LOOP_CHROMA_PORT": str(chroma.port),
+        "RAG_LOOP_LOOP_AUTO": "false",
+        "RAG_LOOP_RETRIEVAL_WARM_SECONDS": warm_seconds,
+    }
+    out: dict[str, Any] = {}
+    try:
+        t0 = time.perf_counter()
+        server = Server(run / "data", env)
+        out["start_s"] = time.perf_counter() - t0
+        try:
+            time.sleep(3)  # the schedule's first pass (lifespan loaded ahead already)
+            out["steady"] = asks_now(server.url, 10, 0)
+            promoted = cli(run / "data", env, "loop", "approve", str(cycle_id))
+            assert promoted["state"] == "promoted", promoted
+            out["after_approval"] = asks_now(server.url, 10, 10)
+        finally:
+            server.stop()
+        t0 = time.perf_counter()
+        server = Server(run / "data", env)
+        out["restart_s"] = time.perf_counter() - t0
+        try:
+            out["after_restart"] = asks_now(server.url, 10, 20)
+        finally:
+            server.stop()
+    finally:
+        chroma.stop()
+        shutil.rmtree(run, ignore_errors=True)
+    return out
+
+
+def print_warm(runs: dict[str, list[dict[str, Any]]]) -> None:
+    print(
+        "the first ask after another process approved a candidate (a fine-tuned encoder, a "
+        "hybrid version), and after a restart; medians over the runs, ms unless said:"
+    )
+    print(
+        "  warm_seconds  runs  start s  steady p50  1st after approval  2nd-10th p50  "
+        "restart s  1st after restart  2nd-10th p50"
+    )
+    for warm_seconds, results in runs.items():
+
+        def med(pick: Any, results: list[dict[str, Any]] = results) -> float:
+            return statistics.median(pick(r) for r in results)
+
+        print(
+            f"  {warm_seconds:>12}  {len(results):4d}  {med(lambda r: r['start_s']):7.2f}  "
+            f"{med(lambda r: percentile(r['steady'], 50)):10.2f}  "
+            f"{med(lambda r: r['after_approval'][0]):18.1f}  "
+            f"{med(lambda r: percentile(r['after_approval'][1:], 50)):12.2f}  "
+            f"{med(lambda r: r['restart_s']):9.2f}  "
+            f"{med(lambda r: r['after_restart'][0]):17.1f}  "
+            f"{med(lambda r: percentile(r['after_restart'][1:], 50)):12.2f}"
+        )
+        for r in results:
+            print(
+                f"    run: start {r['start_s']:.2f} s, first after approval "
+                f"{r['after_approval'][0]:.1f} ms, restart {r['restart_s']:.2f} s, first after "
+                f"restart {r['after_restart'][0]:.1f} ms"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--asks", type=int, default=300, help="requests per concurrency level")
@@ -385,22 +530,26 @@ def main() -> None:
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument(
         "--parts",
-        default="asks,feedback,cycle",
-        help="which parts to run, comma-separated: asks (1), feedback (2-3), cycle (4)",
+        default="asks,feedback,cycle,warm",
+        help="which parts to run, comma-separated: asks (1), feedback (2-3), cycle (4), warm (5)",
     )
     parser.add_argument(
         "--cycle-runs", type=int, default=3, help="cycles per nice value (4), alternating"
     )
+    parser.add_argument(
+        "--warm-runs", type=int, default=3, help="runs with and without loading ahead (5)"
+    )
     args = parser.parse_args()
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
-    if not parts or parts - {"asks", "feedback", "cycle"}:
-        parser.error("--parts takes asks, feedback and cycle, comma-separated")
+    if not parts or parts - {"asks", "feedback", "cycle", "warm"}:
+        parser.error("--parts takes asks, feedback, cycle and warm, comma-separated")
 
     work = Path(tempfile.mkdtemp(prefix="rag-loop-bench-"))
     sqlite_dir = work / "sqlite"
     asks: dict[int, dict[str, float]] = {}
     feedback: dict[str, dict[str, float]] = {}
     during: dict[int, list[dict[str, Any]]] = {}
+    warm: dict[str, list[dict[str, Any]]] = {}
     try:
         if parts & {"asks", "feedback"}:
             # The first start ingests the sample corpus. Serve from a fresh process, as a
@@ -434,6 +583,14 @@ def main() -> None:
                     finally:
                         server.stop()
                     shutil.rmtree(cycle_dir, ignore_errors=True)
+        if "warm" in parts:
+            cycle_id = prepare_awaiting(work / "warm")
+            default = f"{RetrievalSettings().warm_seconds:g}"
+            for run in range(args.warm_runs):
+                for warm_seconds in ("0", default):
+                    warm.setdefault(warm_seconds, []).append(
+                        warm_run(work / "warm", work / f"warm-{run}", cycle_id, warm_seconds)
+                    )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -482,6 +639,8 @@ def main() -> None:
         for when in sorted(pooled, key=order.index):
             v = pooled[when]
             print(f"  {when:22s} {len(v):5d} {percentile(v, 50):8.2f} {percentile(v, 95):8.2f}")
+    if warm:
+        print_warm(warm)
 
 
 def run_feedback(

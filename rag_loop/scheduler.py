@@ -9,7 +9,9 @@
 - the registry outbox (MLflow runs and aliases, collection drops) every
   `RAG_LOOP_MLFLOW_OUTBOX_INTERVAL_SECONDS`;
 - without a task queue, the sweep for jobs whose process was cut off (a restart), every
-  half `RAG_LOOP_QUEUE_LEASE_SECONDS`, as queue workers do.
+  half `RAG_LOOP_QUEUE_LEASE_SECONDS`, as queue workers do;
+- for this process only, loading ahead the index versions that serve or may serve next
+  (`rag_loop.loop.warm`), every `RAG_LOOP_RETRIEVAL_WARM_SECONDS`.
 
 The schedule's threads run at `RAG_LOOP_QUEUE_BACKGROUND_NICE` (`rag_loop.priority`), below
 the requests. One run of a job at a time (a run still going when the next is due is skipped, not
@@ -237,9 +239,33 @@ class SimulatedSchedule:
             self.due[job_id] = job.trigger.get_next_fire_time(latest[job_id], self.clock.now())
 
 
+def process_jobs(services: Services) -> list[ScheduledJob]:
+    """What each API process does for itself, beside the schedule: load ahead the index
+    versions that serve or may serve next (`rag_loop.loop.warm`), every
+    `RAG_LOOP_RETRIEVAL_WARM_SECONDS`. Not part of `scheduled_jobs`: a replay on a simulated
+    clock serves from the process that runs its cycles, which has them loaded already."""
+    every = services.settings.retrieval.warm_seconds
+    if not every:
+        return []
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    from rag_loop.loop.warm import warm
+
+    def ahead() -> None:  # nothing to log when all is loaded already
+        warm(services)
+
+    return [
+        ScheduledJob(
+            "warm",
+            IntervalTrigger(seconds=every, timezone="UTC"),
+            _guarded("loading index versions ahead", ahead),
+        )
+    ]
+
+
 def start_schedule(services: Services) -> Any | None:
     """Start the scheduler if any job is configured; returns it (call `.shutdown()`)."""
-    jobs = scheduled_jobs(services)
+    jobs = scheduled_jobs(services) + process_jobs(services)
     if not jobs:
         return None
     from apscheduler.schedulers.background import BackgroundScheduler

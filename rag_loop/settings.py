@@ -134,6 +134,16 @@ class RetrievalSettings(BaseModel):
     )
     bm25_k1: float = Field(default=1.2, gt=0.0, le=5.0, description="hybrid: BM25 k1.")
     bm25_b: float = Field(default=0.75, ge=0.0, le=1.0, description="hybrid: BM25 b.")
+    warm_seconds: float = Field(
+        default=2.0,
+        ge=0.0,
+        description="An API process loads the index versions that serve or may serve next "
+        "(the champion, a candidate in shadow mode, being evaluated or awaiting approval, "
+        "the rollback target: query encoder and BM25 side) before its first request and "
+        "then every this many seconds, so no ask pays for loading a version another "
+        "process made serve. 0: only the base model is loaded at start; an ask loads what "
+        "it needs.",
+    )
 
 
 class ChatModelSettings(BaseModel):

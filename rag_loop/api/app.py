@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -32,6 +33,19 @@ from rag_loop.settings import Settings
 
 MAX_BODY_BYTES = 1_000_000
 
+log = logging.getLogger(__name__)
+
+
+def _warm(services: Services) -> None:
+    """Load ahead what serves; a failure here is logged, and the ask that needs the version
+    reports it (the API starts either way)."""
+    from rag_loop.loop.warm import warm
+
+    try:
+        log.info("index versions loaded ahead: %s", warm(services, embed=True))
+    except Exception:
+        log.exception("loading the serving index versions ahead failed")
+
 
 def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
     """Build the app. Pass `services` to share resources (tests do); otherwise they are
@@ -45,6 +59,9 @@ def create_app(settings: Settings, services: Services | None = None) -> FastAPI:
         # Load the model before the first request, on a thread of the same pool that serves
         # asks (embedding first from another thread measurably slowed later asks here).
         await run_in_threadpool(app.state.services.embedder.embed_query, "warm-up")
+        if app.state.services.settings.retrieval.warm_seconds:
+            # and what serves, or may serve next, if the loop made it (rag_loop.loop.warm)
+            await run_in_threadpool(_warm, app.state.services)
         from rag_loop.scheduler import start_schedule
 
         scheduler = start_schedule(app.state.services)

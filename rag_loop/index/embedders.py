@@ -189,7 +189,8 @@ class EmbedderPool:
 
     `resolve(version)` names the folder of a registered version (None: unknown); an index
     version records the embedder version it was built with, so a query is always embedded
-    by the model that built the collection it searches."""
+    by the model that built the collection it searches. `loads` counts the models this
+    process loaded from their folders."""
 
     def __init__(
         self,
@@ -206,6 +207,7 @@ class EmbedderPool:
         self._keep = keep
         self._loaded: OrderedDict[str, Embedder] = OrderedDict()
         self._lock = threading.Lock()
+        self.loads = 0
 
     def get(self, version: str) -> Embedder:
         embedder = self._loaded.get(version)
@@ -233,6 +235,7 @@ class EmbedderPool:
                         f"the weights in {path} are {loaded.version}, not {version}"
                     )
                 embedder = loaded
+                self.loads += 1
                 self._loaded[version] = embedder
                 while len(self._loaded) > self._keep:
                     self._loaded.popitem(last=False)

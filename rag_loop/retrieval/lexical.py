@@ -112,7 +112,9 @@ def best_per_row(rows: np.ndarray, size: int, cosines: np.ndarray) -> np.ndarray
 
 class LexicalIndexes:
     """Per-process cache of lexical indexes by (collection, revision). `expansions(collection)`
-    gives the expansions of the version whose collection it is, with their stored vectors."""
+    gives the expansions of the version whose collection it is, with their stored vectors.
+    `builds` counts the indexes this process built (`rag_loop.loop.warm` builds them ahead
+    of the asks)."""
 
     def __init__(
         self,
@@ -125,6 +127,7 @@ class LexicalIndexes:
         self.keep = keep
         self._cache: OrderedDict[tuple[str, int], LexicalIndex] = OrderedDict()
         self._lock = threading.Lock()
+        self.builds = 0
 
     def get(self, collection: str, revision: int, config: RetrievalConfig) -> LexicalIndex:
         key = (collection, revision)
@@ -142,6 +145,7 @@ class LexicalIndexes:
                     vectors=expanded.vectors,
                     encoder=expanded.encoder,
                 )
+                self.builds += 1
                 for stale in [k for k in self._cache if k[0] == collection]:
                     del self._cache[stale]
                 self._cache[key] = index

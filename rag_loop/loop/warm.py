@@ -1,0 +1,100 @@
+"""Load ahead, in every serving process, the index versions that serve or may serve next.
+
+A promotion, an approval, a rollback or a correction in any process is seen by the very next
+ask in every process (`index.versions.serving_index`). What that ask needs of the version
+lives in the process, though: its query encoder (`EmbedderPool`, loaded from its folder)
+and, for a hybrid version, the BM25 side with its expansions (`LexicalIndexes`, built from
+the collection). The first ask that finds them missing pays for loading them: about 1 s
+for an encoder and about 1 s for the BM25 side of SciFact's 5,183 abstracts on 2 cores,
+more on a larger corpus, and every ask behind it waits.
+
+`warm(parts)` loads them ahead for the versions that serve or may serve next:
+
+- the champion and a candidate in shadow mode (what serves now);
+- the candidate of a cycle being evaluated or awaiting approval (what a promotion or an
+  approval would serve next);
+- the rollback target (what a rollback would serve).
+
+The API runs it before it takes its first request and then every
+`RAG_LOOP_RETRIEVAL_WARM_SECONDS` on its schedule's thread (`rag_loop.scheduler`), so a
+version made to serve by another process (a worker's cycle, the CLI) is usually loaded
+before any ask needs it. What is loaded already costs one SQL query to confirm; the pools
+keep the last few of each (`EmbedderPool`, `LexicalIndexes`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Protocol
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from rag_loop.db.models import Alias, IndexVersion, LoopCycle
+from rag_loop.errors import RagLoopError
+from rag_loop.index.chroma import ChromaStore
+from rag_loop.index.embedders import EmbedderPool
+from rag_loop.index.versions import CANDIDATE, CHAMPION, PREVIOUS, retrieval_of
+from rag_loop.loop.states import CycleState
+from rag_loop.retrieval.lexical import LexicalIndexes
+
+log = logging.getLogger(__name__)
+
+#: a cycle in one of these has a candidate that one step (a promotion, an approval) serves
+NEXT: tuple[CycleState, ...] = (CycleState.EVALUATING, CycleState.AWAITING_APPROVAL)
+
+
+class WarmParts(Protocol):
+    sessions: sessionmaker[Session]
+    store: ChromaStore
+    embedders: EmbedderPool
+    lexical: LexicalIndexes
+
+
+def ahead(session: Session) -> list[IndexVersion]:
+    """The index versions that serve or may serve next, what serves first."""
+    aliased = {
+        name: version
+        for name, version in session.execute(
+            select(Alias.name, IndexVersion).join(
+                IndexVersion, Alias.index_version_id == IndexVersion.id
+            )
+        ).tuples()
+    }
+    candidates = session.scalars(
+        select(IndexVersion)
+        .join(LoopCycle, LoopCycle.candidate_index_version_id == IndexVersion.id)
+        .where(LoopCycle.state.in_([s.value for s in NEXT]))
+        .order_by(LoopCycle.id)
+    ).all()
+    ordered = [aliased.get(CHAMPION), aliased.get(CANDIDATE), *candidates, aliased.get(PREVIOUS)]
+    found: dict[int, IndexVersion] = {}
+    for version in ordered:
+        if version is not None and version.status == "ready":
+            found.setdefault(version.id, version)
+    return list(found.values())
+
+
+def warm(parts: WarmParts, *, embed: bool = False) -> list[int]:
+    """Load the query encoder and (hybrid versions) the BM25 side of every version that
+    serves or may serve next; `embed` also embeds one query with each encoder (at start,
+    on the thread pool that serves the asks). Returns the ids of the versions that are
+    loaded. A version that cannot be loaded here (its encoder's folder missing, its
+    collection gone) is logged and skipped: the ask that needs it reports it."""
+    with parts.sessions() as session:
+        versions = ahead(session)
+        session.expunge_all()
+    loaded = []
+    for version in versions:
+        try:
+            embedder = parts.embedders.get(version.embedder_version)
+            if embed:
+                embedder.embed_query("warm-up")
+            config = retrieval_of(version)
+            if config.hybrid:
+                parts.lexical.get(version.collection_name, version.revision, config)
+        except RagLoopError as exc:
+            log.warning("index version %s not loaded ahead: %s", version.id, exc)
+            continue
+        loaded.append(version.id)
+    return loaded
