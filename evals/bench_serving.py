@@ -24,7 +24,7 @@
    the next ask is timed; then the server restarts and its first ask is timed.
 
     python evals/bench_serving.py [--asks 300] [--feedback 3000] [--rounds 5] [--no-postgres]
-        [--parts asks,feedback,cycle,warm] [--cycle-runs 3] [--warm-runs 3]
+        [--parts asks,feedback,cycle,warm] [--cycle-runs 3] [--warm-runs 3] [--warm-corpus PATH]
 """
 
 from __future__ import annotations
@@ -414,17 +414,24 @@ def asks_now(url: str, n: int, start: int) -> list[float]:
     return asyncio.run(run())
 
 
-def prepare_awaiting(base: Path) -> int:
-    """Part 5's state: the sample corpus in a Chroma server's store, its user questions
-    asked and rated, one cycle awaiting approval. Returns the cycle's id."""
+def prepare_warm(base: Path, corpus: Path | None) -> int | None:
+    """Part 5's state, in a Chroma server's store: `corpus` ingested (its first index
+    version serves; returns None), or the sample corpus with its user questions asked and
+    rated and one cycle awaiting approval, whose candidate has a fine-tuned encoder (no
+    validation split: training offers its encoder). Returns the cycle's id."""
     chroma = ChromaServer(base / "chroma")
     env = {
         "RAG_LOOP_CHROMA_HOST": "127.0.0.1",
         "RAG_LOOP_CHROMA_PORT": str(chroma.port),
         "RAG_LOOP_LOOP_AUTO": "false",
         "RAG_LOOP_LOOP_REQUIRE_APPROVAL": "true",
+        "RAG_LOOP_TRAINING_VALIDATION_SHARE": "0",
     }
     try:
+        if corpus is not None:
+            ingested = cli(base / "data", env, "ingest", str(corpus), "--no-progress")
+            print(f"part 5 on {corpus}: {ingested}", flush=True)
+            return None
         Server(base / "data", env).stop()  # ingests
         headers = admin_key(base / "data")
         server = Server(base / "data", env)
@@ -451,12 +458,13 @@ def prepare_awaiting(base: Path) -> int:
         chroma.stop()
     if view["state"] != "awaiting_approval":
         raise RuntimeError(f"the cycle ended {view['state']}: {view.get('reasons')}")
+    print(f"part 5: cycle {view['id']} awaiting approval, encoder {view['embedder']}", flush=True)
     return int(view["id"])
 
 
-def warm_run(base: Path, run: Path, cycle_id: int, warm_seconds: str) -> dict[str, Any]:
+def warm_run(base: Path, run: Path, cycle_id: int | None, warm_seconds: str) -> dict[str, Any]:
     """Part 5, one run on a copy of `base`: what the first asks cost after another process
-    approved the candidate, and after a restart, with `warm_seconds`."""
+    approved the candidate (when there is one), and after a restart, with `warm_seconds`."""
     shutil.copytree(base, run)
     chroma = ChromaServer(run / "chroma")
     env = {
@@ -473,9 +481,10 @@ def warm_run(base: Path, run: Path, cycle_id: int, warm_seconds: str) -> dict[st
         try:
             time.sleep(3)  # the schedule's first pass (lifespan loaded ahead already)
             out["steady"] = asks_now(server.url, 10, 0)
-            promoted = cli(run / "data", env, "loop", "approve", str(cycle_id))
-            assert promoted["state"] == "promoted", promoted
-            out["after_approval"] = asks_now(server.url, 10, 10)
+            if cycle_id is not None:
+                promoted = cli(run / "data", env, "loop", "approve", str(cycle_id))
+                assert promoted["state"] == "promoted", promoted
+                out["after_approval"] = asks_now(server.url, 10, 10)
         finally:
             server.stop()
         t0 = time.perf_counter()
@@ -494,31 +503,38 @@ def warm_run(base: Path, run: Path, cycle_id: int, warm_seconds: str) -> dict[st
 def print_warm(runs: dict[str, list[dict[str, Any]]]) -> None:
     print(
         "the first ask after another process approved a candidate (a fine-tuned encoder, a "
-        "hybrid version), and after a restart; medians over the runs, ms unless said:"
+        "hybrid version; not with --warm-corpus), and after a restart; medians over the "
+        "runs, ms unless said:"
     )
     print(
         "  warm_seconds  runs  start s  steady p50  1st after approval  2nd-10th p50  "
         "restart s  1st after restart  2nd-10th p50"
     )
+
+    def med(values: list[float]) -> float:
+        return statistics.median(values) if values else float("nan")
+
     for warm_seconds, results in runs.items():
-
-        def med(pick: Any, results: list[dict[str, Any]] = results) -> float:
-            return statistics.median(pick(r) for r in results)
-
+        approved = [r["after_approval"] for r in results if "after_approval" in r]
         print(
-            f"  {warm_seconds:>12}  {len(results):4d}  {med(lambda r: r['start_s']):7.2f}  "
-            f"{med(lambda r: percentile(r['steady'], 50)):10.2f}  "
-            f"{med(lambda r: r['after_approval'][0]):18.1f}  "
-            f"{med(lambda r: percentile(r['after_approval'][1:], 50)):12.2f}  "
-            f"{med(lambda r: r['restart_s']):9.2f}  "
-            f"{med(lambda r: r['after_restart'][0]):17.1f}  "
-            f"{med(lambda r: percentile(r['after_restart'][1:], 50)):12.2f}"
+            f"  {warm_seconds:>12}  {len(results):4d}  "
+            f"{med([r['start_s'] for r in results]):7.2f}  "
+            f"{med([percentile(r['steady'], 50) for r in results]):10.2f}  "
+            f"{med([a[0] for a in approved]):18.1f}  "
+            f"{med([percentile(a[1:], 50) for a in approved]):12.2f}  "
+            f"{med([r['restart_s'] for r in results]):9.2f}  "
+            f"{med([r['after_restart'][0] for r in results]):17.1f}  "
+            f"{med([percentile(r['after_restart'][1:], 50) for r in results]):12.2f}"
         )
         for r in results:
+            approval = (
+                f"first after approval {r['after_approval'][0]:.1f} ms, "
+                if "after_approval" in r
+                else ""
+            )
             print(
-                f"    run: start {r['start_s']:.2f} s, first after approval "
-                f"{r['after_approval'][0]:.1f} ms, restart {r['restart_s']:.2f} s, first after "
-                f"restart {r['after_restart'][0]:.1f} ms"
+                f"    run: start {r['start_s']:.2f} s, {approval}restart {r['restart_s']:.2f} s, "
+                f"first after restart {r['after_restart'][0]:.1f} ms"
             )
 
 
@@ -538,6 +554,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--warm-runs", type=int, default=3, help="runs with and without loading ahead (5)"
+    )
+    parser.add_argument(
+        "--warm-corpus",
+        type=Path,
+        default=None,
+        help="(5) measure restarts only, on this corpus (e.g. a BEIR folder) instead of an "
+        "approval on the sample corpus",
     )
     args = parser.parse_args()
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
@@ -584,7 +607,7 @@ def main() -> None:
                         server.stop()
                     shutil.rmtree(cycle_dir, ignore_errors=True)
         if "warm" in parts:
-            cycle_id = prepare_awaiting(work / "warm")
+            cycle_id = prepare_warm(work / "warm", args.warm_corpus)
             default = f"{RetrievalSettings().warm_seconds:g}"
             for run in range(args.warm_runs):
                 for warm_seconds in ("0", default):
