@@ -249,16 +249,13 @@ def process_jobs(services: Services) -> list[ScheduledJob]:
         return []
     from apscheduler.triggers.interval import IntervalTrigger
 
-    from rag_loop.loop.warm import warm
-
-    def ahead() -> None:  # nothing to log when all is loaded already
-        warm(services)
+    from rag_loop.loop.warm import Ahead
 
     return [
         ScheduledJob(
             "warm",
             IntervalTrigger(seconds=every, timezone="UTC"),
-            _guarded("loading index versions ahead", ahead),
+            _guarded("loading index versions ahead", Ahead(services)),
         )
     ]
 

@@ -42,9 +42,13 @@ def _warm(services: Services) -> None:
     from rag_loop.loop.warm import warm
 
     try:
-        log.info("index versions loaded ahead: %s", warm(services, embed=True))
+        warmed = warm(services, embed=True)
     except Exception:
         log.exception("loading the serving index versions ahead failed")
+        return
+    log.info("index versions loaded ahead: %s", warmed.loaded)
+    for version_id, why in warmed.failed.items():
+        log.warning("index version %s not loaded ahead: %s", version_id, why)
 
 
 def create_app(settings: Settings, services: Services | None = None) -> FastAPI:

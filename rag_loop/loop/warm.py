@@ -25,6 +25,7 @@ keep the last few of each (`EmbedderPool`, `LexicalIndexes`).
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import Protocol
 
 from sqlalchemy import select
@@ -75,16 +76,22 @@ def ahead(session: Session) -> list[IndexVersion]:
     return list(found.values())
 
 
-def warm(parts: WarmParts, *, embed: bool = False) -> list[int]:
+@dataclass(frozen=True)
+class Warmed:
+    loaded: list[int]  # ids of the versions loaded (now or before)
+    failed: dict[int, str]  # versions that cannot be loaded here, and why
+
+
+def warm(parts: WarmParts, *, embed: bool = False) -> Warmed:
     """Load the query encoder and (hybrid versions) the BM25 side of every version that
     serves or may serve next; `embed` also embeds one query with each encoder (at start,
-    on the thread pool that serves the asks). Returns the ids of the versions that are
-    loaded. A version that cannot be loaded here (its encoder's folder missing, its
-    collection gone) is logged and skipped: the ask that needs it reports it."""
+    on the thread pool that serves the asks). A version that cannot be loaded here (its
+    encoder's folder missing, its collection gone) is skipped with why: the ask that needs
+    it reports it."""
     with parts.sessions() as session:
         versions = ahead(session)
         session.expunge_all()
-    loaded = []
+    loaded, failed = [], {}
     for version in versions:
         try:
             embedder = parts.embedders.get(version.embedder_version)
@@ -94,7 +101,34 @@ def warm(parts: WarmParts, *, embed: bool = False) -> list[int]:
             if config.hybrid:
                 parts.lexical.get(version.collection_name, version.revision, config)
         except RagLoopError as exc:
-            log.warning("index version %s not loaded ahead: %s", version.id, exc)
+            failed[version.id] = str(exc)
             continue
         loaded.append(version.id)
-    return loaded
+    return Warmed(loaded, failed)
+
+
+class Ahead:
+    """`warm`, again and again (the schedule's job, every `RAG_LOOP_RETRIEVAL_WARM_SECONDS`).
+    What fails is logged when it starts failing and when it works again, not on every
+    pass: a database or Chroma outage, or a version whose encoder is missing here, would
+    otherwise log every few seconds for as long as it lasts."""
+
+    def __init__(self, parts: WarmParts) -> None:
+        self.parts = parts
+        self.failing: dict[int | None, str] = {}  # None: the pass itself
+
+    def __call__(self) -> None:
+        try:
+            failed: dict[int | None, str] = {
+                key: why for key, why in warm(self.parts).failed.items()
+            }
+        except Exception as exc:  # the database or Chroma: the job must survive it
+            failed = {None: f"{type(exc).__name__}: {exc}"}
+        for key, why in failed.items():
+            if self.failing.get(key) != why:
+                what = "loading index versions ahead" if key is None else f"index version {key}"
+                log.warning("%s failed (logged again when this changes): %s", what, why)
+        for key in self.failing.keys() - failed.keys():
+            what = "loading index versions ahead" if key is None else f"index version {key}"
+            log.info("%s works again", what)
+        self.failing = failed

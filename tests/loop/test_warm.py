@@ -5,6 +5,7 @@ process: it shares nothing in memory with the first."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -16,7 +17,7 @@ from rag_loop.api.app import create_app
 from rag_loop.errors import BackendUnavailable
 from rag_loop.interactions.ask import ask
 from rag_loop.loop import cycle
-from rag_loop.loop.warm import warm
+from rag_loop.loop.warm import Ahead, warm
 from rag_loop.services import Services
 from tests.conftest import LiveServer
 from tests.loop.test_cycle import ALWAYS_PASS
@@ -41,9 +42,9 @@ def test_another_process_serves_an_approval_and_a_rollback_with_nothing_left_to_
     other = loop_services()  # another API process: nothing loaded but the base model
     assert _loaded(other) == (0, 0)
     # the champion's BM25 side, the candidate's fine-tuned encoder and BM25 side
-    assert warm(other) == [old, new]
+    assert warm(other).loaded == [old, new]
     assert _loaded(other) == (1, 2)
-    assert warm(other) == [old, new] and _loaded(other) == (1, 2)  # nothing twice
+    assert warm(other).loaded == [old, new] and _loaded(other) == (1, 2)  # nothing twice
 
     cycle.approve(services, view["id"], actor="reviewer@example.com")
     answer = ask(other, QUESTION)
@@ -52,7 +53,7 @@ def test_another_process_serves_an_approval_and_a_rollback_with_nothing_left_to_
     assert _loaded(other) == (1, 2)  # the approval's first ask here loaded nothing
 
     # the rollback target is loaded too: a rollback serves at once here
-    assert warm(other) == [new, old] and _loaded(other) == (1, 2)
+    assert warm(other).loaded == [new, old] and _loaded(other) == (1, 2)
     cycle.rollback(services, actor="test", reason="test")
     again = ask(other, QUESTION)
     assert again.versions["index_version"] == old
@@ -89,7 +90,10 @@ def test_the_api_loads_what_serves_before_its_first_request_and_what_another_pro
 
 
 def test_a_version_that_cannot_load_is_skipped_and_its_ask_says_why(
-    kestrel: Services, make_settings: Callable[..., Any], embedder: Any
+    kestrel: Services,
+    make_settings: Callable[..., Any],
+    embedder: Any,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     with kestrel.sessions() as session:
         from rag_loop.index.versions import champion
@@ -98,8 +102,22 @@ def test_a_version_that_cannot_load_is_skipped_and_its_ask_says_why(
     kestrel.store.drop(collection)
     other = Services.from_settings(make_settings(), embedder=embedder)
     try:
-        assert warm(other) == []  # logged, not raised
+        warmed = warm(other)  # skipped with why, not raised
+        assert warmed.loaded == [] and list(warmed.failed) == [1]
+        assert "missing" in warmed.failed[1]
         with pytest.raises(BackendUnavailable, match="missing"):
             ask(other, QUESTION)
+        # the schedule's job says so once, not on every pass, and once when it works again
+        job = Ahead(other)
+        with caplog.at_level(logging.INFO, logger="rag_loop.loop.warm"):
+            for _ in range(3):
+                job()
+            kestrel.store.create(collection, {"restored": True})  # Chroma has it again, empty
+            for _ in range(2):
+                job()
+        assert [r.getMessage().split(":")[0] for r in caplog.records] == [
+            "index version 1 failed (logged again when this changes)",
+            "index version 1 works again",
+        ]
     finally:
         other.close()
