@@ -90,12 +90,14 @@ def test_schedule_jobs(loop_services: Callable[..., Services]) -> None:
     scheduler = start_schedule(services)
     try:
         assert scheduler is not None
-        # the registry outbox and (without a task queue) the sweep for cut-off jobs always run
+        # the registry outbox, (without a task queue) the sweep for cut-off jobs and this
+        # process's loading ahead always run
         assert {job.id for job in scheduler.get_jobs()} == {
             "loop-tick",
             "loop-cycle",
             "registry-outbox",
             "job-sweep",
+            "warm",
         }
         # standard cron weekdays: 1 is Monday (APScheduler alone would read Tuesday)
         assert scheduler.get_job("loop-cycle").next_run_time.weekday() == 0
@@ -117,9 +119,15 @@ def test_schedule_jobs(loop_services: Callable[..., Services]) -> None:
     quiet = start_schedule(loop_services(loop={"auto": False}))
     assert quiet is not None
     try:
-        assert {job.id for job in quiet.get_jobs()} == {"registry-outbox", "job-sweep"}
+        assert {job.id for job in quiet.get_jobs()} == {"registry-outbox", "job-sweep", "warm"}
     finally:
         quiet.shutdown(wait=False)
+    cold = start_schedule(loop_services(loop={"auto": False}, retrieval={"warm_seconds": 0}))
+    assert cold is not None
+    try:
+        assert {job.id for job in cold.get_jobs()} == {"registry-outbox", "job-sweep"}
+    finally:
+        cold.shutdown(wait=False)
 
 
 def test_cron_weekdays_are_standard() -> None:
