@@ -33,7 +33,6 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from rag_loop.db.models import Alias, IndexVersion, LoopCycle
 from rag_loop.errors import RagLoopError
-from rag_loop.index.chroma import ChromaStore
 from rag_loop.index.embedders import EmbedderPool
 from rag_loop.index.versions import CANDIDATE, CHAMPION, PREVIOUS, retrieval_of
 from rag_loop.loop.states import CycleState
@@ -47,7 +46,6 @@ NEXT: tuple[CycleState, ...] = (CycleState.EVALUATING, CycleState.AWAITING_APPRO
 
 class WarmParts(Protocol):
     sessions: sessionmaker[Session]
-    store: ChromaStore
     embedders: EmbedderPool
     lexical: LexicalIndexes
 
