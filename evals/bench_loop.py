@@ -10,8 +10,9 @@ data read by path from ../shared/datasets (nothing of it committed):
 - pubmedqa: PubMedQA-L as a retrieval set: every question against all 3,358 passages, a
   question's own passages being its relevant ones; the 500 questions of the official
   train/dev pool are replayed, the 500 of the official test split are scored;
-- any other folder in the BEIR layout (corpus.jsonl, queries.jsonl, qrels/train.tsv and
-  qrels/test.tsv).
+- any other folder in the BEIR layout (corpus.jsonl, queries.jsonl, qrels/test.tsv, and
+  qrels/train.tsv or qrels/dev.tsv to replay; without either, half the test questions,
+  chosen by a hash of their id, are replayed and the other half scored).
 
 For each seed: the corpus is ingested once per data set (the base model builds the first
 index; later seeds start from a copy), the replayed questions are asked in `--batches`
@@ -30,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import json
 import random
 import shutil
@@ -72,24 +74,45 @@ def read_qrels(path: Path) -> dict[str, set[str]]:
     qrels: dict[str, set[str]] = {}
     with path.open() as handle:
         for row in csv.DictReader(handle, delimiter="\t"):
-            if int(row["score"]) > 0:
+            if float(row["score"]) > 0:
                 qrels.setdefault(row["query-id"], set()).add(row["corpus-id"])
     return qrels
 
 
 def beir(folder: Path) -> Domain:
+    """A folder in the BEIR layout: the train split's questions are replayed, the test
+    split's scored. Many BEIR sets have no train split: then the dev split is replayed, and
+    without that, the test questions are split in two by a hash of their id, half
+    replayed and half scored. Either way no scored question, by id or by text, is asked."""
+    for needed in ("corpus.jsonl", "queries.jsonl", "qrels/test.tsv"):
+        if not (folder / needed).is_file():
+            raise SystemExit(f"{folder} is not a BEIR folder: {needed} is missing")
     queries = {}
     with (folder / "queries.jsonl").open() as handle:
         for line in handle:
             row = json.loads(line)
             queries[str(row["_id"])] = row["text"]
-    return Domain(
-        folder.name,
-        folder,
-        queries,
-        read_qrels(folder / "qrels/train.tsv"),
-        read_qrels(folder / "qrels/test.tsv"),
-    )
+    test = read_qrels(folder / "qrels/test.tsv")
+    split = next((s for s in ("train", "dev") if (folder / f"qrels/{s}.tsv").is_file()), None)
+    if split is not None:
+        replay = read_qrels(folder / f"qrels/{split}.tsv")
+    else:
+        halves: tuple[dict[str, set[str]], dict[str, set[str]]] = ({}, {})
+        for query_id, relevant in test.items():
+            halves[hashlib.sha256(query_id.encode()).digest()[0] % 2][query_id] = relevant
+        replay, test = halves
+    scored = {_normalised(queries.get(q, "")) for q in test}
+    replay = {
+        q: relevant
+        for q, relevant in replay.items()
+        if q in queries and q not in test and _normalised(queries[q]) not in scored
+    }
+    test = {q: relevant for q, relevant in test.items() if q in queries}
+    return Domain(folder.name, folder, queries, replay, test)
+
+
+def _normalised(text: str) -> str:
+    return " ".join(text.lower().split())
 
 
 def pubmedqa(folder: Path, scratch: Path) -> Domain:

@@ -1,0 +1,53 @@
+"""The loop benchmark reads any folder in the BEIR layout (evals/bench_loop.py), and never
+asks a question it scores: not by id, not by its text under another id."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from evals.bench_loop import beir
+
+
+def _folder(tmp_path: Path, splits: dict[str, dict[str, str]], texts: dict[str, str]) -> Path:
+    folder = tmp_path / "beirish"
+    (folder / "qrels").mkdir(parents=True)
+    (folder / "corpus.jsonl").write_text(json.dumps({"_id": "d0", "title": "", "text": "x"}))
+    (folder / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in texts.items())
+    )
+    for split, qrels in splits.items():
+        rows = "".join(f"{q}\t{d}\t1\n" for q, d in qrels.items())
+        (folder / "qrels" / f"{split}.tsv").write_text("query-id\tcorpus-id\tscore\n" + rows)
+    return folder
+
+
+def test_the_train_split_is_replayed_without_the_scored_questions(tmp_path: Path) -> None:
+    texts = {"1": "Obesity decreases life quality.", "2": "obesity  decreases life quality.",
+             "3": "Something else.", "4": "A fourth claim."}  # fmt: skip
+    folder = _folder(tmp_path, {"train": {"2": "d0", "3": "d0"}, "test": {"1": "d0"}}, texts)
+    domain = beir(folder)
+    assert domain.test == {"1": {"d0"}}
+    assert domain.replay == {"3": {"d0"}}  # "2" is the test claim's text under another id
+
+
+def test_without_train_the_dev_split_and_without_either_half_the_test_is_replayed(
+    tmp_path: Path,
+) -> None:
+    texts = {str(i): f"question number {i}" for i in range(40)}
+    test = {str(i): "d0" for i in range(30)}
+    with_dev = beir(_folder(tmp_path / "a", {"dev": {"30": "d0"}, "test": test}, texts))
+    assert set(with_dev.replay) == {"30"} and set(with_dev.test) == set(test)
+    halves = beir(_folder(tmp_path / "b", {"test": test}, texts))
+    assert set(halves.replay) | set(halves.test) == set(test)
+    assert not set(halves.replay) & set(halves.test)
+    assert 5 <= len(halves.replay) <= 25  # about half, by a hash of the id: the same every run
+    assert beir(_folder(tmp_path / "c", {"test": test}, texts)).replay == halves.replay
+
+
+def test_a_folder_that_is_not_beir_says_what_is_missing(tmp_path: Path) -> None:
+    folder = _folder(tmp_path, {"train": {"1": "d0"}}, {"1": "q"})
+    with pytest.raises(SystemExit, match=r"qrels/test\.tsv is missing"):
+        beir(folder)
