@@ -52,14 +52,12 @@ class WarmParts(Protocol):
 
 def ahead(session: Session) -> list[IndexVersion]:
     """The index versions that serve or may serve next, what serves first."""
-    aliased = {
-        name: version
-        for name, version in session.execute(
-            select(Alias.name, IndexVersion).join(
-                IndexVersion, Alias.index_version_id == IndexVersion.id
-            )
-        ).tuples()
-    }
+    rows = session.execute(
+        select(Alias.name, IndexVersion).join(
+            IndexVersion, Alias.index_version_id == IndexVersion.id
+        )
+    ).all()
+    aliased: dict[str, IndexVersion] = {name: version for name, version in rows}
     candidates = session.scalars(
         select(IndexVersion)
         .join(LoopCycle, LoopCycle.candidate_index_version_id == IndexVersion.id)
