@@ -314,21 +314,8 @@ def bench_feedback(
 
 def admin_key(data_dir: Path) -> dict[str, str]:
     """An admin key made with the CLI on the server's database."""
-    out = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "rag-loop"),
-            "keys",
-            "create",
-            "bench",
-            "--scope",
-            "admin",
-        ],
-        env={**os.environ, "RAG_LOOP_DATA_DIR": str(data_dir), "RAG_LOOP_CORPUS_PATH": str(CORPUS)},
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return {"Authorization": f"Bearer {json.loads(out.stdout)['key']}"}
+    made = cli(data_dir, {}, "keys", "create", "bench", "--scope", "admin")
+    return {"Authorization": f"Bearer {made['key']}"}
 
 
 async def timed_asks(session: aiohttp.ClientSession, url: str, n: int, start: int) -> list[float]:
