@@ -13,7 +13,7 @@ changes between asks; APScheduler coalesces missed runs the same way). While a j
 ingest or a loop cycle runs, the simulated clock moves with wall time, so a cycle's minutes
 of training pass in the simulation too (the asks due meanwhile are answered after it).
 
-Data, read by path from ../shared/datasets (nothing of it committed):
+Data, read by path from ../shared/datasets or `--datasets` (nothing of it committed):
 - before day `--shift-day`: PubMedQA-L's 1,000 questions, each relevant to its own passages,
   against a corpus of all 3,358 PubMedQA-L passages and the SciFact abstracts no SciFact
   claim is about (distractors from the next domain);
@@ -49,6 +49,7 @@ and the table, printed.
     python evals/bench_timeline.py [--seeds 0,1,2] [--days 30] [--asks-per-day 400]
                                    [--arms silent,alerting,closed] [--streams shifted,steady]
                                    [--jobs 2] [--work DIR] [--out FILE] [--analyse]
+                                   [--datasets DIR]
 
 `--arms` and `--streams` pick some of the runs (the steady stream runs only the alerting
 and closed arms); with the same `--work`, a later `--analyse` puts them together.
@@ -99,10 +100,11 @@ class Question:
 # -- data ------------------------------------------------------------------------------
 
 
-def prepare_data(work: Path) -> list[Question]:
+def prepare_data(work: Path, datasets: Path = DATASETS) -> list[Question]:
     """The questions, and the two corpora as BEIR folders: `corpus/base` (ingested before
-    the stream) and `corpus/new` (ingested at the abrupt shift)."""
-    scifact, pubmed = DATASETS / "scifact", DATASETS / "pubmedqa"
+    the stream) and `corpus/new` (ingested at the abrupt shift). `datasets` holds the
+    `scifact` and `pubmedqa` folders."""
+    scifact, pubmed = datasets / "scifact", datasets / "pubmedqa"
     queries = {}
     with (scifact / "queries.jsonl").open() as handle:
         for line in handle:
@@ -183,7 +185,12 @@ def make_stream(
         if not q.test:
             by_pool.setdefault(q.pool, []).append(n)
     sizes = {c: sum(1 for q in questions if q.cluster == c) for c in range(CLUSTERS)}
-    target = rng.choice(sorted(c for c, size in sizes.items() if size >= 50))
+    # a topic of at least 50 questions (every one of them on the shared data sets), else
+    # the largest: a smaller set of data (the suite's) still gets a gradual shift
+    big = sorted(c for c, size in sizes.items() if size >= 50) or [
+        max(sizes, key=lambda c: sizes[c])
+    ]
+    target = rng.choice(big)
     shifts: list[dict[str, Any]] = []
     if kind == "shifted":
         shifts = [
@@ -348,7 +355,7 @@ def run_arm(arm: str, stream_kind: str, seed: int, args: argparse.Namespace) -> 
     from rag_loop.services import Services
 
     work: Path = args.work
-    questions = _clustered(work)
+    questions = _clustered(work, args.datasets)
     stream = make_stream(questions, stream_kind, seed, args)
     data_dir = work / f"{stream_kind}-seed{seed}-{arm}"
     shutil.rmtree(data_dir, ignore_errors=True)
@@ -469,10 +476,10 @@ def _hour_of(at: datetime) -> float:
 
 
 @functools.cache
-def _clustered(work: Path) -> list[Question]:
+def _clustered(work: Path, datasets: Path = DATASETS) -> list[Question]:
     """The questions with their clusters, computed once per work dir (`clusters.json`):
     every arm reads the same clusters, and none spends half a minute embedding the questions."""
-    questions = prepare_data(work)
+    questions = prepare_data(work, datasets)
     cache = work / "clusters.json"
     if not cache.exists():
         clusters = {q.id: q.cluster for q in with_clusters(questions)}
@@ -553,7 +560,7 @@ def run_from_database(
     data_dir = args.work / f"{stream_kind}-seed{seed}-{arm}"
     if not (data_dir / "rag_loop.db").exists():
         return None
-    questions = _clustered(args.work)
+    questions = _clustered(args.work, args.datasets)
     by_text = {q.text.strip(): q for q in questions}
     stream = make_stream(questions, stream_kind, seed, args)
     services = Services.from_settings(settings_for(data_dir, arm, args))
@@ -947,6 +954,7 @@ def run_child(arm: str, stream: str, seed: int, args: argparse.Namespace) -> dic
         "groundedness_share",
         "evaluation_schedule",
         "work",
+        "datasets",
     ):
         command += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     env = {**os.environ, "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 2) // args.jobs))}
@@ -994,6 +1002,12 @@ def main() -> None:
         help="only rebuild the tables, plots and JSON from the arm results in --work (the "
         "arms that finished)",
     )
+    parser.add_argument(
+        "--datasets",
+        type=Path,
+        default=DATASETS,
+        help="the folder that holds scifact/ and pubmedqa/ (default: ../shared/datasets)",
+    )
     parser.add_argument("--work", type=Path, default=None, help="keep the data dirs here")
     parser.add_argument("--out", type=Path, default=None, help="JSON report (PNG beside it)")
     parser.add_argument("--arm", choices=ARMS, help=argparse.SUPPRESS)  # a child process
@@ -1027,7 +1041,8 @@ def main() -> None:
     began = time.perf_counter()
     args.work = (args.work or Path(tempfile.mkdtemp(prefix="rag-loop-bench-timeline-"))).resolve()
     args.work.mkdir(parents=True, exist_ok=True)
-    _clustered(args.work)  # writes the corpora; once, before the arms run (or are rebuilt)
+    # writes the corpora; once, before the arms run (or are rebuilt)
+    _clustered(args.work, args.datasets)
     if not args.analyse:
         ingest_template(args.work)
     print(f"{len(tasks)} arm runs, {args.jobs} at a time; data in {args.work}", flush=True)
