@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
@@ -26,6 +27,7 @@ from rag_loop.errors import BackendUnavailable
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 WRITE_OPTION = "rag_loop_write"
+_OPEN_CURSORS = "rag_loop_open_cursors"  # per pooled SQLite connection, in its `info`
 
 
 def create_db_engine(url: str, *, echo: bool = False, clock: Clock | None = None) -> Engine:
@@ -55,6 +57,21 @@ def create_db_engine(url: str, *, echo: bool = False, clock: Clock | None = None
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
+
+        @event.listens_for(engine, "after_cursor_execute")
+        def _sqlite_track_cursor(conn: Connection, cursor: Any, *_: Any) -> None:
+            conn.info.setdefault(_OPEN_CURSORS, weakref.WeakSet()).add(cursor)
+
+        @event.listens_for(engine, "reset")
+        def _sqlite_close_cursors(_dbapi_connection: Any, record: Any, _state: Any) -> None:
+            # A SELECT whose rows were not all read (an error left the session mid-read)
+            # keeps its statement open, and since Python 3.11 the rollback that follows no
+            # longer ends it. On WAL that pins the pooled connection to its snapshot: once
+            # anyone else writes, every write through it fails at once with "database is
+            # locked" until the garbage collector frees the cursor. Closed here, before
+            # the rollback, the connection goes back to the pool clean.
+            for cursor in list(record.info.pop(_OPEN_CURSORS, ())):
+                cursor.close()
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:

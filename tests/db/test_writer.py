@@ -10,7 +10,12 @@ from typing import Any
 import pytest
 from sqlalchemy import Column, Connection, Integer, MetaData, String, Table, insert, select
 
-from rag_loop.db.engine import create_db_engine, write_connection
+from rag_loop.db.engine import (
+    create_db_engine,
+    create_session_factory,
+    transaction,
+    write_connection,
+)
 from rag_loop.db.writer import BatchWriter
 from rag_loop.errors import InvalidInput
 
@@ -86,7 +91,12 @@ def test_a_failing_batch_is_retried_item_by_item(writer: BatchWriter) -> None:
 CHILD_WRITER = """
 import sys, time
 from pathlib import Path
-from rag_loop.db.engine import create_db_engine, write_connection
+from rag_loop.db.engine import (
+    create_db_engine,
+    create_session_factory,
+    transaction,
+    write_connection,
+)
 engine = create_db_engine(sys.argv[1])
 log = Path(sys.argv[2])
 with write_connection(engine):
@@ -122,4 +132,34 @@ def test_writers_in_two_processes_take_turns_on_the_file_lock(tmp_path: Path) ->
         assert child.wait(timeout=60) == 0
     assert log.read_text().split() == ["child-in", "child-out", "parent-in"]
     assert (tmp_path / "w.db-writelock").exists()
+    engine.dispose()
+
+
+def test_a_read_cut_short_by_an_error_does_not_lock_out_later_writes(tmp_path: Path) -> None:
+    """A SELECT whose rows were not all read when an error left the session still has its
+    statement open on the pooled connection, and rolling back does not end it (Python 3.11+
+    no longer resets statements on rollback). On SQLite in WAL mode that pins the
+    connection to its snapshot: once another connection has written, every write through
+    it fails at once with "database is locked", until the cursor is garbage-collected. The
+    pool's reset closes such cursors before the connection serves again."""
+    url = f"sqlite:///{tmp_path / 'r.db'}"
+    engine = create_db_engine(url)
+    metadata.create_all(engine)
+    sessions = create_session_factory(engine)
+    with transaction(sessions) as session:
+        session.execute(insert(notes), [{"text": f"note {i}"} for i in range(5)])
+    kept = []  # what a traceback in a reference cycle keeps alive until the collector runs
+    with pytest.raises(RuntimeError, match="while reading"), sessions() as session:
+        rows = session.execute(select(notes.c.text))
+        kept.append(rows)
+        next(iter(rows))
+        raise RuntimeError("an error while reading")
+    other = create_db_engine(url)  # another process's writer
+    with write_connection(other) as conn:
+        conn.execute(insert(notes), [{"text": "from elsewhere"}])
+    with transaction(sessions) as session:  # the same pooled connection as the read
+        session.execute(insert(notes), [{"text": "after the error"}])
+    with sessions() as session:
+        assert len(session.execute(select(notes)).all()) == 7
+    other.dispose()
     engine.dispose()
