@@ -180,13 +180,11 @@ def test_the_timeline_benchmark_runs_every_arm_on_both_streams(tmp_path: Path) -
     }
     work, out = tmp_path / "work", tmp_path / "timeline.json"
     days, per_day = 6, 30
-    printed = run(
-        "bench_timeline.py",
+    options = (
         "--datasets", datasets, "--seeds", "0", "--days", days, "--asks-per-day", per_day,
-        "--shift-day", 2, "--gradual-from", 3, "--gradual-to", 5, "--jobs", 2,
-        "--work", work, "--out", out,
-        cwd=tmp_path,
+        "--shift-day", 2, "--gradual-from", 3, "--gradual-to", 5, "--work", work,
     )  # fmt: skip
+    printed = run("bench_timeline.py", *options, "--jobs", 2, "--out", out, cwd=tmp_path)
     report = json.loads(out.read_text())
     runs = {(r["stream"], r["arm"]): r for r in report["runs"]}
     assert set(runs) == {
@@ -234,3 +232,28 @@ def test_the_timeline_benchmark_runs_every_arm_on_both_streams(tmp_path: Path) -
     assert report["plots"] == [str(out.with_name("timeline-seed0.png"))]
     assert Path(report["plots"][0]).stat().st_size > 10_000
     assert "steady stream (no shift)" in printed and "time to detect (abrupt / gradual)" in printed
+
+    # an arm cut off before it wrote its result is rebuilt from what its service logged:
+    # the same served days and the same shift figures
+    (work / "part-shifted-seed0-silent.json").unlink()
+    again = tmp_path / "again.json"
+    run("bench_timeline.py", *options, "--analyse", "--out", again, cwd=tmp_path)
+    rebuilt = {(r["stream"], r["arm"]): r for r in json.loads(again.read_text())["runs"]}
+    assert rebuilt.keys() == runs.keys()
+    assert rebuilt[("shifted", "silent")]["unfinished"].endswith(f"{days * per_day} asks")
+    served_keys = ("asks", "ndcg_at_10", "recall_at_10", "thumbs", "thumbs_down_rate")
+    figure_keys = (
+        "pre_shift_ndcg_at_10",
+        "hours_to_detect",
+        "degradation_before_intervention",
+        "shift_day_drop",
+        "hours_to_recover",
+        "area_below_level",
+    )
+    again_silent = rebuilt[("shifted", "silent")]
+    for day, before in zip(again_silent["daily"], silent["daily"], strict=True):
+        assert {k: day[k] for k in served_keys} == pytest.approx(
+            {k: before[k] for k in served_keys}
+        )
+    for figure, before in zip(again_silent["figures"], silent["figures"], strict=True):
+        assert {k: figure[k] for k in figure_keys} == {k: before[k] for k in figure_keys}
