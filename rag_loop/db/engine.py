@@ -48,7 +48,8 @@ def create_db_engine(url: str, *, echo: bool = False, clock: Clock | None = None
         )
 
         @event.listens_for(engine, "connect")
-        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+        def _sqlite_pragmas(dbapi_connection: Any, record: Any) -> None:
+            record.info[_OPEN_CURSORS] = weakref.WeakSet()  # see _sqlite_close_cursors
             # Let SQLAlchemy, not pysqlite, issue BEGIN, so transactions are real.
             dbapi_connection.isolation_level = None
             cursor = dbapi_connection.cursor()
@@ -60,7 +61,8 @@ def create_db_engine(url: str, *, echo: bool = False, clock: Clock | None = None
 
         @event.listens_for(engine, "after_cursor_execute")
         def _sqlite_track_cursor(conn: Connection, cursor: Any, *_: Any) -> None:
-            conn.info.setdefault(_OPEN_CURSORS, weakref.WeakSet()).add(cursor)
+            if cursor.description is not None:  # only a statement with rows stays open
+                conn.info[_OPEN_CURSORS].add(cursor)
 
         @event.listens_for(engine, "reset")
         def _sqlite_close_cursors(_dbapi_connection: Any, record: Any, _state: Any) -> None:
@@ -70,8 +72,10 @@ def create_db_engine(url: str, *, echo: bool = False, clock: Clock | None = None
             # anyone else writes, every write through it fails at once with "database is
             # locked" until the garbage collector frees the cursor. Closed here, before
             # the rollback, the connection goes back to the pool clean.
-            for cursor in list(record.info.pop(_OPEN_CURSORS, ())):
+            cursors = record.info[_OPEN_CURSORS]
+            for cursor in list(cursors):
                 cursor.close()
+            cursors.clear()
 
         @event.listens_for(engine, "begin")
         def _sqlite_begin(conn: Any) -> None:
