@@ -185,8 +185,9 @@ def make_stream(
         if not q.test:
             by_pool.setdefault(q.pool, []).append(n)
     sizes = {c: sum(1 for q in questions if q.cluster == c) for c in range(CLUSTERS)}
-    # a topic of at least 50 questions (every one of them on the shared data sets), else
-    # the largest: a smaller set of data (the suite's) still gets a gradual shift
+    # a topic of at least 50 questions (the shared data sets' clusters, k-means with seed
+    # 0 for every stream, have several), else the largest: a smaller set of data (the
+    # suite's) still gets a gradual shift
     big = sorted(c for c, size in sizes.items() if size >= 50) or [
         max(sizes, key=lambda c: sizes[c])
     ]
