@@ -91,12 +91,7 @@ def test_a_failing_batch_is_retried_item_by_item(writer: BatchWriter) -> None:
 CHILD_WRITER = """
 import sys, time
 from pathlib import Path
-from rag_loop.db.engine import (
-    create_db_engine,
-    create_session_factory,
-    transaction,
-    write_connection,
-)
+from rag_loop.db.engine import create_db_engine, write_connection
 engine = create_db_engine(sys.argv[1])
 log = Path(sys.argv[2])
 with write_connection(engine):
