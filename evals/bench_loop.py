@@ -12,7 +12,9 @@ data read by path from ../shared/datasets (nothing of it committed):
   train/dev pool are replayed, the 500 of the official test split are scored;
 - any other folder in the BEIR layout (corpus.jsonl, queries.jsonl, qrels/test.tsv, and
   qrels/train.tsv or qrels/dev.tsv to replay; without either, half the test questions,
-  chosen by a hash of their id, are replayed and the other half scored).
+  chosen by a hash of their id, are replayed and the other half scored). Scored by BEIR's
+  rules: nDCG on the qrels' grades where they grade relevance, and a question that is a
+  document of the corpus too (ArguAna, Quora) does not rank itself.
 
 For each seed: the corpus is ingested once per data set (the base model builds the first
 index; later seeds start from a copy), the replayed questions are asked in `--batches`
@@ -38,7 +40,8 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -68,15 +71,28 @@ class Domain:
     queries: dict[str, str]
     replay: dict[str, set[str]]  # query id -> relevant document ids, asked by the user
     test: dict[str, set[str]]  # scored only
+    # query id -> relevant document id -> its grade, where the qrels grade relevance (BEIR's
+    # TREC-COVID, NFCorpus...): nDCG is scored on the grades; without, every grade is 1
+    grades: dict[str, dict[str, int]] = field(default_factory=dict)
+
+    def references(self) -> dict[str, dict[str, int]]:
+        """What the test questions are scored against: each relevant document's grade."""
+        return {q: self.grades.get(q) or dict.fromkeys(d, 1) for q, d in self.test.items()}
+
+
+def read_graded(path: Path) -> dict[str, dict[str, int]]:
+    """A BEIR qrels file: query id -> document id -> grade, the relevant ones (grade > 0)."""
+    qrels: dict[str, dict[str, int]] = {}
+    with path.open() as handle:
+        for row in csv.DictReader(handle, delimiter="\t"):
+            grade = int(float(row["score"]))
+            if grade > 0:
+                qrels.setdefault(row["query-id"], {})[row["corpus-id"]] = grade
+    return qrels
 
 
 def read_qrels(path: Path) -> dict[str, set[str]]:
-    qrels: dict[str, set[str]] = {}
-    with path.open() as handle:
-        for row in csv.DictReader(handle, delimiter="\t"):
-            if float(row["score"]) > 0:
-                qrels.setdefault(row["query-id"], set()).add(row["corpus-id"])
-    return qrels
+    return {q: set(graded) for q, graded in read_graded(path).items()}
 
 
 def beir(folder: Path) -> Domain:
@@ -92,7 +108,8 @@ def beir(folder: Path) -> Domain:
         for line in handle:
             row = json.loads(line)
             queries[str(row["_id"])] = row["text"]
-    test = read_qrels(folder / "qrels/test.tsv")
+    grades = read_graded(folder / "qrels/test.tsv")
+    test = {q: set(graded) for q, graded in grades.items()}
     split = next((s for s in ("train", "dev") if (folder / f"qrels/{s}.tsv").is_file()), None)
     if split is not None:
         replay = read_qrels(folder / f"qrels/{split}.tsv")
@@ -108,7 +125,7 @@ def beir(folder: Path) -> Domain:
         if q in queries and q not in test and _normalised(queries[q]) not in scored
     }
     test = {q: relevant for q, relevant in test.items() if q in queries}
-    return Domain(folder.name, folder, queries, replay, test)
+    return Domain(folder.name, folder, queries, replay, test, {q: grades[q] for q in test})
 
 
 def _normalised(text: str) -> str:
@@ -163,13 +180,23 @@ def add_title_queries(domain: Domain, n: int) -> None:
         domain.replay[f"title-{doc_id}"] = {doc_id}
 
 
+def ranked_documents(document_ids: Iterable[str], question_id: str) -> list[str]:
+    """A chunk ranking as the documents it ranks, each once, best first, without the
+    question's own id: BEIR's `ignore_identical_ids`, for sets whose questions are documents
+    of the corpus too (ArguAna, Quora), where finding the question itself is no answer."""
+    return [d for d in dict.fromkeys(document_ids) if d != question_id]
+
+
 def test_metrics(
     services: Services,
     domain: Domain,
     config: RetrievalConfig | None = None,
 ) -> dict[str, float]:
     """nDCG@10, Recall@10, MRR@10 and Recall@100 of the serving index, document level,
-    retrieved the way the serving version retrieves (or with `config`).
+    retrieved the way the serving version retrieves (or with `config`), by BEIR's rules:
+    nDCG on the qrels' grades where they grade relevance, and a document whose id is the
+    question's own id is not ranked (BEIR's `ignore_identical_ids`: in ArguAna or Quora a
+    question is itself a document of the corpus).
 
     The metrics at 10 rank what an ask for 10 chunks is served: a hybrid version pools each
     side's top max(k, `candidates`) before fusing, so a deeper search ranks its top 10
@@ -188,8 +215,8 @@ def test_metrics(
             hits = search(
                 services.store, services.lexical, index, config, text, vector, k, embedder
             )
-            ranking[qid] = list(dict.fromkeys(h.document_id for h in hits))
-    refs = {q: sorted(d) for q, d in domain.test.items()}
+            ranking[qid] = ranked_documents((h.document_id for h in hits), qid)
+    refs = domain.references()
     at10 = ranking_metrics(rankings[10], refs, 10)
     at100 = ranking_metrics(rankings[100], refs, 100)
     n = len(ids)

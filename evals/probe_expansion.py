@@ -132,7 +132,7 @@ def main() -> None:
             )
             timing["first_search_stored_ms"] = round((time.perf_counter() - started) * 1000, 1)
         timings.append(timing)
-        per_query = ranking_metrics(ranked, {q: sorted(d) for q, d in domain.test.items()}, 10)
+        per_query = ranking_metrics(ranked, domain.references(), 10)
         return round(sum(m["ndcg_at_10"] for m in per_query.values()) / len(per_query), 4)
 
     def precision(pairs: list[tuple[str, str]]) -> float | None:

@@ -143,7 +143,7 @@ def main() -> None:
     depths = sorted(int(d) for d in args.depths.split(","))
     lengths = sorted((int(n) for n in args.max_lengths.split(",")), reverse=True)
     served = hybrid(test_ids, max(depths[-1], 10))
-    refs = {q: sorted(d) for q, d in domain.test.items()}
+    refs = domain.references()
 
     def ndcg(ranking: dict[str, list[str]]) -> float:
         per_query = ranking_metrics(ranking, refs, 10)

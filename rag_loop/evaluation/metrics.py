@@ -32,7 +32,7 @@ import asyncio
 import math
 import re
 from collections import Counter
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,14 +59,23 @@ def ir_metric_names(k: int) -> tuple[str, str, str]:
 
 
 def ranking_metrics(
-    rankings: dict[str, list[str]], references: dict[str, list[str]], k: int
+    rankings: Mapping[str, Sequence[str]],
+    references: Mapping[str, Sequence[str] | Mapping[str, int]],
+    k: int,
 ) -> dict[str, dict[str, float]]:
-    """nDCG@k, Recall@k and MRR@k per query with pytrec_eval (binary relevance).
+    """nDCG@k, Recall@k and MRR@k per query with pytrec_eval.
 
-    `rankings` maps a query id to ids best first (duplicates already removed)."""
+    `rankings` maps a query id to ids best first (duplicates already removed);
+    `references` a query id to its relevant ids (binary relevance) or to each id's grade
+    (graded, as BEIR's qrels: nDCG gains by grade, Recall and MRR count every grade of 1 or
+    more as relevant, grade 0 as not relevant)."""
     import pytrec_eval
 
-    qrels = {q: {d: 1 for d in refs} for q, refs in references.items() if refs}
+    qrels = {
+        q: dict(refs) if isinstance(refs, Mapping) else dict.fromkeys(refs, 1)
+        for q, refs in references.items()
+        if refs
+    }
     # trec_eval sorts by score, so the score encodes the rank; MRR@k is the reciprocal rank
     # of the ranking cut at k (trec_eval's recip_rank has no cut-off of its own).
     run = {q: {d: float(len(ids) - i) for i, d in enumerate(ids)} for q, ids in rankings.items()}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from evals.bench_loop import beir
+from evals.bench_loop import beir, ranked_documents
 
 
 def _folder(tmp_path: Path, splits: dict[str, dict[str, str]], texts: dict[str, str]) -> Path:
@@ -45,6 +45,21 @@ def test_without_train_the_dev_split_and_without_either_half_the_test_is_replaye
     assert not set(halves.replay) & set(halves.test)
     assert 5 <= len(halves.replay) <= 25  # about half, by a hash of the id: the same every run
     assert beir(_folder(tmp_path / "c", {"test": test}, texts)).replay == halves.replay
+
+
+def test_graded_qrels_are_kept_for_scoring_and_grade_0_is_not_relevant(tmp_path: Path) -> None:
+    folder = _folder(tmp_path, {"train": {"2": "d0"}}, {"1": "a claim", "2": "another"})
+    rows = "query-id\tcorpus-id\tscore\n1\td0\t2\n1\td1\t1\n1\td2\t0\n"
+    (folder / "qrels" / "test.tsv").write_text(rows)
+    domain = beir(folder)
+    assert domain.test == {"1": {"d0", "d1"}}
+    assert domain.references() == {"1": {"d0": 2, "d1": 1}}
+    assert domain.replay == {"2": {"d0"}}
+
+
+def test_a_question_that_is_a_document_too_does_not_rank_itself() -> None:
+    assert ranked_documents(["q7", "d1", "d1", "d2", "q7"], "q7") == ["d1", "d2"]
+    assert ranked_documents(["d2", "d1", "d2"], "q7") == ["d2", "d1"]
 
 
 def test_a_folder_that_is_not_beir_says_what_is_missing(tmp_path: Path) -> None:

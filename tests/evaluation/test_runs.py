@@ -35,6 +35,21 @@ def test_ranking_metrics_match_hand_computed_values() -> None:
     assert cut["a"]["mrr_at_2"] == 0.0 and cut["a"]["recall_at_2"] == 0.0
 
 
+def test_graded_references_weigh_ndcg_by_grade_as_trec_eval_does() -> None:
+    """BEIR's graded qrels (TREC-COVID, NFCorpus): trec_eval's gain is the grade itself;
+    Recall and MRR count any grade of 1 or more, and a grade of 0 is not relevant."""
+    graded = {"a": {"x": 2, "y": 1, "n": 0}}
+    worse = ranking_metrics({"a": ["n", "y", "x"]}, graded, 10)["a"]
+    dcg = 1 / 1.5849625 + 2 / 2  # y at rank 2, x at rank 3
+    idcg = 2 + 1 / 1.5849625
+    assert worse["ndcg_at_10"] == pytest.approx(dcg / idcg, rel=1e-6)
+    assert worse["recall_at_10"] == 1.0 and worse["mrr_at_10"] == pytest.approx(0.5)
+    better = ranking_metrics({"a": ["n", "x", "y"]}, graded, 10)["a"]
+    assert better["ndcg_at_10"] > worse["ndcg_at_10"]
+    binary = ranking_metrics({"a": ["n", "y", "x"]}, {"a": ["x", "y"]}, 10)["a"]
+    assert binary == ranking_metrics({"a": ["n", "x", "y"]}, {"a": ["x", "y"]}, 10)["a"]
+
+
 def test_the_groundedness_proxy_embeds_only_what_is_not_quoted(embedder: Any) -> None:
     context = "The Kestrel charges in two hours. Hold the button for ten seconds to reset it."
     quoted = "Hold the button for ten seconds to reset it."
