@@ -16,6 +16,7 @@ import typer
 from pydantic import ValidationError
 
 from rag_loop.errors import InvalidInput, RagLoopError
+from rag_loop.files import write_texts_whole
 from rag_loop.settings import Settings, pass_to_workers
 
 app = typer.Typer(
@@ -643,14 +644,26 @@ def report_command(
 
     wired = services()
     summary = service.summary(wired, list_cycles(wired, REPORT_CYCLES))
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(service.html(summary), encoding="utf-8")
-    written = {"html": str(out)}
+    files = {"html": (out, service.html(summary))}
     if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
-        written["json"] = str(json_out)
-    emit(written)
+        files["json"] = (json_out, json.dumps(summary, indent=1, default=str))
+    emit(write_files(files))
+
+
+def write_files(files: dict[str, tuple[Path, str]]) -> dict[str, str]:
+    """Write each (path, text), all or none; a path that cannot be written is bad input."""
+    for path, _ in files.values():
+        if path.is_dir():
+            raise InvalidInput(f"cannot write {path}: it is a folder; give a file name")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InvalidInput(f"cannot write {path}: {exc.strerror or exc}") from exc
+    try:
+        write_texts_whole(dict(files.values()))
+    except OSError as exc:
+        raise InvalidInput(f"cannot write {exc.filename}: {exc.strerror or exc}") from exc
+    return {kind: str(path) for kind, (path, _) in files.items()}
 
 
 @demo_app.command("replay")
@@ -820,5 +833,8 @@ def main() -> None:
         for detail in exc.details:
             typer.echo(f"  {json.dumps(detail, default=str)}", err=True)
         sys.exit(exc.exit_code)
+    except OSError as exc:  # what the system refused that no command foresaw: a line, no traceback
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -29,6 +29,7 @@ from rag_loop.corpus.chunking import Chunker
 from rag_loop.db.engine import create_db_engine, create_session_factory, upgrade
 from rag_loop.db.models import EmbedderVersion, Job
 from rag_loop.db.writer import BatchWriter
+from rag_loop.errors import InvalidInput
 from rag_loop.generation.base import Generator
 from rag_loop.index import expansions
 from rag_loop.index.chroma import ChromaStore, make_chroma_client
@@ -93,7 +94,12 @@ class Services:
         """`clock`: what time it is for every record and rule, carried by the engine (a
         replay's simulated clock; the system clock by default)."""
         apply_environment(settings)
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InvalidInput(
+                f"cannot use the data directory {settings.data_dir}: {exc.strerror or exc}"
+            ) from exc
         engine = create_db_engine(settings.database_url, echo=settings.database.echo, clock=clock)
         upgrade(engine)
         secret = (

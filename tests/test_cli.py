@@ -53,6 +53,26 @@ def test_user_mistakes_exit_cleanly(
     assert "Traceback" not in result.stderr
 
 
+def test_paths_that_cannot_be_written_exit_cleanly_and_write_nothing(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    folder = rag_loop("report", "--out", str(tmp_path), data_dir=data)
+    assert folder.returncode == 2 and "it is a folder" in folder.stderr, folder.stderr
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a folder")
+    html, unwritable = tmp_path / "r.html", a_file / "r.json"  # a file as a folder
+    both = rag_loop("report", "--out", str(html), "--json", str(unwritable), data_dir=data)
+    assert both.returncode == 2 and f"cannot write {unwritable}" in both.stderr, both.stderr
+    assert not html.exists()  # all or none
+    export = rag_loop("export", "feedback", "--out", str(a_file), data_dir=data)
+    assert export.returncode == 2 and "cannot write the export" in export.stderr, export.stderr
+    data_dir = rag_loop("loop", "list", data_dir=a_file / "data")
+    assert data_dir.returncode == 2, data_dir.stderr
+    assert "cannot use the data directory" in data_dir.stderr
+    for result in (folder, both, export, data_dir):
+        assert "Traceback" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "data"]
+
+
 def test_help_lists_every_command(tmp_path: Path) -> None:
     result = rag_loop("--help", data_dir=tmp_path)
     assert result.returncode == 0

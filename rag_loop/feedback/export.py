@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from rag_loop.db.models import Correction, FeedbackEvent, Interaction, Retrieval
 from rag_loop.errors import InvalidInput
 from rag_loop.feedback.lineage import effective_labels
+from rag_loop.files import write_text_whole, write_whole
 
 FORMATS = ("jsonl", "parquet")
 
@@ -91,26 +92,32 @@ def export_feedback(
     if unknown or not formats:
         raise InvalidInput(f"formats must be among {', '.join(FORMATS)}; got {list(formats)}")
     records = feedback_records(sessions, include_all=include_all)
+    try:
+        return {"records": len(records), "files": _write(records, out_dir, formats)}
+    except OSError as exc:  # each file is written whole or not at all (a temporary, renamed)
+        raise InvalidInput(f"cannot write the export to {out_dir}: {exc.strerror or exc}") from exc
+
+
+def _write(
+    records: list[dict[str, Any]], out_dir: Path, formats: tuple[str, ...]
+) -> dict[str, str]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, str] = {}
     if "jsonl" in formats:
         path = out_dir / "feedback.jsonl"
-        tmp = path.with_suffix(".jsonl.tmp")
-        with tmp.open("w", encoding="utf-8") as handle:
-            for record in records:
-                handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        tmp.replace(path)
+        write_text_whole(
+            path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
+        )
         written["jsonl"] = str(path)
     if "parquet" in formats:
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         path = out_dir / "feedback.parquet"
-        tmp = path.with_suffix(".parquet.tmp")
-        pq.write_table(pa.Table.from_pylist(records, schema=_schema()), tmp)
-        tmp.replace(path)
+        table = pa.Table.from_pylist(records, schema=_schema())
+        write_whole(path, lambda temporary: pq.write_table(table, temporary))
         written["parquet"] = str(path)
-    return {"records": len(records), "files": written}
+    return written
 
 
 def _schema() -> Any:

@@ -60,6 +60,7 @@ from rag_loop.db.models import (
 )
 from rag_loop.evaluation.datasets import load_golden
 from rag_loop.feedback.labels import fold
+from rag_loop.files import write_text_whole
 from rag_loop.index.chroma import ChromaStore
 from rag_loop.index.embedders import EmbedderPool
 from rag_loop.registry import outbox
@@ -440,11 +441,9 @@ def _mine(
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_suffix(".tmp")
-    with tmp.open("w", encoding="utf-8") as out:
-        for row in rows:
-            out.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
-    tmp.replace(path)
+    write_text_whole(
+        path, "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows)
+    )
 
 
 def _log_to_mlflow(
