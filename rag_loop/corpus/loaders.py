@@ -79,7 +79,7 @@ def _supported_files(folder: Path) -> list[Path]:
 
 def _load_text(file: Path, base: Path) -> LoadedDocument:
     try:
-        text = file.read_text(encoding="utf-8")
+        text = file.read_text(encoding="utf-8-sig")  # without a byte-order mark, if any
     except UnicodeDecodeError as exc:
         raise InvalidInput(f"{file} is not UTF-8 text ({exc.reason})") from exc
     doc_id = file.relative_to(base).with_suffix("").as_posix()
@@ -96,8 +96,12 @@ def _load_text(file: Path, base: Path) -> LoadedDocument:
 
 def _load_jsonl(file: Path) -> list[LoadedDocument]:
     documents = []
-    with file.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with file.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:  # a byte-order mark (as some editors on Windows write) is not JSON
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as exc:
+                raise InvalidInput(f"{file}:{number} is not UTF-8 text ({exc.reason})") from exc
             if not line.strip():
                 continue
             try:

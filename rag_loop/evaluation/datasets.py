@@ -60,7 +60,12 @@ def load_golden(path: Path) -> EvalDataset:
     levels: set[str] = set()
     problems: list[dict[str, Any]] = []
     seen: set[str] = set()
-    for number, line in enumerate(raw.decode("utf-8", errors="replace").splitlines(), start=1):
+    for number, encoded in enumerate(raw.splitlines(), start=1):
+        try:  # a byte-order mark (as some editors on Windows write) is not JSON
+            line = encoded.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError as exc:
+            problems.append({"line": number, "problem": f"not UTF-8 text ({exc.reason})"})
+            continue
         if not line.strip():
             continue
         try:

@@ -129,10 +129,13 @@ def test_loaders_read_jsonl_beir_and_text(tmp_path: Path) -> None:
     (plain / "sub").mkdir(parents=True)
     (plain / "sub" / "note.txt").write_text("Plain text body.")
     (plain / "page.md").write_text("# A Title\n\nBody text.")
-    (plain / "more.jsonl").write_text(json.dumps({"id": "x1", "text": "from jsonl"}) + "\n")
+    bom = "\ufeff"  # a byte-order mark, as some editors on Windows write: not part of the text
+    (plain / "more.jsonl").write_text(bom + json.dumps({"id": "x1", "text": "from jsonl"}) + "\n")
+    (plain / "marked.md").write_text(bom + "# Marked\n\nWith a mark.")
     (plain / ".hidden.md").write_text("# Hidden")
     _, docs = load_path(plain)
     assert sorted((d.id, d.title, d.text) for d in docs) == [
+        ("marked", "Marked", "With a mark."),
         ("page", "A Title", "Body text."),
         ("sub/note", "note", "Plain text body."),
         ("x1", "", "from jsonl"),
@@ -155,6 +158,11 @@ def test_loaders_read_jsonl_beir_and_text(tmp_path: Path) -> None:
         ),
         ("doc.pdf", "%PDF", "unsupported type"),
         ("latin.txt", b"caf\xe9", "is not UTF-8"),
+        (
+            "latin.jsonl",
+            b'{"id": "a", "text": "ok"}\n{"id": "b", "text": "caf\xe9"}\n',
+            r"latin\.jsonl:2 is not UTF-8",
+        ),
     ],
 )
 def test_bad_input_files_are_refused_and_write_nothing(

@@ -12,6 +12,7 @@ from sqlalchemy import select
 from rag_loop.db.models import EvalRun, EvalSample
 from rag_loop.errors import InvalidInput, NotFound
 from rag_loop.evaluation import service
+from rag_loop.evaluation.datasets import load_golden
 from rag_loop.evaluation.metrics import groundedness_proxy, ranking_metrics
 from rag_loop.evaluation.runner import EvalRequest, run_evaluation
 from rag_loop.feedback.schemas import FeedbackIn
@@ -147,6 +148,23 @@ def test_production_window_uses_feedback_labels_and_corrections(kestrel: Service
     view = service.get(kestrel, outcome.run_id)
     by_id = {s["interaction_id"]: s for s in view["samples"]}
     assert by_id[second.interaction_id]["scores"]["id_context_precision"] is None
+
+
+def test_a_golden_set_with_a_byte_order_mark_loads_and_bytes_not_utf8_are_named(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "golden.jsonl"
+    first = '{"question": "How long does the Kestrel charge?", "document_ids": ["a"]}\n'
+    path.write_bytes(b"\xef\xbb\xbf" + first.encode())  # as some editors on Windows write
+    assert [item.query for item in load_golden(path).items] == [
+        "How long does the Kestrel charge?"
+    ]
+    path.write_bytes(first.encode() + b'{"question": "caf\xe9", "document_ids": ["a"]}\n')
+    with pytest.raises(InvalidInput) as caught:
+        load_golden(path)
+    assert {"line": 2, "problem": "not UTF-8 text (invalid continuation byte)"} in (
+        caught.value.details
+    )
 
 
 @pytest.mark.parametrize(
