@@ -26,7 +26,7 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import timedelta
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, get_args
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
@@ -51,6 +51,8 @@ class JobParts(Protocol):
 
 
 KINDS = ("evaluation", "index_build", "loop_cycle")
+Status = Literal["queued", "running", "done", "failed"]
+STATUSES: tuple[str, ...] = get_args(Status)
 ACTOR_NAME = "rag_loop_job"
 DAY_MS = 24 * 3600 * 1000
 
@@ -255,6 +257,8 @@ def get(services: JobParts, job_id: str) -> dict[str, Any]:
 def list_jobs(
     services: JobParts, limit: int = 50, status: str | None = None
 ) -> list[dict[str, Any]]:
+    if status is not None and status not in STATUSES:
+        raise InvalidInput(f"status must be one of {', '.join(STATUSES)}, not {status!r}")
     with services.sessions() as session:
         query = select(Job).order_by(Job.created_at.desc()).limit(limit)
         if status:

@@ -34,6 +34,7 @@ def rag_loop(*args: str, data_dir: Path, **env: str) -> subprocess.CompletedProc
         (["ask", "anything"], {}, 6, "no serving index"),
         (["export", "feedback", "--format", "csv"], {}, 2, "formats must be among"),
         (["corrections", "list", "--status", "odd"], {}, 2, "status must be one of"),
+        (["jobs", "list", "--status", "odd"], {}, 2, "status must be one of queued"),
         (["ask", "x"], {"RAG_LOOP_CHUNKING_CHUNK_OVERLAP": "5000"}, 2, "invalid settings"),
         (["ask", "x"], {"RAG_LOOP_GENERATOR_BACKEND": "gpt"}, 2, "invalid settings"),
         (["loop", "show", "7"], {}, 4, "no loop cycle 7"),

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from pathlib import PurePath
-from typing import Literal
 
 from fastapi import APIRouter, Path, Query, Response
 from starlette.concurrency import run_in_threadpool
@@ -69,7 +68,7 @@ def list_route(
     services: ServicesDep,
     principal: AdminDep,
     limit: int = Query(default=50, ge=1, le=1000),
-    status: Literal["queued", "running", "done", "failed"] | None = Query(default=None),
+    status: jobs.Status | None = Query(default=None),
 ) -> list[JobOut]:
     return [JobOut.model_validate(j) for j in jobs.list_jobs(services, limit, status)]
 
