@@ -250,7 +250,7 @@ def get(services: JobParts, job_id: str) -> dict[str, Any]:
     with services.sessions() as session:
         job = session.get(Job, job_id)
         if job is None:
-            raise NotFound(f"no job {job_id!r}; GET /v1/jobs lists them")
+            raise NotFound(f"no job {job_id!r}; `rag-loop jobs list` or GET /v1/jobs lists them")
         return view(job)
 
 

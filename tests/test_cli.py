@@ -35,6 +35,7 @@ def rag_loop(*args: str, data_dir: Path, **env: str) -> subprocess.CompletedProc
         (["export", "feedback", "--format", "csv"], {}, 2, "formats must be among"),
         (["corrections", "list", "--status", "odd"], {}, 2, "status must be one of"),
         (["jobs", "list", "--status", "odd"], {}, 2, "status must be one of queued"),
+        (["jobs", "show", "nope"], {}, 4, "no job 'nope'; `rag-loop jobs list`"),
         (["ask", "x"], {"RAG_LOOP_CHUNKING_CHUNK_OVERLAP": "5000"}, 2, "invalid settings"),
         (["ask", "x"], {"RAG_LOOP_GENERATOR_BACKEND": "gpt"}, 2, "invalid settings"),
         (["loop", "show", "7"], {}, 4, "no loop cycle 7"),
