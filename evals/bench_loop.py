@@ -372,7 +372,12 @@ def _gate(row: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dataset", default="scifact", help="scifact, pubmedqa or a BEIR folder")
+    parser.add_argument(
+        "--dataset",
+        default="scifact",
+        help="scifact, pubmedqa or a BEIR folder (scored by BEIR's rules: nDCG on graded "
+        "qrels, a question never ranks itself)",
+    )
     parser.add_argument("--user", choices=["generous", "realistic"], default="generous")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated")
     parser.add_argument("--batches", type=int, default=3, help="ask batches = loop cycles")
