@@ -6,7 +6,7 @@ be written, an interrupt) leaves the target as it was and no temporary behind.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
@@ -31,6 +31,17 @@ def write_whole(path: Path, write: Callable[[Path], object]) -> None:
 
 def write_text_whole(path: Path, text: str) -> None:
     write_whole(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+
+
+def write_lines_whole(path: Path, lines: Iterable[str]) -> None:
+    """`lines` (each with its newline), streamed to the temporary: a large export or
+    training set is never held as one string."""
+
+    def write(temporary: Path) -> None:
+        with temporary.open("w", encoding="utf-8") as handle:
+            handle.writelines(lines)
+
+    write_whole(path, write)
 
 
 def write_texts_whole(texts: dict[Path, str]) -> None:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from rag_loop.files import write_text_whole, write_texts_whole, write_whole
+from rag_loop.files import write_lines_whole, write_text_whole, write_texts_whole, write_whole
 
 
 def test_a_write_that_fails_midway_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
@@ -24,6 +25,17 @@ def test_a_write_that_fails_midway_leaves_the_old_file_and_no_temporary(tmp_path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["feedback.jsonl"]
     write_text_whole(target, "the new export\n")
     assert target.read_text() == "the new export\n"
+
+    def lines_then_failure() -> Iterator[str]:
+        yield "a first line\n"
+        raise OSError(5, "Input/output error")
+
+    with pytest.raises(OSError, match="Input/output error"):
+        write_lines_whole(target, lines_then_failure())
+    assert target.read_text() == "the new export\n"
+    write_lines_whole(target, (f"{n}\n" for n in range(3)))
+    assert target.read_text() == "0\n1\n2\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["feedback.jsonl"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["feedback.jsonl"]
 
 

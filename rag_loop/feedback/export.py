@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from rag_loop.db.models import Correction, FeedbackEvent, Interaction, Retrieval
 from rag_loop.errors import InvalidInput
 from rag_loop.feedback.lineage import effective_labels
-from rag_loop.files import write_text_whole, write_whole
+from rag_loop.files import write_lines_whole, write_whole
 
 FORMATS = ("jsonl", "parquet")
 
@@ -105,9 +105,7 @@ def _write(
     written: dict[str, str] = {}
     if "jsonl" in formats:
         path = out_dir / "feedback.jsonl"
-        write_text_whole(
-            path, "".join(json.dumps(record, ensure_ascii=False) + "\n" for record in records)
-        )
+        write_lines_whole(path, (json.dumps(r, ensure_ascii=False) + "\n" for r in records))
         written["jsonl"] = str(path)
     if "parquet" in formats:
         import pyarrow as pa

@@ -60,7 +60,7 @@ from rag_loop.db.models import (
 )
 from rag_loop.evaluation.datasets import load_golden
 from rag_loop.feedback.labels import fold
-from rag_loop.files import write_text_whole
+from rag_loop.files import write_lines_whole
 from rag_loop.index.chroma import ChromaStore
 from rag_loop.index.embedders import EmbedderPool
 from rag_loop.registry import outbox
@@ -441,8 +441,8 @@ def _mine(
 
 
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    write_text_whole(
-        path, "".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows)
+    write_lines_whole(
+        path, (json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n" for row in rows)
     )
 
 

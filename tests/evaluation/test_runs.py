@@ -156,9 +156,7 @@ def test_a_golden_set_with_a_byte_order_mark_loads_and_bytes_not_utf8_are_named(
     path = tmp_path / "golden.jsonl"
     first = '{"question": "How long does the Kestrel charge?", "document_ids": ["a"]}\n'
     path.write_bytes(b"\xef\xbb\xbf" + first.encode())  # as some editors on Windows write
-    assert [item.query for item in load_golden(path).items] == [
-        "How long does the Kestrel charge?"
-    ]
+    assert [item.query for item in load_golden(path).items] == ["How long does the Kestrel charge?"]
     path.write_bytes(first.encode() + b'{"question": "caf\xe9", "document_ids": ["a"]}\n')
     with pytest.raises(InvalidInput) as caught:
         load_golden(path)
