@@ -113,10 +113,13 @@ def main_options(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log more.")] = False,
 ) -> None:
     State.data_dir = data_dir
-    logging.basicConfig(
-        level=logging.INFO if verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    level = logging.INFO if verbose else logging.WARNING
+    # the handler has the level too: a library that sets its own logger to DEBUG when it is
+    # imported (bm25s does) would otherwise print its debug lines through it
+    handler = logging.StreamHandler()
+    handler.setLevel(level)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
     if not verbose:
         for noisy in ("mlflow", "alembic", "chromadb"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -125,7 +128,7 @@ def main_options(
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
+    port: Annotated[int, typer.Option(help="Port to bind.", min=1, max=65535)] = 8000,
     ingest_corpus: Annotated[
         bool,
         typer.Option(

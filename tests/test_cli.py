@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import CORPUS
+
 pytestmark = pytest.mark.slow
 
 
@@ -35,6 +37,7 @@ def rag_loop(*args: str, data_dir: Path, **env: str) -> subprocess.CompletedProc
         (["export", "feedback", "--format", "csv"], {}, 2, "formats must be among"),
         (["corrections", "list", "--status", "odd"], {}, 2, "status must be one of"),
         (["jobs", "list", "--status", "odd"], {}, 2, "status must be one of queued"),
+        (["serve", "--port", "99999"], {}, 2, "less than or equal to 65535"),
         (["jobs", "show", "nope"], {}, 4, "no job 'nope'; `rag-loop jobs list`"),
         (["ask", "x"], {"RAG_LOOP_CHUNKING_CHUNK_OVERLAP": "5000"}, 2, "invalid settings"),
         (["ask", "x"], {"RAG_LOOP_GENERATOR_BACKEND": "gpt"}, 2, "invalid settings"),
@@ -73,6 +76,15 @@ def test_paths_that_cannot_be_written_exit_cleanly_and_write_nothing(tmp_path: P
     for result in (folder, both, export, data_dir):
         assert "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "data"]
+
+
+def test_an_answer_prints_no_library_debug_lines(tmp_path: Path) -> None:
+    """bm25s sets its logger to DEBUG when imported; the CLI's log handler keeps its level."""
+    data = tmp_path / "data"
+    assert rag_loop("ingest", str(CORPUS), data_dir=data).returncode == 0
+    answer = rag_loop("ask", "How long does the Kestrel take to charge?", data_dir=data)
+    assert answer.returncode == 0, answer.stderr
+    assert "DEBUG" not in answer.stderr and "bm25s" not in answer.stderr, answer.stderr
 
 
 def test_help_lists_every_command(tmp_path: Path) -> None:
