@@ -556,21 +556,21 @@ def _train(services: CycleParts, cycle: LoopCycle) -> Move:
         "dense_expansion": validation.dense_expansion,
     }
     if tuning.trained is None:
-        # the champion's encoder, with the fusion weight and the expansions chosen on the
-        # validation queries: a candidate only if that ranks them better than the champion
-        # does (its own weight, no new expansions), and is not the champion again
         with services.sessions() as session:
-            new_expansions = bool(expanded) and set(expanded) != set(
-                expansions.of_version(session, index.id)
-            )
-        new_weight = tuning.dense_weight not in (None, recipe["champion_dense_weight"])
-        new_dense = validation.dense_expansion != champion_retrieval.dense_expansion
+            champion_expansions = expansions.of_version(session, index.id)
         chosen = next(
             (v["ndcg_at_10"] for v in tuning.validation if v["epoch"] == tuning.best_epoch), None
         )
-        better = chosen is not None and champion_figure is not None and chosen > champion_figure
-        weight_only = settings.init_from == "champion"  # validated with the champion's encoder
-        if not (weight_only and better and (new_weight or new_expansions or new_dense)):
+        if not kept_encoder_offers(
+            chosen=chosen,
+            champion=champion_figure,
+            validated_with_champion=settings.init_from == "champion",
+            changes={
+                "weight": tuning.dense_weight not in (None, recipe["champion_dense_weight"]),
+                "expansions": bool(expanded) and set(expanded) != set(champion_expansions),
+                "dense_side": validation.dense_expansion != champion_retrieval.dense_expansion,
+            },
+        ):
             move = _rejection(
                 "nothing learned: no epoch, no fusion weight and no document expansion ranked "
                 f"the {tuning.validation_queries} validation feedback queries better than the "
@@ -579,7 +579,8 @@ def _train(services: CycleParts, cycle: LoopCycle) -> Move:
             )
             move.fields["recipe"] = recipe
             return move
-        # the champion's encoder with a new fusion weight or expansions: a new index version
+        # the champion's encoder with a new fusion weight, expansions or dense side: a new
+        # index version
         same = services.embedders.get(index.embedder_version)
         row = embedder_row(services, same.version)
         assert row is not None, "the serving embedder is registered"
@@ -591,6 +592,23 @@ def _train(services: CycleParts, cycle: LoopCycle) -> Move:
     return _trained_move(
         services, cycle, tuning.trained, embedder, parent, training_set, documents_version, recipe
     )
+
+
+def kept_encoder_offers(
+    *,
+    chosen: float | None,
+    champion: float | None,
+    validated_with_champion: bool,
+    changes: dict[str, bool],
+) -> bool:
+    """Whether a cycle that kept the champion's encoder has a candidate for the gate: the
+    fusion weight, expansions and dense side chosen on the validation queries (`chosen`, their
+    nDCG@10) rank them better than the champion does (`champion`: its own weight, no new
+    expansions), were chosen with the champion's encoder (`training.init_from`), and
+    something (`changes`: weight, expansions, dense side) differs from the champion, which
+    would otherwise be offered again."""
+    better = chosen is not None and champion is not None and chosen > champion
+    return validated_with_champion and better and any(changes.values())
 
 
 @dataclass(frozen=True)

@@ -772,3 +772,34 @@ def test_a_rollback_serves_the_corrections_approved_since_its_target_served(
         collection = serving.collection_name
     assert text in services.store.texts(collection)
     assert ask(services, "How much is the theft excess?").sources[0]["text"] == text
+
+
+@pytest.mark.parametrize(
+    ("chosen", "validated_with_champion", "changed", "offers"),
+    [
+        (0.80, True, "dense_side", True),  # the dense side alone is a candidate
+        (0.80, True, "weight", True),
+        (0.80, True, "expansions", True),
+        (0.80, True, None, False),  # the champion again: nothing to offer
+        (0.75, True, "dense_side", False),  # ranks the validation questions no better
+        (0.70, True, "weight", False),  # worse
+        (None, True, "weight", False),  # no validation questions: nothing chosen
+        (0.80, False, "weight", False),  # chosen with another encoder (init_from base)
+    ],
+)
+def test_a_kept_encoder_offers_a_candidate_only_when_a_change_ranks_validation_better(
+    chosen: float | None, validated_with_champion: bool, changed: str | None, offers: bool
+) -> None:
+    """The rule for a cycle that kept the champion's encoder, each change on its own: the
+    dense side of the expansions alone (no new expansion, the same weight) is a candidate,
+    as a new weight or new expansions are, when the validation queries rank better."""
+    changes = {kind: kind == changed for kind in ("weight", "expansions", "dense_side")}
+    assert (
+        cycle.kept_encoder_offers(
+            chosen=chosen,
+            champion=0.75,
+            validated_with_champion=validated_with_champion,
+            changes=changes,
+        )
+        is offers
+    )
