@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -151,6 +153,7 @@ def serve(
     from rag_loop.corpus.ingest import ingest
     from rag_loop.index.versions import champion_or_none
 
+    check_can_listen(host, port)  # before the models load and the corpus is ingested
     svc = services()  # migrates the database and creates the token secret, once, here
     config = svc.settings
     with svc.sessions() as session:
@@ -165,7 +168,8 @@ def serve(
     typer.echo(f"rag-loop serving on {where} (data dir {config.data_dir})", err=True)
     options: dict[str, Any] = {"host": host, "port": port, "log_level": "warning"}
     if workers == 1:
-        uvicorn.run(create_app(config, svc), access_log=False, **options)
+        with started_or_exit_1():
+            uvicorn.run(create_app(config, svc), access_log=False, **options)
         return
     # Several processes: each builds its app from the same settings (the environment, and
     # the data dir of --data-dir passed on through it). Embedded Chroma is one process's:
@@ -174,13 +178,43 @@ def serve(
         raise InvalidInput("--workers > 1 needs a Chroma server: set RAG_LOOP_CHROMA_HOST")
     svc.close()
     pass_to_workers(config)
-    uvicorn.run(
-        "rag_loop.api.app:app_from_environment",
-        factory=True,
-        workers=workers,
-        access_log=False,
-        **options,
-    )
+    with started_or_exit_1():
+        uvicorn.run(
+            "rag_loop.api.app:app_from_environment",
+            factory=True,
+            workers=workers,
+            access_log=False,
+            **options,
+        )
+
+
+def check_can_listen(host: str, port: int) -> None:
+    """Bind the address as uvicorn will (SO_REUSEADDR) and let it go: a port in use or a
+    host that is not this machine's is bad input, said in one line."""
+    import socket
+
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:  # socket.gaierror is one too
+        raise InvalidInput(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+
+
+@contextmanager
+def started_or_exit_1() -> Iterator[None]:
+    """uvicorn exits with 3 when the server does not start (its reason logged above), which
+    is the CLI's code for auth: exit 1 instead, as for anything else the system refused."""
+    from uvicorn.config import STARTUP_FAILURE
+
+    try:
+        yield
+    except SystemExit as exc:
+        if exc.code == STARTUP_FAILURE:
+            typer.echo("error: the API did not start (the reason is above)", err=True)
+            sys.exit(1)
+        raise
 
 
 @app.command("worker")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -76,6 +77,18 @@ def test_paths_that_cannot_be_written_exit_cleanly_and_write_nothing(tmp_path: P
     for result in (folder, both, export, data_dir):
         assert "Traceback" not in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "data"]
+
+
+def test_serve_on_a_port_in_use_says_so_before_loading_anything(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = rag_loop("serve", "--port", str(port), data_dir=tmp_path / "data")
+    assert result.returncode == 2, result.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "data").exists()  # nothing was set up for a server that cannot start
 
 
 def test_an_answer_prints_no_library_debug_lines(tmp_path: Path) -> None:
