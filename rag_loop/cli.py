@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from rag_loop.errors import InvalidInput, RagLoopError
 from rag_loop.files import write_texts_whole
+from rag_loop.inputs import problem
 from rag_loop.settings import Settings, pass_to_workers
 
 app = typer.Typer(
@@ -87,7 +88,7 @@ def settings() -> Settings:
         loaded = Settings()
     except ValidationError as exc:
         problems = "; ".join(
-            f"RAG_LOOP_{'_'.join(str(p).upper() for p in e['loc'])}: {e['msg']}"
+            f"RAG_LOOP_{'_'.join(str(p).upper() for p in e['loc'])}: {problem(e)}"
             for e in exc.errors()
         )
         raise InvalidInput(f"invalid settings: {problems}") from exc
@@ -353,7 +354,10 @@ def feedback_command(
         )
     except ValidationError as exc:
         raise InvalidInput(
-            "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
+            "; ".join(
+                f"{'.'.join(str(p) for p in e['loc'])}: {problem(e)}" if e["loc"] else problem(e)
+                for e in exc.errors()
+            )
         ) from exc
     emit(submit_feedback(services(), body, actor=CLI_ACTOR).__dict__)
 

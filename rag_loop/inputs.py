@@ -9,12 +9,15 @@
   an INTEGER column in PostgreSQL. A bigger number is a 4xx, not an overflow in the driver.
 
 All are pydantic annotations, so the API's bodies, path and query parameters and the CLI's
-inputs check them the same way, and the OpenAPI document says what is accepted.
+inputs check them the same way, and the OpenAPI document says what is accepted. `problem`
+is what one of pydantic's errors says, for the API's error details and the CLI's messages
+alike.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any
 
 from pydantic import AfterValidator, BeforeValidator, Field
@@ -72,3 +75,11 @@ NotBlank = Annotated[
     AfterValidator(not_blank),
     Field(json_schema_extra={"pattern": NOT_BLANK_PATTERN}),
 ]
+
+
+def problem(error: Mapping[str, Any]) -> str:
+    """What a pydantic error says: for a check of ours (a `ValueError` in a validator) its
+    own message, without pydantic's "Value error, " before it."""
+    message = str(error.get("msg", ""))
+    # pydantic's template for the type (FastAPI's errors keep no `ctx` to read it from)
+    return message.removeprefix("Value error, ") if error.get("type") == "value_error" else message

@@ -32,6 +32,7 @@ def rag_loop(*args: str, data_dir: Path, **env: str) -> subprocess.CompletedProc
         (["corrections", "approve", "42"], {}, 4, "no correction 42"),
         (["interactions", "show", "nope"], {}, 4, "no interaction 'nope'"),
         (["feedback", "x", "--thumb", "sideways"], {}, 2, "thumb"),
+        (["feedback", "x"], {}, 2, "error: the feedback is empty; give a thumb"),
         (["keys", "create", "k", "--scope", "root"], {}, 2, "scopes must be among"),
         (["keys", "revoke", "nope"], {}, 4, "no API key"),
         (["ask", "anything"], {}, 6, "no serving index"),

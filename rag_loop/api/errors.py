@@ -30,6 +30,7 @@ from starlette.routing import compile_path
 
 from rag_loop.db.engine import unavailable
 from rag_loop.errors import RagLoopError
+from rag_loop.inputs import problem
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +127,7 @@ def validation_details(exc: RequestValidationError) -> list[dict[str, Any]]:
         loc = tuple(err.get("loc", ()))
         if err.get("type") == "json_invalid":
             loc = loc[:1]  # ("body", <offset>) -> ("body",)
-        details.append(
-            {"field": field_name(loc), "problem": err.get("msg"), "type": err.get("type")}
-        )
+        details.append({"field": field_name(loc), "problem": problem(err), "type": err.get("type")})
     return details
 
 

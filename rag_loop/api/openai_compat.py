@@ -28,7 +28,7 @@ from rag_loop.api.errors import HTTP_CODES, database_error, error_body, error_ty
 from rag_loop.api.schemas import Source, Versions
 from rag_loop.client import INTERACTION_HEADER, SOURCES_HEADER, TOKEN_HEADER
 from rag_loop.errors import RagLoopError
-from rag_loop.inputs import INTEGRAL, TEXT_PATTERN, Text, clean_text
+from rag_loop.inputs import INTEGRAL, TEXT_PATTERN, Text, clean_text, problem
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def openai_error(exc: Exception) -> tuple[int, dict[str, dict[str, Any]]]:
         loc = [str(p) for p in first.get("loc", ()) if p != "body"]
         param = ".".join(loc) or None
         message = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body')}: {e.get('msg')}"
+            f"{'.'.join(str(p) for p in e.get('loc', ()) if p != 'body')}: {problem(e)}"
             for e in errors[:5]
         )
         return 400, error_body(400, "invalid_input", f"invalid request: {message}", param)

@@ -216,6 +216,23 @@ def test_bad_ask_is_refused_and_writes_nothing(
     assert row_counts(kestrel) == before
 
 
+def test_a_check_of_ours_says_its_own_words_in_both_error_shapes(
+    api: httpx.Client, kestrel: Services
+) -> None:
+    """A validator's message, without pydantic's "Value error, " before it."""
+    error = assert_error_shape(api.post("/v1/ask", json={"query": "a\x00b"}), 422)
+    (detail,) = error["details"]
+    assert detail["field"] == "body.query"
+    assert detail["problem"].startswith("text must be valid Unicode without NUL")
+    assert "Value error" not in error["message"]
+    openai = api.post(
+        "/v1/chat/completions",
+        json={"model": "rag-loop", "messages": [{"role": "user", "content": "a\x00b"}]},
+    )
+    assert openai.status_code == 400, openai.text
+    assert "Value error" not in openai.json()["error"]["message"]
+
+
 def test_admin_routes_refuse_without_admin_key(api: httpx.Client, kestrel: Services) -> None:
     from rag_loop.auth.keys import create_key
     from rag_loop.db.engine import transaction
