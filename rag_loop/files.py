@@ -1,12 +1,14 @@
 """Files written whole or not at all: a temporary beside the target, renamed over it.
 
 A reader never sees half a file, and a write that fails (a full disk, a folder that cannot
-be written, an interrupt) leaves the target as it was and no temporary behind.
+be written, an interrupt) leaves the target as it was and no temporary behind. An error
+names the file asked for, not its temporary.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -14,23 +16,18 @@ def _temporary(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
 
 
+@contextmanager
+def _named(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+
+
 def write_whole(path: Path, write: Callable[[Path], object]) -> None:
     """`write(temporary)` fills a temporary beside `path`, which then replaces `path` in one
     rename (atomic on one file system)."""
-    temporary = _temporary(path)
-    try:
-        try:
-            write(temporary)
-        except OSError as exc:  # named by the file asked for, not its temporary
-            raise OSError(exc.errno, exc.strerror, str(path)) from exc
-        temporary.replace(path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-
-
-def write_text_whole(path: Path, text: str) -> None:
-    write_whole(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+    write_all_whole({path: write})
 
 
 def write_lines_whole(path: Path, lines: Iterable[str]) -> None:
@@ -45,20 +42,27 @@ def write_lines_whole(path: Path, lines: Iterable[str]) -> None:
 
 
 def write_texts_whole(texts: dict[Path, str]) -> None:
-    """Several files, all or none: every temporary is written before the first rename, so a
-    path that cannot be written leaves every target as it was."""
-    written: list[Path] = []
+    """Several files, all or none (see `write_all_whole`)."""
+    write_all_whole({path: _text(text) for path, text in texts.items()})
+
+
+def _text(text: str) -> Callable[[Path], object]:
+    return lambda temporary: temporary.write_text(text, encoding="utf-8")
+
+
+def write_all_whole(writes: dict[Path, Callable[[Path], object]]) -> None:
+    """Each `write(temporary)` fills a temporary beside its path; only when all are written
+    is any renamed, so a path that cannot be written leaves every target as it was."""
+    written: list[tuple[Path, Path]] = []
     try:
-        for path, text in texts.items():
+        for path, write in writes.items():
             temporary = _temporary(path)
-            written.append(temporary)
-            try:
-                temporary.write_text(text, encoding="utf-8")
-            except OSError as exc:  # named by the file asked for, not its temporary
-                raise OSError(exc.errno, exc.strerror, str(path)) from exc
-        for (path, _), temporary in zip(texts.items(), written, strict=True):
+            written.append((temporary, path))
+            with _named(path):
+                write(temporary)
+        for temporary, path in written:
             temporary.replace(path)
     except BaseException:
-        for temporary in written:
+        for temporary, _ in written:
             temporary.unlink(missing_ok=True)
         raise

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from rag_loop.files import write_lines_whole, write_text_whole, write_texts_whole, write_whole
+from rag_loop.files import write_lines_whole, write_texts_whole, write_whole
 
 
 def test_a_write_that_fails_midway_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:
@@ -23,7 +23,7 @@ def test_a_write_that_fails_midway_leaves_the_old_file_and_no_temporary(tmp_path
     assert caught.value.filename == str(target)  # named by the file asked for
     assert target.read_text() == "the old export\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["feedback.jsonl"]
-    write_text_whole(target, "the new export\n")
+    write_lines_whole(target, ["the new export\n"])
     assert target.read_text() == "the new export\n"
 
     def lines_then_failure() -> Iterator[str]:
