@@ -25,8 +25,13 @@ index for the base (dense only and hybrid) and after every cycle: nDCG@10, Recal
 Recall@100, MRR@10, and the learned gain (nDCG@10 over the hybrid base, the best
 configuration that learns nothing), with every stage's wall time and peak memory.
 
+The gate sees no golden set by default. `--golden N` sets N replayed questions aside, by a
+hash of their id, as the operator's golden set (labelled, never asked): the gate then
+judges on it when the held-out feedback has too few questions with room, as it does under
+sparse feedback (README).
+
     python evals/bench_loop.py [--dataset scifact|pubmedqa|PATH] [--user generous|realistic]
-                               [--seeds 0,1,2] [--batches 3]
+                               [--seeds 0,1,2] [--batches 3] [--golden N]
 """
 
 from __future__ import annotations
@@ -243,15 +248,32 @@ class Stages:
         return value
 
 
+def set_golden_aside(domain: Domain, n: int, path: Path) -> None:
+    """The operator's golden set: `n` of the replayed questions, chosen by a hash of their
+    id (the same for every seed), written as a golden set with their relevant documents and
+    never asked. The test split stays the benchmark's: no scored question is in it."""
+    if n > len(domain.replay) // 2:
+        raise SystemExit(f"--golden {n}: {domain.name} replays {len(domain.replay)} questions")
+    chosen = sorted(domain.replay, key=lambda q: hashlib.sha256(q.encode()).hexdigest())[:n]
+    lines = [
+        json.dumps(
+            {"id": q, "question": domain.queries[q], "document_ids": sorted(domain.replay.pop(q))}
+        )
+        for q in sorted(chosen)
+    ]
+    path.write_text("".join(line + "\n" for line in lines))
+
+
 def settings_for(data_dir: Path, args: argparse.Namespace) -> Settings:
-    """The service's defaults; only where the data lives and that the gate never sees a
-    golden set (the test split is the benchmark's, never the loop's) differ."""
+    """The service's defaults; only where the data lives and the golden sets differ: none
+    (the sample corpus's is of no use here, and the test split is the benchmark's, never the
+    loop's), or with `--golden` the operator's, made of replayed questions."""
     return Settings(
         data_dir=data_dir,
         corpus_path=None,
         chunking={"chunk_size": args.chunk_size, "chunk_overlap": 0},
         retrieval={"top_k": args.shown},
-        evaluation={"golden_sets": []},
+        evaluation={"golden_sets": [str(args.golden_path)] if args.golden else []},
     )
 
 
@@ -314,6 +336,7 @@ def run_seed(
                     "gate_delta": (view["gate"].get("deltas") or {}).get("primary"),
                     "gate_p_value": view["gate"].get("primary_p_value"),
                     "gate_room": view["gate"].get("primary_room"),
+                    "gate_on": view["gate"].get("primary_kind"),
                     "gate_questions": sum((view["gate"].get("primary_questions") or {}).values()),
                     "recipe": {k: v for k, v in recipe.items() if k != "validation"},
                     "cycle_seconds": round(cycle_seconds, 1),
@@ -365,6 +388,7 @@ def _gate(row: dict[str, Any]) -> str:
         return "-" if room is None else f"no candidate, room {room}/{row.get('heldout_queries')}"
     return (
         f"{row['gate_delta']:+.3f}"
+        + (" on golden" if row.get("gate_on") == "golden" else "")
         + (f", p {p_value:.3f}" if p_value is not None else "")
         + (f", room {room}/{row.get('gate_questions')}" if room is not None else "")
     )
@@ -391,6 +415,13 @@ def main() -> None:
         help="also replay N document titles as questions (their own document relevant): "
         "more feedback queries for timing a cycle (BEIR folders with titles)",
     )
+    parser.add_argument(
+        "--golden",
+        type=int,
+        default=0,
+        help="set N replayed questions aside as the operator's golden set (never asked): the "
+        "gate judges on it when the held-out feedback has too few questions with room",
+    )
     parser.add_argument("--work", type=Path, default=None, help="keep the data dirs here")
     parser.add_argument("--out", type=Path, default=None, help="JSON report")
     args = parser.parse_args()
@@ -401,8 +432,12 @@ def main() -> None:
     domain = load_domain(args.dataset, work)
     if args.title_queries:
         add_title_queries(domain, args.title_queries)
+    args.golden_path = (work / "golden.jsonl").resolve()
+    if args.golden:
+        set_golden_aside(domain, args.golden, args.golden_path)
     print(
-        f"{domain.name}: {len(domain.replay)} replayed and {len(domain.test)} test questions; "
+        f"{domain.name}: {len(domain.replay)} replayed, {args.golden} golden and "
+        f"{len(domain.test)} test questions; "
         f"{args.user} user; seeds {seeds}; data in {work}",
         flush=True,
     )

@@ -490,8 +490,8 @@ class LoopSettings(BaseModel):
         default=10,
         ge=1,
         description="The gate promotes only when its primary metric was measured on at least "
-        "this many questions (the held-out feedback queries, or the golden sets when there "
-        "are none) that the champion did not already score perfectly, the only ones on "
+        "this many questions (the held-out feedback queries, or the golden sets when those "
+        "are fewer) that the champion did not already score perfectly, the only ones on "
         "which a gain can show: on a handful, a chance difference passes for a gain.",
     )
     max_p_value: float = Field(

@@ -455,8 +455,18 @@ def _collect(services: CycleParts, cycle: LoopCycle) -> Move:
         move.fields.update(fields)
         return move
     gate, reason = _room_to_judge(services, index, primary)
+    golden = _primary_datasets(services, None)
+    if reason is not None and primary[0][1] == "heldout" and golden:
+        # sparse feedback: the held-out queries cannot judge, the operator's questions may
+        on_golden, golden_reason = _room_to_judge(services, index, golden)
+        if golden_reason is None:
+            on_golden.update(runs={**gate["runs"], **on_golden["runs"]}, heldout_floor=reason)
+            gate, reason = on_golden, None
+        else:
+            reason = f"{reason}; on the golden sets too: {golden_reason}"
     fields["gate"] = {**cycle.gate, **gate}
     if reason is not None:
+        reason = f"{reason}, so nothing was trained"
         fields["gate"].update(passed=False, reasons=[reason])
         move = _rejection(reason, "gate")
         move.fields.update(fields)
@@ -502,8 +512,8 @@ def _room_to_judge(
         "primary_room": with_room(scores.values()),
     }
     kind = "held-out feedback queries" if primary[0][1] == "heldout" else "golden questions"
-    reason = too_few_to_judge(scores, loop, kind)
-    return gate, None if reason is None else f"{reason}, so nothing was trained"
+    gate["primary_kind"] = primary[0][1]
+    return gate, too_few_to_judge(scores, loop, kind)
 
 
 def _train(services: CycleParts, cycle: LoopCycle) -> Move:
@@ -801,6 +811,7 @@ def _evaluate(services: CycleParts, cycle: LoopCycle) -> Move:
         services.settings.loop,
         services.settings.evaluation.k,
         _per_question(services, runs, services.settings.loop.primary_metric),
+        primary_kind=cycle.gate.get("primary_kind"),
     )
     gate = {**cycle.gate, "runs": runs, "champion_index_version": serving.id, **verdict}
     if not verdict["passed"]:

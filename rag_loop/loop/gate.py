@@ -5,8 +5,9 @@ champion are ranked the same way. The candidate passes when
 
 - the primary metric (`loop.primary_metric`, nDCG@10 by default) improves by at least
   `loop.min_improvement` on the held-out feedback queries: the questions users actually
-  ask, which the feedback is about (without a held-out split, on the golden sets, averaged
-  weighted by their questions), and
+  ask, which the feedback is about (without a held-out split, or when too few of its
+  questions have room, below, on the golden sets, averaged weighted by their questions:
+  the operator's labelled questions judge what sparse feedback taught), and
 - no tracked metric (nDCG, Recall and MRR at k) drops by more than `loop.max_regression`
   on any data set: the golden sets guard what already works.
 
@@ -108,9 +109,13 @@ def decide(
     settings: LoopSettings,
     k: int,
     questions: Mapping[str, Mapping[str, float]],
+    primary_kind: str | None = None,
 ) -> dict[str, Any]:
     """The verdict on the gate's evaluation `runs` (key: `<dataset>|<role>`), with
-    `questions[key]`: the run's primary metric per question id."""
+    `questions[key]`: the run's primary metric per question id. The primary metric is
+    measured on the runs of `primary_kind` ("heldout" or "golden"); by default on the
+    held-out feedback queries, or on the golden sets when there are none. Every data set
+    guards against regressions either way."""
     tracked = list(ir_metric_names(k))
     primary = settings.primary_metric
     if primary not in tracked:
@@ -123,7 +128,8 @@ def decide(
     weighted, weight = 0.0, 0
     differences: list[float] = []
     room = 0  # questions the champion did not score perfectly
-    has_heldout = any(r.get("kind") == "heldout" for r in runs.values())
+    if primary_kind is None and any(r.get("kind") == "heldout" for r in runs.values()):
+        primary_kind = "heldout"
     measured_on: list[str] = []
     keys = {(run["dataset"], run["role"]): key for key, run in runs.items()}
     for dataset, roles in sorted(by_dataset.items()):
@@ -145,7 +151,7 @@ def decide(
                     f"{metric} on {label} dropped by {-delta:.4f} "
                     f"({before:.4f} -> {after:.4f}; allowed {settings.max_regression})"
                 )
-        counts = not has_heldout or candidate.get("kind") == "heldout"
+        counts = primary_kind is None or candidate.get("kind") == primary_kind
         if counts and primary in champion["metrics"] and primary in candidate["metrics"]:
             measured_on.append(label)
             n = int(candidate.get("n_samples") or 1)

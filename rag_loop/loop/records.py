@@ -89,6 +89,16 @@ class Gate(_Record):
     reasons: list[str] = Field(default_factory=list)
     deltas: dict[str, float] = Field(default_factory=dict)
     primary_metric: str | None = None
+    primary_kind: Literal["heldout", "golden"] | None = Field(
+        default=None,
+        description="Where the primary metric is measured: the held-out feedback queries, or "
+        "the golden sets (when there are no held-out queries, or too few with room).",
+    )
+    heldout_floor: str | None = Field(
+        default=None,
+        description="Why the held-out feedback queries could not decide (too few with room "
+        "for loop.min_gate_queries), when the golden sets decide instead.",
+    )
     primary_measured_on: list[str] = Field(default_factory=list)
     primary_delta: float | None = None
     primary_questions: PairedQuestions | None = None

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from evals.bench_loop import beir, ranked_documents
+from evals.bench_loop import beir, ranked_documents, set_golden_aside
+from rag_loop.evaluation.datasets import load_golden
 
 
 def _folder(tmp_path: Path, splits: dict[str, dict[str, str]], texts: dict[str, str]) -> Path:
@@ -66,3 +67,25 @@ def test_a_folder_that_is_not_beir_says_what_is_missing(tmp_path: Path) -> None:
     folder = _folder(tmp_path, {"train": {"1": "d0"}}, {"1": "q"})
     with pytest.raises(SystemExit, match=r"qrels/test\.tsv is missing"):
         beir(folder)
+
+
+def test_the_operators_golden_set_is_replayed_questions_never_asked(tmp_path: Path) -> None:
+    """`--golden N`: N replayed questions, the same whatever the seed, become a golden set
+    the service can read, with their relevant documents, and leave the replayed stream."""
+    texts = {str(i): f"question number {i}" for i in range(40)}
+    train = {str(i): "d0" for i in range(10, 40)}
+    domain = beir(_folder(tmp_path, {"train": train, "test": {"0": "d0"}}, texts))
+    replayed = dict(domain.replay)
+    path = tmp_path / "golden.jsonl"
+    set_golden_aside(domain, 8, path)
+    golden = load_golden(path)
+    ids = {item.sample_id for item in golden.items}
+    assert len(ids) == 8 and ids <= set(replayed) and not ids & set(domain.replay)
+    assert set(domain.replay) | ids == set(replayed)
+    assert {item.query for item in golden.items} == {texts[q] for q in ids}
+    assert all(item.reference_ids == ["d0"] for item in golden.items)
+    again = beir(_folder(tmp_path / "again", {"train": train, "test": {"0": "d0"}}, texts))
+    set_golden_aside(again, 8, tmp_path / "again.jsonl")
+    assert again.replay == domain.replay  # chosen by id, not by chance
+    with pytest.raises(SystemExit, match="replays 22 questions"):
+        set_golden_aside(domain, 20, path)  # more than half of what is left

@@ -365,6 +365,7 @@ def _kept_encoder(
     confirm_first: bool = False,
     holdout_share: float = 0.3,
     loop: dict[str, Any] | None = None,
+    **overrides: Any,
 ) -> tuple[Services, IngestResult]:
     """The sample corpus, every user question asked and rated, and training that cannot
     move the encoder: what a cycle offers then comes from the fusion weight or expansion.
@@ -376,8 +377,10 @@ def _kept_encoder(
             "holdout_share": holdout_share,
             "validation_share": 0.2,
             "expand_documents": expand_documents,
+            **overrides.pop("training", {}),
         },
         loop=ALWAYS_PASS if loop is None else loop,
+        **overrides,
     )
     base = ingest(services, CORPUS, actor="test")
     items = [json.loads(line) for line in USER_QUESTIONS.read_text().splitlines()]
@@ -641,14 +644,20 @@ def test_held_out_questions_without_room_for_a_gain_train_nothing(
 ) -> None:
     """Feedback that only confirms the chunk each answer served first leaves the held-out
     questions ranked perfectly already: no candidate could pass the gate's floor on them,
-    so the cycle ends before training, with the champion's run the gate would have used."""
+    and without a golden set to judge instead the cycle ends before training, with the
+    champion's run the gate would have used."""
     services, base = _kept_encoder(
-        loop_services, expand_documents=True, confirm_first=True, loop={}
+        loop_services,
+        expand_documents=True,
+        confirm_first=True,
+        loop={},
+        evaluation={"golden_sets": []},
     )
     floor = services.settings.loop.min_gate_queries
     before = _aliases(services)
     view = cycle.run_cycle(services, cycle.start_cycle(services, actor="test"), actor="test")
     assert view["state"] == "rejected" and view["decided_by"] == "gate", view["error"]
+    assert view["error"].startswith("the champion already scores all but 0 of the")
     assert "so nothing was trained" in view["error"], view["error"]
     assert "training" not in view["stages"] and not view["recipe"]
     assert view["embedder"] is None and view["candidate_index_version_id"] is None
@@ -661,6 +670,34 @@ def test_held_out_questions_without_room_for_a_gain_train_nothing(
     assert run["role"] == "champion" and run["kind"] == "heldout"
     assert run["index_version"] == base.index_version_id and run["n_samples"] > 0
     assert _aliases(services) == before
+
+
+def test_when_the_held_out_questions_cannot_judge_the_golden_sets_do(
+    loop_services: Callable[..., Services], golden_path: Path
+) -> None:
+    """The same sparse feedback with the operator's golden set configured: the held-out
+    questions have no room, the golden questions have, so the cycle trains and the gate
+    measures its primary metric on the golden set, the held-out questions guarding only
+    (a candidate that ranked what users confirmed worse would still be turned down). No
+    validation split, so training offers its encoder to the gate."""
+    services, _ = _kept_encoder(
+        loop_services,
+        expand_documents=True,
+        confirm_first=True,
+        loop={**ALWAYS_PASS, "min_gate_queries": 1},
+        training={"validation_share": 0.0, "epochs": 1, "learning_rate": 5e-5},
+    )
+    view = cycle.run_cycle(services, cycle.start_cycle(services, actor="test"), actor="test")
+    gate = view["gate"]
+    assert "training" in view["stages"], view["error"]
+    assert gate["primary_kind"] == "golden", gate
+    assert gate["heldout_floor"].startswith("the champion already scores all but 0 of the")
+    assert gate["primary_room"] >= 1
+    kinds = {(run["kind"], run["role"]) for run in gate["runs"].values()}
+    assert {("heldout", "champion"), ("golden", "champion")} <= kinds
+    assert view["state"] == "promoted", view["error"]  # the gate lets everything through
+    assert gate["primary_measured_on"] == [golden_path.stem]
+    assert "heldout_feedback.ndcg_at_10" in gate["deltas"]  # measured, guarding
 
 
 @pytest.mark.parametrize("golden", [True, False])

@@ -52,6 +52,29 @@ def test_a_gain_on_enough_held_out_questions_passes() -> None:
     assert verdict["primary_p_value"] == pytest.approx(2**-12, abs=1e-6)  # exact
 
 
+def test_the_golden_sets_decide_when_told_and_the_held_out_questions_still_guard() -> None:
+    """Sparse feedback leaves the held-out questions too little room, so the cycle names
+    the golden sets as where the primary metric is measured (`primary_kind`): a gain there
+    passes, and a drop on the held-out questions beyond `max_regression` still fails."""
+    runs = _runs(20, 0.0)
+    runs["g|candidate"]["metrics"] = dict.fromkeys(METRICS, 0.93)
+    champion = {f"g{i}": 0.9 for i in range(98)}
+    candidate = {q: (1.0 if i < 30 else 0.9) for i, q in enumerate(champion)}
+    questions = {"g|champion": champion, "g|candidate": candidate, **_questions([], 20)}
+    verdict = decide(runs, LoopSettings(), 10, questions, primary_kind="golden")
+    assert verdict["passed"], verdict
+    assert verdict["primary_measured_on"] == ["questions"]  # the golden set's file stem
+    assert verdict["primary_delta"] == 0.03
+    assert verdict["primary_room"] == 98
+    assert decide(runs, LoopSettings(), 10, questions)["primary_measured_on"] == [
+        "heldout_feedback"
+    ]  # by default the held-out questions, where the candidate gained nothing
+    runs["h|candidate"]["metrics"] = dict.fromkeys(METRICS, 0.68)
+    broken = decide(runs, LoopSettings(), 10, questions, primary_kind="golden")
+    assert not broken["passed"]
+    assert broken["reasons"][0].startswith("ndcg_at_10 on heldout_feedback dropped by 0.0200")
+
+
 def test_a_gain_on_a_handful_of_questions_does_not() -> None:
     questions = _questions([0.3] * 6, 6)
     verdict = decide(_runs(6, 0.3), LoopSettings(), 10, questions)
