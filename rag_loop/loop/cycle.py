@@ -561,6 +561,7 @@ def _train(services: CycleParts, cycle: LoopCycle) -> Move:
         "validation": tuning.validation,
         "validation_kept": tuning.kept,
         "validation_champion": champion_figure,
+        "validation_room": validation.champion_room,
         "expansions": len(expanded),
         "expansion_check": validation.expansion_check,
         "dense_expansion": validation.dense_expansion,
@@ -571,6 +572,8 @@ def _train(services: CycleParts, cycle: LoopCycle) -> Move:
         chosen = next(
             (v["ndcg_at_10"] for v in tuning.validation if v["epoch"] == tuning.best_epoch), None
         )
+        room = validation.champion_room
+        can_tell = room is None or room >= services.settings.loop.min_gate_queries
         if not kept_encoder_offers(
             chosen=chosen,
             champion=champion_figure,
@@ -580,11 +583,14 @@ def _train(services: CycleParts, cycle: LoopCycle) -> Move:
                 "expansions": bool(expanded) and set(expanded) != set(champion_expansions),
                 "dense_side": validation.dense_expansion != champion_retrieval.dense_expansion,
             },
+            validation_can_tell=can_tell,
         ):
             move = _rejection(
                 "nothing learned: no epoch, no fusion weight and no document expansion ranked "
-                f"the {tuning.validation_queries} validation feedback queries better than the "
-                f"champion (nDCG@10 {_figure(chosen)}, the champion {_figure(champion_figure)})",
+                f"the {tuning.validation_queries} validation feedback queries "
+                + ("better than" if can_tell else "as well as")
+                + f" the champion (nDCG@10 {_figure(chosen)}, the champion "
+                f"{_figure(champion_figure)})",
                 "loop",
             )
             move.fields["recipe"] = recipe
@@ -610,15 +616,23 @@ def kept_encoder_offers(
     champion: float | None,
     validated_with_champion: bool,
     changes: dict[str, bool],
+    validation_can_tell: bool = True,
 ) -> bool:
     """Whether a cycle that kept the champion's encoder has a candidate for the gate: the
     fusion weight, expansions and dense side chosen on the validation queries (`chosen`, their
     nDCG@10) rank them better than the champion does (`champion`: its own weight, no new
     expansions), were chosen with the champion's encoder (`training.init_from`), and
     something (`changes`: weight, expansions, dense side) differs from the champion, which
-    would otherwise be offered again."""
-    better = chosen is not None and champion is not None and chosen > champion
-    return validated_with_champion and better and any(changes.values())
+    would otherwise be offered again.
+
+    When the validation queries cannot tell (`validation_can_tell` False: fewer of them
+    leave the champion room for a gain than the gate's floor, as under sparse feedback that
+    confirms what was served), ranking them no worse is enough: the gate, which has room
+    on its own questions (else nothing was trained), judges the change."""
+    if chosen is None or champion is None:
+        return False
+    good = chosen > champion if validation_can_tell else chosen >= champion
+    return validated_with_champion and good and any(changes.values())
 
 
 @dataclass(frozen=True)
@@ -628,6 +642,7 @@ class _Validation:
     expansion_check: dict[str, Any]  # validation nDCG@10 with and without them
     champion: float | None  # the champion's validation nDCG@10 (None: no validation queries)
     dense_expansion: bool = False  # the expansions' questions on the dense side too
+    champion_room: int | None = None  # validation queries the champion ranks imperfectly
 
 
 def _validation(
@@ -656,7 +671,9 @@ def _validation(
         if plain is None:
             return _Validation(None, [], {}, None)
         scored = plain.score(encoder.embed_queries(plain.queries))
-        return _Validation(plain, [], {}, _at_incumbent(scored, plain))
+        return _Validation(
+            plain, [], {}, _at_incumbent(scored, plain), champion_room=_room(scored, plain)
+        )
     hits = services.store.hits(index.collection_name)
 
     def check_with(expanded: dict[str, list[str]] | None) -> FusionCheck | None:
@@ -676,9 +693,9 @@ def _validation(
         return _Validation(None, expansions.from_training_set(examples) if expand else [], {}, None)
     vectors = encoder.embed_queries(plain.queries)
     without = plain.score(vectors)
-    champion = _at_incumbent(without, plain)
+    champion, room = _at_incumbent(without, plain), _room(without, plain)
     if not expand:
-        return _Validation(plain, [], {}, champion)
+        return _Validation(plain, [], {}, champion, champion_room=room)
     fit = expansions.grouped(expansions.from_training_set(examples, parts=("fit",)))
     expanded = check_with(fit)
     assert expanded is not None, "the same validation queries"
@@ -690,7 +707,7 @@ def _validation(
     # the tolerance the gate gives any tracked metric: a few validation queries that share
     # no chunk with the fit part's questions only measure noise
     if with_.ndcg_at_10 < without.ndcg_at_10 - services.settings.loop.max_regression:
-        return _Validation(plain, [], figures, champion)
+        return _Validation(plain, [], figures, champion, champion_room=room)
     position = {chunk_id: i for i, chunk_id in enumerate(ids)}
     dense = expanded.with_questions(
         {position[c]: questions for c, questions in fit.items() if c in position}
@@ -699,13 +716,20 @@ def _validation(
     figures["validation_ndcg_at_10_with_dense"] = round(with_dense.ndcg_at_10, 6)
     every = expansions.from_training_set(examples)
     if with_dense.ndcg_at_10 > with_.ndcg_at_10:
-        return _Validation(dense, every, figures, champion, dense_expansion=True)
-    return _Validation(expanded, every, figures, champion)
+        return _Validation(
+            dense, every, figures, champion, dense_expansion=True, champion_room=room
+        )
+    return _Validation(expanded, every, figures, champion, champion_room=room)
 
 
 def _at_incumbent(scored: Scored, check: FusionCheck) -> float:
     """The validation nDCG@10 at the champion's own fusion weight."""
     return round(scored.by_weight[str(check.incumbent)], 6)
+
+
+def _room(scored: Scored, check: FusionCheck) -> int:
+    """How many validation queries the champion's own fusion weight ranks imperfectly."""
+    return scored.room_by_weight[str(check.incumbent)]
 
 
 def _figure(value: float | None) -> str:

@@ -34,11 +34,16 @@ WEIGHTS = (0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
 STEP = 0.1
 
 
+PERFECT = 1.0 - 1e-9  # nDCG@10 is at most 1
+
+
 @dataclass(frozen=True)
 class Scored:
     ndcg_at_10: float
     dense_weight: float | None  # None: dense retrieval, no fusion
     by_weight: dict[str, float]
+    # per weight, the queries not ranked perfectly: the only ones that can show a gain
+    room_by_weight: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -140,6 +145,7 @@ class FusionCheck:
         asked = self.asked(unit, question_vectors)
         references = {str(i): [str(p) for p in r] for i, r in enumerate(self.relevant)}
         by_weight: dict[str, float] = {}
+        room: dict[str, int] = {}
         for weight in self.weights:
             rankings = {
                 str(i): [
@@ -150,11 +156,12 @@ class FusionCheck:
             }
             per_query = ranking_metrics(rankings, references, K)
             by_weight[str(weight)] = float(np.mean([m[f"ndcg_at_{K}"] for m in per_query.values()]))
+            room[str(weight)] = sum(1 for m in per_query.values() if m[f"ndcg_at_{K}"] < PERFECT)
         best = max(
             self.weights,
             key=lambda w: (by_weight[str(w)], w == self.incumbent),
         )
-        return Scored(by_weight[str(best)], best, by_weight)
+        return Scored(by_weight[str(best)], best, by_weight, room)
 
     def rank(
         self, cosine: np.ndarray, row: int, weight: float | None, asked: np.ndarray | None = None

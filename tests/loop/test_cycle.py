@@ -812,24 +812,35 @@ def test_a_rollback_serves_the_corrections_approved_since_its_target_served(
 
 
 @pytest.mark.parametrize(
-    ("chosen", "validated_with_champion", "changed", "offers"),
+    ("chosen", "validated_with_champion", "changed", "can_tell", "offers"),
     [
-        (0.80, True, "dense_side", True),  # the dense side alone is a candidate
-        (0.80, True, "weight", True),
-        (0.80, True, "expansions", True),
-        (0.80, True, None, False),  # the champion again: nothing to offer
-        (0.75, True, "dense_side", False),  # ranks the validation questions no better
-        (0.70, True, "weight", False),  # worse
-        (None, True, "weight", False),  # no validation questions: nothing chosen
-        (0.80, False, "weight", False),  # chosen with another encoder (init_from base)
+        (0.80, True, "dense_side", True, True),  # the dense side alone is a candidate
+        (0.80, True, "weight", True, True),
+        (0.80, True, "expansions", True, True),
+        (0.80, True, None, True, False),  # the champion again: nothing to offer
+        (0.75, True, "dense_side", True, False),  # ranks the validation questions no better
+        (0.70, True, "weight", True, False),  # worse
+        (None, True, "weight", True, False),  # no validation questions: nothing chosen
+        (0.80, False, "weight", True, False),  # chosen with another encoder (init_from base)
+        # too few validation questions with room to tell: no worse is enough, the gate judges
+        (0.75, True, "expansions", False, True),
+        (0.75, True, "dense_side", False, True),
+        (0.75, True, None, False, False),  # still nothing to offer
+        (0.74, True, "expansions", False, False),  # worse
+        (0.75, False, "expansions", False, False),
     ],
 )
 def test_a_kept_encoder_offers_a_candidate_only_when_a_change_ranks_validation_better(
-    chosen: float | None, validated_with_champion: bool, changed: str | None, offers: bool
+    chosen: float | None,
+    validated_with_champion: bool,
+    changed: str | None,
+    can_tell: bool,
+    offers: bool,
 ) -> None:
     """The rule for a cycle that kept the champion's encoder, each change on its own: the
     dense side of the expansions alone (no new expansion, the same weight) is a candidate,
-    as a new weight or new expansions are, when the validation queries rank better."""
+    as a new weight or new expansions are, when the validation queries rank better, or,
+    when too few of them leave the champion room to tell, no worse."""
     changes = {kind: kind == changed for kind in ("weight", "expansions", "dense_side")}
     assert (
         cycle.kept_encoder_offers(
@@ -837,6 +848,7 @@ def test_a_kept_encoder_offers_a_candidate_only_when_a_change_ranks_validation_b
             champion=0.75,
             validated_with_champion=validated_with_champion,
             changes=changes,
+            validation_can_tell=can_tell,
         )
         is offers
     )
