@@ -122,6 +122,7 @@ def loop_cycles(cycles: list[dict[str, Any]]) -> list[dict[str, Any]]:
             "embedder": (c["embedder"] or {}).get("version"),
             "examples": (c["training_set"] or {}).get("n_examples"),
             "primary_metric": c["gate"].get("primary_metric"),
+            "primary_kind": c["gate"].get("primary_kind"),
             "primary_delta": c["gate"].get("primary_delta"),
             "primary_p_value": c["gate"].get("primary_p_value"),
             "shadow": c["gate"].get("shadow"),

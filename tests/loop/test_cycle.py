@@ -22,6 +22,7 @@ from sqlalchemy import select
 from rag_loop.corpus.ingest import IngestResult, ingest
 from rag_loop.db.models import Alias, AuditEntry, IndexVersion, ShadowRetrieval, TrainingSet
 from rag_loop.errors import Conflict
+from rag_loop.evaluation.report import loop_cycles
 from rag_loop.feedback.schemas import ChunkLabel, FeedbackIn
 from rag_loop.feedback.service import submit_feedback
 from rag_loop.index import expansions
@@ -698,6 +699,8 @@ def test_when_the_held_out_questions_cannot_judge_the_golden_sets_do(
     assert view["state"] == "promoted", view["error"]  # the gate lets everything through
     assert gate["primary_measured_on"] == [golden_path.stem]
     assert "heldout_feedback.ndcg_at_10" in gate["deltas"]  # measured, guarding
+    (line,) = loop_cycles([view])  # the report says where the gate measured
+    assert line["primary_kind"] == "golden"
 
 
 @pytest.mark.parametrize("golden", [True, False])
