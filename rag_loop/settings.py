@@ -453,6 +453,14 @@ class TrainingSettings(BaseModel):
         "decides the candidate. false: the loop learns the encoder and the fusion "
         "weight only.",
     )
+    associate_unrated: bool = Field(
+        default=True,
+        description="with expand_documents: an answer nobody rated is a weak yes for the "
+        "chunk it was built on (its first citation, else the first chunk shown), so its "
+        "question expands that chunk too (query association); never a training example, "
+        "never a held-out or golden question. Whether it pays depends on the domain: the "
+        "validation check and the gate decide, as for the confirmed questions.",
+    )
     epochs: int = Field(
         default=8,
         ge=1,

@@ -11,7 +11,9 @@ brings them; the validation part of the feedback decides whether the candidate k
 the gate decides the candidate. They belong to one index version (table
 `index_expansions`): a rollback serves the target's own, a re-ingest keeps those of chunks
 it keeps. The gate's held-out questions are never among them: they are not in the
-training set. A version with dense expansion stores each question's vector by its query
+training set. With query association the training set also pairs every question nobody
+rated with the chunk its answer was built on (part `ASSOCIATED`: a weak yes, used here
+only, never to train). A version with dense expansion stores each question's vector by its query
 encoder when it is built (`record(..., vectors=...)`), so no process embeds them on a
 request.
 """
@@ -31,6 +33,10 @@ from rag_loop.db.models import IndexExpansion, IndexVersion
 
 Pairs = list[tuple[str, str]]  # (chunk id, question)
 
+# a training set's rows that only expand documents (query association), never train
+ASSOCIATED = "associated"
+EVERY_PART = ("fit", "validation", ASSOCIATED)
+
 
 @dataclass(frozen=True)
 class Expanded:
@@ -42,7 +48,7 @@ class Expanded:
     encoder: str | None = None  # the embedder version of the index version
 
 
-def from_training_set(path: Path, *, parts: Iterable[str] = ("fit", "validation")) -> Pairs:
+def from_training_set(path: Path, *, parts: Iterable[str] = EVERY_PART) -> Pairs:
     """The (chunk, question) pairs of a training set's positives in `parts`, each once."""
     wanted = set(parts)
     seen: set[tuple[str, str]] = set()

@@ -696,7 +696,9 @@ def _validation(
     champion, room = _at_incumbent(without, plain), _room(without, plain)
     if not expand:
         return _Validation(plain, [], {}, champion, champion_room=room)
-    fit = expansions.grouped(expansions.from_training_set(examples, parts=("fit",)))
+    fit = expansions.grouped(
+        expansions.from_training_set(examples, parts=("fit", expansions.ASSOCIATED))
+    )
     expanded = check_with(fit)
     assert expanded is not None, "the same validation queries"
     with_ = expanded.score(vectors)

@@ -18,6 +18,11 @@ chunk, each not-relevant label a vote against; the majority decides and a tie dr
 chunk from both sides. A thumb agrees or disagrees with the label of the chunk the answer
 was built on first, so one mislabelled first chunk is outvoted or dropped, never trusted.
 
+Query association (`associate_unrated`, with `expand_documents`): an answered question
+nobody rated is a weak yes for the chunk its answer was built on. It is written as a row of
+part "associated" (question, chunk): document expansion uses it, training never does, and
+neither a question with feedback, nor a golden or held-out one, is associated.
+
 The split: a query is held out for the gate when a hash of its normalised text falls below
 `holdout_share`, so repeated questions always land on the same side. Of the other queries,
 a second hash marks `validation_share` as validation (each example's `part`): training fits
@@ -63,6 +68,7 @@ from rag_loop.feedback.labels import fold
 from rag_loop.files import write_lines_whole
 from rag_loop.index.chroma import ChromaStore
 from rag_loop.index.embedders import EmbedderPool
+from rag_loop.index.expansions import ASSOCIATED
 from rag_loop.registry import outbox
 from rag_loop.registry.outbox import Outbox
 from rag_loop.registry.tracking import TRAINING_EXPERIMENT
@@ -93,6 +99,7 @@ STAT_KEYS = (
     "leak_excluded_queries",
     "queries_without_positive",
     "positives_missing_text",
+    "associated_questions",
 )
 
 
@@ -205,6 +212,11 @@ def build_training_set(
     if settings.hard_negatives and any("negative_1" not in e for e in examples):
         examples = [e for e in examples if "negative_1" in e]
     _mark_validation(examples, settings.validation_share)
+    associated: list[dict[str, Any]] = []
+    if settings.expand_documents and settings.associate_unrated:
+        associated = _associations(services, until, set(queries) | guarded)
+        associated = [a for a in associated if not is_heldout(a.pop("key"), settings.holdout_share)]
+        stats["associated_questions"] = len(associated)
 
     heldout_rows = []
     for key, query in sorted(heldout.items()):
@@ -216,7 +228,7 @@ def build_training_set(
     rules = settings.model_dump(mode="json")
     rules["golden_sets"] = [str(p) for p in services.settings.evaluation.golden_sets]
     canonical = json.dumps(
-        {"examples": examples, "heldout": heldout_rows, "rules": rules},
+        {"examples": examples + associated, "heldout": heldout_rows, "rules": rules},
         sort_keys=True,
         ensure_ascii=False,
     )
@@ -247,7 +259,7 @@ def build_training_set(
     folder = services.settings.data_dir / "training" / content_hash[:16]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "train.jsonl"
-    _write_jsonl(path, examples)
+    _write_jsonl(path, examples + associated)
     heldout_path = None
     if heldout_rows:
         heldout_path = folder / "heldout.jsonl"
@@ -381,6 +393,45 @@ def _collect(
             else:
                 stats["pointers_to_unknown_documents"] += 1
     return queries, stats
+
+
+def _associations(services: DatasetParts, until: Any, known: set[str]) -> list[dict[str, Any]]:
+    """Query association: every answered question without feedback, paired with the chunk
+    its answer was built on (the first citation, else the first chunk shown), once per
+    normalised question (its latest answer) and never for a question in `known` (one with
+    feedback, whose votes decide, or a golden question). A row each, `part` "associated",
+    with the normalised question as `key` for the held-out split (the caller drops it)."""
+    rated = select(FeedbackEvent.interaction_id)
+    asked = (
+        select(Interaction.id, Interaction.query, Interaction.cited_ranks)
+        .where(Interaction.status == "ok", Interaction.id.not_in(rated))
+        .order_by(Interaction.created_at, Interaction.id)
+    )
+    if until is not None:
+        asked = asked.where(Interaction.created_at <= until)
+    latest: dict[str, tuple[str, str, int]] = {}
+    with services.sessions() as session:
+        for interaction_id, text, cited in session.execute(asked):
+            key = normalise(text)
+            if key and key not in known:
+                latest[key] = (interaction_id, text, int((cited or [1])[0]))
+        wanted = {interaction_id: rank for interaction_id, _, rank in latest.values()}
+        built_on: dict[str, str] = {}
+        ids = sorted(wanted)
+        for start in range(0, len(ids), 500):
+            for interaction_id, rank, chunk_id in session.execute(
+                select(Retrieval.interaction_id, Retrieval.rank, Retrieval.chunk_id).where(
+                    Retrieval.interaction_id.in_(ids[start : start + 500]),
+                    Retrieval.rank.in_({1, *wanted.values()}),
+                )
+            ):
+                if rank == wanted[interaction_id] or (rank == 1 and interaction_id not in built_on):
+                    built_on[interaction_id] = chunk_id
+    return [
+        {"key": key, "anchor": text, "positive_chunk_id": built_on[i], "part": ASSOCIATED}
+        for key, (i, text, _) in sorted(latest.items())
+        if i in built_on
+    ]
 
 
 def _chunk_texts(services: DatasetParts, queries: dict[str, _Query]) -> dict[str, dict[str, str]]:

@@ -23,6 +23,7 @@ import numpy as np
 
 from rag_loop.errors import InvalidInput
 from rag_loop.index.embedders import weights_hash
+from rag_loop.index.expansions import ASSOCIATED
 from rag_loop.registry.embedders import TrainedModel
 from rag_loop.settings import TrainingSettings
 from rag_loop.training.validation import FusionCheck, Scored, evaluator
@@ -37,6 +38,8 @@ def read_examples(path: Path) -> list[dict[str, str]]:
     with path.open(encoding="utf-8") as handle:
         for line in handle:
             row = json.loads(line)
+            if row.get("part") == ASSOCIATED:  # expands documents, teaches no encoder
+                continue
             rows.append(
                 {
                     k: v
@@ -198,7 +201,9 @@ def _bank_examples(path: Path, bank_ids: list[str], *, skip_validation: bool) ->
     with path.open(encoding="utf-8") as handle:
         for line in handle:
             row = json.loads(line)
-            if skip_validation and row.get("part") == "validation":
+            if row.get("part") == ASSOCIATED or (
+                skip_validation and row.get("part") == "validation"
+            ):
                 continue
             position = index.get(row["positive_chunk_id"])
             if position is None:

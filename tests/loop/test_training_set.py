@@ -11,10 +11,13 @@ from rag_loop.corpus.ingest import ingest
 from rag_loop.db.models import TrainingSet
 from rag_loop.feedback.schemas import ChunkLabel, FeedbackIn
 from rag_loop.feedback.service import submit_feedback
+from rag_loop.index import expansions
+from rag_loop.index.expansions import ASSOCIATED
 from rag_loop.index.versions import champion
 from rag_loop.interactions.ask import ask
 from rag_loop.services import Services
 from rag_loop.training.dataset import build_training_set, is_heldout, normalise
+from rag_loop.training.finetune import read_examples
 from tests.conftest import CORPUS
 from tests.loop.conftest import GOLDEN_SHARE, questions, replay
 
@@ -146,3 +149,41 @@ def test_conflicting_labels_follow_the_documented_rule(
     assert [r["positive_chunk_id"] for r in rows] == [first]
     assert built.stats["conflicting_labels_dropped"] == 1
     assert built.stats["queries_without_positive"] == 0 and built.n_queries == 1
+
+
+def test_unrated_answers_expand_the_chunk_they_were_built_on_and_never_train(
+    loop_services: Callable[..., Services],
+) -> None:
+    """Query association: a question nobody rated pairs with the chunk its answer was built
+    on (the first citation, else the first chunk shown), as an expansion only. A question
+    with feedback (its votes decide), a golden question and a held-out one never do."""
+    services = loop_services(training={"holdout_share": 0.3, "validation_share": 0.2})
+    ingest(services, CORPUS, actor="test")
+    users = questions()[GOLDEN_SHARE:]
+    replay(services, users[:20])  # rated
+    built_on = {}
+    for item in [*users[20:], *questions()[:5]]:  # never rated; five golden questions too
+        answer = ask(services, item["question"], client="test")
+        rank = (answer.cited_ranks or [1])[0]
+        chunk = next(s["chunk_id"] for s in answer.sources if s["rank"] == rank)
+        built_on[normalise(item["question"])] = chunk
+    ask(services, users[0]["question"], client="test")  # rated before: not associated
+
+    built = build_training_set(services, _champion(services))
+    rows = [json.loads(line) for line in built.path.read_text().splitlines()]
+    associated = [r for r in rows if r["part"] == ASSOCIATED]
+    expected = {normalise(q["question"]) for q in users[20:]}
+    expected = {q for q in expected if not is_heldout(q, 0.3)}
+    assert expected and {normalise(r["anchor"]) for r in associated} == expected
+    assert all(r["positive_chunk_id"] == built_on[normalise(r["anchor"])] for r in associated)
+    assert built.stats["associated_questions"] == len(associated)
+    # they expand documents and never train an encoder
+    assert built.n_examples == len(rows) - len(associated) == len(read_examples(built.path))
+    pairs = set(expansions.from_training_set(built.path))
+    assert {(r["positive_chunk_id"], r["anchor"]) for r in associated} <= pairs
+
+    # the same log without query association: the same examples, nothing associated
+    off = loop_services(training={"holdout_share": 0.3, "associate_unrated": False})
+    without = build_training_set(off, _champion(services))
+    assert without.n_examples == built.n_examples and without.stats["associated_questions"] == 0
+    assert not [r for r in without.path.read_text().splitlines() if ASSOCIATED in r]
