@@ -402,13 +402,15 @@ def _associations(services: DatasetParts, until: Any, known: set[str]) -> list[d
     feedback, whose votes decide, or a golden question). A row each, `part` "associated",
     with the normalised question as `key` for the held-out split (the caller drops it)."""
     rated = select(FeedbackEvent.interaction_id)
-    asked = (
-        select(Interaction.id, Interaction.query, Interaction.cited_ranks)
-        .where(Interaction.status == "ok", Interaction.id.not_in(rated))
-        .order_by(Interaction.created_at, Interaction.id)
+    asked = select(Interaction.id, Interaction.query, Interaction.cited_ranks).where(
+        Interaction.status == "ok"
     )
-    if until is not None:
+    if until is not None:  # the snapshot: feedback after it is not known yet, as in `_collect`
+        rated = rated.where(FeedbackEvent.created_at <= until)
         asked = asked.where(Interaction.created_at <= until)
+    asked = asked.where(Interaction.id.not_in(rated)).order_by(
+        Interaction.created_at, Interaction.id
+    )
     latest: dict[str, tuple[str, str, int]] = {}
     with services.sessions() as session:
         for interaction_id, text, cited in session.execute(asked):
