@@ -2,7 +2,8 @@
 
 Through the real service code, with the service's default settings unchanged (hybrid
 retrieval, query-side training that picks its own epochs and fusion weight on validation
-feedback, document expansion with the questions users confirmed, the default gate), on
+feedback, document expansion with the questions users confirmed and, by query association,
+with those nobody rated, the default gate), on
 data read by path from ../shared/datasets (nothing of it committed):
 
 - scifact: BEIR SciFact, 5,183 abstracts; the train split's 809 claims are replayed as
