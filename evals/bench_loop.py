@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import hashlib
 import json
 import random
@@ -430,6 +431,14 @@ def main() -> None:
 
     work = args.work or Path(tempfile.mkdtemp(prefix="rag-loop-bench-loop-"))
     work.mkdir(parents=True, exist_ok=True)
+    lock = (work / ".bench-loop.lock").open("w")  # held until the process ends
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise SystemExit(
+            f"another bench_loop run is using {work} (its seed folders would be replaced under "
+            "it); give this one its own --work"
+        ) from None
     domain = load_domain(args.dataset, work)
     if args.title_queries:
         add_title_queries(domain, args.title_queries)

@@ -3,7 +3,10 @@ asks a question it scores: not by id, not by its text under another id."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -89,3 +92,27 @@ def test_the_operators_golden_set_is_replayed_questions_never_asked(tmp_path: Pa
     assert again.replay == domain.replay  # chosen by id, not by chance
     with pytest.raises(SystemExit, match="replays 22 questions"):
         set_golden_aside(domain, 20, path)  # more than half of what is left
+
+
+def test_two_runs_never_share_a_work_folder(tmp_path: Path) -> None:
+    """A second run on the same --work would replace the first one's seed folders under
+    it (its database, its index): it is refused, before anything is read or written."""
+    script = Path(__file__).resolve().parents[2] / "evals" / "bench_loop.py"
+    with (tmp_path / ".bench-loop.lock").open("w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        done = subprocess.run(
+            [
+                sys.executable,
+                str(script),
+                "--dataset",
+                str(tmp_path / "none"),
+                "--work",
+                str(tmp_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert done.returncode == 1
+    assert "another bench_loop run is using" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".bench-loop.lock"]
