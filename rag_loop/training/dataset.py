@@ -374,11 +374,11 @@ def _collect(
             query.votes[chunk_id] += 1
             stats["correction_votes"] += 1
         if thumb in ("up", "down") and settings.thumbs_up_positive:
-            cited = interaction.cited_ranks or [1]
-            rank = int(cited[0])
-            first = next((r for r in shown[interaction_id] if r.rank == rank), None)
-            if first is not None:
-                query.votes[first.chunk_id] += 1 if thumb == "up" else -1
+            rated = built_on(
+                interaction.cited_ranks, {r.rank: r.chunk_id for r in shown[interaction_id]}
+            )
+            if rated is not None:
+                query.votes[rated] += 1 if thumb == "up" else -1
                 stats["thumbs_up_votes" if thumb == "up" else "thumbs_down_votes"] += 1
     if pointed_docs:
         embedder = services.embedders.get(index.embedder_version)
@@ -411,29 +411,40 @@ def _associations(services: DatasetParts, until: Any, known: set[str]) -> list[d
     asked = asked.where(Interaction.id.not_in(rated)).order_by(
         Interaction.created_at, Interaction.id
     )
-    latest: dict[str, tuple[str, str, int]] = {}
+    latest: dict[str, tuple[str, str, list[int]]] = {}
     with services.sessions() as session:
         for interaction_id, text, cited in session.execute(asked):
             key = normalise(text)
             if key and key not in known:
-                latest[key] = (interaction_id, text, int((cited or [1])[0]))
-        wanted = {interaction_id: rank for interaction_id, _, rank in latest.values()}
-        built_on: dict[str, str] = {}
-        ids = sorted(wanted)
+                latest[key] = (interaction_id, text, [int(r) for r in cited or []])
+        shown: dict[str, dict[int, str]] = defaultdict(dict)
+        ids = sorted(interaction_id for interaction_id, _, _ in latest.values())
+        ranks = {cited[0] if cited else 1 for _, _, cited in latest.values()}
         for start in range(0, len(ids), 500):
             for interaction_id, rank, chunk_id in session.execute(
                 select(Retrieval.interaction_id, Retrieval.rank, Retrieval.chunk_id).where(
                     Retrieval.interaction_id.in_(ids[start : start + 500]),
-                    Retrieval.rank.in_({1, *wanted.values()}),
+                    Retrieval.rank.in_(ranks),  # only the ranks an answer was built on
                 )
             ):
-                if rank == wanted[interaction_id] or (rank == 1 and interaction_id not in built_on):
-                    built_on[interaction_id] = chunk_id
-    return [
-        {"key": key, "anchor": text, "positive_chunk_id": built_on[i], "part": ASSOCIATED}
-        for key, (i, text, _) in sorted(latest.items())
-        if i in built_on
-    ]
+                shown[interaction_id][rank] = chunk_id
+    rows = []
+    for key, (interaction_id, text, cited) in sorted(latest.items()):
+        positive = built_on(cited, shown[interaction_id])
+        if positive is not None:
+            rows.append(
+                {"key": key, "anchor": text, "positive_chunk_id": positive, "part": ASSOCIATED}
+            )
+    return rows
+
+
+def built_on(cited_ranks: list[int] | None, shown: dict[int, str]) -> str | None:
+    """The chunk an answer was built on: the one at its first cited rank, or the first
+    chunk shown when it cites none; None when that rank was not recorded (no guess). A
+    thumb is a vote on this chunk, and query association pairs an unrated question with
+    it. `shown` maps each rank of the answer's retrieval to its chunk id."""
+    rank = int(cited_ranks[0]) if cited_ranks else 1
+    return shown.get(rank)
 
 
 def _chunk_texts(services: DatasetParts, queries: dict[str, _Query]) -> dict[str, dict[str, str]]:

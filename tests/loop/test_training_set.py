@@ -16,7 +16,7 @@ from rag_loop.index.expansions import ASSOCIATED
 from rag_loop.index.versions import champion
 from rag_loop.interactions.ask import ask
 from rag_loop.services import Services
-from rag_loop.training.dataset import build_training_set, is_heldout, normalise
+from rag_loop.training.dataset import build_training_set, built_on, is_heldout, normalise
 from rag_loop.training.finetune import read_examples
 from tests.conftest import CORPUS
 from tests.loop.conftest import GOLDEN_SHARE, questions, replay
@@ -149,6 +149,16 @@ def test_conflicting_labels_follow_the_documented_rule(
     assert [r["positive_chunk_id"] for r in rows] == [first]
     assert built.stats["conflicting_labels_dropped"] == 1
     assert built.stats["queries_without_positive"] == 0 and built.n_queries == 1
+
+
+def test_an_answer_is_built_on_its_first_citation_else_the_first_chunk_shown() -> None:
+    """One rule for the thumbs' vote and for query association; a rank that was not
+    recorded names no chunk rather than a guess."""
+    shown = {1: "a", 2: "b", 3: "c"}
+    assert built_on([2, 1], shown) == "b"
+    assert built_on([], shown) == built_on(None, shown) == "a"
+    assert built_on([4], shown) is None
+    assert built_on([], {2: "b"}) is None
 
 
 def test_unrated_answers_expand_the_chunk_they_were_built_on_and_never_train(
