@@ -106,7 +106,9 @@ def log_run(
     """An MLflow run to create (and its id to write back to `record`: (table, row id)).
     `artifacts` are stored with the entry; `artifact_files` (name -> path of a file that
     does not change, e.g. a content-addressed training set) are read when it is applied, and
-    so may a dataset's rows (`rows_from`: a JSON-lines file, `fields`: the columns kept)."""
+    so may a dataset's rows (`rows_from`: a JSON-lines file, `fields`: the columns kept; a
+    line without one of them is not a row of the dataset, e.g. a training set's associated
+    questions, which name a chunk and carry no passage)."""
     if record is not None and record[0] not in RECORD_TARGETS:
         raise ValueError(f"an MLflow run id cannot be recorded on {record[0]!r}")
     add(
@@ -388,7 +390,9 @@ class Outbox:
                 fields = dataset.pop("fields")
                 lines = Path(dataset.pop("rows_from")).read_text(encoding="utf-8").splitlines()
                 rows = [json.loads(line) for line in lines if line.strip()]
-                dataset["rows"] = [{k: row[k] for k in fields} for row in rows]
+                dataset["rows"] = [
+                    {k: row[k] for k in fields} for row in rows if all(k in row for k in fields)
+                ]
             self.tracker.log_dataset(run_id, **dataset)
         return run_id
 

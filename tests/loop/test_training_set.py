@@ -191,6 +191,11 @@ def test_unrated_answers_expand_the_chunk_they_were_built_on_and_never_train(
     assert built.n_examples == len(rows) - len(associated) == len(read_examples(built.path))
     pairs = set(expansions.from_training_set(built.path))
     assert {(r["positive_chunk_id"], r["anchor"]) for r in associated} <= pairs
+    # the training set's MLflow run holds its examples as its dataset input
+    with services.sessions() as session:
+        run_id = session.get_one(TrainingSet, built.training_set_id).mlflow_run_id
+    [dataset_input] = services.tracker.get_run(str(run_id)).inputs.dataset_inputs
+    assert json.loads(dataset_input.dataset.profile)["num_rows"] == built.n_examples
 
     # the same log without query association: the same examples, nothing associated
     off = loop_services(training={"holdout_share": 0.3, "associate_unrated": False})
