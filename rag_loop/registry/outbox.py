@@ -274,10 +274,15 @@ class Outbox:
             try:
                 outcome = self._apply[kind](entry_id, payload)
             except Exception as exc:
-                message = exc.message if isinstance(exc, RagLoopError) else f"{exc!r}"
+                message = (
+                    exc.message if isinstance(exc, RagLoopError) else f"{type(exc).__name__}: {exc}"
+                )
                 self._failed(entry_id, message)
                 result.failed.append(entry_id)
-                if kind in MLFLOW_KINDS and not isinstance(exc, _NotYet):
+                if kind in MLFLOW_KINDS and isinstance(exc, BackendUnavailable):
+                    # MLflow did not answer: the other MLflow entries wait for the next
+                    # flush. An entry that fails on its own (e.g. its file is gone) holds
+                    # up none of them.
                     mlflow_down = True
                 log.warning("outbox entry %s (%s) not applied yet: %s", entry_id, kind, message)
                 continue

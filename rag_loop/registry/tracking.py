@@ -133,7 +133,10 @@ class MlflowTracker:
         return str(found[0].version) if found else None
 
     def has_dataset(self, run_id: str, digest: str) -> bool:
-        run = self.get_run(run_id)
+        try:
+            run = self.get_run(run_id)
+        except Exception as exc:
+            raise BackendUnavailable(f"cannot read the MLflow run {run_id}: {exc}") from exc
         inputs = getattr(run, "inputs", None)
         return any(d.dataset.digest == digest for d in (inputs.dataset_inputs if inputs else []))
 

@@ -300,6 +300,41 @@ def test_ingest_serves_while_mlflow_is_down_and_the_registry_catches_up(
         svc.close()
 
 
+def test_an_outbox_entry_that_fails_on_its_own_holds_up_no_other(
+    services: Services, tmp_path: Path
+) -> None:
+    """Only MLflow not answering postpones the other MLflow entries of a flush; an entry
+    whose own payload fails (here its dataset file is gone) is retried alone, and the
+    entries after it reach MLflow."""
+    from rag_loop.db.engine import transaction
+    from rag_loop.registry import outbox
+
+    gone = tmp_path / "gone.jsonl"
+    with transaction(services.sessions) as session:
+        outbox.log_run(
+            session,
+            "rag-loop-test",
+            "broken",
+            params={},
+            metrics={},
+            dataset={
+                "rows_from": str(gone),
+                "fields": ["anchor"],
+                "name": "gone",
+                "digest": "0" * 36,
+                "source": str(gone),
+                "context": "training",
+            },
+        )
+        for n in range(2):
+            outbox.log_run(session, "rag-loop-test", f"fine-{n}", params={}, metrics={"n": n})
+    flushed = services.outbox.flush(now_too=True)
+    assert len(flushed.failed) == 1 and len(flushed.applied) == 2, flushed
+    assert flushed.postponed == [] and flushed.pending == 1
+    (entry,) = services.outbox.entries(status="pending", limit=10)
+    assert "gone.jsonl" in str(entry), entry
+
+
 def test_migrations_match_the_models_and_0006_goes_both_ways(
     services: Services, db_backend: str
 ) -> None:
