@@ -51,6 +51,8 @@ from rag_loop.db.engine import transaction
 from rag_loop.db.models import (
     Alias,
     AuditEntry,
+    Chunk,
+    Document,
     EmbedderVersion,
     EvalSample,
     IndexVersion,
@@ -500,9 +502,12 @@ def _room_to_judge(
         f"{path}|champion": _gate_run(services, path, kind, "champion", index.id)
         for path, kind in primary
     }
+    unanswerable: set[str] = set()
     scores = {
         f"{key}|{question}": value
-        for key, by_question in _per_question(services, runs, loop.primary_metric).items()
+        for key, by_question in _per_question(
+            services, runs, loop.primary_metric, unanswerable
+        ).items()
         for question, value in by_question.items()
     }
     gate = {
@@ -512,6 +517,8 @@ def _room_to_judge(
         "primary_room": with_room(scores.values()),
     }
     kind = "held-out feedback queries" if primary[0][1] == "heldout" else "golden questions"
+    if unanswerable:
+        kind += f" that name a document of the corpus ({len(unanswerable)} name none)"
     gate["primary_kind"] = primary[0][1]
     return gate, too_few_to_judge(scores, loop, kind)
 
@@ -909,22 +916,52 @@ def _same_index(services: CycleParts, run: dict[str, Any], version_id: int | Non
 
 
 def _per_question(
-    services: CycleParts, runs: dict[str, dict[str, Any]], metric: str
+    services: CycleParts,
+    runs: dict[str, dict[str, Any]],
+    metric: str,
+    unanswerable: set[str] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Each gate run's `metric` per question id, from the samples its evaluation stored."""
+    """Each gate run's `metric` per question id, from the samples its evaluation stored,
+    leaving out a question none of whose reference documents or chunks the corpus holds
+    (e.g. a golden set written for another corpus): no ranking can find its answer, so it
+    has no room for a gain and tells two versions apart in nothing (its id is added to
+    `unanswerable`)."""
     run_keys = {run["eval_run_id"]: key for key, run in runs.items()}
     scores: dict[str, dict[str, float]] = {key: {} for key in runs}
     with services.sessions() as session:
         rows = session.execute(
-            select(EvalSample.run_id, EvalSample.sample_id, EvalSample.scores).where(
-                EvalSample.run_id.in_(run_keys)
-            )
-        )
-        for run_id, sample_id, values in rows:
+            select(
+                EvalSample.run_id, EvalSample.sample_id, EvalSample.scores, EvalSample.reference_ids
+            ).where(EvalSample.run_id.in_(run_keys))
+        ).all()
+        held = _held_by_corpus(session, {str(r) for *_, refs in rows for r in refs or []})
+        for run_id, sample_id, values, references in rows:
             value = (values or {}).get(metric)
-            if value is not None:
+            if references and not any(str(r) in held for r in references):
+                if unanswerable is not None:
+                    unanswerable.add(sample_id)
+            elif value is not None:
                 scores[run_keys[run_id]][sample_id] = float(value)
     return scores
+
+
+def _held_by_corpus(session: Session, ids: set[str]) -> set[str]:
+    """Which of `ids` (document or chunk ids) the corpus holds now."""
+    wanted = sorted(ids)
+    held: set[str] = set()
+    for start in range(0, len(wanted), 500):
+        batch = wanted[start : start + 500]
+        held.update(
+            session.scalars(
+                select(Document.id).where(Document.id.in_(batch), Document.deleted_at.is_(None))
+            )
+        )
+        held.update(
+            session.scalars(
+                select(Chunk.id).where(Chunk.id.in_(batch), Chunk.superseded_at.is_(None))
+            )
+        )
+    return held
 
 
 def _shadow(services: CycleParts, cycle: LoopCycle) -> Move:

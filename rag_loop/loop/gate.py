@@ -22,7 +22,9 @@ many questions ranked better, worse and alike. `loop.max_p_value` below 1 requir
 default it is recorded only, since on held-out sets where most questions rank alike the
 test turned down candidates that were better on the benchmark's test split (README).
 
-Only on questions with room can a candidate show a gain. Feedback confirms what was served
+Only on questions with room can a candidate show a gain; a question none of whose
+documents the corpus holds has none, and the cycle leaves it out of the per-question scores.
+Feedback confirms what was served
 (a thumb rates the answer's first citation), so most held-out questions of sparse feedback
 have none: 14 held-out questions with room on one of them let a candidate through on that
 one question (README), which the floor on questions with room now stops.

@@ -703,6 +703,37 @@ def test_when_the_held_out_questions_cannot_judge_the_golden_sets_do(
     assert line["primary_kind"] == "golden"
 
 
+def test_golden_questions_about_documents_the_corpus_lacks_have_no_room(
+    loop_services: Callable[..., Services], golden_path: Path, tmp_path: Path
+) -> None:
+    """A golden set written for another corpus (here: its questions name documents this
+    corpus does not hold, as the default sample set does over an operator's own corpus)
+    scores 0 on every question, champion and candidate alike: no room for a gain, so under
+    sparse feedback it cannot judge, and the cycle ends before training instead of training
+    a candidate the gate could only turn down at +0.000."""
+    elsewhere = tmp_path / "elsewhere.jsonl"
+    rows = [json.loads(line) for line in golden_path.read_text().splitlines()]
+    for row in rows:
+        row["document_ids"] = [f"another-corpus/{d}" for d in row["document_ids"]]
+    elsewhere.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    services, _ = _kept_encoder(
+        loop_services,
+        expand_documents=True,
+        confirm_first=True,
+        loop={**ALWAYS_PASS, "min_gate_queries": 1},
+        training={"validation_share": 0.0, "epochs": 1, "learning_rate": 5e-5},
+        evaluation={"golden_sets": [str(elsewhere)]},
+    )
+    view = cycle.run_cycle(services, cycle.start_cycle(services, actor="test"), actor="test")
+    assert view["state"] == "rejected" and view["decided_by"] == "gate", view["error"]
+    assert "training" not in view["stages"], view["error"]
+    assert (
+        f"measured on 0 golden questions that name a document of the corpus "
+        f"({len(rows)} name none)" in view["error"]
+    ), view["error"]
+    assert view["error"].endswith("so nothing was trained")
+
+
 @pytest.mark.parametrize("golden", [True, False])
 def test_without_held_out_questions_the_golden_sets_decide_before_training(
     with_feedback: Callable[..., Services], golden_path: Path, golden: bool
