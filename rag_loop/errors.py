@@ -9,7 +9,8 @@
     ├── Conflict                  409  the state forbids the action (idempotency key reuse,
     │                                  reviewing an already reviewed correction, ...)
     ├── PayloadTooLarge           413  the body is bigger than the service accepts
-    ├── UpstreamError             502  the generator answered, but not usably
+    ├── UpstreamError             502  a backend answered, but not usably (the generator;
+    │                                  MLflow refusing a request)
     └── BackendUnavailable        503  a backend (generator, Chroma, database) cannot be reached
         └── NoServingIndex        503  nothing has been ingested yet
 

@@ -334,6 +334,17 @@ def test_an_outbox_entry_that_fails_on_its_own_holds_up_no_other(
     (entry,) = services.outbox.entries(status="pending", limit=10)
     assert "gone.jsonl" in str(entry), entry
 
+    # MLflow refusing what an entry sends (a 4xx: a metric name it does not accept) holds
+    # up nothing either; MLflow not answering would (the outage tests)
+    with transaction(services.sessions) as session:
+        outbox.log_run(session, "rag-loop-test", "refused", params={}, metrics={"a|b": 1.0})
+        outbox.log_run(session, "rag-loop-test", "fine-2", params={}, metrics={"n": 2})
+    flushed = services.outbox.flush(now_too=True)
+    assert len(flushed.failed) == 2 and len(flushed.applied) == 1, flushed
+    assert flushed.postponed == [] and flushed.pending == 2
+    refused = next(e for e in services.outbox.entries(limit=10) if e["id"] == flushed.failed[1])
+    assert refused["last_error"].startswith("MLflow refused: cannot log to MLflow"), refused
+
 
 def test_migrations_match_the_models_and_0006_goes_both_ways(
     services: Services, db_backend: str
