@@ -275,6 +275,16 @@ def outbox_flush() -> None:
     emit(services().outbox.flush(now_too=True).as_dict())
 
 
+@outbox_app.command("discard")
+def outbox_discard(
+    entry_id: Annotated[int, typer.Argument(help="The entry id (`rag-loop outbox list`).")],
+    reason: Annotated[str, typer.Option(help="Why (for the audit log); required.")] = "",
+) -> None:
+    """Give up on a pending entry that can never be applied: marked done without its
+    effect, with the reason in the audit log. SQL is untouched."""
+    emit(services().outbox.discard(entry_id, actor=CLI_ACTOR, reason=reason))
+
+
 @app.command("ingest")
 def ingest_command(
     path: Annotated[

@@ -48,6 +48,8 @@ def rag_loop(*args: str, data_dir: Path, **env: str) -> subprocess.CompletedProc
         (["loop", "rollback"], {}, 5, "no promoted loop cycle"),
         (["loop", "run"], {}, 6, "no serving index"),
         (["loop", "trace", "nope"], {}, 4, "no interaction 'nope'"),
+        (["outbox", "discard", "7"], {}, 2, "say why the entry is discarded (--reason)"),
+        (["outbox", "discard", "7", "--reason", "stuck"], {}, 4, "no outbox entry 7"),
         (["loop", "list"], {"RAG_LOOP_LOOP_SCHEDULE": "every day"}, 2, "invalid settings"),
     ],
 )

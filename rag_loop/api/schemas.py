@@ -318,6 +318,14 @@ class DecisionIn(BaseModel):
     reason: Text = Field(default="", max_length=1000)
 
 
+class DiscardIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    reason: Text = Field(
+        min_length=1, max_length=1000, description="Why the entry is given up (audit log)."
+    )
+
+
 class RollbackIn(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
 

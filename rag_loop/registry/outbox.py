@@ -39,6 +39,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from rag_loop.db import leases
 from rag_loop.db.engine import transaction
 from rag_loop.db.models import (
+    AuditEntry,
     EmbedderVersion,
     EvalRun,
     IndexVersion,
@@ -47,7 +48,7 @@ from rag_loop.db.models import (
     TrainingSet,
     now_of,
 )
-from rag_loop.errors import BackendUnavailable, InvalidInput, RagLoopError
+from rag_loop.errors import BackendUnavailable, Conflict, InvalidInput, NotFound, RagLoopError
 from rag_loop.index.versions import champion_or_none, protected_collections
 from rag_loop.registry.tracking import INDEX_EXPERIMENT, TRAINING_EXPERIMENT, MlflowTracker
 
@@ -330,6 +331,43 @@ class Outbox:
             elif status == "done":
                 query = query.where(OutboxEntry.done_at.is_not(None))
             return [view(e) for e in session.scalars(query)]
+
+    def discard(self, entry_id: int, *, actor: str, reason: str) -> dict[str, Any]:
+        """An operator's way out of an entry that can never be applied (its model folder
+        deleted, a payload MLflow keeps refusing): it is marked done without its effect,
+        with who and why in its outcome and in the audit log, and leaves the backlog. SQL
+        is untouched; what the entry would have told MLflow or Chroma is not told (a
+        discarded drop leaves its collection in Chroma; the next alias entry sets the
+        `champion` alias anew)."""
+        if not reason:
+            raise InvalidInput(
+                "say why the entry is discarded (--reason): it goes to the audit log"
+            )
+        with transaction(self.sessions) as session:
+            entry = session.get(OutboxEntry, entry_id)
+            if entry is None:
+                raise NotFound(f"no outbox entry {entry_id}")
+            if entry.done_at is not None:
+                raise Conflict(
+                    f"outbox entry {entry_id} is done already ({entry.done_at.isoformat()})"
+                )
+            entry.done_at = now_of(session)
+            entry.outcome = {"discarded": {"by": actor, "reason": reason}}
+            session.add(
+                AuditEntry(
+                    actor=actor,
+                    action="outbox.discard",
+                    target=f"outbox_entry:{entry_id}",
+                    details={
+                        "kind": entry.kind,
+                        "attempts": entry.attempts,
+                        "last_error": entry.last_error,
+                        "reason": reason,
+                    },
+                )
+            )
+            session.flush()
+            return view(entry)
 
     # -- bookkeeping
 

@@ -1,6 +1,7 @@
 """The control plane over HTTP: the registry backlog (GET /v1/outbox, POST /v1/outbox/flush,
-the /readyz detail, /metrics), serving a version (POST /v1/index-versions/{id}/serve), and a
-refused loop action as a 409 in the one error shape."""
+POST /v1/outbox/{id}/discard, the /readyz detail, /metrics), serving a version
+(POST /v1/index-versions/{id}/serve), and a refused loop action as a 409 in the one error
+shape."""
 
 from __future__ import annotations
 
@@ -57,6 +58,51 @@ def test_the_backlog_is_visible_and_flushed_over_http(
     entry = api.get("/v1/outbox?status=done&limit=1", headers=admin_headers).json()
     assert entry["entries"][0]["outcome"] == {"gone": "rag_loop_v99999"}
     assert _pending_gauge(api.get("/metrics").text) == {"true": 0.0, "false": 0.0}
+
+
+def test_an_entry_that_can_never_be_applied_is_discarded_with_a_reason(
+    api: httpx.Client, admin_headers: dict[str, str], kestrel: Services, tmp_path
+) -> None:  # type: ignore[no-untyped-def]
+    """A run whose artifact file was deleted fails on every flush; the operator's way out
+    is to discard it, with a reason that goes to the audit log."""
+    from sqlalchemy import select
+
+    from rag_loop.db.models import AuditEntry
+
+    gone = tmp_path / "deleted.jsonl"
+    with transaction(kestrel.sessions) as session:
+        outbox.log_run(
+            session, "rag-loop-test", "gone", params={}, metrics={}, artifact_files={"x": str(gone)}
+        )
+    flushed = api.post("/v1/outbox/flush", headers=admin_headers).json()
+    assert len(flushed["failed"]) == 1 and flushed["pending"] == 1, flushed
+    (entry,) = api.get("/v1/outbox", headers=admin_headers).json()["entries"]
+    assert "deleted.jsonl" in entry["last_error"], entry
+
+    url = f"/v1/outbox/{entry['id']}/discard"
+    assert api.post(url, json={"reason": "x"}).status_code == 401  # admin only
+    for body in ({}, {"reason": ""}):  # a reason is required
+        assert_error_shape(
+            api.post(url, json=body, headers=admin_headers), 422, "validation_failed"
+        )
+    assert_error_shape(
+        api.post("/v1/outbox/99999/discard", json={"reason": "x"}, headers=admin_headers),
+        404,
+        "not_found",
+    )
+    done = api.post(url, json={"reason": "model deleted by hand"}, headers=admin_headers)
+    assert done.status_code == 200, done.text
+    assert done.json()["outcome"]["discarded"]["reason"] == "model deleted by hand"
+    assert api.get("/v1/outbox", headers=admin_headers).json()["backlog"]["pending"] == 0
+    assert_error_shape(
+        api.post(url, json={"reason": "again"}, headers=admin_headers), 409, "conflict"
+    )
+    with kestrel.sessions() as session:
+        audit = session.scalars(
+            select(AuditEntry).where(AuditEntry.action == "outbox.discard")
+        ).one()
+    assert audit.target == f"outbox_entry:{entry['id']}"
+    assert audit.details["reason"] == "model deleted by hand" and audit.details["last_error"]
 
 
 def test_serve_a_version_and_a_refused_action_over_http(

@@ -14,7 +14,9 @@ from rag_loop.api.deps import AdminDep, ServicesDep
 from rag_loop.api.errors import responses
 from rag_loop.api.schemas import (
     DecisionIn,
+    DiscardIn,
     LoopCycleOut,
+    OutboxEntryOut,
     OutboxFlushOut,
     OutboxOut,
     RollbackIn,
@@ -181,6 +183,25 @@ def outbox_route(
 )
 def outbox_flush_route(services: ServicesDep, principal: AdminDep) -> OutboxFlushOut:
     return OutboxFlushOut.model_validate(services.outbox.flush(now_too=True).as_dict())
+
+
+@router.post(
+    "/outbox/{entry_id}/discard",
+    operation_id="discard_outbox_entry",
+    response_model=OutboxEntryOut,
+    responses=responses(401, 403, 404, 409, 422),
+    summary="Give up on a pending outbox entry that can never be applied: marked done "
+    "without its effect, with the reason in the audit log (SQL is untouched)",
+)
+def outbox_discard_route(
+    body: DiscardIn,
+    services: ServicesDep,
+    principal: AdminDep,
+    entry_id: int = Path(ge=1, le=MAX_ROW_ID, description="The outbox entry id."),
+) -> OutboxEntryOut:
+    return OutboxEntryOut.model_validate(
+        services.outbox.discard(entry_id, actor=principal.actor, reason=body.reason)
+    )
 
 
 @router.post(
