@@ -122,6 +122,47 @@ def test_an_admin_reads_interactions_lineage_and_evaluations(
     assert browser.find_elements(By.CSS_SELECTOR, "figure img")
 
 
+def test_an_admin_discards_an_outbox_entry_that_can_never_be_applied(
+    browser: Any, live: LiveServer, kestrel: Services, tmp_path: Any
+) -> None:
+    """The loop page lists the failing outbox entries; one whose file is gone is discarded
+    from there, with a reason (required), confirmed first."""
+    from selenium.webdriver.common.by import By
+
+    from rag_loop.db.engine import transaction
+    from rag_loop.registry import outbox
+
+    with transaction(kestrel.sessions) as session:
+        outbox.log_run(
+            session,
+            "rag-loop-test",
+            "gone",
+            params={},
+            metrics={},
+            artifact_files={"x": str(tmp_path / "deleted.jsonl")},
+        )
+    (failed,) = kestrel.outbox.flush(now_too=True).failed
+    sign_in(browser, live.url, make_key(kestrel, "olga the operator", ["admin"]))
+    browser.get(f"{live.url}/console/loop")
+    check_page(browser, "loop-failing-entry")
+    entry = browser.find_element(By.ID, f"entry-{failed}")
+    assert "deleted.jsonl" in entry.text and "1 try" in entry.text
+    click_through(browser, entry.find_element(By.LINK_TEXT, f"Discard entry {failed}"))
+    check_page(browser, "confirm-discard")
+    assert kestrel.outbox.backlog()["pending"] == 1  # nothing happens before the confirmation
+    browser.find_element(By.ID, "reason").send_keys("the training set was deleted by hand")
+    flash = click_through(browser, browser.find_element(By.XPATH, "//button[text()='Confirm']"))
+    assert f"Outbox entry {failed} was discarded" in flash, flash
+    assert kestrel.outbox.backlog()["pending"] == 0
+    assert not browser.find_elements(By.ID, f"entry-{failed}")
+    with kestrel.sessions() as session:
+        audit = session.scalars(
+            select(AuditEntry).where(AuditEntry.action == "outbox.discard")
+        ).one()
+    assert audit.actor.startswith("olga the operator (key:")
+    assert audit.details["reason"] == "the training set was deleted by hand"
+
+
 def test_a_reviewer_key_cannot_reach_loop_actions_and_forms_need_their_token(
     live: LiveServer, kestrel: Services
 ) -> None:

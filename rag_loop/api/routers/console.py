@@ -62,6 +62,7 @@ LOOP_ACTIONS = {
     "resume": "Resume cycle {cycle} from the step it stopped in",
     "rollback": "Roll back cycle {cycle}: serve the index that served before it",
     "start": "Start a new loop cycle now",
+    "discard": "Discard outbox entry {entry}: it is marked done without being applied",
 }
 
 
@@ -526,6 +527,7 @@ def loop_page(request: Request) -> Response:
         title="Loop",
         cycles=cycles,
         backlog=services.outbox.backlog(),
+        failing=[e for e in services.outbox.entries(status="pending") if e["last_error"]],
         versions=versions,
     )
 
@@ -535,6 +537,7 @@ def confirm_page(
     request: Request,
     action: Annotated[str, Query(max_length=16)] = "",
     cycle_id: Annotated[int, Query(ge=0, le=MAX_ROW_ID)] = 0,
+    entry_id: Annotated[int, Query(ge=0, le=MAX_ROW_ID)] = 0,
 ) -> Response:
     visitor = _gate(request, admin=True)
     if action not in LOOP_ACTIONS:
@@ -546,8 +549,10 @@ def confirm_page(
         title="Confirm",
         action=action,
         cycle_id=cycle_id,
-        question=LOOP_ACTIONS[action].format(cycle=cycle_id),
-        needs_reason=action in ("reject", "rollback"),
+        entry_id=entry_id,
+        question=LOOP_ACTIONS[action].format(cycle=cycle_id, entry=entry_id),
+        needs_reason=action in ("reject", "rollback", "discard"),
+        reason_required=action == "discard",
     )
 
 
@@ -557,6 +562,7 @@ def loop_action(
     action: str,
     csrf_token: Annotated[str, Form(max_length=200)] = "",
     cycle_id: Annotated[int, Form(ge=0, le=MAX_ROW_ID)] = 0,
+    entry_id: Annotated[int, Form(ge=0, le=MAX_ROW_ID)] = 0,
     confirmed: Annotated[str, Form(max_length=8)] = "",
     reason: Annotated[str, Form(max_length=500)] = "",
 ) -> Response:
@@ -576,6 +582,9 @@ def loop_action(
             check_action(Action.RESUME, cycle_id, cycle.cycle_view(services, cycle_id)["state"])
             jobs.submit(services, "loop_cycle", {"cycle_id": cycle_id, "resume": True}, actor=actor)
             done = f"Cycle {cycle_id} resumes in the background."
+        elif action == "discard":
+            services.outbox.discard(entry_id, actor=actor, reason=reason)
+            done = f"Outbox entry {entry_id} was discarded."
         elif action == "rollback":
             view = cycle.rollback(
                 services, actor=actor, reason=reason or "console", cycle_id=cycle_id or None
