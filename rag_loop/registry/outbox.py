@@ -338,7 +338,8 @@ class Outbox:
         with who and why in its outcome and in the audit log, and leaves the backlog. SQL
         is untouched; what the entry would have told MLflow or Chroma is not told (a
         discarded drop leaves its collection in Chroma; the next alias entry sets the
-        `champion` alias anew)."""
+        `champion` alias anew; while an embedder whose registration was discarded serves,
+        alias entries leave the alias as it is)."""
         if not reason:
             raise InvalidInput(
                 "say why the entry is discarded (--reason): it goes to the audit log"
@@ -492,7 +493,18 @@ class Outbox:
                 select(EmbedderVersion).where(EmbedderVersion.version == serving.embedder_version)
             )
             index_id = serving.id
-        if row is None or not row.mlflow_model_version:
+            registering = row is not None and any(
+                entry.payload.get("embedder_version_id") == row.id
+                for entry in session.scalars(
+                    select(OutboxEntry).where(
+                        OutboxEntry.kind == MLFLOW_REGISTER, OutboxEntry.done_at.is_(None)
+                    )
+                )
+            )
+        if row is None or (not row.mlflow_model_version and not registering):
+            # its registration was discarded (`discard`): no version to point the alias at
+            return {"skipped": f"the serving embedder {serving.embedder_version} is not registered"}
+        if not row.mlflow_model_version:
             raise _NotYet(
                 f"the serving embedder {serving.embedder_version} is not registered in MLflow "
                 "yet (its registration is in the outbox)"

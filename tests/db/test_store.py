@@ -346,6 +346,43 @@ def test_an_outbox_entry_that_fails_on_its_own_holds_up_no_other(
     assert refused["last_error"].startswith("MLflow refused: cannot log to MLflow"), refused
 
 
+def test_a_discarded_registration_leaves_the_alias_entries_nothing_to_wait_for(
+    kestrel: Services, tmp_path: Path
+) -> None:
+    """The champion alias waits for the serving embedder's registration while it is in
+    the outbox; once an operator discarded it (its folder is gone), the alias entries are
+    applied as skipped instead of waiting for ever."""
+    from rag_loop.db.engine import transaction
+    from rag_loop.db.models import EmbedderVersion
+    from rag_loop.registry import outbox
+
+    with transaction(kestrel.sessions) as session:
+        row = session.scalars(select(EmbedderVersion)).one()
+        row.mlflow_model_version = None  # as if its registration had never been applied
+        outbox.register_embedder(
+            session,
+            row,
+            run_name="gone",
+            params={},
+            metrics={},
+            tags={},
+            folder=tmp_path / "deleted-model",
+            description="a model folder deleted by hand",
+        )
+        outbox.sync_champion_alias(session, "test")
+    flushed = kestrel.outbox.flush(now_too=True)
+    assert len(flushed.failed) == 2 and flushed.pending == 2, flushed  # the alias waits
+    entries = {e["kind"]: e for e in kestrel.outbox.entries()}
+    assert "is gone" in entries["mlflow_register"]["last_error"]
+    assert "not registered in MLflow yet" in entries["mlflow_alias"]["last_error"]
+
+    kestrel.outbox.discard(entries["mlflow_register"]["id"], actor="test", reason="deleted")
+    flushed = kestrel.outbox.flush(now_too=True)
+    assert flushed.applied == [entries["mlflow_alias"]["id"]] and flushed.pending == 0
+    (alias,) = [e for e in kestrel.outbox.entries(status="done", limit=1)]
+    assert "is not registered" in alias["outcome"]["skipped"]
+
+
 def test_migrations_match_the_models_and_0006_goes_both_ways(
     services: Services, db_backend: str
 ) -> None:
