@@ -225,6 +225,18 @@ def admin_headers(kestrel: Services) -> dict[str, str]:
     return {"Authorization": f"Bearer {secret}"}
 
 
+def stuck_outbox_entry(services: Services, gone: Path) -> None:
+    """An MLflow run entry that can never be applied: its artifact file `gone` does not
+    exist (deleted by hand, say)."""
+    from rag_loop.db.engine import transaction
+    from rag_loop.registry import outbox
+
+    with transaction(services.sessions) as session:
+        outbox.log_run(
+            session, "rag-loop-test", "gone", params={}, metrics={}, artifact_files={"x": str(gone)}
+        )
+
+
 def row_counts(services: Services) -> dict[str, int]:
     """Rows in every table: a bad request must leave all of them unchanged."""
     with services.sessions() as session:

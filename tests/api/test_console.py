@@ -18,7 +18,7 @@ from rag_loop.feedback.schemas import FeedbackIn
 from rag_loop.feedback.service import submit_feedback
 from rag_loop.interactions.ask import ask
 from rag_loop.services import Services
-from tests.conftest import LiveServer
+from tests.conftest import LiveServer, stuck_outbox_entry
 from tests.console import check_page, click_through, make_key, sign_in
 
 THEFT = "How much is the theft excess?"
@@ -129,18 +129,7 @@ def test_an_admin_discards_an_outbox_entry_that_can_never_be_applied(
     from there, with a reason (required), confirmed first."""
     from selenium.webdriver.common.by import By
 
-    from rag_loop.db.engine import transaction
-    from rag_loop.registry import outbox
-
-    with transaction(kestrel.sessions) as session:
-        outbox.log_run(
-            session,
-            "rag-loop-test",
-            "gone",
-            params={},
-            metrics={},
-            artifact_files={"x": str(tmp_path / "deleted.jsonl")},
-        )
+    stuck_outbox_entry(kestrel, tmp_path / "deleted.jsonl")
     (failed,) = kestrel.outbox.flush(now_too=True).failed
     sign_in(browser, live.url, make_key(kestrel, "olga the operator", ["admin"]))
     browser.get(f"{live.url}/console/loop")

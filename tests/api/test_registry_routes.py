@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rag_loop.db.engine import transaction
 from rag_loop.registry import outbox
 from rag_loop.services import Services
-from tests.conftest import assert_error_shape
+from tests.conftest import assert_error_shape, stuck_outbox_entry
 
 
 def _pending_gauge(text: str) -> dict[str, float]:
@@ -69,11 +69,7 @@ def test_an_entry_that_can_never_be_applied_is_discarded_with_a_reason(
 
     from rag_loop.db.models import AuditEntry
 
-    gone = tmp_path / "deleted.jsonl"
-    with transaction(kestrel.sessions) as session:
-        outbox.log_run(
-            session, "rag-loop-test", "gone", params={}, metrics={}, artifact_files={"x": str(gone)}
-        )
+    stuck_outbox_entry(kestrel, tmp_path / "deleted.jsonl")
     flushed = api.post("/v1/outbox/flush", headers=admin_headers).json()
     assert len(flushed["failed"]) == 1 and flushed["pending"] == 1, flushed
     (entry,) = api.get("/v1/outbox", headers=admin_headers).json()["entries"]

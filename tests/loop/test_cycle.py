@@ -673,6 +673,21 @@ def test_held_out_questions_without_room_for_a_gain_train_nothing(
     assert _aliases(services) == before
 
 
+def _sparse_feedback(loop_services: Callable[..., Services], **overrides: Any) -> Services:
+    """Users who only confirm answers whose first chunk is right: no held-out question has
+    room. Training that moves the encoder, no validation split, a gate that lets anything
+    with one question of room through."""
+    services, _ = _kept_encoder(
+        loop_services,
+        expand_documents=True,
+        confirm_first=True,
+        loop={**ALWAYS_PASS, "min_gate_queries": 1},
+        training={"validation_share": 0.0, "epochs": 1, "learning_rate": 5e-5},
+        **overrides,
+    )
+    return services
+
+
 def test_when_the_held_out_questions_cannot_judge_the_golden_sets_do(
     loop_services: Callable[..., Services], golden_path: Path
 ) -> None:
@@ -681,13 +696,7 @@ def test_when_the_held_out_questions_cannot_judge_the_golden_sets_do(
     measures its primary metric on the golden set, the held-out questions guarding only
     (a candidate that ranked what users confirmed worse would still be turned down). No
     validation split, so training offers its encoder to the gate."""
-    services, _ = _kept_encoder(
-        loop_services,
-        expand_documents=True,
-        confirm_first=True,
-        loop={**ALWAYS_PASS, "min_gate_queries": 1},
-        training={"validation_share": 0.0, "epochs": 1, "learning_rate": 5e-5},
-    )
+    services = _sparse_feedback(loop_services)
     view = cycle.run_cycle(services, cycle.start_cycle(services, actor="test"), actor="test")
     gate = view["gate"]
     assert "training" in view["stages"], view["error"]
@@ -716,14 +725,7 @@ def test_golden_questions_about_documents_the_corpus_lacks_have_no_room(
     for row in rows:
         row["document_ids"] = [f"another-corpus/{d}" for d in row["document_ids"]]
     elsewhere.write_text("".join(json.dumps(row) + "\n" for row in rows))
-    services, _ = _kept_encoder(
-        loop_services,
-        expand_documents=True,
-        confirm_first=True,
-        loop={**ALWAYS_PASS, "min_gate_queries": 1},
-        training={"validation_share": 0.0, "epochs": 1, "learning_rate": 5e-5},
-        evaluation={"golden_sets": [str(elsewhere)]},
-    )
+    services = _sparse_feedback(loop_services, evaluation={"golden_sets": [str(elsewhere)]})
     view = cycle.run_cycle(services, cycle.start_cycle(services, actor="test"), actor="test")
     assert view["state"] == "rejected" and view["decided_by"] == "gate", view["error"]
     assert "training" not in view["stages"], view["error"]
