@@ -97,7 +97,7 @@ class MlflowTracker:
                     self.client.log_text(run.info.run_id, text, file_name)
             self.client.set_terminated(run.info.run_id, status)
         except Exception as exc:
-            raise _failure(f"log to MLflow at {self.tracking_uri}", exc) from exc
+            raise registry_failure(f"log to MLflow at {self.tracking_uri}", exc) from exc
         return str(run.info.run_id)
 
     def get_run(self, run_id: str) -> Any:
@@ -119,7 +119,7 @@ class MlflowTracker:
                     return str(run.info.run_id)
                 self.client.delete_run(run.info.run_id)  # cut off half-way: log it again
         except Exception as exc:
-            raise _failure("search MLflow runs", exc) from exc
+            raise registry_failure("search MLflow runs", exc) from exc
         return None
 
     def model_version_of_run(self, name: str, run_id: str) -> str | None:
@@ -129,14 +129,14 @@ class MlflowTracker:
         try:
             found = self.client.search_model_versions(f"name='{name}' and run_id='{run_id}'")
         except Exception as exc:
-            raise _failure("search MLflow model versions", exc) from exc
+            raise registry_failure("search MLflow model versions", exc) from exc
         return str(found[0].version) if found else None
 
     def has_dataset(self, run_id: str, digest: str) -> bool:
         try:
             run = self.get_run(run_id)
         except Exception as exc:
-            raise _failure(f"read the MLflow run {run_id}", exc) from exc
+            raise registry_failure(f"read the MLflow run {run_id}", exc) from exc
         inputs = getattr(run, "inputs", None)
         return any(d.dataset.digest == digest for d in (inputs.dataset_inputs if inputs else []))
 
@@ -177,7 +177,7 @@ class MlflowTracker:
                 ],
             )
         except Exception as exc:
-            raise _failure("log a dataset to MLflow", exc) from exc
+            raise registry_failure("log a dataset to MLflow", exc) from exc
 
     def register_model(
         self,
@@ -216,7 +216,7 @@ class MlflowTracker:
                 name, source=source, run_id=run_id, tags=tags, description=description
             )
         except Exception as exc:
-            raise _failure(f"register {name} in MLflow", exc) from exc
+            raise registry_failure(f"register {name} in MLflow", exc) from exc
         return str(version.version)
 
     def set_model_alias(self, name: str, alias: str, version: str) -> None:
@@ -225,7 +225,7 @@ class MlflowTracker:
         try:
             self.client.set_registered_model_alias(name, alias, version)
         except Exception as exc:
-            raise _failure(f"move the MLflow alias {alias}", exc) from exc
+            raise registry_failure(f"move the MLflow alias {alias}", exc) from exc
 
     def model_alias(self, name: str, alias: str) -> str | None:
         """The version an alias points at (None: no such alias or model)."""
@@ -239,12 +239,19 @@ class MlflowTracker:
             return None
 
 
-def _failure(what: str, exc: Exception) -> RagLoopError:
+# 4xx answers about the server or the credentials, not the request: every entry would get them
+_NOT_ABOUT_THE_REQUEST = {401, 403, 408, 429}
+
+
+def registry_failure(what: str, exc: Exception) -> RagLoopError:
     """Why an MLflow call failed, for the outbox: MLflow refused the request (a 4xx: what
     was sent is wrong, and sending it again soon will not help; only this entry waits), or
-    MLflow could not be reached or failed itself (anything else: every MLflow entry waits)."""
+    MLflow could not be reached, failed itself, refused the credentials or asked to slow
+    down (anything else: every MLflow entry waits)."""
     from mlflow.exceptions import MlflowException
 
-    if isinstance(exc, MlflowException) and 400 <= exc.get_http_status_code() < 500:
-        return UpstreamError(f"MLflow refused: cannot {what}: {exc.message}")
+    if isinstance(exc, MlflowException):
+        status = exc.get_http_status_code()
+        if 400 <= status < 500 and status not in _NOT_ABOUT_THE_REQUEST:
+            return UpstreamError(f"MLflow refused: cannot {what}: {exc.message}")
     return BackendUnavailable(f"cannot {what}: {exc}")

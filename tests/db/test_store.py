@@ -346,6 +346,34 @@ def test_an_outbox_entry_that_fails_on_its_own_holds_up_no_other(
     assert refused["last_error"].startswith("MLflow refused: cannot log to MLflow"), refused
 
 
+@pytest.mark.parametrize(
+    ("code", "alone"),
+    [
+        ("INVALID_PARAMETER_VALUE", True),  # 400: what was sent is wrong
+        ("RESOURCE_DOES_NOT_EXIST", True),  # 404: e.g. a run deleted in MLflow
+        ("UNAUTHENTICATED", False),  # 401, 403, 429: every entry would get the same
+        ("PERMISSION_DENIED", False),
+        ("REQUEST_LIMIT_EXCEEDED", False),
+        ("INTERNAL_ERROR", False),  # 500, 503: MLflow itself
+        ("TEMPORARILY_UNAVAILABLE", False),
+    ],
+)
+def test_mlflow_refusing_a_request_fails_that_entry_alone(code: str, alone: bool) -> None:
+    """MLflow's own error codes, as its client raises them: a refusal of what one entry
+    sent is an UpstreamError, anything about MLflow or the credentials BackendUnavailable
+    (the outbox then postpones every MLflow entry)."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos import databricks_pb2
+
+    from rag_loop.errors import UpstreamError
+    from rag_loop.registry.tracking import registry_failure
+
+    error = MlflowException("no", error_code=getattr(databricks_pb2, code))
+    failure = registry_failure("log a run", error)
+    assert isinstance(failure, UpstreamError if alone else BackendUnavailable), failure
+    assert not isinstance(registry_failure("log a run", OSError("refused")), UpstreamError)
+
+
 def test_a_discarded_registration_leaves_the_alias_entries_nothing_to_wait_for(
     kestrel: Services, tmp_path: Path
 ) -> None:
