@@ -419,7 +419,7 @@ def _associations(services: DatasetParts, until: Any, known: set[str]) -> list[d
                 latest[key] = (interaction_id, text, [int(r) for r in cited or []])
         shown: dict[str, dict[int, str]] = defaultdict(dict)
         ids = sorted(interaction_id for interaction_id, _, _ in latest.values())
-        ranks = {cited[0] if cited else 1 for _, _, cited in latest.values()}
+        ranks = {built_on_rank(cited) for _, _, cited in latest.values()}
         for start in range(0, len(ids), 500):
             for interaction_id, rank, chunk_id in session.execute(
                 select(Retrieval.interaction_id, Retrieval.rank, Retrieval.chunk_id).where(
@@ -438,13 +438,18 @@ def _associations(services: DatasetParts, until: Any, known: set[str]) -> list[d
     return rows
 
 
+def built_on_rank(cited_ranks: list[int] | None) -> int:
+    """The rank of the chunk an answer was built on: its first citation, else the first
+    chunk shown."""
+    return int(cited_ranks[0]) if cited_ranks else 1
+
+
 def built_on(cited_ranks: list[int] | None, shown: dict[int, str]) -> str | None:
-    """The chunk an answer was built on: the one at its first cited rank, or the first
-    chunk shown when it cites none; None when that rank was not recorded (no guess). A
-    thumb is a vote on this chunk, and query association pairs an unrated question with
-    it. `shown` maps each rank of the answer's retrieval to its chunk id."""
-    rank = int(cited_ranks[0]) if cited_ranks else 1
-    return shown.get(rank)
+    """The chunk an answer was built on (`built_on_rank`); None when that rank was not
+    recorded (no guess). A thumb is a vote on this chunk, and query association pairs an
+    unrated question with it. `shown` maps each rank of the answer's retrieval to its
+    chunk id."""
+    return shown.get(built_on_rank(cited_ranks))
 
 
 def _chunk_texts(services: DatasetParts, queries: dict[str, _Query]) -> dict[str, dict[str, str]]:
