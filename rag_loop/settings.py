@@ -461,6 +461,16 @@ class TrainingSettings(BaseModel):
         "never a held-out or golden question. Whether it pays depends on the domain: the "
         "validation check and the gate decide, as for the confirmed questions.",
     )
+    max_questions_per_chunk: int = Field(
+        default=20,
+        ge=1,
+        le=1000,
+        description="with expand_documents: a chunk is expanded with at most this many "
+        "questions, the confirmed ones before the associated ones and the latest asked "
+        "first, so a much-asked chunk (or one that a flood of asks was built on) keeps its "
+        "own words a large part of its BM25 document and the dense side's questions "
+        "bounded (20 questions of ~12 words are about a 256-token chunk's length).",
+    )
     epochs: int = Field(
         default=8,
         ge=1,

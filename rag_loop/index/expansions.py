@@ -13,9 +13,11 @@ the gate decides the candidate. They belong to one index version (table
 it keeps. The gate's held-out questions are never among them: they are not in the
 training set. With query association the training set also pairs every question nobody
 rated with the chunk its answer was built on (part `ASSOCIATED`: a weak yes, used here
-only, never to train). A version with dense expansion stores each question's vector by its query
-encoder when it is built (`record(..., vectors=...)`), so no process embeds them on a
-request.
+only, never to train). A chunk gets at most `training.max_questions_per_chunk` questions,
+the confirmed ones first, then the latest asked, so no much-asked chunk (or one a flood of
+asks was built on) grows without bound. A version with dense expansion stores each
+question's vector by its query encoder when it is built (`record(..., vectors=...)`), so no
+process embeds them on a request.
 """
 
 from __future__ import annotations
@@ -48,11 +50,17 @@ class Expanded:
     encoder: str | None = None  # the embedder version of the index version
 
 
-def from_training_set(path: Path, *, parts: Iterable[str] = EVERY_PART) -> Pairs:
-    """The (chunk, question) pairs of a training set's positives in `parts`, each once."""
+def from_training_set(
+    path: Path, *, per_chunk: int | None, parts: Iterable[str] = EVERY_PART
+) -> Pairs:
+    """The (chunk, question) pairs of a training set's positives in `parts`, each once, in
+    the set's order, with at most `per_chunk` questions per chunk (None: all): the
+    confirmed ones before the associated ones, the latest asked first (a row without
+    `asked_at`, from a set built before it was recorded, counts as the oldest)."""
     wanted = set(parts)
     seen: set[tuple[str, str]] = set()
     pairs: Pairs = []
+    preference: dict[tuple[str, str], tuple[bool, str]] = {}
     with path.open(encoding="utf-8") as handle:
         for line in handle:
             row = json.loads(line)
@@ -62,7 +70,17 @@ def from_training_set(path: Path, *, parts: Iterable[str] = EVERY_PART) -> Pairs
             if pair not in seen:
                 seen.add(pair)
                 pairs.append(pair)
-    return pairs
+                preference[pair] = (row.get("part") == ASSOCIATED, str(row.get("asked_at", "")))
+    if per_chunk is None:
+        return pairs
+    by_chunk: dict[str, list[tuple[str, str]]] = {}
+    for pair in pairs:
+        by_chunk.setdefault(pair[0], []).append(pair)
+    kept: set[tuple[str, str]] = set()
+    for questions in by_chunk.values():
+        latest_first = sorted(questions, key=lambda p: preference[p][1], reverse=True)
+        kept.update(sorted(latest_first, key=lambda p: preference[p][0])[:per_chunk])
+    return [pair for pair in pairs if pair in kept]
 
 
 def grouped(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:

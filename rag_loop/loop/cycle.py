@@ -570,6 +570,7 @@ def _train(services: CycleParts, cycle: LoopCycle) -> Move:
         "validation_champion": champion_figure,
         "validation_room": validation.champion_room,
         "expansions": len(expanded),
+        "max_questions_per_chunk": settings.max_questions_per_chunk,
         "expansion_check": validation.expansion_check,
         "dense_expansion": validation.dense_expansion,
     }
@@ -696,15 +697,17 @@ def _validation(
 
     plain = check_with(None)
     expand = services.settings.training.expand_documents
+    cap = services.settings.training.max_questions_per_chunk
     if plain is None:  # no validation queries: the gate alone decides
-        return _Validation(None, expansions.from_training_set(examples) if expand else [], {}, None)
+        every = expansions.from_training_set(examples, per_chunk=cap) if expand else []
+        return _Validation(None, every, {}, None)
     vectors = encoder.embed_queries(plain.queries)
     without = plain.score(vectors)
     champion, room = _at_incumbent(without, plain), _room(without, plain)
     if not expand:
         return _Validation(plain, [], {}, champion, champion_room=room)
     fit = expansions.grouped(
-        expansions.from_training_set(examples, parts=("fit", expansions.ASSOCIATED))
+        expansions.from_training_set(examples, per_chunk=cap, parts=("fit", expansions.ASSOCIATED))
     )
     expanded = check_with(fit)
     assert expanded is not None, "the same validation queries"
@@ -723,7 +726,7 @@ def _validation(
     )
     with_dense = dense.score(vectors, encoder.embed_queries(dense.questions))
     figures["validation_ndcg_at_10_with_dense"] = round(with_dense.ndcg_at_10, 6)
-    every = expansions.from_training_set(examples)
+    every = expansions.from_training_set(examples, per_chunk=cap)
     if with_dense.ndcg_at_10 > with_.ndcg_at_10:
         return _Validation(
             dense, every, figures, champion, dense_expansion=True, champion_room=room
@@ -798,7 +801,10 @@ def _index(services: CycleParts, cycle: LoopCycle) -> Move:
         with services.sessions() as session:
             training_set = session.get_one(TrainingSet, cycle.training_set_id)
             session.expunge(training_set)
-        pairs = expansions.from_training_set(Path(training_set.path))
+        # the cap the cycle validated with (none in recipes from before there was one)
+        pairs = expansions.from_training_set(
+            Path(training_set.path), per_chunk=recipe.get("max_questions_per_chunk")
+        )
         # the dense side's vectors, by the encoder that will embed its queries
         vectors = (
             embedder.embed_queries([q for _, q in pairs]) if recipe.get("dense_expansion") else None

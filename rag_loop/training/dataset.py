@@ -131,6 +131,7 @@ def golden_queries(paths: list[Path]) -> set[str]:
 class _Query:
     text: str  # as first asked
     interaction_ids: list[str] = field(default_factory=list)
+    asked_at: str = ""  # the latest ask's time (ISO 8601), which expansion caps prefer
     votes: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # chunk -> +/-
     explicit_negatives: set[str] = field(default_factory=set)
 
@@ -202,6 +203,7 @@ def build_training_set(
                 "positive_chunk_id": positive,
                 "negative_chunk_ids": chosen,
                 "interaction_ids": query.interaction_ids,
+                "asked_at": query.asked_at,
             }
             if settings.hard_negatives and chosen:
                 # every row needs the same number of negatives: repeat the last one
@@ -359,6 +361,7 @@ def _collect(
             continue
         query = queries.setdefault(key, _Query(interaction.query))
         query.interaction_ids.append(interaction_id)
+        query.asked_at = max(query.asked_at, interaction.created_at.isoformat())
         labels = fold(events[interaction_id])  # in id order: the latest label wins
         thumb = labels.thumb
         for chunk_id in labels.pointed_chunks:
@@ -402,24 +405,29 @@ def _associations(services: DatasetParts, until: Any, known: set[str]) -> list[d
     feedback, whose votes decide, or a golden question). A row each, `part` "associated",
     with the normalised question as `key` for the held-out split (the caller drops it)."""
     rated = select(FeedbackEvent.interaction_id)
-    asked = select(Interaction.id, Interaction.query, Interaction.cited_ranks).where(
-        Interaction.status == "ok"
-    )
+    asked = select(
+        Interaction.id, Interaction.query, Interaction.cited_ranks, Interaction.created_at
+    ).where(Interaction.status == "ok")
     if until is not None:  # the snapshot: feedback after it is not known yet, as in `_collect`
         rated = rated.where(FeedbackEvent.created_at <= until)
         asked = asked.where(Interaction.created_at <= until)
     asked = asked.where(Interaction.id.not_in(rated)).order_by(
         Interaction.created_at, Interaction.id
     )
-    latest: dict[str, tuple[str, str, list[int]]] = {}
+    latest: dict[str, tuple[str, str, list[int], str]] = {}
     with services.sessions() as session:
-        for interaction_id, text, cited in session.execute(asked):
+        for interaction_id, text, cited, created_at in session.execute(asked):
             key = normalise(text)
             if key and key not in known:
-                latest[key] = (interaction_id, text, [int(r) for r in cited or []])
+                latest[key] = (
+                    interaction_id,
+                    text,
+                    [int(r) for r in cited or []],
+                    created_at.isoformat(),
+                )
         shown: dict[str, dict[int, str]] = defaultdict(dict)
-        ids = sorted(interaction_id for interaction_id, _, _ in latest.values())
-        ranks = {built_on_rank(cited) for _, _, cited in latest.values()}
+        ids = sorted(interaction_id for interaction_id, _, _, _ in latest.values())
+        ranks = {built_on_rank(cited) for _, _, cited, _ in latest.values()}
         for start in range(0, len(ids), 500):
             for interaction_id, rank, chunk_id in session.execute(
                 select(Retrieval.interaction_id, Retrieval.rank, Retrieval.chunk_id).where(
@@ -429,11 +437,17 @@ def _associations(services: DatasetParts, until: Any, known: set[str]) -> list[d
             ):
                 shown[interaction_id][rank] = chunk_id
     rows = []
-    for key, (interaction_id, text, cited) in sorted(latest.items()):
+    for key, (interaction_id, text, cited, asked_at) in sorted(latest.items()):
         positive = built_on(cited, shown[interaction_id])
         if positive is not None:
             rows.append(
-                {"key": key, "anchor": text, "positive_chunk_id": positive, "part": ASSOCIATED}
+                {
+                    "key": key,
+                    "anchor": text,
+                    "positive_chunk_id": positive,
+                    "part": ASSOCIATED,
+                    "asked_at": asked_at,
+                }
             )
     return rows
 

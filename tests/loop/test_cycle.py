@@ -441,7 +441,9 @@ def test_document_expansion_alone_makes_a_candidate_from_training_questions_only
         training_set = session.get_one(TrainingSet, view["training_set"]["id"])
         stored = expansions.of_version(session, candidate)
         assert expansions.of_version(session, base.index_version_id) == []
-    assert stored == expansions.from_training_set(Path(training_set.path))
+    cap = recipe["max_questions_per_chunk"]
+    assert cap == services.settings.training.max_questions_per_chunk
+    assert stored == expansions.from_training_set(Path(training_set.path), per_chunk=cap)
     assert len(stored) == recipe["expansions"]
     # with the dense side, the questions' vectors by the candidate's encoder, stored when built
     read = expansions.of_collection(services.sessions, served.collection_name)

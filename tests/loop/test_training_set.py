@@ -4,8 +4,10 @@ content hash, MLflow dataset."""
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from rag_loop.corpus.ingest import ingest
 from rag_loop.db.models import TrainingSet
@@ -189,8 +191,8 @@ def test_unrated_answers_expand_the_chunk_they_were_built_on_and_never_train(
     assert built.stats["associated_questions"] == len(associated)
     # they expand documents and never train an encoder
     assert built.n_examples == len(rows) - len(associated) == len(read_examples(built.path))
-    pairs = set(expansions.from_training_set(built.path))
-    assert {(r["positive_chunk_id"], r["anchor"]) for r in associated} <= pairs
+    everything = expansions.from_training_set(built.path, per_chunk=None)
+    assert {(r["positive_chunk_id"], r["anchor"]) for r in associated} <= set(everything)
     # the training set's MLflow run holds its examples as its dataset input
     with services.sessions() as session:
         run_id = session.get_one(TrainingSet, built.training_set_id).mlflow_run_id
@@ -202,3 +204,38 @@ def test_unrated_answers_expand_the_chunk_they_were_built_on_and_never_train(
     without = build_training_set(off, _champion(services))
     assert without.n_examples == built.n_examples and without.stats["associated_questions"] == 0
     assert not [r for r in without.path.read_text().splitlines() if ASSOCIATED in r]
+
+    # a chunk keeps at most `per_chunk` questions, its confirmed ones before its associated
+    # ones and the latest asked first: two unrated asks of a confirmed chunk's own words
+    confirmed = next(r for r in rows if r["part"] != ASSOCIATED)
+    words = confirmed["positive"].split()
+    openings = [" ".join(words[:n]) for n in range(12, len(words))]
+    earlier, later = [o for o in openings if not is_heldout(normalise(o), 0.3)][:2]
+    for opening in (earlier, later):
+        ask(services, opening, client="test")
+    built = build_training_set(services, _champion(services))
+    rows = [json.loads(line) for line in built.path.read_text().splitlines()]
+    chunk = confirmed["positive_chunk_id"]
+    on_chunk = [r for r in rows if r["positive_chunk_id"] == chunk]
+    associated_on_chunk = [r["anchor"] for r in on_chunk if r["part"] == ASSOCIATED]
+    assert sorted(associated_on_chunk) == sorted([earlier, later])
+    confirmed_latest_first = [
+        r["anchor"]
+        for r in sorted(on_chunk, key=lambda r: r["asked_at"], reverse=True)
+        if r["part"] != ASSOCIATED
+    ]
+    preference = [*confirmed_latest_first, later, earlier]
+    everything = expansions.from_training_set(built.path, per_chunk=None)
+    for cap in range(1, len(preference) + 1):
+        capped = expansions.from_training_set(built.path, per_chunk=cap)
+        assert sorted(q for c, q in capped if c == chunk) == sorted(preference[:cap])
+        assert capped == [pair for pair in everything if pair in set(capped)]  # set order
+    # and every chunk the same way
+    by_chunk: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_chunk[row["positive_chunk_id"]].append(row)
+    preferred = {
+        (c, max(its, key=lambda r: (r["part"] != ASSOCIATED, r["asked_at"]))["anchor"])
+        for c, its in by_chunk.items()
+    }
+    assert set(expansions.from_training_set(built.path, per_chunk=1)) == preferred
