@@ -449,8 +449,9 @@ class TrainingSettings(BaseModel):
         "unless they rank its validation queries worse by more than loop.max_regression "
         "(with the champion's encoder kept, only if they rank them better), and on the "
         "dense side too (a chunk's cosine the best of the query's with it and with its "
-        "questions) when that ranks them better than the BM25 side alone; the gate "
-        "decides the candidate. false: the loop learns the encoder and the fusion "
+        "questions) when that ranks them better than the BM25 side alone, or as well when "
+        "fewer of them than loop.min_gate_queries leave room to tell; the gate decides the "
+        "candidate. false: the loop learns the encoder and the fusion "
         "weight only.",
     )
     associate_unrated: bool = Field(

@@ -643,6 +643,17 @@ def kept_encoder_offers(
     return validated_with_champion and good and any(changes.values())
 
 
+def takes_dense_side(*, bm25: float, dense: float, room: int, floor: int) -> bool:
+    """Whether kept expansions go to the dense side too: it ranks the validation queries
+    (nDCG@10 `dense`) better than the BM25 side alone (`bm25`), or as well when fewer than
+    `floor` (the gate's `min_gate_queries`) of them leave the champion `room` to tell the
+    two apart; the gate, which has room on its own questions, then judges it, as it judges a
+    kept encoder's change (`kept_encoder_offers`)."""
+    if round(dense, 6) == round(bm25, 6):
+        return room < floor
+    return dense > bm25
+
+
 @dataclass(frozen=True)
 class _Validation:
     check: FusionCheck | None  # what query-side training validates on
@@ -671,7 +682,11 @@ def _validation(
     with the chunk and with its questions) only when that ranks the validation queries
     better than the BM25 side alone: where users ask about the same chunks in other words
     (SciFact) it finds them; where no two questions share a chunk (PubMedQA-L) it can only
-    pull the wrong chunk up, and the validation queries show that."""
+    pull the wrong chunk up, and the validation queries show that. When they rank them
+    alike and too few of them leave the champion room to tell (fewer than the gate's
+    `min_gate_queries`, as under sparse feedback that confirms what was served), the dense
+    side goes to the gate with the rest, as a kept encoder's change does
+    (`kept_encoder_offers`)."""
     config = RetrievalConfig.stored(index.retrieval)
     encoder = services.embedders.get(index.embedder_version)
     if not config.hybrid:
@@ -727,7 +742,8 @@ def _validation(
     with_dense = dense.score(vectors, encoder.embed_queries(dense.questions))
     figures["validation_ndcg_at_10_with_dense"] = round(with_dense.ndcg_at_10, 6)
     every = expansions.from_training_set(examples, per_chunk=cap)
-    if with_dense.ndcg_at_10 > with_.ndcg_at_10:
+    floor = services.settings.loop.min_gate_queries
+    if takes_dense_side(bm25=with_.ndcg_at_10, dense=with_dense.ndcg_at_10, room=room, floor=floor):
         return _Validation(
             dense, every, figures, champion, dense_expansion=True, champion_room=room
         )

@@ -430,8 +430,14 @@ def test_document_expansion_alone_makes_a_candidate_from_training_questions_only
     assert recipe["encoder"] == "kept" and recipe["expansions"] > 0, recipe
     check = recipe["expansion_check"]
     assert check["validation_ndcg_at_10_with"] >= check["validation_ndcg_at_10_without"]
-    # the dense side only when it ranks the validation queries better than BM25 alone
-    dense_side = check["validation_ndcg_at_10_with_dense"] > check["validation_ndcg_at_10_with"]
+    # the dense side when it ranks the validation queries better than BM25 alone, or as
+    # well when too few of them leave room to tell
+    dense_side = cycle.takes_dense_side(
+        bm25=check["validation_ndcg_at_10_with"],
+        dense=check["validation_ndcg_at_10_with_dense"],
+        room=recipe["validation_room"],
+        floor=services.settings.loop.min_gate_queries,
+    )
     assert recipe["dense_expansion"] is dense_side
     assert view["state"] == "promoted", view["error"]
     candidate = view["candidate_index_version_id"]
@@ -890,3 +896,24 @@ def test_a_kept_encoder_offers_a_candidate_only_when_a_change_ranks_validation_b
         )
         is offers
     )
+
+
+@pytest.mark.parametrize(
+    ("bm25", "dense", "room", "takes"),
+    [
+        (0.90, 0.95, 12, True),  # better
+        (0.90, 0.95, 0, True),
+        (0.95, 0.90, 12, False),  # worse
+        (0.95, 0.90, 0, False),  # worse on the few that can move: not a tie
+        (0.90, 0.90, 12, False),  # alike, and enough of them could have shown a difference
+        (0.90, 0.90, 9, True),  # alike on too few with room to tell: the gate judges
+        (0.90, 0.90 + 1e-9, 0, True),  # alike to the figures' six decimals
+    ],
+)
+def test_the_dense_side_goes_to_the_gate_when_better_or_when_validation_cannot_tell(
+    bm25: float, dense: float, room: int, takes: bool
+) -> None:
+    """Kept expansions go to the dense side too when it ranks the validation questions
+    better than the BM25 side alone, or as well when fewer of them than the gate's floor
+    (10 here) leave the champion room for either side to rank one better."""
+    assert cycle.takes_dense_side(bm25=bm25, dense=dense, room=room, floor=10) is takes
