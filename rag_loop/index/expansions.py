@@ -70,7 +70,8 @@ def from_training_set(
             if pair not in seen:
                 seen.add(pair)
                 pairs.append(pair)
-                preference[pair] = (row.get("part") == ASSOCIATED, str(row.get("asked_at", "")))
+                # confirmed before associated, then the latest asked
+                preference[pair] = (row.get("part") != ASSOCIATED, str(row.get("asked_at", "")))
     if per_chunk is None:
         return pairs
     by_chunk: dict[str, list[tuple[str, str]]] = {}
@@ -78,8 +79,7 @@ def from_training_set(
         by_chunk.setdefault(pair[0], []).append(pair)
     kept: set[tuple[str, str]] = set()
     for questions in by_chunk.values():
-        latest_first = sorted(questions, key=lambda p: preference[p][1], reverse=True)
-        kept.update(sorted(latest_first, key=lambda p: preference[p][0])[:per_chunk])
+        kept.update(sorted(questions, key=preference.__getitem__, reverse=True)[:per_chunk])
     return [pair for pair in pairs if pair in kept]
 
 

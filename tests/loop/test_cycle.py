@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -424,7 +425,10 @@ def test_a_better_fusion_weight_alone_makes_a_candidate_with_the_same_encoder(
 def test_document_expansion_alone_makes_a_candidate_from_training_questions_only(
     loop_services: Callable[..., Services],
 ) -> None:
-    services, base = _kept_encoder(loop_services, expand_documents=True)
+    # a cap of two questions per chunk, below what the sample users ask of some chunks
+    services, base = _kept_encoder(
+        loop_services, expand_documents=True, training={"max_questions_per_chunk": 2}
+    )
     view = cycle.run_cycle(services, cycle.start_cycle(services, actor="test"), actor="test")
     recipe = view["recipe"]
     assert recipe["encoder"] == "kept" and recipe["expansions"] > 0, recipe
@@ -450,6 +454,10 @@ def test_document_expansion_alone_makes_a_candidate_from_training_questions_only
     cap = recipe["max_questions_per_chunk"]
     assert cap == services.settings.training.max_questions_per_chunk
     assert stored == expansions.from_training_set(Path(training_set.path), per_chunk=cap)
+    # the version holds the capped expansions: the cap bit on some chunk
+    uncapped = expansions.from_training_set(Path(training_set.path), per_chunk=None)
+    assert len(stored) < len(uncapped)
+    assert max(Counter(chunk for chunk, _ in stored).values()) == cap == 2
     assert len(stored) == recipe["expansions"]
     # with the dense side, the questions' vectors by the candidate's encoder, stored when built
     read = expansions.of_collection(services.sessions, served.collection_name)
