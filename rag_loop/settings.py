@@ -505,6 +505,17 @@ class LoopSettings(BaseModel):
         "(mean over the gate's data sets, weighted by their questions); a negative value "
         "lets a candidate through that is at most that much worse (with max_p_value 1).",
     )
+    golden_tuning_share: float = Field(
+        default=0.5,
+        ge=0.0,
+        lt=1.0,
+        description="Share of each golden set's questions (by a hash of the question, the "
+        "same in every cycle) on which a cycle validates its choices (epoch, fusion weight, "
+        "expansions and their dense side) beside the validation feedback queries; the gate "
+        "judges on the rest only. A set is split only when each part leaves the champion "
+        "room on at least min_gate_queries questions; otherwise it judges whole. 0: never "
+        "split.",
+    )
     min_gate_queries: int = Field(
         default=10,
         ge=1,

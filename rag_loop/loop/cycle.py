@@ -62,6 +62,7 @@ from rag_loop.db.models import (
 )
 from rag_loop.errors import BackendUnavailable, Conflict, InvalidInput, NotFound, RagLoopError
 from rag_loop.evaluation.runner import EvalParts, EvalRequest, run_evaluation
+from rag_loop.hits import Hit
 from rag_loop.index import expansions
 from rag_loop.index.embedders import (
     AsymmetricEmbedder,
@@ -79,6 +80,7 @@ from rag_loop.index.versions import (
     protected_collections,
     set_alias,
 )
+from rag_loop.loop import golden
 from rag_loop.loop.gate import decide, too_few_to_judge, with_room
 from rag_loop.loop.live import shadow_stats
 from rag_loop.loop.records import (
@@ -117,6 +119,8 @@ from rag_loop.training.finetune import finetune, finetune_queries
 from rag_loop.training.validation import FusionCheck, Scored
 
 log = logging.getLogger(__name__)
+
+TuningPair = tuple[str, list[str]]  # a golden tuning question and its relevant chunk ids
 
 
 class CycleParts(BuildParts, EvalParts, DatasetParts, RegistryParts, Protocol):
@@ -451,22 +455,25 @@ def _collect(services: CycleParts, cycle: LoopCycle) -> Move:
         move.fields["training_set_id"] = built.training_set_id
         return move
     fields: dict[str, Any] = {"training_set_id": built.training_set_id}
-    primary = _primary_datasets(services, built.heldout_path)
+    split, whole = _golden_split(services, index)
+    judged = _judged_golden(services, cycle.id, split)
+    measured = {} if split["applied"] else whole  # the champion on the sets the gate judges
+    primary = _primary_datasets(built.heldout_path, judged)
     if not primary:
         move = _rejection(f"{NOTHING_TO_EVALUATE}, so nothing was trained", "loop")
         move.fields.update(fields)
         return move
-    gate, reason = _room_to_judge(services, index, primary)
-    golden = _primary_datasets(services, None)
+    gate, reason = _room_to_judge(services, index, primary, measured)
+    golden = _primary_datasets(None, judged)
     if reason is not None and primary[0][1] == "heldout" and golden:
         # sparse feedback: the held-out queries cannot judge, the operator's questions may
-        on_golden, golden_reason = _room_to_judge(services, index, golden)
+        on_golden, golden_reason = _room_to_judge(services, index, golden, measured)
         if golden_reason is None:
             on_golden.update(runs={**gate["runs"], **on_golden["runs"]}, heldout_floor=reason)
             gate, reason = on_golden, None
         else:
             reason = f"{reason}; on the golden sets too: {golden_reason}"
-    fields["gate"] = {**cycle.gate, **gate}
+    fields["gate"] = {**cycle.gate, **gate, "golden_split": split}
     if reason is not None:
         reason = f"{reason}, so nothing was trained"
         fields["gate"].update(passed=False, reasons=[reason])
@@ -479,16 +486,79 @@ def _collect(services: CycleParts, cycle: LoopCycle) -> Move:
 NOTHING_TO_EVALUATE = "nothing to evaluate on: no held-out feedback queries and no golden set"
 
 
-def _primary_datasets(services: CycleParts, heldout: str | Path | None) -> list[tuple[Path, str]]:
+def _primary_datasets(heldout: str | Path | None, golden: list[Path]) -> list[tuple[Path, str]]:
     """Where the gate measures its primary metric, with each data set's kind: the held-out
-    feedback queries, or without them the golden sets (`gate.decide`)."""
+    feedback queries, or without them the golden sets' judged parts (`gate.decide`)."""
     if heldout is not None:
         return [(Path(heldout), "heldout")]
-    return [(p, "golden") for p in services.settings.evaluation.golden_sets if p.is_file()]
+    return [(p, "golden") for p in golden]
+
+
+def _golden_split(
+    services: CycleParts, index: IndexVersion
+) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """Whether this cycle splits the golden sets into a tuning and a judged part
+    (rag_loop.loop.golden), with the champion's runs on the whole sets: only when each part
+    leaves the champion room on at least `loop.min_gate_queries` questions, so that the
+    tuning part can tell choices apart and the judged part can still meet the gate's floor.
+    A smaller set judges whole and tunes nothing, as with `loop.golden_tuning_share` 0, and
+    so does every set when training validates nothing (`training.mode` full)."""
+    loop = services.settings.loop
+    paths = [p for p in services.settings.evaluation.golden_sets if p.is_file()]
+    split: dict[str, Any] = {"share": loop.golden_tuning_share, "applied": False}
+    if loop.golden_tuning_share <= 0 or not paths or services.settings.training.mode == "full":
+        return split, {}
+    runs = {f"{p}|champion": _gate_run(services, p, "golden", "champion", index.id) for p in paths}
+    scores = _per_question(services, runs, loop.primary_metric)
+    tuning_room = judged_room = 0
+    for path in paths:
+        room = golden.room_by_part(path, scores[f"{path}|champion"], loop.golden_tuning_share)
+        tuning_room, judged_room = tuning_room + room[0], judged_room + room[1]
+    floor = loop.min_gate_queries
+    split.update(
+        tuning_room=tuning_room,
+        judged_room=judged_room,
+        applied=tuning_room >= floor and judged_room >= floor,
+    )
+    return split, runs
+
+
+def _judged_golden(services: CycleParts, cycle_id: int, split: dict[str, Any]) -> list[Path]:
+    """What the gate judges of the golden sets: each set's judged part when the cycle
+    splits them (`_golden_split`), else each set whole."""
+    paths = [p for p in services.settings.evaluation.golden_sets if p.is_file()]
+    if not split.get("applied"):
+        return paths
+    folder = services.settings.data_dir / "loop" / f"cycle-{cycle_id:04d}" / "golden"
+    return golden.judged_sets(paths, split["share"], folder)
+
+
+def _tuning(services: CycleParts, split: dict[str, Any], hits: list[Hit]) -> list[TuningPair]:
+    """The golden sets' tuning questions with their relevant chunk ids when the cycle
+    splits them (`_golden_split`), else none."""
+    if not split.get("applied"):
+        return []
+    chunks_of: dict[str, list[str]] = {}
+    for hit in hits:
+        chunks_of.setdefault(hit.document_id, []).append(hit.chunk_id)
+    return [
+        (
+            question.text,
+            question.reference_ids
+            if question.chunk_level
+            else [c for d in question.reference_ids for c in chunks_of.get(d, [])],
+        )
+        for question in golden.tuning_questions(
+            services.settings.evaluation.golden_sets, split["share"]
+        )
+    ]
 
 
 def _room_to_judge(
-    services: CycleParts, index: IndexVersion, primary: list[tuple[Path, str]]
+    services: CycleParts,
+    index: IndexVersion,
+    primary: list[tuple[Path, str]],
+    measured: dict[str, dict[str, Any]] | None = None,
 ) -> tuple[dict[str, Any], str | None]:
     """The champion on the data sets of the gate's primary metric before anything is
     trained: the runs the gate compares the candidate with, and the reason no candidate
@@ -496,10 +566,12 @@ def _room_to_judge(
     champion does not already score perfectly: only on those can a gain show, whatever is
     trained). Feedback that confirms what was served leaves most held-out questions without
     room (README), and training a candidate that the gate must refuse costs a cycle's CPU
-    for nothing."""
+    for nothing. The champion's runs in `measured` (by key) are not run again."""
     loop = services.settings.loop
+    measured = measured or {}
     runs = {
-        f"{path}|champion": _gate_run(services, path, kind, "champion", index.id)
+        f"{path}|champion": measured.get(f"{path}|champion")
+        or _gate_run(services, path, kind, "champion", index.id)
         for path, kind in primary
     }
     unanswerable: set[str] = set()
@@ -550,7 +622,10 @@ def _train(services: CycleParts, cycle: LoopCycle) -> Move:
     ids = sorted(services.store.ids(index.collection_name))
     found = services.store.get_embeddings(index.collection_name, ids)
     bank = np.stack([found[i] for i in ids])
-    validation = _validation(services, index, Path(training_set.path), ids, bank)
+    golden_tuning = _tuning(
+        services, cycle.gate.get("golden_split", {}), services.store.hits(index.collection_name)
+    )
+    validation = _validation(services, index, Path(training_set.path), ids, bank, golden_tuning)
     expanded, champion_figure = validation.expanded, validation.champion
     tuning = finetune_queries(
         Path(parent.path), Path(training_set.path), folder, settings, ids, bank, validation.check
@@ -665,11 +740,18 @@ class _Validation:
 
 
 def _validation(
-    services: CycleParts, index: IndexVersion, examples: Path, ids: list[str], bank: np.ndarray
+    services: CycleParts,
+    index: IndexVersion,
+    examples: Path,
+    ids: list[str],
+    bank: np.ndarray,
+    tuning: list[TuningPair],
 ) -> _Validation:
     """What query-side training validates on, the document expansions the candidate gets
     (rag_loop.index.expansions) and the champion's validation nDCG@10 (its encoder and
-    fusion weight, no new expansions).
+    fusion weight, no new expansions). The validation queries are the training set's
+    validation part and the golden sets' tuning questions (`tuning`, with their relevant
+    chunk ids: `_golden_split`), which are never expansions.
 
     A hybrid champion's validation queries are ranked with BM25 over its chunks' own text
     (not its expansions: those may hold the validation queries themselves, from earlier
@@ -690,7 +772,9 @@ def _validation(
     config = RetrievalConfig.stored(index.retrieval)
     encoder = services.embedders.get(index.embedder_version)
     if not config.hybrid:
-        plain = FusionCheck.from_examples(examples, ids, bank, None, None, config.candidates)
+        plain = FusionCheck.from_examples(
+            examples, ids, bank, None, None, config.candidates, tuning
+        )
         if plain is None:
             return _Validation(None, [], {}, None)
         scored = plain.score(encoder.embed_queries(plain.queries))
@@ -707,7 +791,7 @@ def _validation(
             return {lexical.hits[i].chunk_id: float(scores[i]) for i in np.flatnonzero(scores)}
 
         return FusionCheck.from_examples(
-            examples, ids, bank, bm25_of, config.dense_weight, config.candidates
+            examples, ids, bank, bm25_of, config.dense_weight, config.candidates, tuning
         )
 
     plain = check_with(None)
@@ -846,7 +930,7 @@ def _evaluate(services: CycleParts, cycle: LoopCycle) -> Move:
     datasets: list[Path] = []
     if training_set.heldout_path:
         datasets.append(Path(training_set.heldout_path))
-    datasets += [p for p in services.settings.evaluation.golden_sets if p.is_file()]
+    datasets += _judged_golden(services, cycle.id, cycle.gate.get("golden_split", {}))
     if not datasets:  # the golden sets were removed since collecting
         return _rejection(NOTHING_TO_EVALUATE, "loop")
     runs: dict[str, dict[str, Any]] = dict(cycle.gate.get("runs", {}))

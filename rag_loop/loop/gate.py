@@ -1,7 +1,8 @@
 """The gate: does the candidate measurably beat the champion, and break nothing?
 
-For every gate data set (the held-out feedback queries, then each golden set) candidate and
-champion are ranked the same way. The candidate passes when
+For every gate data set (the held-out feedback queries, then each golden set, or its judged
+part when the cycle split it: rag_loop.loop.golden) candidate and champion are ranked the
+same way. The candidate passes when
 
 - the primary metric (`loop.primary_metric`, nDCG@10 by default) improves by at least
   `loop.min_improvement` on the held-out feedback queries: the questions users actually

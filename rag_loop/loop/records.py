@@ -80,6 +80,23 @@ class RollbackRecord(_Record):
     )
 
 
+class GoldenSplit(_Record):
+    """Whether a cycle split the golden sets into a tuning part, which validates its
+    choices, and a judged part, the only one the gate judges (rag_loop.loop.golden)."""
+
+    share: float = Field(description="loop.golden_tuning_share when the cycle collected.")
+    applied: bool = Field(
+        description="Split only when each part left the champion room on at least "
+        "loop.min_gate_queries questions; otherwise every golden set judges whole."
+    )
+    tuning_room: int | None = Field(
+        default=None, description="Tuning questions the champion did not score perfectly."
+    )
+    judged_room: int | None = Field(
+        default=None, description="Judged questions the champion did not score perfectly."
+    )
+
+
 class Gate(_Record):
     runs: dict[str, GateRun] = Field(
         default_factory=dict, description="`<dataset>|<role>` -> the evaluation run."
@@ -99,6 +116,7 @@ class Gate(_Record):
         description="Why the held-out feedback queries could not decide (too few with room "
         "for loop.min_gate_queries), when the golden sets decide instead.",
     )
+    golden_split: GoldenSplit | None = None
     primary_measured_on: list[str] = Field(default_factory=list)
     primary_delta: float | None = None
     primary_questions: PairedQuestions | None = None

@@ -1,22 +1,24 @@
 """How training chooses its own settings: ranking the validation feedback queries.
 
 A `FusionCheck` holds the training set's validation queries (never the gate's held-out
-ones), the bank positions of their positives, the serving index's document vectors (the
-bank) and each query's BM25 scores over the same chunks. Given a query encoder it ranks
-every query the way an index version retrieves (`rag_loop.retrieval.search.fuse`: the
-dense and BM25 top `candidates` pooled, each side min-max normalised, fused with the dense
-weight) and reports chunk-level nDCG@10 for each dense weight it may choose. With
-`questions` (the fit part's questions and the bank rows they expand) it ranks as a version
-with dense expansion does: each row's cosine is the best of the query's with the row and
-with the questions that expand it, embedded by the same encoder. Query-side training scores
-the champion's encoder this way before the first epoch and every epoch after it; it keeps
-the epoch, and the weight, that rank the validation queries best.
+ones) and the golden sets' tuning questions when the cycle split them (never the part the
+gate judges: rag_loop.loop.golden), the bank positions of their positives, the serving
+index's document vectors (the bank) and each query's BM25 scores over the same chunks.
+Given a query encoder it ranks every query the way an index version retrieves
+(`rag_loop.retrieval.search.fuse`: the dense and BM25 top `candidates` pooled, each side
+min-max normalised, fused with the dense weight) and reports chunk-level nDCG@10 for each
+dense weight it may choose. With `questions` (the fit part's questions and the bank rows
+they expand) it ranks as a version with dense expansion does: each row's cosine is the best
+of the query's with the row and with the questions that expand it, embedded by the same
+encoder. Query-side training scores the champion's encoder this way before the first epoch
+and every epoch after it; it keeps the epoch, and the weight, that rank the validation
+queries best.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -81,8 +83,10 @@ class FusionCheck:
         bm25_of: Callable[[str], dict[str, float]] | None,
         incumbent: float | None,
         candidates: int,
+        also: Iterable[tuple[str, Iterable[str]]] = (),
     ) -> FusionCheck | None:
-        """The validation part of a training set (None when it has none in the bank);
+        """The validation part of a training set and the questions of `also` (each with its
+        relevant chunk ids: a golden set's tuning part), None when none is in the bank;
         `bm25_of(query)` gives the BM25 score by chunk id (None: the index is dense)."""
         position = {chunk_id: i for i, chunk_id in enumerate(bank_ids)}
         relevant: dict[str, set[int]] = {}
@@ -92,6 +96,10 @@ class FusionCheck:
                 at = position.get(row["positive_chunk_id"])
                 if row.get("part") == "validation" and at is not None:
                     relevant.setdefault(row["anchor"], set()).add(at)
+        for query, chunk_ids in also:
+            found = {position[c] for c in chunk_ids if c in position}
+            if found:
+                relevant.setdefault(query, set()).update(found)
         if not relevant:
             return None
         queries = sorted(relevant)

@@ -29,7 +29,7 @@ from rag_loop.feedback.service import submit_feedback
 from rag_loop.index import expansions
 from rag_loop.index.versions import champion, describe_versions, serving_index
 from rag_loop.interactions.ask import ask
-from rag_loop.loop import cycle
+from rag_loop.loop import cycle, golden
 from rag_loop.loop.audit import trace
 from rag_loop.loop.triggers import tick
 from rag_loop.registry.embedders import model_name
@@ -693,11 +693,12 @@ def _sparse_feedback(loop_services: Callable[..., Services], **overrides: Any) -
     """Users who only confirm answers whose first chunk is right: no held-out question has
     room. Training that moves the encoder, no validation split, a gate that lets anything
     with one question of room through."""
+    loop = {**ALWAYS_PASS, "min_gate_queries": 1, **overrides.pop("loop", {})}
     services, _ = _kept_encoder(
         loop_services,
         expand_documents=True,
         confirm_first=True,
-        loop={**ALWAYS_PASS, "min_gate_queries": 1},
+        loop=loop,
         training={"validation_share": 0.0, "epochs": 1, "learning_rate": 5e-5},
         **overrides,
     )
@@ -711,8 +712,9 @@ def test_when_the_held_out_questions_cannot_judge_the_golden_sets_do(
     questions have no room, the golden questions have, so the cycle trains and the gate
     measures its primary metric on the golden set, the held-out questions guarding only
     (a candidate that ranked what users confirmed worse would still be turned down). No
-    validation split, so training offers its encoder to the gate."""
-    services = _sparse_feedback(loop_services)
+    validation split and the golden set whole (no tuning part, which the next test takes),
+    so training offers its encoder to the gate."""
+    services = _sparse_feedback(loop_services, loop={"golden_tuning_share": 0.0})
     view = cycle.run_cycle(services, cycle.start_cycle(services, actor="test"), actor="test")
     gate = view["gate"]
     assert "training" in view["stages"], view["error"]
@@ -725,6 +727,53 @@ def test_when_the_held_out_questions_cannot_judge_the_golden_sets_do(
     assert gate["primary_measured_on"] == [golden_path.stem]
     assert "heldout_feedback.ndcg_at_10" in gate["deltas"]  # measured, guarding
     (line,) = loop_cycles([view])  # the report says where the gate measured
+    assert line["primary_kind"] == "golden"
+
+
+def test_a_golden_tuning_part_validates_the_choices_and_the_gate_judges_the_rest(
+    loop_services: Callable[..., Services], golden_path: Path
+) -> None:
+    """The same sparse feedback: no validation feedback query, none with room. With the
+    golden set split (each part leaves the champion room on at least `min_gate_queries`
+    questions), its tuning part is what the cycle validates its choices on, and the gate
+    judges the candidate on the judged part only, a file of the cycle's that holds none of
+    the tuning questions; none of them becomes an expansion or a training example. (The
+    champion ranks the sample golden questions all but perfectly; here each also names the
+    next question's document, which leaves room on every one.)"""
+    rows = [json.loads(line) for line in golden_path.read_text().splitlines()]
+    for row, after in zip(rows, rows[1:] + rows[:1], strict=True):
+        row["document_ids"] = sorted({*row["document_ids"], *after["document_ids"]})
+    golden_path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    services = _sparse_feedback(loop_services)
+    share = services.settings.loop.golden_tuning_share
+    assert share == 0.5  # the default
+    view = cycle.run_cycle(services, cycle.start_cycle(services, actor="test"), actor="test")
+    assert "training" in view["stages"], view["error"]
+    gate, recipe = view["gate"], view["recipe"]
+    split = gate["golden_split"]
+    assert split["applied"] is True and split["share"] == share, split
+    assert split["tuning_room"] >= 1 and split["judged_room"] >= 1
+    tuning = {r["question"] for r in rows if golden.is_tuning(r["question"], share)}
+    assert 0 < len(tuning) < len(rows)
+    judged_runs = [run for run in gate["runs"].values() if run["kind"] == "golden"]
+    assert {run["role"] for run in judged_runs} == {"champion", "candidate"}
+    (judged,) = {Path(run["dataset"]) for run in judged_runs}
+    assert judged.is_relative_to(services.settings.data_dir / "loop" / f"cycle-{view['id']:04d}")
+    assert judged.name == golden_path.name  # the deltas keep the set's name
+    assert [json.loads(line) for line in judged.read_text().splitlines()] == [
+        r for r in rows if r["question"] not in tuning
+    ]
+    assert all(run["n_samples"] == len(rows) - len(tuning) for run in judged_runs)
+    assert gate["primary_kind"] == "golden" and gate["primary_measured_on"] == [golden_path.stem]
+    # no validation share: the validation queries are the tuning questions, with room
+    assert recipe["validation_queries"] == len(tuning)
+    assert recipe["validation_room"] == split["tuning_room"]
+    with services.sessions() as session:
+        training_set = session.get_one(TrainingSet, view["training_set"]["id"])
+    used = {json.loads(line)["anchor"] for line in Path(training_set.path).read_text().splitlines()}
+    asked = {q for _, q in expansions.from_training_set(Path(training_set.path), per_chunk=None)}
+    assert not (used | asked) & tuning
+    (line,) = loop_cycles([view])
     assert line["primary_kind"] == "golden"
 
 
