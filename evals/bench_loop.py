@@ -279,6 +279,17 @@ def settings_for(data_dir: Path, args: argparse.Namespace) -> Settings:
     )
 
 
+def probe_services(work: Path, name: str) -> Services:
+    """The service's defaults over a fresh copy of the corpus this benchmark ingested into
+    `work` (its `--work`), in `work/name`, for an offline probe that must leave the
+    ingested copy as it is; no golden set."""
+    data_dir = work / name
+    shutil.rmtree(data_dir, ignore_errors=True)
+    shutil.copytree(work / "ingested", data_dir)
+    defaults = argparse.Namespace(chunk_size=4000, shown=10, golden=0)
+    return Services.from_settings(settings_for(data_dir, defaults))
+
+
 def run_seed(
     domain: Domain, template: Path, work: Path, seed: int, args: argparse.Namespace
 ) -> dict[str, Any]:

@@ -37,7 +37,6 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import shutil
 import statistics
 import sys
 import time
@@ -48,7 +47,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from evals.bench_loop import load_domain, settings_for  # noqa: E402
+from evals.bench_loop import load_domain, probe_services  # noqa: E402
 from rag_loop.evaluation.metrics import ranking_metrics  # noqa: E402
 from rag_loop.feedback.simulated import SimulatedUser  # noqa: E402
 from rag_loop.index.expansions import Expanded  # noqa: E402
@@ -56,7 +55,6 @@ from rag_loop.index.versions import serving_index  # noqa: E402
 from rag_loop.interactions.ask import ask  # noqa: E402
 from rag_loop.retrieval.lexical import LexicalIndexes  # noqa: E402
 from rag_loop.retrieval.search import search  # noqa: E402
-from rag_loop.services import Services  # noqa: E402
 from rag_loop.training.dataset import is_heldout, normalise  # noqa: E402
 
 
@@ -68,11 +66,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="JSON report")
     args = parser.parse_args()
     domain = load_domain(args.dataset, args.work)
-    data_dir = args.work / "probe-expansion"
-    shutil.rmtree(data_dir, ignore_errors=True)
-    shutil.copytree(args.work / "ingested", data_dir)
-    settings = settings_for(data_dir, argparse.Namespace(chunk_size=4000, shown=10))
-    services = Services.from_settings(settings)
+    services = probe_services(args.work, "probe-expansion")
+    settings = services.settings
     share = settings.training.holdout_share
     index = serving_index(services.engine)
     config, embedder = index.retrieval, services.embedders.get(index.embedder_version)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -24,10 +23,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from evals.bench_loop import load_domain, settings_for, test_metrics  # noqa: E402
+from evals.bench_loop import load_domain, probe_services, test_metrics  # noqa: E402
 from rag_loop.index.versions import serving_index  # noqa: E402
 from rag_loop.loop.golden import is_tuning  # noqa: E402
-from rag_loop.services import Services  # noqa: E402
 from rag_loop.settings import LoopSettings  # noqa: E402
 from rag_loop.training.validation import WEIGHTS  # noqa: E402
 
@@ -39,11 +37,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="JSON report")
     args = parser.parse_args()
     domain = load_domain(args.dataset, args.work)
-    data_dir = args.work / "probe-fusion-weight"
-    shutil.rmtree(data_dir, ignore_errors=True)
-    shutil.copytree(args.work / "ingested", data_dir)
-    settings = settings_for(data_dir, argparse.Namespace(chunk_size=4000, shown=10, golden=0))
-    services = Services.from_settings(settings)
+    services = probe_services(args.work, "probe-fusion-weight")
     index = serving_index(services.engine)
     share = LoopSettings().golden_tuning_share
     parts: dict[str, dict[str, set[str]]] = {"test": dict(domain.test)}

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import statistics
 import sys
 import time
@@ -36,13 +35,12 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from evals.bench_loop import DATASETS, beir, settings_for  # noqa: E402
+from evals.bench_loop import DATASETS, beir, probe_services  # noqa: E402
 from rag_loop.evaluation.metrics import ranking_metrics  # noqa: E402
 from rag_loop.hits import Hit  # noqa: E402
 from rag_loop.index.embedders import DEFAULT_MODEL, resolve_model_path  # noqa: E402
 from rag_loop.index.versions import serving_index  # noqa: E402
 from rag_loop.retrieval.search import fuse, search  # noqa: E402
-from rag_loop.services import Services  # noqa: E402
 
 
 def main() -> None:
@@ -61,11 +59,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="JSON report")
     args = parser.parse_args()
     domain = beir(DATASETS / "scifact")
-    data_dir = args.work / "probe-reranker"
-    shutil.rmtree(data_dir, ignore_errors=True)
-    shutil.copytree(args.work / "ingested", data_dir)
-    bench_args = argparse.Namespace(chunk_size=4000, shown=10)
-    services = Services.from_settings(settings_for(data_dir, bench_args))
+    services = probe_services(args.work, "probe-reranker")
+    data_dir = services.settings.data_dir
     texts: dict[str, str] = {}
     with (DATASETS / "scifact/corpus.jsonl").open() as handle:
         for line in handle:
