@@ -29,7 +29,8 @@ configuration that learns nothing), with every stage's wall time and peak memory
 The gate sees no golden set by default. `--golden N` sets N replayed questions aside, by a
 hash of their id, as the operator's golden set (labelled, never asked): the gate then
 judges on it when the held-out feedback has too few questions with room, as it does under
-sparse feedback (README).
+sparse feedback, and a cycle that splits it validates its choices on its tuning part and
+is judged on the rest (`loop.golden_tuning_share`, README).
 
     python evals/bench_loop.py [--dataset scifact|pubmedqa|PATH] [--user generous|realistic]
                                [--seeds 0,1,2] [--batches 3] [--golden N]
@@ -433,7 +434,8 @@ def main() -> None:
         type=int,
         default=0,
         help="set N replayed questions aside as the operator's golden set (never asked): the "
-        "gate judges on it when the held-out feedback has too few questions with room",
+        "gate judges on it when the held-out feedback has too few questions with room (on "
+        "its judged part when a cycle splits it: loop.golden_tuning_share)",
     )
     parser.add_argument("--work", type=Path, default=None, help="keep the data dirs here")
     parser.add_argument("--out", type=Path, default=None, help="JSON report")
