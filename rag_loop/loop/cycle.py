@@ -533,13 +533,16 @@ def _judged_golden(services: CycleParts, cycle_id: int, split: dict[str, Any]) -
     return golden.judged_sets(paths, split["share"], folder)
 
 
-def _tuning(services: CycleParts, split: dict[str, Any], hits: list[Hit]) -> list[TuningPair]:
+def _tuning(
+    services: CycleParts, split: dict[str, Any], hits: Callable[[], list[Hit]]
+) -> list[TuningPair]:
     """The golden sets' tuning questions with their relevant chunk ids when the cycle
-    splits them (`_golden_split`), else none."""
+    splits them (`_golden_split`), else none (and `hits`, the collection's chunks, are not
+    read)."""
     if not split.get("applied"):
         return []
     chunks_of: dict[str, list[str]] = {}
-    for hit in hits:
+    for hit in hits():
         chunks_of.setdefault(hit.document_id, []).append(hit.chunk_id)
     return [
         (
@@ -622,10 +625,8 @@ def _train(services: CycleParts, cycle: LoopCycle) -> Move:
     ids = sorted(services.store.ids(index.collection_name))
     found = services.store.get_embeddings(index.collection_name, ids)
     bank = np.stack([found[i] for i in ids])
-    golden_tuning = _tuning(
-        services, cycle.gate.get("golden_split", {}), services.store.hits(index.collection_name)
-    )
-    validation = _validation(services, index, Path(training_set.path), ids, bank, golden_tuning)
+    split = cycle.gate.get("golden_split", {})
+    validation = _validation(services, index, Path(training_set.path), ids, bank, split)
     expanded, champion_figure = validation.expanded, validation.champion
     tuning = finetune_queries(
         Path(parent.path), Path(training_set.path), folder, settings, ids, bank, validation.check
@@ -745,13 +746,13 @@ def _validation(
     examples: Path,
     ids: list[str],
     bank: np.ndarray,
-    tuning: list[TuningPair],
+    split: dict[str, Any],
 ) -> _Validation:
     """What query-side training validates on, the document expansions the candidate gets
     (rag_loop.index.expansions) and the champion's validation nDCG@10 (its encoder and
     fusion weight, no new expansions). The validation queries are the training set's
-    validation part and the golden sets' tuning questions (`tuning`, with their relevant
-    chunk ids: `_golden_split`), which are never expansions.
+    validation part and the golden sets' tuning questions when the cycle splits them
+    (`split`: `_golden_split`), which are never expansions.
 
     A hybrid champion's validation queries are ranked with BM25 over its chunks' own text
     (not its expansions: those may hold the validation queries themselves, from earlier
@@ -772,6 +773,7 @@ def _validation(
     config = RetrievalConfig.stored(index.retrieval)
     encoder = services.embedders.get(index.embedder_version)
     if not config.hybrid:
+        tuning = _tuning(services, split, lambda: services.store.hits(index.collection_name))
         plain = FusionCheck.from_examples(
             examples, ids, bank, None, None, config.candidates, tuning
         )
@@ -782,6 +784,7 @@ def _validation(
             plain, [], {}, _at_incumbent(scored, plain), champion_room=_room(scored, plain)
         )
     hits = services.store.hits(index.collection_name)
+    tuning = _tuning(services, split, lambda: hits)
 
     def check_with(expanded: dict[str, list[str]] | None) -> FusionCheck | None:
         lexical = LexicalIndex(hits, config, expanded)
