@@ -25,6 +25,14 @@ Data, read by path from ../shared/datasets or `--datasets` (nothing of it commit
   `--gradual-share` of the asks come from it;
 - a steady stream: PubMedQA-L alone, no shift, for the false-alarm check.
 
+No golden set by default: the service sees only the stream and its feedback. `--golden N`
+sets N of the new documents' claims aside (by a hash of their id, the same in every seed
+and stream) as the operator's golden set, never asked and configured in every arm, as an
+operator who ingests a new batch would label questions about it: the closed loop's gate
+judges on it (on its judged part when a cycle splits it, `loop.golden_tuning_share`), as
+`bench_loop.py --golden` does. Before the shift none of its documents is in the corpus, so
+it gives no gate room until they are.
+
 Arms, each on its own copy of the ingested corpus and the same stream:
 - silent: no evaluation schedule, no loop;
 - alerting: the evaluation round (production window and drift checks) on
@@ -48,7 +56,8 @@ and the table, printed.
 
     python evals/bench_timeline.py [--seeds 0,1,2] [--days 30] [--asks-per-day 400]
                                    [--arms silent,alerting,closed] [--streams shifted,steady]
-                                   [--jobs 2] [--work DIR] [--out FILE] [--analyse]
+                                   [--golden N] [--jobs 2] [--work DIR] [--out FILE]
+                                   [--analyse]
                                    [--datasets DIR]
 
 `--arms` and `--streams` pick some of the runs (the steady stream runs only the alerting
@@ -60,6 +69,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
+import hashlib
 import json
 import os
 import random
@@ -142,6 +152,26 @@ def prepare_data(work: Path, datasets: Path = DATASETS) -> list[Question]:
     return questions
 
 
+def golden_aside(questions: list[Question], n: int) -> list[Question]:
+    """The operator's golden set: `n` of the new documents' asked claims, chosen by a hash
+    of their id (the same for every seed and stream), labelled and never asked."""
+    pool = [q for q in questions if q.pool == "scifact" and not q.test]
+    if n > len(pool) // 2:
+        raise SystemExit(f"--golden {n}: the new documents have {len(pool)} asked claims")
+    return sorted(pool, key=lambda q: hashlib.sha256(q.id.encode()).hexdigest())[:n]
+
+
+def write_golden(work: Path, questions: list[Question], n: int) -> Path:
+    """The golden set as the service reads one (id, question, document_ids), in `work`."""
+    path = work / f"golden-{n}.jsonl"
+    lines = [
+        json.dumps({"id": q.id, "question": q.text, "document_ids": sorted(q.relevant)})
+        for q in sorted(golden_aside(questions, n), key=lambda q: q.id)
+    ]
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
 def with_clusters(questions: list[Question], seed: int = 0) -> list[Question]:
     """k-means (cosine, k=CLUSTERS) of the asked questions' embeddings by the base model;
     test questions keep cluster -1."""
@@ -180,9 +210,10 @@ def make_stream(
     questions: list[Question], kind: str, seed: int, args: argparse.Namespace
 ) -> Stream:
     rng = random.Random(f"stream-{kind}-{seed}")
+    aside = {q.id for q in golden_aside(questions, args.golden)}
     by_pool: dict[str, list[int]] = {}
     for n, q in enumerate(questions):
-        if not q.test:
+        if not q.test and q.id not in aside:
             by_pool.setdefault(q.pool, []).append(n)
     sizes = {c: sum(1 for q in questions if q.cluster == c) for c in range(CLUSTERS)}
     # a topic of at least 50 questions (the shared data sets' clusters, k-means with seed
@@ -291,18 +322,20 @@ class FaithfulnessJudge:
 
 def settings_for(data_dir: Path, arm: str, args: argparse.Namespace) -> Any:
     """The service's defaults, but for where the data lives, one chunk per passage, ten
-    passages shown (so nDCG@10 is of what was served), no golden set (the benchmark's
-    labels are never the service's), and the arm: the evaluation schedule (alerting,
-    closed) and the loop (closed)."""
+    passages shown (so nDCG@10 is of what was served), the golden set (none: the
+    benchmark's labels are never the service's; with `--golden N` the operator's, N claims
+    about the new documents set aside from the stream, in every arm), and the arm: the
+    evaluation schedule (alerting, closed) and the loop (closed)."""
     from rag_loop.settings import Settings
 
+    golden = [str(args.work / f"golden-{args.golden}.jsonl")] if args.golden else []
     return Settings(
         data_dir=data_dir,
         corpus_path=None,
         chunking={"chunk_size": 4000, "chunk_overlap": 0},
         retrieval={"top_k": 10},
         evaluation={
-            "golden_sets": [],
+            "golden_sets": golden,
             "schedule": args.evaluation_schedule if arm != "silent" else None,
         },
         loop={"auto": arm == "closed"},
@@ -443,7 +476,7 @@ def run_arm(arm: str, stream_kind: str, seed: int, args: argparse.Namespace) -> 
             judge.close()
         services.close()
     return {
-        **_identity(arm, stream_kind, seed, stream),
+        **_identity(arm, stream_kind, seed, stream, args.golden),
         "ingests": ingests,
         "asks_fields": ASKS_FIELDS,
         "asks": asks,
@@ -491,11 +524,12 @@ def _clustered(work: Path, datasets: Path = DATASETS) -> list[Question]:
     return [Question(q.id, q.text, q.relevant, q.pool, q.test, clusters[q.id]) for q in questions]
 
 
-def _identity(arm: str, stream_kind: str, seed: int, stream: Stream) -> dict[str, Any]:
+def _identity(arm: str, stream_kind: str, seed: int, stream: Stream, golden: int) -> dict[str, Any]:
     return {
         "arm": arm,
         "stream": stream_kind,
         "seed": seed,
+        "golden": golden,  # the operator's golden set: claims about the new documents
         "target_cluster": stream.target_cluster,
         "shifts": stream.shifts,
     }
@@ -615,7 +649,7 @@ def run_from_database(
         for r, q in rows
     ]
     return {
-        **_identity(arm, stream_kind, seed, stream),
+        **_identity(arm, stream_kind, seed, stream, args.golden),
         "unfinished": f"rebuilt from {data_dir}: {len(asks)} of {len(stream.asks)} asks",
         "asks_fields": ASKS_FIELDS,
         "asks": asks,
@@ -813,6 +847,10 @@ def seed_table(runs: dict[str, dict[str, Any]]) -> str:
     for label, used in (
         ("automated trigger", lambda r: r["settings"]["loop"]["auto"]),
         ("human gate", lambda r: r["settings"]["loop"]["require_approval"] and bool(r["cycles"])),
+        (  # evaluated by the rounds, judged on by the gate; the silent arm does neither
+            "operator's golden set",
+            lambda r: bool(r.get("golden")) and r["settings"]["evaluation"]["schedule"] is not None,
+        ),
         ("registry (versions in MLflow)", lambda r: bool(r["cycles"])),
         ("versioned feedback", lambda r: True),  # every arm logs answers, versions, feedback
         ("shadow mode", lambda r: r["settings"]["loop"]["shadow_share"] > 0 and bool(r["cycles"])),
@@ -929,7 +967,7 @@ def ingest_template(work: Path) -> None:
     if (template / "ingested.ok").exists():
         return
     shutil.rmtree(template, ignore_errors=True)
-    args = argparse.Namespace(evaluation_schedule=None)
+    args = argparse.Namespace(evaluation_schedule=None, golden=0, work=work)
     services = Services.from_settings(settings_for(template, "silent", args))
     try:
         started = time.perf_counter()
@@ -954,6 +992,7 @@ def run_child(arm: str, stream: str, seed: int, args: argparse.Namespace) -> dic
         "gradual_share",
         "groundedness_share",
         "evaluation_schedule",
+        "golden",
         "work",
         "datasets",
     ):
@@ -986,6 +1025,16 @@ def main() -> None:
         "--evaluation-schedule",
         default="0 */6 * * *",
         help="cron of the evaluation round with its drift checks (alerting and closed arms)",
+    )
+    parser.add_argument(
+        "--golden",
+        type=int,
+        default=0,
+        metavar="N",
+        help="set N of the new documents' claims aside from the stream as the operator's "
+        "golden set (labelled, never asked), in every arm's settings: the closed loop's gate "
+        "judges on it (or on its judged part when a cycle splits it), the alerting arm's "
+        "rounds evaluate it (default 0: no golden set)",
     )
     parser.add_argument("--jobs", type=int, default=2, help="arms run at once")
     parser.add_argument(
@@ -1042,8 +1091,10 @@ def main() -> None:
     began = time.perf_counter()
     args.work = (args.work or Path(tempfile.mkdtemp(prefix="rag-loop-bench-timeline-"))).resolve()
     args.work.mkdir(parents=True, exist_ok=True)
-    # writes the corpora; once, before the arms run (or are rebuilt)
-    _clustered(args.work, args.datasets)
+    # writes the corpora and the golden set; once, before the arms run (or are rebuilt)
+    questions = _clustered(args.work, args.datasets)
+    if args.golden:
+        write_golden(args.work, questions, args.golden)
     if not args.analyse:
         ingest_template(args.work)
     print(f"{len(tasks)} arm runs, {args.jobs} at a time; data in {args.work}", flush=True)
@@ -1090,7 +1141,13 @@ def main() -> None:
         print(
             f"\nseed {seed}, {args.asks_per_day} asks a day for {args.days} days "
             f"(abrupt shift day {args.shift_day}, gradual days {args.gradual_from}-"
-            f"{args.gradual_to}); plot {picture}\n"
+            f"{args.gradual_to}"
+            + (
+                f"; a golden set of {args.golden} claims about the new documents"
+                if args.golden
+                else ""
+            )
+            + f"); plot {picture}\n"
         )
         print(seed_table(shifted))
     steady = [r for r in runs if r["stream"] == "steady"]

@@ -10,6 +10,7 @@ their ingest alone takes minutes."""
 from __future__ import annotations
 
 import json
+import os
 import random
 import sqlite3
 import subprocess
@@ -123,13 +124,14 @@ def asked(data_dir: Path) -> list[str]:
         return [row[0] for row in db.execute("SELECT query FROM interactions")]
 
 
-def run(script: str, *args: str | Path, cwd: Path) -> str:
+def run(script: str, *args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> str:
     done = subprocess.run(
         [sys.executable, str(ROOT / "evals" / script), *map(str, args)],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=1200,
+        env=None if env is None else {**os.environ, **env},
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
@@ -257,3 +259,53 @@ def test_the_timeline_benchmark_runs_every_arm_on_both_streams(tmp_path: Path) -
         )
     for figure, before in zip(again_silent["figures"], silent["figures"], strict=True):
         assert {k: figure[k] for k in figure_keys} == {k: before[k] for k in figure_keys}
+
+
+@pytest.mark.slow
+def test_the_timeline_benchmark_gives_every_arm_an_operators_golden_set(tmp_path: Path) -> None:
+    datasets = tmp_path / "datasets"
+    words = Words(2)
+    beir_folder(datasets / "scifact", words, claims=60, distractors=30, hard=True)
+    pubmedqa_folder(datasets / "pubmedqa", words, items=120)
+    queries = {
+        json.loads(line)["_id"]: json.loads(line)["text"]
+        for line in (datasets / "scifact/queries.jsonl").read_text().splitlines()
+    }
+    work, out = tmp_path / "work", tmp_path / "timeline.json"
+    options = (
+        "--datasets", datasets, "--seeds", "0", "--days", 6, "--asks-per-day", 60,
+        "--shift-day", 2, "--gradual-from", 3, "--gradual-to", 5, "--work", work,
+        "--arms", "closed", "--streams", "shifted", "--golden", 20, "--jobs", 1,
+    )  # fmt: skip
+    # a cycle every 20 feedback events (about 12 a day), so some start before the shift
+    frequent = {"RAG_LOOP_LOOP_TRIGGER_FEEDBACK_COUNT": "20"}
+    printed = run("bench_timeline.py", *options, "--out", out, cwd=tmp_path, env=frequent)
+
+    # 20 of the new documents' asked (train) claims, by a hash of their id, with their
+    # documents; the closed loop's settings name the file, and no golden claim was asked
+    rows = [json.loads(line) for line in (work / "golden-20.jsonl").read_text().splitlines()]
+    assert len(rows) == 20 and len({r["id"] for r in rows}) == 20
+    for row in rows:
+        claim = row["id"].removeprefix("scifact-")
+        assert row["question"] == queries[claim] and int(claim) < 40  # train: 0-39
+        assert row["document_ids"] == [str(1000 + int(claim))]
+    (closed,) = json.loads(out.read_text())["runs"]
+    assert closed["golden"] == 20
+    assert closed["settings"]["evaluation"]["golden_sets"] == [str(work / "golden-20.jsonl")]
+    asked_questions = set(asked(work / "shifted-seed0-closed"))
+    assert asked_questions and not asked_questions & {r["question"] for r in rows}
+    assert "| operator's golden set | yes |" in printed
+
+    # the cycles measured the golden set: no room before its documents were ingested (day
+    # 2, hour 48), room after
+    with sqlite3.connect(work / "shifted-seed0-closed" / "rag_loop.db") as db:
+        splits = [
+            (created, json.loads(gate).get("golden_split"))
+            for created, gate in db.execute("SELECT created_at, gate FROM loop_cycles")
+        ]
+    measured = [(created, split) for created, split in splits if split and "tuning_room" in split]
+    assert measured, splits
+    for created, split in measured:
+        room = split["tuning_room"] + split["judged_room"]
+        assert (room > 0) == (created >= "2027-01-06"), (created, split)
+    assert any(created >= "2027-01-06" for created, _ in measured)
