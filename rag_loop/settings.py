@@ -502,7 +502,8 @@ class LoopSettings(BaseModel):
         ge=-1,
         le=1,
         description="The candidate must beat the champion's primary metric by at least this "
-        "(mean over the gate's data sets, weighted by their questions); a negative value "
+        "(the mean change over the gate's questions that name a document of the corpus); "
+        "a negative value "
         "lets a candidate through that is at most that much worse (with max_p_value 1).",
     )
     golden_tuning_share: float = Field(

@@ -7,8 +7,9 @@ same way. The candidate passes when
 - the primary metric (`loop.primary_metric`, nDCG@10 by default) improves by at least
   `loop.min_improvement` on the held-out feedback queries: the questions users actually
   ask, which the feedback is about (without a held-out split, or when too few of its
-  questions have room, below, on the golden sets, averaged weighted by their questions:
-  the operator's labelled questions judge what sparse feedback taught), and
+  questions have room, below, on the golden sets, averaged over their questions: the
+  operator's labelled questions judge what sparse feedback taught). The change is the mean
+  over the questions that name a document the corpus holds (below); and
 - no tracked metric (nDCG, Recall and MRR at k) drops by more than `loop.max_regression`
   on any data set: the golden sets guard what already works.
 
@@ -24,7 +25,10 @@ default it is recorded only, since on held-out sets where most questions rank al
 test turned down candidates that were better on the benchmark's test split (README).
 
 Only on questions with room can a candidate show a gain; a question none of whose
-documents the corpus holds has none, and the cycle leaves it out of the per-question scores.
+documents the corpus holds has none, and the cycle leaves it out of the per-question scores
+and so out of the mean change: a golden set half of whose questions are about documents
+not (or no longer) ingested needs the same gain as one the corpus answers whole, where the
+runs' own means, which score such a question 0 for both, would halve it.
 Feedback confirms what was served
 (a thumb rates the answer's first citation), so most held-out questions of sparse feedback
 have none: 14 held-out questions with room on one of them let a candidate through on that
@@ -128,7 +132,8 @@ def decide(
         by_dataset.setdefault(run["dataset"], {})[run["role"]] = run
     deltas: dict[str, float] = {}
     reasons: list[str] = []
-    weighted, weight = 0.0, 0
+    weight = 0  # the questions of the data sets the primary metric is measured on
+    gained, compared = 0.0, 0  # the sum of its changes, over the questions compared
     differences: list[float] = []
     room = 0  # questions the champion did not score perfectly
     if primary_kind is None and any(r.get("kind") == "heldout" for r in runs.values()):
@@ -158,12 +163,20 @@ def decide(
         if counts and primary in champion["metrics"] and primary in candidate["metrics"]:
             measured_on.append(label)
             n = int(candidate.get("n_samples") or 1)
-            weighted += n * (candidate["metrics"][primary] - champion["metrics"][primary])
             weight += n
-            before_by = questions.get(keys[(dataset, "champion")], {})
-            after_by = questions.get(keys[(dataset, "candidate")], {})
-            differences += [after_by[q] - before_by[q] for q in sorted(after_by) if q in before_by]
-            room += with_room(before_by[q] for q in after_by if q in before_by)
+            before_key, after_key = keys[(dataset, "champion")], keys[(dataset, "candidate")]
+            if before_key in questions and after_key in questions:
+                # per question: a question the corpus cannot answer has no score there and
+                # leaves the mean alone (in the run's own mean it only dilutes the change)
+                before_by, after_by = questions[before_key], questions[after_key]
+                changes = [after_by[q] - before_by[q] for q in sorted(after_by) if q in before_by]
+                gained += sum(changes)
+                compared += len(changes)
+                differences += changes
+                room += with_room(before_by[q] for q in after_by if q in before_by)
+            else:  # no per-question scores: the runs' means, weighted by their questions
+                gained += n * (candidate["metrics"][primary] - champion["metrics"][primary])
+                compared += n
     if weight == 0:
         return {
             "passed": False,
@@ -172,7 +185,7 @@ def decide(
             "primary_metric": primary,
             "primary_delta": None,
         }
-    primary_delta = weighted / weight
+    primary_delta = gained / compared if compared else 0.0
     deltas["primary"] = round(primary_delta, 6)
     primary_label = f"{primary} on {', '.join(measured_on)}"
     if primary_delta < settings.min_improvement:

@@ -64,7 +64,7 @@ def test_the_golden_sets_decide_when_told_and_the_held_out_questions_still_guard
     verdict = decide(runs, LoopSettings(), 10, questions, primary_kind="golden")
     assert verdict["passed"], verdict
     assert verdict["primary_measured_on"] == ["questions"]  # the golden set's file stem
-    assert verdict["primary_delta"] == 0.03
+    assert verdict["primary_delta"] == round(30 * 0.1 / 98, 6)  # per question
     assert verdict["primary_room"] == 98
     assert decide(runs, LoopSettings(), 10, questions)["primary_measured_on"] == [
         "heldout_feedback"
@@ -161,3 +161,27 @@ def test_a_gain_on_the_few_questions_with_room_does_not_pass() -> None:
     assert decide(
         _runs(14, 0.026), lenient, 10, {"h|champion": champion, "h|candidate": candidate}
     )["passed"]
+
+
+def test_questions_the_corpus_cannot_answer_do_not_dilute_the_change() -> None:
+    """A golden set of 40 questions, 20 of them about documents the corpus does not hold:
+    the cycle leaves those out of the per-question scores. The candidate ranks the other 20
+    better by 0.008 each; the runs' own means, which score the 20 at 0 for both, show half
+    of it, under the margin."""
+    runs = _runs(20, 0.0)
+    answerable = {f"g{i}": 0.7 for i in range(20)}
+    runs["g|champion"].update(n_samples=40, metrics=dict.fromkeys(METRICS, 0.35))
+    runs["g|candidate"].update(n_samples=40, metrics=dict.fromkeys(METRICS, 0.354))
+    questions = {
+        "g|champion": answerable,
+        "g|candidate": {q: v + 0.008 for q, v in answerable.items()},
+        **_questions([], 20),
+    }
+    verdict = decide(runs, LoopSettings(), 10, questions, primary_kind="golden")
+    assert verdict["passed"], verdict
+    assert verdict["primary_delta"] == 0.008 and verdict["primary_room"] == 20
+    assert verdict["deltas"]["questions.ndcg_at_10"] == 0.004  # the run's mean, as stored
+    # without per-question scores the runs' means are all there is
+    del questions["g|champion"], questions["g|candidate"]
+    diluted = decide(runs, LoopSettings(), 10, questions, primary_kind="golden")
+    assert diluted["primary_delta"] == 0.004 and not diluted["passed"]
