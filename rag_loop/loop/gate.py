@@ -134,6 +134,7 @@ def decide(
     reasons: list[str] = []
     weight = 0  # the questions of the data sets the primary metric is measured on
     gained, compared = 0.0, 0  # the sum of its changes, over the questions compared
+    scored_per_question = False  # whether any of those data sets had per-question scores
     differences: list[float] = []
     room = 0  # questions the champion did not score perfectly
     if primary_kind is None and any(r.get("kind") == "heldout" for r in runs.values()):
@@ -169,11 +170,13 @@ def decide(
                 # per question: a question the corpus cannot answer has no score there and
                 # leaves the mean alone (in the run's own mean it only dilutes the change)
                 before_by, after_by = questions[before_key], questions[after_key]
-                changes = [after_by[q] - before_by[q] for q in sorted(after_by) if q in before_by]
+                both = [q for q in sorted(after_by) if q in before_by]
+                changes = [after_by[q] - before_by[q] for q in both]
                 gained += sum(changes)
                 compared += len(changes)
                 differences += changes
-                room += with_room(before_by[q] for q in after_by if q in before_by)
+                room += with_room(before_by[q] for q in both)
+                scored_per_question = True
             else:  # no per-question scores: the runs' means, weighted by their questions
                 gained += n * (candidate["metrics"][primary] - champion["metrics"][primary])
                 compared += n
@@ -214,8 +217,10 @@ def decide(
             "(loop.max_p_value)",
         )
     # without per-question scores nothing is known of the room: the floor counts questions
+    # (with them, a set none of whose questions the corpus can answer has no room at all)
     where = ", ".join(measured_on)
-    floor = below_floor(weight, room if differences else weight, settings, f"questions ({where})")
+    known = room if scored_per_question else weight
+    floor = below_floor(weight, known, settings, f"questions ({where})")
     if floor is not None:
         reasons.insert(0, floor)
     return {

@@ -181,6 +181,12 @@ def test_questions_the_corpus_cannot_answer_do_not_dilute_the_change() -> None:
     assert verdict["passed"], verdict
     assert verdict["primary_delta"] == 0.008 and verdict["primary_room"] == 20
     assert verdict["deltas"]["questions.ndcg_at_10"] == 0.004  # the run's mean, as stored
+    # a set none of whose questions the corpus answers has no room, whatever the margin
+    unanswerable = {**questions, "g|champion": {}, "g|candidate": {}}
+    lenient = LoopSettings(min_improvement=-1)
+    nothing = decide(runs, lenient, 10, unanswerable, primary_kind="golden")
+    assert not nothing["passed"] and nothing["primary_room"] == 0
+    assert nothing["reasons"][0].startswith("the champion already scores all but 0 of the 40")
     # without per-question scores the runs' means are all there is
     del questions["g|champion"], questions["g|candidate"]
     diluted = decide(runs, LoopSettings(), 10, questions, primary_kind="golden")
