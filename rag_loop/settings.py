@@ -537,8 +537,8 @@ class LoopSettings(BaseModel):
     max_regression: float = Field(
         default=0.01,
         ge=0,
-        description="No tracked metric (nDCG, Recall, MRR at k on any gate data set) may "
-        "drop by more than this.",
+        description="No tracked metric (nDCG, Recall, MRR at k on any gate data set, over "
+        "its questions that name a document of the corpus) may drop by more than this.",
     )
     require_approval: bool = Field(
         default=False,

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -81,7 +81,7 @@ from rag_loop.index.versions import (
     set_alias,
 )
 from rag_loop.loop import golden
-from rag_loop.loop.gate import decide, too_few_to_judge, with_room
+from rag_loop.loop.gate import decide, too_few_to_judge, tracked_metrics, with_room
 from rag_loop.loop.live import shadow_stats
 from rag_loop.loop.records import (
     CycleView,
@@ -509,10 +509,12 @@ def _golden_split(
     if loop.golden_tuning_share <= 0 or not paths or services.settings.training.mode == "full":
         return split, {}
     runs = {f"{p}|champion": _gate_run(services, p, "golden", "champion", index.id) for p in paths}
-    scores = _per_question(services, runs, loop.primary_metric)
+    primary = loop.primary_metric
+    scores = _per_question(services, runs, [primary])
     tuning_room = judged_room = 0
     for path in paths:
-        room = golden.room_by_part(path, scores[f"{path}|champion"], loop.golden_tuning_share)
+        champion = scores[f"{path}|champion"][primary]
+        room = golden.room_by_part(path, champion, loop.golden_tuning_share)
         tuning_room, judged_room = tuning_room + room[0], judged_room + room[1]
     floor = loop.min_gate_queries
     split.update(
@@ -580,10 +582,10 @@ def _room_to_judge(
     unanswerable: set[str] = set()
     scores = {
         f"{key}|{question}": value
-        for key, by_question in _per_question(
-            services, runs, loop.primary_metric, unanswerable
+        for key, by_metric in _per_question(
+            services, runs, [loop.primary_metric], unanswerable
         ).items()
-        for question, value in by_question.items()
+        for question, value in by_metric[loop.primary_metric].items()
     }
     gate = {
         "runs": runs,
@@ -948,11 +950,12 @@ def _evaluate(services: CycleParts, cycle: LoopCycle) -> Move:
                 continue  # measured before training, or resumed: this evaluation is done
             runs[key] = _gate_run(services, path, kind, role, version_id)
             _update(services, cycle.id, gate={**cycle.gate, "runs": runs})
+    k = services.settings.evaluation.k
     verdict = decide(
         runs,
         services.settings.loop,
-        services.settings.evaluation.k,
-        _per_question(services, runs, services.settings.loop.primary_metric),
+        k,
+        _per_question(services, runs, tracked_metrics(services.settings.loop, k)),
         primary_kind=cycle.gate.get("primary_kind"),
     )
     gate = {**cycle.gate, "runs": runs, "champion_index_version": serving.id, **verdict}
@@ -1027,16 +1030,18 @@ def _same_index(services: CycleParts, run: dict[str, Any], version_id: int | Non
 def _per_question(
     services: CycleParts,
     runs: dict[str, dict[str, Any]],
-    metric: str,
+    metrics: Sequence[str],
     unanswerable: set[str] | None = None,
-) -> dict[str, dict[str, float]]:
-    """Each gate run's `metric` per question id, from the samples its evaluation stored,
-    leaving out a question none of whose reference documents or chunks the corpus holds
-    (e.g. a golden set written for another corpus): no ranking can find its answer, so it
-    has no room for a gain and tells two versions apart in nothing (its id is added to
-    `unanswerable`)."""
+) -> dict[str, dict[str, dict[str, float]]]:
+    """Each gate run's `metrics` per question id (run key -> metric -> question), from the
+    samples its evaluation stored, leaving out a question none of whose reference
+    documents or chunks the corpus holds (e.g. a golden set written for another corpus): no
+    ranking can find its answer, so it has no room for a gain and tells two versions apart
+    in nothing (its id is added to `unanswerable`)."""
     run_keys = {run["eval_run_id"]: key for key, run in runs.items()}
-    scores: dict[str, dict[str, float]] = {key: {} for key in runs}
+    scores: dict[str, dict[str, dict[str, float]]] = {
+        key: {metric: {} for metric in metrics} for key in runs
+    }
     with services.sessions() as session:
         rows = session.execute(
             select(
@@ -1045,12 +1050,14 @@ def _per_question(
         ).all()
         held = _held_by_corpus(session, {str(r) for *_, refs in rows for r in refs or []})
         for run_id, sample_id, values, references in rows:
-            value = (values or {}).get(metric)
             if references and not any(str(r) in held for r in references):
                 if unanswerable is not None:
                     unanswerable.add(sample_id)
-            elif value is not None:
-                scores[run_keys[run_id]][sample_id] = float(value)
+                continue
+            for metric in metrics:
+                value = (values or {}).get(metric)
+                if value is not None:
+                    scores[run_keys[run_id]][metric][sample_id] = float(value)
     return scores
 
 

@@ -11,7 +11,7 @@ same way. The candidate passes when
   operator's labelled questions judge what sparse feedback taught). The change is the mean
   over the questions that name a document the corpus holds (below); and
 - no tracked metric (nDCG, Recall and MRR at k) drops by more than `loop.max_regression`
-  on any data set: the golden sets guard what already works.
+  on any data set, over the same questions: the golden sets guard what already works.
 
 and the primary metric was measured on at least `loop.min_gate_queries` questions that the
 champion did not already score perfectly (the questions with room): on a handful, one
@@ -28,7 +28,9 @@ Only on questions with room can a candidate show a gain; a question none of whos
 documents the corpus holds has none, and the cycle leaves it out of the per-question scores
 and so out of the mean change: a golden set half of whose questions are about documents
 not (or no longer) ingested needs the same gain as one the corpus answers whole, where the
-runs' own means, which score such a question 0 for both, would halve it.
+runs' own means, which score such a question 0 for both, would halve it. The guard
+against regressions takes every metric over the same questions, so a drop on half a
+golden set is not halved either.
 Feedback confirms what was served
 (a thumb rates the answer's first citation), so most held-out questions of sparse feedback
 have none: 14 held-out questions with room on one of them let a candidate through on that
@@ -111,22 +113,46 @@ def too_few_to_judge(
     )
 
 
+def tracked_metrics(settings: LoopSettings, k: int) -> list[str]:
+    """The metrics the gate compares on every data set: the primary one, nDCG, Recall and
+    MRR at `k`."""
+    tracked = list(ir_metric_names(k))
+    if settings.primary_metric not in tracked:
+        tracked.insert(0, settings.primary_metric)
+    return tracked
+
+
+PerQuestion = Mapping[str, Mapping[str, Mapping[str, float]]]  # run key -> metric -> question
+
+
+def _paired(
+    questions: PerQuestion, before_key: str, after_key: str, metric: str
+) -> list[tuple[float, float]] | None:
+    """Champion's and candidate's `metric` on each question both runs scored (in a stable
+    order), or None when either run has no per-question scores of it."""
+    before_by = questions.get(before_key, {}).get(metric)
+    after_by = questions.get(after_key, {}).get(metric)
+    if before_by is None or after_by is None:
+        return None
+    return [(before_by[q], after_by[q]) for q in sorted(after_by) if q in before_by]
+
+
 def decide(
     runs: dict[str, dict[str, Any]],
     settings: LoopSettings,
     k: int,
-    questions: Mapping[str, Mapping[str, float]],
+    questions: PerQuestion,
     primary_kind: str | None = None,
 ) -> dict[str, Any]:
     """The verdict on the gate's evaluation `runs` (key: `<dataset>|<role>`), with
-    `questions[key]`: the run's primary metric per question id. The primary metric is
-    measured on the runs of `primary_kind` ("heldout" or "golden"); by default on the
-    held-out feedback queries, or on the golden sets when there are none. Every data set
-    guards against regressions either way."""
-    tracked = list(ir_metric_names(k))
+    `questions[key][metric]`: the run's scores of `metric` per question id, for the
+    questions the corpus can answer. The primary metric is measured on the runs of
+    `primary_kind` ("heldout" or "golden"); by default on the held-out feedback queries, or
+    on the golden sets when there are none. Every data set guards against regressions
+    either way, each metric's change taken over the same questions as the primary's (the
+    runs' own means where a metric has no per-question scores)."""
+    tracked = tracked_metrics(settings, k)
     primary = settings.primary_metric
-    if primary not in tracked:
-        tracked.insert(0, primary)
     by_dataset: dict[str, dict[str, dict[str, Any]]] = {}
     for run in runs.values():
         by_dataset.setdefault(run["dataset"], {})[run["role"]] = run
@@ -148,11 +174,19 @@ def decide(
         label = Path(dataset).stem
         if label == "heldout":
             label = "heldout_feedback"
+        before_key, after_key = keys[(dataset, "champion")], keys[(dataset, "candidate")]
         for metric in tracked:
-            before = champion["metrics"].get(metric)
-            after = candidate["metrics"].get(metric)
-            if before is None or after is None:
-                continue
+            pairs = _paired(questions, before_key, after_key, metric)
+            if pairs is None:  # no per-question scores: the runs' own means
+                before = champion["metrics"].get(metric)
+                after = candidate["metrics"].get(metric)
+                if before is None or after is None:
+                    continue
+            elif not pairs:
+                continue  # the corpus answers none of its questions: nothing can drop
+            else:  # the means over the questions the corpus can answer
+                before = sum(b for b, _ in pairs) / len(pairs)
+                after = sum(a for _, a in pairs) / len(pairs)
             delta = after - before
             deltas[f"{label}.{metric}"] = round(delta, 6)
             if delta < -settings.max_regression:
@@ -165,17 +199,15 @@ def decide(
             measured_on.append(label)
             n = int(candidate.get("n_samples") or 1)
             weight += n
-            before_key, after_key = keys[(dataset, "champion")], keys[(dataset, "candidate")]
-            if before_key in questions and after_key in questions:
+            pairs = _paired(questions, before_key, after_key, primary)
+            if pairs is not None:
                 # per question: a question the corpus cannot answer has no score there and
                 # leaves the mean alone (in the run's own mean it only dilutes the change)
-                before_by, after_by = questions[before_key], questions[after_key]
-                both = [q for q in sorted(after_by) if q in before_by]
-                changes = [after_by[q] - before_by[q] for q in both]
+                changes = [after - before for before, after in pairs]
                 gained += sum(changes)
                 compared += len(changes)
                 differences += changes
-                room += with_room(before_by[q] for q in both)
+                room += with_room(before for before, _ in pairs)
                 scored_per_question = True
             else:  # no per-question scores: the runs' means, weighted by their questions
                 gained += n * (candidate["metrics"][primary] - champion["metrics"][primary])

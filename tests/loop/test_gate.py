@@ -12,6 +12,7 @@ from rag_loop.loop.gate import decide, paired_p_value
 from rag_loop.settings import LoopSettings
 
 METRICS = ("ndcg_at_10", "recall_at_10", "mrr_at_10")
+PRIMARY = METRICS[0]
 
 
 def _runs(n_heldout: int, gain: float, golden_drop: float = 0.0) -> dict[str, dict[str, Any]]:
@@ -32,14 +33,20 @@ def _runs(n_heldout: int, gain: float, golden_drop: float = 0.0) -> dict[str, di
     }
 
 
-def _questions(changes: list[float], n: int) -> dict[str, dict[str, float]]:
+def _scored(by_run: dict[str, dict[str, float]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per-question scores of the primary metric only (the other metrics fall back to the
+    runs' means), as the cycle passes them: run key -> metric -> question."""
+    return {key: {PRIMARY: scores} for key, scores in by_run.items()}
+
+
+def _questions(changes: list[float], n: int) -> dict[str, dict[str, dict[str, float]]]:
     """Held-out scores per question: the champion's 0.7 each, the candidate's changed by
     `changes` on the first questions and alike on the rest."""
     champion = {f"q{i}": 0.7 for i in range(n)}
     candidate = dict(champion)
     for i, change in enumerate(changes):
         candidate[f"q{i}"] = 0.7 + change
-    return {"h|champion": champion, "h|candidate": candidate}
+    return _scored({"h|champion": champion, "h|candidate": candidate})
 
 
 def test_a_gain_on_enough_held_out_questions_passes() -> None:
@@ -60,7 +67,7 @@ def test_the_golden_sets_decide_when_told_and_the_held_out_questions_still_guard
     runs["g|candidate"]["metrics"] = dict.fromkeys(METRICS, 0.93)
     champion = {f"g{i}": 0.9 for i in range(98)}
     candidate = {q: (1.0 if i < 30 else 0.9) for i, q in enumerate(champion)}
-    questions = {"g|champion": champion, "g|candidate": candidate, **_questions([], 20)}
+    questions = _scored({"g|champion": champion, "g|candidate": candidate}) | _questions([], 20)
     verdict = decide(runs, LoopSettings(), 10, questions, primary_kind="golden")
     assert verdict["passed"], verdict
     assert verdict["primary_measured_on"] == ["questions"]  # the golden set's file stem
@@ -70,6 +77,7 @@ def test_the_golden_sets_decide_when_told_and_the_held_out_questions_still_guard
         "heldout_feedback"
     ]  # by default the held-out questions, where the candidate gained nothing
     runs["h|candidate"]["metrics"] = dict.fromkeys(METRICS, 0.68)
+    questions["h|candidate"] = {PRIMARY: dict.fromkeys(questions["h|champion"][PRIMARY], 0.68)}
     broken = decide(runs, LoopSettings(), 10, questions, primary_kind="golden")
     assert not broken["passed"]
     assert broken["reasons"][0].startswith("ndcg_at_10 on heldout_feedback dropped by 0.0200")
@@ -129,7 +137,9 @@ def test_a_rejection_says_how_many_questions_had_room_for_a_gain() -> None:
     candidate = {**champion, "q0": 0.6}
     runs = _runs(40, 0.0025)
     settings = LoopSettings(min_gate_queries=4)  # the floor on questions with room is met
-    verdict = decide(runs, settings, 10, {"h|champion": champion, "h|candidate": candidate})
+    verdict = decide(
+        runs, settings, 10, _scored({"h|champion": champion, "h|candidate": candidate})
+    )
     assert not verdict["passed"] and len(verdict["reasons"]) == 1
     assert verdict["primary_room"] == 4
     assert verdict["primary_questions"] == {"better": 1, "worse": 0, "alike": 39}
@@ -148,7 +158,10 @@ def test_a_gain_on_the_few_questions_with_room_does_not_pass() -> None:
     champion = {f"q{i}": 1.0 if i else 0.63 for i in range(14)}
     candidate = {**champion, "q0": 1.0}
     verdict = decide(
-        _runs(14, 0.026), LoopSettings(), 10, {"h|champion": champion, "h|candidate": candidate}
+        _runs(14, 0.026),
+        LoopSettings(),
+        10,
+        _scored({"h|champion": champion, "h|candidate": candidate}),
     )
     assert not verdict["passed"]
     assert verdict["primary_room"] == 1
@@ -159,7 +172,7 @@ def test_a_gain_on_the_few_questions_with_room_does_not_pass() -> None:
     ]
     lenient = LoopSettings(min_gate_queries=1)
     assert decide(
-        _runs(14, 0.026), lenient, 10, {"h|champion": champion, "h|candidate": candidate}
+        _runs(14, 0.026), lenient, 10, _scored({"h|champion": champion, "h|candidate": candidate})
     )["passed"]
 
 
@@ -172,17 +185,16 @@ def test_questions_the_corpus_cannot_answer_do_not_dilute_the_change() -> None:
     answerable = {f"g{i}": 0.7 for i in range(20)}
     runs["g|champion"].update(n_samples=40, metrics=dict.fromkeys(METRICS, 0.35))
     runs["g|candidate"].update(n_samples=40, metrics=dict.fromkeys(METRICS, 0.354))
-    questions = {
-        "g|champion": answerable,
-        "g|candidate": {q: v + 0.008 for q, v in answerable.items()},
-        **_questions([], 20),
-    }
+    questions = _scored(
+        {"g|champion": answerable, "g|candidate": {q: v + 0.008 for q, v in answerable.items()}}
+    ) | _questions([], 20)
     verdict = decide(runs, LoopSettings(), 10, questions, primary_kind="golden")
     assert verdict["passed"], verdict
     assert verdict["primary_delta"] == 0.008 and verdict["primary_room"] == 20
-    assert verdict["deltas"]["questions.ndcg_at_10"] == 0.004  # the run's mean, as stored
+    assert verdict["deltas"]["questions.ndcg_at_10"] == 0.008  # over the same questions
+    assert verdict["deltas"]["questions.recall_at_10"] == 0.004  # no per-question scores
     # a set none of whose questions the corpus answers has no room, whatever the margin
-    unanswerable = {**questions, "g|champion": {}, "g|candidate": {}}
+    unanswerable = questions | _scored({"g|champion": {}, "g|candidate": {}})
     lenient = LoopSettings(min_improvement=-1)
     nothing = decide(runs, lenient, 10, unanswerable, primary_kind="golden")
     assert not nothing["passed"] and nothing["primary_room"] == 0
@@ -191,3 +203,29 @@ def test_questions_the_corpus_cannot_answer_do_not_dilute_the_change() -> None:
     del questions["g|champion"], questions["g|candidate"]
     diluted = decide(runs, LoopSettings(), 10, questions, primary_kind="golden")
     assert diluted["primary_delta"] == 0.004 and not diluted["passed"]
+
+
+def test_a_drop_on_the_questions_the_corpus_answers_is_not_diluted_either() -> None:
+    """The same golden set of 40, 20 answerable: the candidate ranks those 20 worse by
+    0.016 on Recall@10, more than `max_regression` (0.01); the runs' means, 0 for both on
+    the other 20, show 0.008, which the guard would let through."""
+    runs = _runs(40, 0.03)
+    runs["g|champion"].update(n_samples=40, metrics=dict.fromkeys(METRICS, 0.35))
+    runs["g|candidate"].update(n_samples=40, metrics={**dict.fromkeys(METRICS, 0.35)})
+    runs["g|candidate"]["metrics"]["recall_at_10"] = 0.342
+    answerable = {f"g{i}": 0.7 for i in range(20)}
+    golden = {
+        "g|champion": dict.fromkeys(METRICS, answerable),
+        "g|candidate": {
+            **dict.fromkeys(METRICS, answerable),
+            "recall_at_10": {q: v - 0.016 for q, v in answerable.items()},
+        },
+    }
+    verdict = decide(runs, LoopSettings(), 10, _questions([0.1] * 12, 40) | golden)
+    assert not verdict["passed"]
+    assert verdict["deltas"]["questions.recall_at_10"] == -0.016
+    assert verdict["reasons"] == [
+        "recall_at_10 on questions dropped by 0.0160 (0.7000 -> 0.6840; allowed 0.01)"
+    ]
+    # as before, without per-question scores the runs' means let it through
+    assert decide(runs, LoopSettings(), 10, _questions([0.1] * 12, 40))["passed"]
