@@ -559,6 +559,7 @@ def service_record(services: Any) -> dict[str, Any]:
                 "started_hour": _hour_of(c.created_at),
                 "finished_hour": _hour_of(c.finished_at) if c.finished_at else None,
                 "gate_delta": (c.gate.get("deltas") or {}).get("primary"),
+                "stages": c.stages,  # each stage's seconds and memory
             }
             for c in session.scalars(select(LoopCycle).order_by(LoopCycle.id))
         ]
@@ -858,11 +859,12 @@ def seed_table(runs: dict[str, dict[str, Any]]) -> str:
         rows.append((label, ["yes" if used(runs[a]) else "no" for a in arms]))
     rows.append(
         (
-            "drift events / loop cycles / promotions",
+            "drift events / loop cycles / promotions (rollbacks)",
             [
                 " / ".join(
                     str(len(runs[a][key])) for key in ("drift_events", "cycles", "promotions")
                 )
+                + f" ({len(runs[a].get('rollbacks', []))})"
                 for a in arms
             ],
         )
@@ -907,8 +909,8 @@ def steady_table(runs: list[dict[str, Any]]) -> str:
 
 
 def plot(seed_runs: dict[str, dict[str, Any]], days: int, path: Path) -> None:
-    """Daily nDCG@10 and thumbs-down rate per arm; the shifts, drift events (triangles)
-    and promotions (dotted lines) marked."""
+    """Daily nDCG@10 and thumbs-down rate per arm; the shifts, drift events (triangles),
+    promotions (dotted lines) and rollbacks (dash-dotted) marked."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -929,6 +931,8 @@ def plot(seed_runs: dict[str, dict[str, Any]], days: int, path: Path) -> None:
         colour = style[arm]["color"]
         for promotion in run["promotions"]:
             top.axvline(promotion["hour"] / 24, color=colour, linestyle=":", linewidth=1)
+        for rollback in run.get("rollbacks", []):
+            top.axvline(rollback["hour"] / 24, color=colour, linestyle="-.", linewidth=1)
         events = [e["hour"] / 24 for e in run["drift_events"]]
         top.plot(events, [low + (n + 1) * 0.03 * (high - low)] * len(events), "v", color=colour)
     some = next(iter(seed_runs.values()))
@@ -947,7 +951,9 @@ def plot(seed_runs: dict[str, dict[str, Any]], days: int, path: Path) -> None:
     top.set_ylim(low, high)
     top.set_ylabel("served nDCG@10 (daily)")
     bottom.set_ylabel("thumbs-down rate (daily)")
-    bottom.set_xlabel("simulated day (triangles: drift events; dotted: promotions)")
+    bottom.set_xlabel(
+        "simulated day (triangles: drift events; dotted: promotions; dash-dotted: rollbacks)"
+    )
     top.legend(loc="lower left")
     top.set_xlim(0, days)
     figure.tight_layout()
