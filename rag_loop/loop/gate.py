@@ -175,8 +175,9 @@ def decide(
         if label == "heldout":
             label = "heldout_feedback"
         before_key, after_key = keys[(dataset, "champion")], keys[(dataset, "candidate")]
+        paired = {m: _paired(questions, before_key, after_key, m) for m in tracked}
         for metric in tracked:
-            pairs = _paired(questions, before_key, after_key, metric)
+            pairs = paired[metric]
             if pairs is None:  # no per-question scores: the runs' own means
                 before = champion["metrics"].get(metric)
                 after = candidate["metrics"].get(metric)
@@ -199,7 +200,7 @@ def decide(
             measured_on.append(label)
             n = int(candidate.get("n_samples") or 1)
             weight += n
-            pairs = _paired(questions, before_key, after_key, primary)
+            pairs = paired[primary]
             if pairs is not None:
                 # per question: a question the corpus cannot answer has no score there and
                 # leaves the mean alone (in the run's own mean it only dilutes the change)
