@@ -822,7 +822,16 @@ def _validation(
     tolerance = services.settings.loop.max_regression
     with services.sessions() as session:
         source_of = expansions.sources(session)
-    by_source = expansions_by_source(plain, vectors, fit, source_of, ids, check_with, tolerance)
+    by_source = expansions_by_source(
+        plain,
+        vectors,
+        fit,
+        source_of,
+        ids,
+        check_with,
+        tolerance,
+        services.settings.loop.min_gate_queries,
+    )
     figures: dict[str, Any] = {}
     sources: list[str] | None = None
     if by_source is not None:
@@ -869,6 +878,7 @@ def expansions_by_source(
     ids: list[str],
     check_with: Callable[[dict[str, list[str]] | None], FusionCheck | None],
     tolerance: float,
+    enough: int,
 ) -> dict[str, dict[str, Any]] | None:
     """Whether each source's expansions keep, when the fit part's questions expand chunks
     of more than one source (None: of one, and the expansions keep or go as one block).
@@ -877,9 +887,11 @@ def expansions_by_source(
     added to one domain's chunks need not help another's: where users ask about the same
     chunks in other words they do, where no two questions share a chunk they only draw
     other questions' words to the wrong chunk. So each source's expansions are checked
-    alone, on the validation queries about that source's chunks (on every validation query
-    when none is about them), and keep unless they rank those queries worse by more than
-    `tolerance`; the kept sources' then go through the block's own check."""
+    alone, on the validation queries about that source's chunks when there are `enough`
+    of them (the gate's `min_gate_queries`; else on every validation query, as the block
+    is, so that one or two queries do not decide a source), and keep unless they rank
+    those queries worse by more than `tolerance`; the kept sources' then go through the
+    block's own check."""
     parts: dict[str, dict[str, list[str]]] = {}
     for chunk_id, questions in fit.items():
         parts.setdefault(source_of.get(chunk_id, ""), {})[chunk_id] = questions
@@ -892,14 +904,15 @@ def expansions_by_source(
             for i, relevant in enumerate(plain.relevant)
             if any(source_of.get(ids[p]) == source for p in relevant)
         ]
-        rows = own or list(range(len(plain.queries)))
+        rows = own if len(own) >= max(enough, 1) else list(range(len(plain.queries)))
         expanded = check_with(part)
         assert expanded is not None, "the same validation queries"
         without = plain.only(rows).score(vectors[rows]).ndcg_at_10
         with_ = expanded.only(rows).score(vectors[rows]).ndcg_at_10
         verdicts[source] = {
             "expansions": sum(len(questions) for questions in part.values()),
-            "validation_queries": len(own),
+            "validation_queries": len(rows),  # the queries it was judged on
+            "about_source": len(own),  # of the validation queries, those about its chunks
             "validation_ndcg_at_10_without": round(without, 6),
             "validation_ndcg_at_10_with": round(with_, 6),
             "kept": with_ >= without - tolerance,

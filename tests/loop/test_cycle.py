@@ -526,7 +526,7 @@ def test_each_sources_expansions_keep_or_go_on_the_validation_queries_about_it()
 
     fit = {"a0": ["a question"], "b1": ["b question"], "c0": ["c question"]}
     verdicts = cycle.expansions_by_source(
-        check_with(None), vectors, fit, source_of, ids, check_with, 0.01
+        check_with(None), vectors, fit, source_of, ids, check_with, 0.01, 1
     )
     assert verdicts is not None
     assert {source: v["kept"] for source, v in verdicts.items()} == {
@@ -535,18 +535,30 @@ def test_each_sources_expansions_keep_or_go_on_the_validation_queries_about_it()
         "c": True,
     }
     assert verdicts["a"]["validation_queries"] == 1 == verdicts["b"]["validation_queries"]
+    assert verdicts["a"]["about_source"] == 1 == verdicts["b"]["about_source"]
     assert verdicts["a"]["validation_ndcg_at_10_with"] == 1.0
     assert verdicts["a"]["validation_ndcg_at_10_without"] < 1.0
     assert (
         verdicts["b"]["validation_ndcg_at_10_with"] < verdicts["b"]["validation_ndcg_at_10_without"]
     )
-    assert verdicts["c"]["validation_queries"] == 0  # judged on both queries, which it moves not
+    # judged on both queries, which it moves not
+    assert verdicts["c"]["about_source"] == 0 and verdicts["c"]["validation_queries"] == 2
+    # asked for two queries about a source, each is judged on both (and b's then keep: the
+    # two queries together rank as well with b's expansions as without, within 0.2)
+    loose = cycle.expansions_by_source(
+        check_with(None), vectors, fit, source_of, ids, check_with, 0.2, 2
+    )
+    assert loose is not None
+    assert {v["validation_queries"] for v in loose.values()} == {2}
+    assert all(v["kept"] for v in loose.values())
     both = check_with(fit).score(vectors).ndcg_at_10
     assert both == check_with(None).score(vectors).ndcg_at_10  # the block: a tie, kept
     # expansions from one source keep or go as one block
     one = {"a0": ["a question"], "a1": ["another"]}
     assert (
-        cycle.expansions_by_source(check_with(None), vectors, one, source_of, ids, check_with, 0.01)
+        cycle.expansions_by_source(
+            check_with(None), vectors, one, source_of, ids, check_with, 0.01, 1
+        )
         is None
     )
 
@@ -573,8 +585,12 @@ def test_a_candidate_gets_the_expansions_of_the_sources_that_keep_them(
     recipe = view["recipe"]
     verdicts = recipe["expansion_check"]["by_source"]
     assert set(verdicts) == {str(root.resolve()) for root in roots}, verdicts
+    enough = services.settings.loop.min_gate_queries
     for verdict in verdicts.values():
-        assert verdict["expansions"] > 0 and verdict["validation_queries"] > 0, verdict
+        assert verdict["expansions"] > 0 and verdict["about_source"] > 0, verdict
+        # on the queries about it when there are enough of them, else on every one
+        judged_alone = verdict["about_source"] >= enough
+        assert (verdict["validation_queries"] == verdict["about_source"]) is judged_alone
     kept = sorted(source for source, verdict in verdicts.items() if verdict["kept"])
     assert recipe["expansion_sources"] == kept
     with services.sessions() as session:
