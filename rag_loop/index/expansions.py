@@ -31,7 +31,7 @@ import numpy as np
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from rag_loop.db.models import Chunk, Document, IndexExpansion, IndexVersion
+from rag_loop.db.models import IndexExpansion, IndexVersion
 
 Pairs = list[tuple[str, str]]  # (chunk id, question)
 
@@ -89,23 +89,6 @@ def grouped(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
     for chunk_id, question in pairs:
         out.setdefault(chunk_id, []).append(question)
     return out
-
-
-def sources(session: Session) -> dict[str, str]:
-    """The source (the folder or file it was ingested from: `Document.source_root`) of
-    every chunk by chunk id, superseded chunks included (a training set may name them)."""
-    rows = session.execute(
-        select(Chunk.id, Document.source_root).join(Document, Document.id == Chunk.document_id)
-    )
-    return {chunk_id: source for chunk_id, source in rows}
-
-
-def of_sources(pairs: Pairs, source_of: dict[str, str], kept: Iterable[str] | None) -> Pairs:
-    """The pairs whose chunk comes from one of the sources `kept` (None: every pair)."""
-    if kept is None:
-        return pairs
-    wanted = set(kept)
-    return [pair for pair in pairs if source_of.get(pair[0]) in wanted]
 
 
 def of_version(session: Session, index_version_id: int) -> Pairs:

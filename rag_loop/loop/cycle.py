@@ -651,7 +651,6 @@ def _train(services: CycleParts, cycle: LoopCycle) -> Move:
         "max_questions_per_chunk": settings.max_questions_per_chunk,
         "expansion_check": validation.expansion_check,
         "dense_expansion": validation.dense_expansion,
-        "expansion_sources": validation.sources,
     }
     if tuning.trained is None:
         with services.sessions() as session:
@@ -741,7 +740,6 @@ class _Validation:
     champion: float | None  # the champion's validation nDCG@10 (None: no validation queries)
     dense_expansion: bool = False  # the expansions' questions on the dense side too
     champion_room: int | None = None  # validation queries the champion ranks imperfectly
-    sources: list[str] | None = None  # the sources whose expansions keep (None: every one)
 
 
 def _validation(
@@ -765,8 +763,6 @@ def _validation(
     queries, and the validation queries' own) unless the fit part's rank the validation
     queries worse with the champion's encoder, by more than the gate lets a metric drop
     (`loop.max_regression`); when they are kept, the encoder is validated with them too.
-    When the fit part's questions expand chunks of several sources, each source's are
-    checked alone first (`expansions_by_source`) and only the sources that pass go on.
     Kept expansions go to the dense side as well (a chunk's cosine the best of the query's
     with the chunk and with its questions) only when that ranks the validation queries
     better than the BM25 side alone: where users ask about the same chunks in other words
@@ -817,35 +813,16 @@ def _validation(
     fit = expansions.grouped(
         expansions.from_training_set(examples, per_chunk=cap, parts=("fit", expansions.ASSOCIATED))
     )
-    # the tolerance the gate gives any tracked metric: a few validation queries that share
-    # no chunk with the fit part's questions only measure noise
-    tolerance = services.settings.loop.max_regression
-    with services.sessions() as session:
-        source_of = expansions.sources(session)
-    by_source = expansions_by_source(
-        plain,
-        vectors,
-        fit,
-        source_of,
-        ids,
-        check_with,
-        tolerance,
-        services.settings.loop.min_gate_queries,
-    )
-    figures: dict[str, Any] = {}
-    sources: list[str] | None = None
-    if by_source is not None:
-        figures["by_source"] = by_source
-        sources = sorted(source for source, verdict in by_source.items() if verdict["kept"])
-        fit = {c: questions for c, questions in fit.items() if source_of.get(c) in sources}
-        if not fit:
-            return _Validation(plain, [], figures, champion, champion_room=room)
     expanded = check_with(fit)
     assert expanded is not None, "the same validation queries"
     with_ = expanded.score(vectors)
-    figures["validation_ndcg_at_10_without"] = round(without.ndcg_at_10, 6)
-    figures["validation_ndcg_at_10_with"] = round(with_.ndcg_at_10, 6)
-    if with_.ndcg_at_10 < without.ndcg_at_10 - tolerance:
+    figures = {
+        "validation_ndcg_at_10_without": round(without.ndcg_at_10, 6),
+        "validation_ndcg_at_10_with": round(with_.ndcg_at_10, 6),
+    }
+    # the tolerance the gate gives any tracked metric: a few validation queries that share
+    # no chunk with the fit part's questions only measure noise
+    if with_.ndcg_at_10 < without.ndcg_at_10 - services.settings.loop.max_regression:
         return _Validation(plain, [], figures, champion, champion_room=room)
     position = {chunk_id: i for i, chunk_id in enumerate(ids)}
     dense = expanded.with_questions(
@@ -853,71 +830,13 @@ def _validation(
     )
     with_dense = dense.score(vectors, encoder.embed_queries(dense.questions))
     figures["validation_ndcg_at_10_with_dense"] = round(with_dense.ndcg_at_10, 6)
-    every = expansions.of_sources(
-        expansions.from_training_set(examples, per_chunk=cap), source_of, sources
-    )
+    every = expansions.from_training_set(examples, per_chunk=cap)
     floor = services.settings.loop.min_gate_queries
     if takes_dense_side(bm25=with_.ndcg_at_10, dense=with_dense.ndcg_at_10, room=room, floor=floor):
         return _Validation(
-            dense,
-            every,
-            figures,
-            champion,
-            dense_expansion=True,
-            champion_room=room,
-            sources=sources,
+            dense, every, figures, champion, dense_expansion=True, champion_room=room
         )
-    return _Validation(expanded, every, figures, champion, champion_room=room, sources=sources)
-
-
-def expansions_by_source(
-    plain: FusionCheck,
-    vectors: np.ndarray,
-    fit: dict[str, list[str]],
-    source_of: dict[str, str],
-    ids: list[str],
-    check_with: Callable[[dict[str, list[str]] | None], FusionCheck | None],
-    tolerance: float,
-    enough: int,
-) -> dict[str, dict[str, Any]] | None:
-    """Whether each source's expansions keep, when the fit part's questions expand chunks
-    of more than one source (None: of one, and the expansions keep or go as one block).
-
-    A corpus ingested from several sources often holds several domains, and questions
-    added to one domain's chunks need not help another's: where users ask about the same
-    chunks in other words they do, where no two questions share a chunk they only draw
-    other questions' words to the wrong chunk. So each source's expansions are checked
-    alone, on the validation queries about that source's chunks when there are `enough`
-    of them (the gate's `min_gate_queries`; else on every validation query, as the block
-    is, so that one or two queries do not decide a source), and keep unless they rank
-    those queries worse by more than `tolerance`; the kept sources' then go through the
-    block's own check."""
-    parts: dict[str, dict[str, list[str]]] = {}
-    for chunk_id, questions in fit.items():
-        parts.setdefault(source_of.get(chunk_id, ""), {})[chunk_id] = questions
-    if len(parts) < 2:
-        return None
-    verdicts: dict[str, dict[str, Any]] = {}
-    for source, part in sorted(parts.items()):
-        own = [
-            i
-            for i, relevant in enumerate(plain.relevant)
-            if any(source_of.get(ids[p]) == source for p in relevant)
-        ]
-        rows = own if len(own) >= max(enough, 1) else list(range(len(plain.queries)))
-        expanded = check_with(part)
-        assert expanded is not None, "the same validation queries"
-        without = plain.only(rows).score(vectors[rows]).ndcg_at_10
-        with_ = expanded.only(rows).score(vectors[rows]).ndcg_at_10
-        verdicts[source] = {
-            "expansions": sum(len(questions) for questions in part.values()),
-            "validation_queries": len(rows),  # the queries it was judged on
-            "about_source": len(own),  # of the validation queries, those about its chunks
-            "validation_ndcg_at_10_without": round(without, 6),
-            "validation_ndcg_at_10_with": round(with_, 6),
-            "kept": with_ >= without - tolerance,
-        }
-    return verdicts
+    return _Validation(expanded, every, figures, champion, champion_room=room)
 
 
 def _at_incumbent(scored: Scored, check: FusionCheck) -> float:
@@ -991,11 +910,6 @@ def _index(services: CycleParts, cycle: LoopCycle) -> Move:
         pairs = expansions.from_training_set(
             Path(training_set.path), per_chunk=recipe.get("max_questions_per_chunk")
         )
-        if recipe.get("expansion_sources") is not None:  # the sources whose expansions keep
-            with services.sessions() as session:
-                pairs = expansions.of_sources(
-                    pairs, expansions.sources(session), recipe["expansion_sources"]
-                )
         # the dense side's vectors, by the encoder that will embed its queries
         vectors = (
             embedder.embed_queries([q for _, q in pairs]) if recipe.get("dense_expansion") else None

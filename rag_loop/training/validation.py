@@ -123,17 +123,6 @@ class FusionCheck:
             question_rows=np.array([r for r in rows for _ in expanded[r]], dtype=np.int64),
         )
 
-    def only(self, rows: list[int]) -> FusionCheck:
-        """This check on the queries at `rows` alone (no dense expansion)."""
-        return replace(
-            self,
-            queries=[self.queries[i] for i in rows],
-            relevant=[self.relevant[i] for i in rows],
-            bm25=None if self.bm25 is None else [self.bm25[i] for i in rows],
-            questions=[],
-            question_rows=np.empty(0, dtype=np.int64),
-        )
-
     def asked(self, vectors: np.ndarray, question_vectors: np.ndarray | None) -> np.ndarray | None:
         """Per query embedded as a row of `vectors` and bank row, the best cosine with a
         question expanding the row (-1: none), as `LexicalIndex.question_scores` gives it;

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -37,7 +36,6 @@ from rag_loop.registry.embedders import model_name
 from rag_loop.retrieval.lexical import LexicalIndexes
 from rag_loop.retrieval.search import search
 from rag_loop.services import Services
-from rag_loop.training.validation import FusionCheck
 from tests.conftest import CORPUS, ROOT, CountingEmbedder
 from tests.loop.conftest import GOLDEN_SHARE, questions, replay
 
@@ -436,8 +434,6 @@ def test_document_expansion_alone_makes_a_candidate_from_training_questions_only
     assert recipe["encoder"] == "kept" and recipe["expansions"] > 0, recipe
     check = recipe["expansion_check"]
     assert check["validation_ndcg_at_10_with"] >= check["validation_ndcg_at_10_without"]
-    # one source: the expansions keep or go as one block
-    assert "by_source" not in check and recipe["expansion_sources"] is None
     # the dense side when it ranks the validation queries better than BM25 alone, or as
     # well when too few of them leave room to tell
     dense_side = cycle.takes_dense_side(
@@ -500,109 +496,6 @@ def test_document_expansion_alone_makes_a_candidate_from_training_questions_only
     assert again.changed and again.chunks_embedded == 0
     with services.sessions() as session:
         assert expansions.of_version(session, again.index_version_id) == stored
-
-
-def test_each_sources_expansions_keep_or_go_on_the_validation_queries_about_it() -> None:
-    """Two sources, a validation query about each. Source a's questions raise its query's
-    relevant chunk to the top; source b's pull another chunk above its query's relevant
-    one: a's keep, b's go, though the two together rank the queries as well as neither
-    (the block rule would keep both). Source c's touch no query and nothing is about it:
-    judged on every query, they keep."""
-    bank = np.eye(6, dtype=np.float32)
-    ids = ["a0", "a1", "b0", "b1", "c0", "c1"]
-    source_of = {"a0": "a", "a1": "a", "b0": "b", "b1": "b", "c0": "c", "c1": "c"}
-    queries, relevant = ["about a", "about b"], [{0}, {2}]
-    # each query's dense side ties its source's two chunks; BM25 breaks the tie
-    vectors = np.array([[1, 1, 0, 0, 0, 0], [0, 0, 1, 1, 0, 0]], dtype=np.float32)
-    plain_bm25 = [np.array([1, 2, 0, 0, 0, 0.0]), np.array([0, 0, 2, 1, 0, 0.0])]
-
-    def check_with(expanded: dict[str, list[str]] | None) -> FusionCheck:
-        bm25 = [row.copy() for row in plain_bm25]
-        if expanded and "a0" in expanded:
-            bm25[0][0] = 3.0  # a's question names a0's words: the right chunk first
-        if expanded and "b1" in expanded:
-            bm25[1][3] = 3.0  # b's question draws its words to the wrong chunk
-        return FusionCheck.build(queries, relevant, bank, bm25, 0.5, 100)
-
-    fit = {"a0": ["a question"], "b1": ["b question"], "c0": ["c question"]}
-    verdicts = cycle.expansions_by_source(
-        check_with(None), vectors, fit, source_of, ids, check_with, 0.01, 1
-    )
-    assert verdicts is not None
-    assert {source: v["kept"] for source, v in verdicts.items()} == {
-        "a": True,
-        "b": False,
-        "c": True,
-    }
-    assert verdicts["a"]["validation_queries"] == 1 == verdicts["b"]["validation_queries"]
-    assert verdicts["a"]["about_source"] == 1 == verdicts["b"]["about_source"]
-    assert verdicts["a"]["validation_ndcg_at_10_with"] == 1.0
-    assert verdicts["a"]["validation_ndcg_at_10_without"] < 1.0
-    assert (
-        verdicts["b"]["validation_ndcg_at_10_with"] < verdicts["b"]["validation_ndcg_at_10_without"]
-    )
-    # judged on both queries, which it moves not
-    assert verdicts["c"]["about_source"] == 0 and verdicts["c"]["validation_queries"] == 2
-    # asked for two queries about a source, each is judged on both (and b's then keep: the
-    # two queries together rank as well with b's expansions as without, within 0.2)
-    loose = cycle.expansions_by_source(
-        check_with(None), vectors, fit, source_of, ids, check_with, 0.2, 2
-    )
-    assert loose is not None
-    assert {v["validation_queries"] for v in loose.values()} == {2}
-    assert all(v["kept"] for v in loose.values())
-    both = check_with(fit).score(vectors).ndcg_at_10
-    assert both == check_with(None).score(vectors).ndcg_at_10  # the block: a tie, kept
-    # expansions from one source keep or go as one block
-    one = {"a0": ["a question"], "a1": ["another"]}
-    assert (
-        cycle.expansions_by_source(
-            check_with(None), vectors, one, source_of, ids, check_with, 0.01, 1
-        )
-        is None
-    )
-
-
-def test_a_candidate_gets_the_expansions_of_the_sources_that_keep_them(
-    loop_services: Callable[..., Services], tmp_path: Path
-) -> None:
-    """The sample corpus ingested from two folders (a source each, the documents' ids as
-    before), every user question asked and rated: the cycle checks each source's
-    expansions on the validation queries about it, and the candidate holds those of the
-    sources it kept and no others."""
-    folders = sorted(p.name for p in CORPUS.iterdir() if p.is_dir())
-    roots = [tmp_path / "first", tmp_path / "second"]
-    for i, folder in enumerate(folders):
-        shutil.copytree(CORPUS / folder, roots[i % 2] / folder)
-    services = loop_services(
-        training={**STANDSTILL, "validation_share": 0.2, "expand_documents": True},
-        loop=ALWAYS_PASS,
-    )
-    for root in roots:
-        ingest(services, root, actor="test")
-    replay(services, [json.loads(line) for line in USER_QUESTIONS.read_text().splitlines()])
-    view = cycle.run_cycle(services, cycle.start_cycle(services, actor="test"), actor="test")
-    recipe = view["recipe"]
-    verdicts = recipe["expansion_check"]["by_source"]
-    assert set(verdicts) == {str(root.resolve()) for root in roots}, verdicts
-    enough = services.settings.loop.min_gate_queries
-    for verdict in verdicts.values():
-        assert verdict["expansions"] > 0 and verdict["about_source"] > 0, verdict
-        # on the queries about it when there are enough of them, else on every one
-        judged_alone = verdict["about_source"] >= enough
-        assert (verdict["validation_queries"] == verdict["about_source"]) is judged_alone
-    kept = sorted(source for source, verdict in verdicts.items() if verdict["kept"])
-    assert recipe["expansion_sources"] == kept
-    with services.sessions() as session:
-        training_set = session.get_one(TrainingSet, view["training_set"]["id"])
-        source_of = expansions.sources(session)
-        every = expansions.from_training_set(
-            Path(training_set.path), per_chunk=recipe["max_questions_per_chunk"]
-        )
-        wanted = [pair for pair in every if source_of[pair[0]] in kept]
-        assert len(wanted) == recipe["expansions"]
-        assert view["state"] == "promoted", view["error"]
-        assert expansions.of_version(session, view["candidate_index_version_id"]) == wanted
 
 
 # questions users might ask about eight passages, each worded with words none of the
