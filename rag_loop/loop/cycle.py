@@ -120,7 +120,8 @@ from rag_loop.training.validation import FusionCheck, Scored
 
 log = logging.getLogger(__name__)
 
-TuningPair = tuple[str, list[str]]  # a golden tuning question and its relevant chunk ids
+# a golden tuning question, its relevant chunk ids and its part (FusionCheck.parts)
+TuningPair = tuple[str, list[str], str]
 
 
 class CycleParts(BuildParts, EvalParts, DatasetParts, RegistryParts, Protocol):
@@ -538,9 +539,9 @@ def _judged_golden(services: CycleParts, cycle_id: int, split: dict[str, Any]) -
 def _tuning(
     services: CycleParts, split: dict[str, Any], hits: Callable[[], list[Hit]]
 ) -> list[TuningPair]:
-    """The golden sets' tuning questions with their relevant chunk ids when the cycle
-    splits them (`_golden_split`), else none (and `hits`, the collection's chunks, are not
-    read)."""
+    """The golden sets' tuning questions with their relevant chunk ids and their part (one
+    per golden set, as the gate judges each set) when the cycle splits them
+    (`_golden_split`), else none (and `hits`, the collection's chunks, are not read)."""
     if not split.get("applied"):
         return []
     chunks_of: dict[str, list[str]] = {}
@@ -552,10 +553,10 @@ def _tuning(
             question.reference_ids
             if question.chunk_level
             else [c for d in question.reference_ids for c in chunks_of.get(d, [])],
+            f"golden:{path.name}",
         )
-        for question in golden.tuning_questions(
-            services.settings.evaluation.golden_sets, split["share"]
-        )
+        for path in services.settings.evaluation.golden_sets
+        for question in golden.tuning_questions([path], split["share"])
     ]
 
 
@@ -647,6 +648,7 @@ def _train(services: CycleParts, cycle: LoopCycle) -> Move:
         "validation_kept": tuning.kept,
         "validation_champion": champion_figure,
         "validation_room": validation.champion_room,
+        "validation_parts": validation.parts,
         "expansions": len(expanded),
         "max_questions_per_chunk": settings.max_questions_per_chunk,
         "expansion_check": validation.expansion_check,
@@ -740,6 +742,7 @@ class _Validation:
     champion: float | None  # the champion's validation nDCG@10 (None: no validation queries)
     dense_expansion: bool = False  # the expansions' questions on the dense side too
     champion_room: int | None = None  # validation queries the champion ranks imperfectly
+    parts: dict[str, dict[str, Any]] = field(default_factory=dict)  # `_parts`
 
 
 def _validation(
@@ -762,7 +765,10 @@ def _validation(
     gets every training question as expansions (the fit part's, checked on the validation
     queries, and the validation queries' own) unless the fit part's rank the validation
     queries worse with the champion's encoder, by more than the gate lets a metric drop
-    (`loop.max_regression`); when they are kept, the encoder is validated with them too.
+    (`loop.max_regression`), overall or on any part (the feedback's validation queries, each
+    golden set's tuning questions: FusionCheck.guarded); when they are kept, the encoder is
+    validated with them too, and every epoch and weight it chooses keeps each part within
+    the same tolerance of the champion.
     Kept expansions go to the dense side as well (a chunk's cosine the best of the query's
     with the chunk and with its questions) only when that ranks the validation queries
     better than the BM25 side alone: where users ask about the same chunks in other words
@@ -774,6 +780,7 @@ def _validation(
     (`kept_encoder_offers`)."""
     config = RetrievalConfig.stored(index.retrieval)
     encoder = services.embedders.get(index.embedder_version)
+    tolerance = services.settings.loop.max_regression
     if not config.hybrid:
         tuning = _tuning(services, split, lambda: services.store.hits(index.collection_name))
         plain = FusionCheck.from_examples(
@@ -783,7 +790,12 @@ def _validation(
             return _Validation(None, [], {}, None)
         scored = plain.score(encoder.embed_queries(plain.queries))
         return _Validation(
-            plain, [], {}, _at_incumbent(scored, plain), champion_room=_room(scored, plain)
+            plain.guarded(scored, tolerance),
+            [],
+            {},
+            _at_incumbent(scored, plain),
+            champion_room=_room(scored, plain),
+            parts=_parts(scored, plain),
         )
     hits = services.store.hits(index.collection_name)
     tuning = _tuning(services, split, lambda: hits)
@@ -799,31 +811,36 @@ def _validation(
             examples, ids, bank, bm25_of, config.dense_weight, config.candidates, tuning
         )
 
-    plain = check_with(None)
+    unguarded = check_with(None)
     expand = services.settings.training.expand_documents
     cap = services.settings.training.max_questions_per_chunk
-    if plain is None:  # no validation queries: the gate alone decides
+    if unguarded is None:  # no validation queries: the gate alone decides
         every = expansions.from_training_set(examples, per_chunk=cap) if expand else []
         return _Validation(None, every, {}, None)
-    vectors = encoder.embed_queries(plain.queries)
-    without = plain.score(vectors)
-    champion, room = _at_incumbent(without, plain), _room(without, plain)
+    vectors = encoder.embed_queries(unguarded.queries)
+    without = unguarded.score(vectors)
+    champion, room = _at_incumbent(without, unguarded), _room(without, unguarded)
+    parts = _parts(without, unguarded)
+    plain = unguarded.guarded(without, tolerance)
     if not expand:
-        return _Validation(plain, [], {}, champion, champion_room=room)
+        return _Validation(plain, [], {}, champion, champion_room=room, parts=parts)
     fit = expansions.grouped(
         expansions.from_training_set(examples, per_chunk=cap, parts=("fit", expansions.ASSOCIATED))
     )
     expanded = check_with(fit)
     assert expanded is not None, "the same validation queries"
+    expanded = expanded.guarded(without, tolerance)
     with_ = expanded.score(vectors)
+    without = plain.score(vectors)
     figures = {
         "validation_ndcg_at_10_without": round(without.ndcg_at_10, 6),
         "validation_ndcg_at_10_with": round(with_.ndcg_at_10, 6),
     }
-    # the tolerance the gate gives any tracked metric: a few validation queries that share
-    # no chunk with the fit part's questions only measure noise
-    if with_.ndcg_at_10 < without.ndcg_at_10 - services.settings.loop.max_regression:
-        return _Validation(plain, [], figures, champion, champion_room=room)
+    # the tolerance the gate gives any tracked metric on any data set: a few validation
+    # queries that share no chunk with the fit part's questions only measure noise, but
+    # expansions that cost one part more (the gate's guard would find it) are dropped
+    if not with_.within_guard or with_.ndcg_at_10 < without.ndcg_at_10 - tolerance:
+        return _Validation(plain, [], figures, champion, champion_room=room, parts=parts)
     position = {chunk_id: i for i, chunk_id in enumerate(ids)}
     dense = expanded.with_questions(
         {position[c]: questions for c, questions in fit.items() if c in position}
@@ -832,11 +849,21 @@ def _validation(
     figures["validation_ndcg_at_10_with_dense"] = round(with_dense.ndcg_at_10, 6)
     every = expansions.from_training_set(examples, per_chunk=cap)
     floor = services.settings.loop.min_gate_queries
-    if takes_dense_side(bm25=with_.ndcg_at_10, dense=with_dense.ndcg_at_10, room=room, floor=floor):
+    if takes_dense_side(bm25=with_.selection, dense=with_dense.selection, room=room, floor=floor):
         return _Validation(
-            dense, every, figures, champion, dense_expansion=True, champion_room=room
+            dense, every, figures, champion, dense_expansion=True, champion_room=room, parts=parts
         )
-    return _Validation(expanded, every, figures, champion, champion_room=room)
+    return _Validation(expanded, every, figures, champion, champion_room=room, parts=parts)
+
+
+def _parts(scored: Scored, check: FusionCheck) -> dict[str, dict[str, Any]]:
+    """Each part of the validation queries: how many, and the champion's nDCG@10 at its own
+    fusion weight (the figure the guard keeps every part near: FusionCheck.guarded)."""
+    at = scored.parts_by_weight[str(check.incumbent)]
+    return {
+        part: {"queries": check.parts.count(part), "champion": round(value, 6)}
+        for part, value in at.items()
+    }
 
 
 def _at_incumbent(scored: Scored, check: FusionCheck) -> float:

@@ -139,11 +139,13 @@ def finetune_queries(
     if check is not None and validator is not None:
         for entry in result.log_history:
             if "eval_validation_ndcg_at_10" in entry:
+                unguarded = entry.get("eval_validation_ndcg_at_10_unguarded")
                 history.append(
                     {
                         "epoch": round(entry["epoch"]),
                         "ndcg_at_10": round(entry["eval_validation_ndcg_at_10"], 6),
                         "dense_weight": entry.get("eval_validation_dense_weight"),
+                        "ndcg_at_10_unguarded": None if unguarded is None else round(unguarded, 6),
                     }
                 )
         best = max(history, key=lambda h: (h["ndcg_at_10"], -h["epoch"]))
@@ -152,7 +154,7 @@ def finetune_queries(
             return QueryTuning(None, dense_weight, epochs_run, 0, history, len(check.queries), None)
         validator(model)  # the weights the trainer loaded at the end: the best epoch's
         assert validator.last is not None
-        kept = round(validator.last.ndcg_at_10, 6)
+        kept = round(validator.last.selection, 6)
     _save(model, out_folder)
     trained = _trained(
         out_folder,
@@ -252,8 +254,9 @@ def _fit_queries(
 def _epoch_figures(epoch: int, scored: Scored) -> dict[str, Any]:
     return {
         "epoch": epoch,
-        "ndcg_at_10": round(scored.ndcg_at_10, 6),
+        "ndcg_at_10": round(scored.selection, 6),
         "dense_weight": scored.dense_weight,
+        "ndcg_at_10_unguarded": round(scored.ndcg_at_10, 6),
     }
 
 

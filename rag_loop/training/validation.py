@@ -13,6 +13,14 @@ of the query's with the row and with the questions that expand it, embedded by t
 encoder. Query-side training scores the champion's encoder this way before the first epoch
 and every epoch after it; it keeps the epoch, and the weight, that rank the validation
 queries best.
+
+The queries come in parts, as the gate's data sets do: the feedback's validation queries
+(which stand for its held-out feedback) and each golden set's tuning questions (which stand
+for its judged part). Once `guarded` by the champion's own scores, a weight is chosen only
+when it ranks no part worse than the champion by more than the gate lets a metric drop on
+any data set (`loop.max_regression`): the mean over all parts would otherwise trade one
+part for another (after a new batch of documents, the golden set's new questions for the
+feedback's old ones), and the gate would turn the candidate down for it.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ STEP = 0.1
 
 
 PERFECT = 1.0 - 1e-9  # nDCG@10 is at most 1
+FEEDBACK = "feedback"  # the part of the training set's validation queries
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,17 @@ class Scored:
     by_weight: dict[str, float]
     # per weight, the queries not ranked perfectly: the only ones that can show a gain
     room_by_weight: dict[str, int] = field(default_factory=dict)
+    # per weight, each part's nDCG@10 (FusionCheck.parts)
+    parts_by_weight: dict[str, dict[str, float]] = field(default_factory=dict)
+    # whether the chosen weight keeps every part within the guard (FusionCheck.guarded); when
+    # no weight does, the best is reported and `selection` is 0
+    within_guard: bool = True
+
+    @property
+    def selection(self) -> float:
+        """What chooses between epochs: nDCG@10 at the chosen weight, 0 when no weight keeps
+        every part within the guard (so an epoch the gate would refuse is never kept)."""
+        return self.ndcg_at_10 if self.within_guard else 0.0
 
 
 @dataclass
@@ -59,6 +79,10 @@ class FusionCheck:
     # dense expansion: questions and the bank row each one expands (none: without it)
     questions: list[str] = field(default_factory=list)
     question_rows: np.ndarray = field(default_factory=lambda: np.empty(0, dtype=np.int64))
+    # each query's part: FEEDBACK or a golden set's tuning part (empty: all FEEDBACK)
+    parts: list[str] = field(default_factory=list)
+    # the least nDCG@10 a chosen weight may give each part (empty: no guard)
+    floors: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -69,10 +93,19 @@ class FusionCheck:
         bm25: list[np.ndarray] | None,
         incumbent: float | None,
         candidates: int,
+        parts: list[str] | None = None,
     ) -> FusionCheck:
         norms = np.linalg.norm(bank, axis=1, keepdims=True)
         unit = bank / np.where(norms == 0, 1.0, norms)
-        return cls(queries, relevant, unit.astype(np.float32), bm25, incumbent, candidates)
+        return cls(
+            queries,
+            relevant,
+            unit.astype(np.float32),
+            bm25,
+            incumbent,
+            candidates,
+            parts=parts or [FEEDBACK] * len(queries),
+        )
 
     @classmethod
     def from_examples(
@@ -83,23 +116,27 @@ class FusionCheck:
         bm25_of: Callable[[str], dict[str, float]] | None,
         incumbent: float | None,
         candidates: int,
-        also: Iterable[tuple[str, Iterable[str]]] = (),
+        also: Iterable[tuple[str, Iterable[str], str]] = (),
     ) -> FusionCheck | None:
-        """The validation part of a training set and the questions of `also` (each with its
-        relevant chunk ids: a golden set's tuning part), None when none is in the bank;
-        `bm25_of(query)` gives the BM25 score by chunk id (None: the index is dense)."""
+        """The validation part of a training set (part FEEDBACK) and the questions of `also`
+        (each with its relevant chunk ids and its part: a golden set's tuning part), None
+        when none is in the bank; `bm25_of(query)` gives the BM25 score by chunk id (None:
+        the index is dense). A question in two parts counts in the first."""
         position = {chunk_id: i for i, chunk_id in enumerate(bank_ids)}
         relevant: dict[str, set[int]] = {}
+        part_of: dict[str, str] = {}
         with examples_path.open(encoding="utf-8") as handle:
             for line in handle:
                 row = json.loads(line)
                 at = position.get(row["positive_chunk_id"])
                 if row.get("part") == "validation" and at is not None:
                     relevant.setdefault(row["anchor"], set()).add(at)
-        for query, chunk_ids in also:
+                    part_of.setdefault(row["anchor"], FEEDBACK)
+        for query, chunk_ids, part in also:
             found = {position[c] for c in chunk_ids if c in position}
             if found:
                 relevant.setdefault(query, set()).update(found)
+                part_of.setdefault(query, part)
         if not relevant:
             return None
         queries = sorted(relevant)
@@ -112,7 +149,21 @@ class FusionCheck:
                     if chunk_id in position:
                         row_scores[position[chunk_id]] = value
                 bm25.append(row_scores)
-        return cls.build(queries, [relevant[q] for q in queries], bank, bm25, incumbent, candidates)
+        return cls.build(
+            queries,
+            [relevant[q] for q in queries],
+            bank,
+            bm25,
+            incumbent,
+            candidates,
+            [part_of[q] for q in queries],
+        )
+
+    def guarded(self, champion: Scored, tolerance: float) -> FusionCheck:
+        """This check choosing only weights that rank every part at most `tolerance` worse
+        than `champion` (the champion's scores on the same queries) does at its own weight."""
+        at = champion.parts_by_weight[str(self.incumbent)]
+        return replace(self, floors={part: value - tolerance for part, value in at.items()})
 
     def with_questions(self, expanded: dict[int, list[str]]) -> FusionCheck:
         """This check ranking as dense expansion with `expanded` (questions by bank row)."""
@@ -146,14 +197,17 @@ class FusionCheck:
 
     def score(self, vectors: np.ndarray, question_vectors: np.ndarray | None = None) -> Scored:
         """nDCG@10 of the queries embedded as `vectors` (and, with dense expansion, the
-        questions as `question_vectors`, by the same encoder), for each dense weight; the
-        best weight wins, ties going to the champion's."""
+        questions as `question_vectors`, by the same encoder), for each dense weight and
+        each part; the best weight within the guard (`floors`) wins, ties going to the
+        champion's."""
         unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
         cosine = unit.astype(np.float32) @ self.bank.T
         asked = self.asked(unit, question_vectors)
         references = {str(i): [str(p) for p in r] for i, r in enumerate(self.relevant)}
         by_weight: dict[str, float] = {}
         room: dict[str, int] = {}
+        by_part: dict[str, dict[str, float]] = {}
+        parts = self.parts or [FEEDBACK] * len(self.queries)
         for weight in self.weights:
             rankings = {
                 str(i): [
@@ -163,13 +217,24 @@ class FusionCheck:
                 for i in range(len(self.queries))
             }
             per_query = ranking_metrics(rankings, references, K)
-            by_weight[str(weight)] = float(np.mean([m[f"ndcg_at_{K}"] for m in per_query.values()]))
-            room[str(weight)] = sum(1 for m in per_query.values() if m[f"ndcg_at_{K}"] < PERFECT)
+            ndcg = [per_query[str(i)][f"ndcg_at_{K}"] for i in range(len(self.queries))]
+            by_weight[str(weight)] = float(np.mean(ndcg))
+            room[str(weight)] = sum(1 for value in ndcg if value < PERFECT)
+            by_part[str(weight)] = {
+                part: float(np.mean([v for v, p in zip(ndcg, parts, strict=True) if p == part]))
+                for part in sorted(set(parts))
+            }
+
+        def within(weight: float | None) -> bool:
+            at = by_part[str(weight)]
+            return all(at.get(part, floor) >= floor - 1e-9 for part, floor in self.floors.items())
+
+        allowed = [w for w in self.weights if within(w)]
         best = max(
-            self.weights,
+            allowed or self.weights,
             key=lambda w: (by_weight[str(w)], w == self.incumbent),
         )
-        return Scored(by_weight[str(best)], best, by_weight, room)
+        return Scored(by_weight[str(best)], best, by_weight, room, by_part, bool(allowed))
 
     def rank(
         self, cosine: np.ndarray, row: int, weight: float | None, asked: np.ndarray | None = None
@@ -222,7 +287,12 @@ def evaluator(check: FusionCheck, batch_size: int = 64) -> Any:
                     show_progress_bar=False,
                 )
             self.last = check.score(np.asarray(vectors), questions)
-            metrics = {"ndcg_at_10": self.last.ndcg_at_10}
+            # the trainer keeps the epoch with the best selection; an epoch no weight of
+            # which stays within the guard scores 0 there
+            metrics = {
+                "ndcg_at_10": self.last.selection,
+                "ndcg_at_10_unguarded": self.last.ndcg_at_10,
+            }
             if self.last.dense_weight is not None:
                 metrics["dense_weight"] = self.last.dense_weight
             metrics = self.prefix_name_to_metrics(metrics, self.name)

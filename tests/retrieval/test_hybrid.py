@@ -8,6 +8,7 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+import pytest
 
 from rag_loop.corpus.ingest import ingest
 from rag_loop.db.engine import transaction
@@ -187,6 +188,51 @@ def test_validation_ranks_the_way_the_index_version_retrieves(
                 ]
     finally:
         services.close()
+
+
+def test_validation_chooses_no_weight_that_trades_one_part_for_another() -> None:
+    """The mean over every validation query would take a weight that ranks the golden
+    tuning questions better by ranking the feedback's validation queries worse; once guarded
+    by the champion's scores (as the gate guards every data set), no part may lose more than
+    the tolerance, and an encoder no weight of which keeps to it selects nothing."""
+    bank = np.eye(3, dtype=np.float32)  # a query's vector is its cosine with each row
+    # row 0 is relevant; row 1 wins BM25 for the golden questions and the dense side for the
+    # feedback's: a golden question ranks row 0 first from weight 0.55, a feedback one below
+    golden = (np.array([1.0, 0.5, 0.0]), np.array([0.4, 1.0, 0.0], dtype=np.float32))
+    feedback = (np.array([0.5, 1.0, 0.0]), np.array([1.0, 0.4, 0.0], dtype=np.float32))
+    rows = [golden, golden, feedback]
+    check = FusionCheck.build(
+        ["g1", "g2", "f1"],
+        [{0}] * 3,
+        bank,
+        [b for _, b in rows],
+        incumbent=0.5,
+        candidates=100,
+        parts=["golden:set.jsonl", "golden:set.jsonl", "feedback"],
+    )
+    vectors = np.stack([v for v, _ in rows])
+    champion = check.score(vectors)
+    assert champion.dense_weight == 0.6  # 2 golden questions up, the feedback one down
+    assert champion.parts_by_weight["0.6"] == pytest.approx(
+        {"feedback": 1 / np.log2(3), "golden:set.jsonl": 1.0}
+    )
+    assert champion.parts_by_weight["0.5"] == pytest.approx(
+        {"feedback": 1.0, "golden:set.jsonl": 1 / np.log2(3)}
+    )
+
+    guarded = check.guarded(champion, tolerance=0.01)
+    kept = guarded.score(vectors)
+    assert (kept.dense_weight, kept.within_guard) == (0.5, True)  # ties go to the champion's
+    assert kept.selection == kept.ndcg_at_10 == pytest.approx(champion.by_weight["0.5"])
+    # a tolerance wider than the feedback's loss lets the better mean through
+    assert check.guarded(champion, tolerance=0.5).score(vectors).dense_weight == 0.6
+
+    # an encoder that ranks the feedback's query worse at every weight selects nothing
+    worse = vectors.copy()
+    worse[2] = [0.0, 1.0, 0.0]
+    scored = guarded.score(worse)
+    assert not scored.within_guard and scored.selection == 0.0
+    assert scored.ndcg_at_10 == max(scored.by_weight.values())
 
 
 def test_dense_expansion_finds_a_chunk_by_the_questions_it_answers(
