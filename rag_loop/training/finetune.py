@@ -26,7 +26,7 @@ from rag_loop.index.embedders import weights_hash
 from rag_loop.index.expansions import ASSOCIATED
 from rag_loop.registry.embedders import TrainedModel
 from rag_loop.settings import TrainingSettings
-from rag_loop.training.validation import FusionCheck, Scored, evaluator
+from rag_loop.training.validation import FusionCheck, evaluator, part_names
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +93,9 @@ def finetune(
 class QueryTuning:
     """What query-side training chose: a trained encoder (None: no epoch ranked the
     validation queries better than the champion's encoder), the dense weight that ranks them
-    best with the chosen encoder, the validation nDCG@10 of every epoch (0: before) and of
-    the weights saved (`kept`: the best epoch's, scored again after training)."""
+    best with the chosen encoder, the validation nDCG@10 of every epoch (0: before; with each
+    part's figure and whether it kept every part within the guard: FusionCheck.guarded) and
+    of the weights saved (`kept`: the best epoch's, scored again after training)."""
 
     trained: TrainedModel | None
     dense_weight: float | None
@@ -128,26 +129,17 @@ def finetune_queries(
     started = time.perf_counter()
     model = _load(base_folder, settings)
     history: list[dict[str, Any]] = []
-    validator = evaluator(check) if check is not None else None
-    if validator is not None:
-        validator(model)
-        assert validator.last is not None
-        history.append(_epoch_figures(0, validator.last))
+    validator = None
+    if check is not None:
+        validator = evaluator(check)
+        history.append(_epoch_figures(0, check, validator(model)))
     result = _fit_queries(model, fit, bank, settings, validator)
     epochs_run = round(result.epochs)
     dense_weight, best_epoch, kept = None, epochs_run, None
     if check is not None and validator is not None:
         for entry in result.log_history:
             if "eval_validation_ndcg_at_10" in entry:
-                unguarded = entry.get("eval_validation_ndcg_at_10_unguarded")
-                history.append(
-                    {
-                        "epoch": round(entry["epoch"]),
-                        "ndcg_at_10": round(entry["eval_validation_ndcg_at_10"], 6),
-                        "dense_weight": entry.get("eval_validation_dense_weight"),
-                        "ndcg_at_10_unguarded": None if unguarded is None else round(unguarded, 6),
-                    }
-                )
+                history.append(_epoch_figures(round(entry["epoch"]), check, entry, "eval_"))
         best = max(history, key=lambda h: (h["ndcg_at_10"], -h["epoch"]))
         dense_weight, best_epoch = best["dense_weight"], best["epoch"]
         if best_epoch == 0:  # no epoch ranked better than the encoder it started from
@@ -251,12 +243,23 @@ def _fit_queries(
     )
 
 
-def _epoch_figures(epoch: int, scored: Scored) -> dict[str, Any]:
+def _epoch_figures(
+    epoch: int, check: FusionCheck, metrics: dict[str, Any], prefix: str = ""
+) -> dict[str, Any]:
+    """An epoch's validation figures from the evaluator's metrics (as the trainer logs them:
+    `prefix` "eval_"): nDCG@10 (0 when no weight kept every part within the guard), the
+    weight, each part's figure at that weight and whether it kept them within the guard."""
+    at = {k.removeprefix(f"{prefix}validation_"): v for k, v in metrics.items()}
     return {
         "epoch": epoch,
-        "ndcg_at_10": round(scored.selection, 6),
-        "dense_weight": scored.dense_weight,
-        "ndcg_at_10_unguarded": round(scored.ndcg_at_10, 6),
+        "ndcg_at_10": round(at["ndcg_at_10"], 6),
+        "dense_weight": at.get("dense_weight"),
+        "parts": {
+            name: round(at[f"part_{n}"], 6)
+            for n, name in enumerate(part_names(check))
+            if f"part_{n}" in at
+        },
+        "within_guard": bool(at.get("within_guard", 1.0)),
     }
 
 

@@ -259,6 +259,19 @@ class FusionCheck:
         return [int(pool[i]) for i in np.argsort(-fused, kind="stable")[:K]]
 
 
+def part_figures(check: FusionCheck, scored: Scored) -> dict[str, float]:
+    """Each part's nDCG@10 at the weight `scored` chose, as flat metrics (`part_<n>`: the
+    n-th of the check's parts in sorted order, `part_names`), and whether that weight keeps
+    every part within the guard."""
+    at = scored.parts_by_weight.get(str(scored.dense_weight), {})
+    figures = {f"part_{n}": at[name] for n, name in enumerate(part_names(check)) if name in at}
+    return {**figures, "within_guard": float(scored.within_guard)}
+
+
+def part_names(check: FusionCheck) -> list[str]:
+    return sorted(set(check.parts))
+
+
 def evaluator(check: FusionCheck, batch_size: int = 64) -> Any:
     """`check` as a sentence-transformers evaluator, so the trainer scores every epoch and
     keeps the best (metric `eval_validation_ndcg_at_10`)."""
@@ -289,10 +302,7 @@ def evaluator(check: FusionCheck, batch_size: int = 64) -> Any:
             self.last = check.score(np.asarray(vectors), questions)
             # the trainer keeps the epoch with the best selection; an epoch no weight of
             # which stays within the guard scores 0 there
-            metrics = {
-                "ndcg_at_10": self.last.selection,
-                "ndcg_at_10_unguarded": self.last.ndcg_at_10,
-            }
+            metrics = {"ndcg_at_10": self.last.selection, **part_figures(check, self.last)}
             if self.last.dense_weight is not None:
                 metrics["dense_weight"] = self.last.dense_weight
             metrics = self.prefix_name_to_metrics(metrics, self.name)

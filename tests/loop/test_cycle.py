@@ -768,6 +768,12 @@ def test_a_golden_tuning_part_validates_the_choices_and_the_gate_judges_the_rest
     # no validation share: the validation queries are the tuning questions, with room
     assert recipe["validation_queries"] == len(tuning)
     assert recipe["validation_room"] == split["tuning_room"]
+    # they are one part, the golden set's, guarded on its own as the gate guards the set
+    part = f"golden:{golden_path.name}"
+    assert list(recipe["validation_parts"]) == [part]
+    assert recipe["validation_parts"][part]["queries"] == len(tuning)
+    assert all(set(v["parts"]) == {part} for v in recipe["validation"]), recipe["validation"]
+    assert recipe["validation"][0]["within_guard"] is True  # the champion's encoder
     with services.sessions() as session:
         training_set = session.get_one(TrainingSet, view["training_set"]["id"])
     used = {json.loads(line)["anchor"] for line in Path(training_set.path).read_text().splitlines()}

@@ -98,5 +98,9 @@ def test_one_cycle_improves_retrieval_on_questions_it_never_saw(
     best = max(validation, key=lambda v: v["ndcg_at_10"])
     assert recipe["best_epoch"] == best["epoch"] > 0
     assert best["ndcg_at_10"] > validation[0]["ndcg_at_10"]
+    # one part, the feedback's validation queries, kept within the guard by the best epoch
+    assert recipe["validation_parts"]["feedback"]["queries"] == recipe["validation_queries"]
+    assert best["within_guard"] and set(best["parts"]) == {"feedback"}
+    assert best["parts"]["feedback"] == pytest.approx(best["ndcg_at_10"], abs=1e-6)
     # the saved weights are the best epoch's (the trainer loads them back at the end)
     assert recipe["validation_kept"] == pytest.approx(best["ndcg_at_10"], abs=1e-6)
