@@ -831,7 +831,7 @@ def _validation(
     assert expanded is not None, "the same validation queries"
     expanded = expanded.guarded(without, tolerance)
     with_ = expanded.score(vectors)
-    without = plain.score(vectors)
+    without = plain.choose(without)  # the champion's figures, the weight chosen within the guard
     figures = {
         "validation_ndcg_at_10_without": round(without.ndcg_at_10, 6),
         "validation_ndcg_at_10_with": round(with_.ndcg_at_10, 6),

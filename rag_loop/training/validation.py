@@ -84,6 +84,10 @@ class FusionCheck:
     # the least nDCG@10 a chosen weight may give each part (empty: no guard)
     floors: dict[str, float] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if not self.parts:
+            self.parts = [FEEDBACK] * len(self.queries)
+
     @classmethod
     def build(
         cls,
@@ -104,7 +108,7 @@ class FusionCheck:
             bm25,
             incumbent,
             candidates,
-            parts=parts or [FEEDBACK] * len(queries),
+            parts=parts or [],
         )
 
     @classmethod
@@ -207,7 +211,6 @@ class FusionCheck:
         by_weight: dict[str, float] = {}
         room: dict[str, int] = {}
         by_part: dict[str, dict[str, float]] = {}
-        parts = self.parts or [FEEDBACK] * len(self.queries)
         for weight in self.weights:
             rankings = {
                 str(i): [
@@ -221,20 +224,34 @@ class FusionCheck:
             by_weight[str(weight)] = float(np.mean(ndcg))
             room[str(weight)] = sum(1 for value in ndcg if value < PERFECT)
             by_part[str(weight)] = {
-                part: float(np.mean([v for v, p in zip(ndcg, parts, strict=True) if p == part]))
-                for part in sorted(set(parts))
+                part: float(
+                    np.mean([v for v, p in zip(ndcg, self.parts, strict=True) if p == part])
+                )
+                for part in part_names(self)
             }
+        return self.choose(Scored(0.0, None, by_weight, room, by_part))
+
+    def choose(self, scored: Scored) -> Scored:
+        """`scored` (this check's figures per weight and part) with the weight chosen: the
+        best of those that rank every part at or above its floor (`guarded`), ties going to
+        the champion's; the best of all when none does (`within_guard` then False). A check
+        guarded after it scored chooses again from its figures without ranking again."""
 
         def within(weight: float | None) -> bool:
-            at = by_part[str(weight)]
+            at = scored.parts_by_weight[str(weight)]
             return all(at.get(part, floor) >= floor - 1e-9 for part, floor in self.floors.items())
 
         allowed = [w for w in self.weights if within(w)]
         best = max(
             allowed or self.weights,
-            key=lambda w: (by_weight[str(w)], w == self.incumbent),
+            key=lambda w: (scored.by_weight[str(w)], w == self.incumbent),
         )
-        return Scored(by_weight[str(best)], best, by_weight, room, by_part, bool(allowed))
+        return replace(
+            scored,
+            ndcg_at_10=scored.by_weight[str(best)],
+            dense_weight=best,
+            within_guard=bool(allowed),
+        )
 
     def rank(
         self, cosine: np.ndarray, row: int, weight: float | None, asked: np.ndarray | None = None
