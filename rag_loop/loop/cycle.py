@@ -553,10 +553,11 @@ def _tuning(
             question.reference_ids
             if question.chunk_level
             else [c for d in question.reference_ids for c in chunks_of.get(d, [])],
-            f"golden:{path.name}",
+            question.part,
         )
-        for path in services.settings.evaluation.golden_sets
-        for question in golden.tuning_questions([path], split["share"])
+        for question in golden.tuning_questions(
+            services.settings.evaluation.golden_sets, split["share"]
+        )
     ]
 
 

@@ -34,6 +34,9 @@ class TuningQuestion:
     text: str
     reference_ids: list[str]  # document or chunk ids, as its golden set names them
     chunk_level: bool
+    # the validation part it belongs to: its golden set's, by the set's configured path (two
+    # sets of one file name in different folders are two parts, as the gate judges two sets)
+    part: str
 
 
 def tuning_questions(paths: Iterable[Path], share: float) -> list[TuningQuestion]:
@@ -44,7 +47,9 @@ def tuning_questions(paths: Iterable[Path], share: float) -> list[TuningQuestion
             continue
         dataset = load_golden(path)
         out += [
-            TuningQuestion(item.query, list(item.reference_ids), dataset.id_level == "chunk")
+            TuningQuestion(
+                item.query, list(item.reference_ids), dataset.id_level == "chunk", f"golden:{path}"
+            )
             for item in dataset.items
             if item.reference_ids and is_tuning(item.query, share)
         ]

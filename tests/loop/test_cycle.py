@@ -769,7 +769,7 @@ def test_a_golden_tuning_part_validates_the_choices_and_the_gate_judges_the_rest
     assert recipe["validation_queries"] == len(tuning)
     assert recipe["validation_room"] == split["tuning_room"]
     # they are one part, the golden set's, guarded on its own as the gate guards the set
-    part = f"golden:{golden_path.name}"
+    part = f"golden:{golden_path}"
     assert list(recipe["validation_parts"]) == [part]
     assert recipe["validation_parts"][part]["queries"] == len(tuning)
     assert all(set(v["parts"]) == {part} for v in recipe["validation"]), recipe["validation"]

@@ -61,6 +61,14 @@ def test_the_judged_part_and_the_tuning_part_partition_a_golden_set(
     assert kept == [r for r in rows if not golden.is_tuning(str(r["question"]), 0.5)]  # in order
     by_question = {r["question"]: r["document_ids"] for r in rows}
     assert all(t.reference_ids == by_question[t.text] and not t.chunk_level for t in tuning)
+    assert {t.part for t in tuning} == {f"golden:{path}"}
+    # a set of the same file name in another folder is a part of its own
+    (tmp_path / "other").mkdir()
+    other = _write(tmp_path / "other" / "ops.jsonl", rows)
+    both = golden.tuning_questions([path, other], 0.5)
+    assert [t.part for t in both] == [f"golden:{path}"] * len(tuning) + [f"golden:{other}"] * len(
+        tuning
+    )
     before = judged.stat().st_mtime_ns
     assert golden.judged_sets([path], 0.5, tmp_path / "cycle") == [judged]
     assert judged.stat().st_mtime_ns == before  # the same part is not written again
