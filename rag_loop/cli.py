@@ -190,17 +190,29 @@ def serve(
 
 
 def check_can_listen(host: str, port: int) -> None:
-    """Bind the address as uvicorn will (SO_REUSEADDR) and let it go: a port in use or a
-    host that is not this machine's is bad input, said in one line."""
+    """Bind every address the host resolves to, as uvicorn's one process will (asyncio's
+    `create_server`: SO_REUSEADDR, IPv6 sockets IPv6-only; "" is every interface), and let
+    them go: a port in use on any of them, or a host that is not this machine's, is bad
+    input, said in one line."""
     import socket
 
+    held: list[socket.socket] = []
     try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
-        with socket.socket(family, kind, proto) as probe:
+        infos = socket.getaddrinfo(
+            host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            probe = socket.socket(family, kind, proto)
+            held.append(probe)
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                probe.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             probe.bind(address)
     except OSError as exc:  # socket.gaierror is one too
         raise InvalidInput(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+    finally:
+        for probe in held:
+            probe.close()
 
 
 @contextmanager

@@ -94,6 +94,25 @@ def test_serve_on_a_port_in_use_says_so_before_loading_anything(tmp_path: Path) 
     assert not (tmp_path / "data").exists()  # nothing was set up for a server that cannot start
 
 
+def test_serve_checks_every_address_it_would_listen_on() -> None:
+    """ "" is every interface (0.0.0.0 and ::, as uvicorn's asyncio server binds them): a port
+    in use on the IPv6 one is in use, though 0.0.0.0 alone is free."""
+    from rag_loop.cli import check_can_listen
+    from rag_loop.errors import InvalidInput
+
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 on this machine")
+    with socket.socket(socket.AF_INET6) as taken:
+        taken.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        taken.bind(("::", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        check_can_listen("0.0.0.0", port)  # the IPv4 side is free
+        with pytest.raises(InvalidInput, match=f"cannot listen on :{port}: Address already in use"):
+            check_can_listen("", port)
+    check_can_listen("", port)  # and free again, nothing held
+
+
 def test_an_answer_prints_no_library_debug_lines(tmp_path: Path) -> None:
     """bm25s sets its logger to DEBUG when imported; the CLI's log handler keeps its level."""
     data = tmp_path / "data"
