@@ -439,7 +439,8 @@ class TrainingSettings(BaseModel):
         lt=1.0,
         description="Share of the training queries (never the gate's held-out ones) that "
         "query-side training validates on: it keeps the epoch and the hybrid fusion weight "
-        "that rank them best, and keeps the champion's encoder when no epoch beats it. 0: "
+        "that rank them best, and keeps the champion's encoder when no epoch beats it by "
+        "loop.min_improvement. 0: "
         "no validation; training runs `epochs` and always offers its encoder to the gate.",
     )
     expand_documents: bool = Field(
@@ -504,7 +505,9 @@ class LoopSettings(BaseModel):
         description="The candidate must beat the champion's primary metric by at least this "
         "(the mean change over the gate's questions that name a document of the corpus); "
         "a negative value "
-        "lets a candidate through that is at most that much worse (with max_p_value 1).",
+        "lets a candidate through that is at most that much worse (with max_p_value 1). "
+        "Query-side training keeps a trained encoder only when its best epoch ranks the "
+        "validation queries at least this much better than the encoder it started from.",
     )
     golden_tuning_share: float = Field(
         default=0.5,

@@ -632,14 +632,24 @@ def _train(services: CycleParts, cycle: LoopCycle) -> Move:
     split = cycle.gate.get("golden_split", {})
     validation = _validation(services, index, Path(training_set.path), ids, bank, split)
     expanded, champion_figure = validation.expanded, validation.champion
+    # an encoder must gain the validation queries what the gate asks of the candidate
+    margin = max(services.settings.loop.min_improvement, 0.0)
     tuning = finetune_queries(
-        Path(parent.path), Path(training_set.path), folder, settings, ids, bank, validation.check
+        Path(parent.path),
+        Path(training_set.path),
+        folder,
+        settings,
+        ids,
+        bank,
+        validation.check,
+        margin=margin,
     )
     champion_retrieval = RetrievalConfig.stored(index.retrieval)
     recipe = {
         "encoder": "trained" if tuning.trained is not None else "kept",
         "epochs_run": tuning.epochs_run,
         "best_epoch": tuning.best_epoch,
+        "encoder_margin": margin,
         "dense_weight": tuning.dense_weight,
         "champion_dense_weight": champion_retrieval.dense_weight
         if champion_retrieval.hybrid
@@ -675,8 +685,9 @@ def _train(services: CycleParts, cycle: LoopCycle) -> Move:
             validation_can_tell=can_tell,
         ):
             move = _rejection(
-                "nothing learned: no epoch, no fusion weight and no document expansion ranked "
-                f"the {tuning.validation_queries} validation feedback queries "
+                f"nothing learned: no epoch ranked the {tuning.validation_queries} "
+                f"validation feedback queries +{margin} better than the encoder it started "
+                "from, and no fusion weight or document expansion ranked them "
                 + ("better than" if can_tell else "as well as")
                 + f" the champion (nDCG@10 {_figure(chosen)}, the champion "
                 f"{_figure(champion_figure)})",

@@ -92,10 +92,11 @@ def finetune(
 @dataclass(frozen=True)
 class QueryTuning:
     """What query-side training chose: a trained encoder (None: no epoch ranked the
-    validation queries better than the champion's encoder), the dense weight that ranks them
-    best with the chosen encoder, the validation nDCG@10 of every epoch (0: before; with each
-    part's figure and whether it kept every part within the guard: FusionCheck.guarded) and
-    of the weights saved (`kept`: the best epoch's, scored again after training)."""
+    validation queries better than the encoder it started from by the margin asked), the
+    dense weight that ranks them best with the chosen encoder, the validation nDCG@10 of
+    every epoch (0: before; with each part's figure and whether it kept every part within
+    the guard: FusionCheck.guarded) and of the weights saved (`kept`: the best epoch's,
+    scored again after training)."""
 
     trained: TrainedModel | None
     dense_weight: float | None
@@ -114,6 +115,7 @@ def finetune_queries(
     bank_ids: list[str],
     bank: np.ndarray,
     check: FusionCheck | None = None,
+    margin: float = 0.0,
 ) -> QueryTuning:
     """Query-side training: only the query encoder learns, scored against `bank` (the
     vectors of `bank_ids`, from the serving index) with `BankSoftmaxLoss`.
@@ -121,10 +123,13 @@ def finetune_queries(
     With `check` (the training set's validation part) it fits on the other part, scoring
     every epoch on the validation queries and stopping after `settings.patience` epochs
     without a better one; the best epoch's weights are the ones saved. When no epoch beats
-    the encoder it started from, the encoder is kept (nothing is saved). The validation
-    queries choose, they do not teach: a refit on every example for the best epoch's count
-    would double the cycle's training time for a fifth more examples, and its weights would
-    be ones no validation query has scored."""
+    the encoder it started from by `margin` (nDCG@10; the cycle passes the gate's
+    `min_improvement`), the encoder is kept (nothing is saved) with the weight that ranks
+    them best with it: a gain too small for the gate to tell from chance would buy a new
+    encoder that moves every other ranking too. The validation queries choose, they do not
+    teach: a refit on every example for the best epoch's count would double the cycle's
+    training time for a fifth more examples, and its weights would be ones no validation
+    query has scored."""
     fit = _bank_examples(examples_path, bank_ids, skip_validation=check is not None)
     started = time.perf_counter()
     model = _load(base_folder, settings)
@@ -141,9 +146,13 @@ def finetune_queries(
             if "eval_validation_ndcg_at_10" in entry:
                 history.append(_epoch_figures(round(entry["epoch"]), check, entry, "eval_"))
         best = max(history, key=lambda h: (h["ndcg_at_10"], -h["epoch"]))
+        start = history[0]
+        if round(best["ndcg_at_10"] - start["ndcg_at_10"], 6) < max(margin, 0.0) or (
+            best["epoch"] == 0
+        ):  # no epoch ranked better than the encoder it started from, by the margin
+            weight = start["dense_weight"]
+            return QueryTuning(None, weight, epochs_run, 0, history, len(check.queries), None)
         dense_weight, best_epoch = best["dense_weight"], best["epoch"]
-        if best_epoch == 0:  # no epoch ranked better than the encoder it started from
-            return QueryTuning(None, dense_weight, epochs_run, 0, history, len(check.queries), None)
         validator(model)  # the weights the trainer loaded at the end: the best epoch's
         assert validator.last is not None
         kept = round(validator.last.selection, 6)

@@ -360,6 +360,31 @@ def test_a_cycle_that_learns_nothing_is_rejected_before_indexing(
     assert not (services.settings.data_dir / "models" / f"embedder-c{view['id']:04d}").exists()
 
 
+def test_an_encoder_that_gains_less_than_the_gates_margin_is_not_offered(
+    loop_services: Callable[..., Services],
+) -> None:
+    # users' own words: the epochs rank the validation queries better than the start does,
+    # by less than the +1.0 asked
+    services, _ = _kept_encoder(
+        loop_services,
+        expand_documents=False,
+        training={"learning_rate": 5e-5, "epochs": 2},
+        retrieval={"mode": "dense"},
+        loop={**ALWAYS_PASS, "min_improvement": 1.0},
+    )
+    before = _aliases(services)
+    view = cycle.run_cycle(services, cycle.start_cycle(services, actor="test"), actor="test")
+    recipe = view["recipe"]
+    start, *epochs = recipe["validation"]
+    assert epochs and max(e["ndcg_at_10"] for e in epochs) > start["ndcg_at_10"], recipe
+    assert recipe["encoder"] == "kept" and recipe["best_epoch"] == 0
+    assert recipe["encoder_margin"] == 1.0
+    assert view["state"] == "rejected" and view["error"].startswith("nothing learned"), view
+    assert "+1.0 better than the encoder it started from" in view["error"]
+    assert _aliases(services) == before
+    assert not (services.settings.data_dir / "models" / f"embedder-c{view['id']:04d}").exists()
+
+
 def _kept_encoder(
     loop_services: Callable[..., Services],
     *,
