@@ -147,9 +147,8 @@ def finetune_queries(
                 history.append(_epoch_figures(round(entry["epoch"]), check, entry, "eval_"))
         best = max(history, key=lambda h: (h["ndcg_at_10"], -h["epoch"]))
         start = history[0]
-        if round(best["ndcg_at_10"] - start["ndcg_at_10"], 6) < max(margin, 0.0) or (
-            best["epoch"] == 0
-        ):  # no epoch ranked better than the encoder it started from, by the margin
+        gain = round(best["ndcg_at_10"] - start["ndcg_at_10"], 6)
+        if best["epoch"] == 0 or gain < margin:  # the encoder it started from goes on
             weight = start["dense_weight"]
             return QueryTuning(None, weight, epochs_run, 0, history, len(check.queries), None)
         dense_weight, best_epoch = best["dense_weight"], best["epoch"]
